@@ -1,0 +1,171 @@
+"""Read the residual stream at chosen decoder layers, one fp32 row per prompt.
+
+Layer `l` means the output of decoder block `l` (0-based), i.e. `hidden_states[l + 1]` of a
+`output_hidden_states=True` forward pass. The forward pass is stopped right after the deepest layer
+needed: the blocks above it and the LM head never run, which is most of the cost when the basis sits
+at mid-depth.
+
+Prompts are right-padded. With causal attention, padding after the last real token cannot change
+any real token's activations, so a batched row equals the same prompt run alone (up to kernel
+rounding); explicit position ids keep that true for any padding side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from traitwatch.errors import InputFileError
+from traitwatch.models.layers import decoder_layers, unwrap_model
+
+__all__ = ["Position", "capture_rows", "check_layers", "extract_activations"]
+
+Position = Literal["last", "mean"]
+
+
+class _StopForward(Exception):
+    """Raised by the deepest hook so the rest of the model never runs."""
+
+
+def check_layers(model: nn.Module, layers: Sequence[int]) -> list[int]:
+    """Validate layer indices against the model; negative indices count from the top."""
+    n = len(decoder_layers(model))
+    out = []
+    for layer in layers:
+        resolved = layer + n if layer < 0 else layer
+        if not 0 <= resolved < n:
+            raise InputFileError(f"Layer {layer} is out of range: this model has layers 0..{n - 1}.")
+        out.append(resolved)
+    if not out:
+        raise InputFileError("No layers given: pass at least one layer index.")
+    return sorted(set(out))
+
+
+def _reader(
+    layer: int, mask: Tensor, position: Position, rows: dict[int, Tensor], stop: bool
+) -> Callable[..., None]:
+    """A hook that keeps only what drift needs: one fp32 row per prompt (not [batch, seq, d])."""
+
+    def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output
+        assert isinstance(hidden, Tensor)
+        if position == "last":
+            last = mask.sum(dim=1) - 1  # right padding: last real token
+            rows[layer] = hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
+        else:
+            weights = mask.to(hidden.device, torch.float32).unsqueeze(-1)
+            rows[layer] = (hidden.float() * weights).sum(dim=1) / weights.sum(dim=1)
+        if stop:
+            raise _StopForward
+
+    return hook
+
+
+@contextmanager
+def capture_rows(
+    model: nn.Module, layers: Sequence[int], attention_mask: Tensor, position: Position = "last", *, stop_after: bool = True
+) -> Iterator[dict[int, Tensor]]:
+    """Hooks that fill `rows[layer]` during one forward pass; they never outlive the block.
+
+    With `stop_after`, the deepest hook raises `_StopForward`; `run_forward` swallows it.
+    """
+    blocks = decoder_layers(model)
+    rows: dict[int, Tensor] = {}
+    deepest = max(layers)
+    handles = [
+        blocks[layer].register_forward_hook(
+            _reader(layer, attention_mask, position, rows, stop_after and layer == deepest)
+        )
+        for layer in layers
+    ]
+    try:
+        yield rows
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover - a model with no parameters
+        return torch.device("cpu")
+
+
+def _batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None) -> Iterator[list[int]]:
+    """Indices grouped by similar length (longest first), so little compute is spent on padding."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batch: list[int] = []
+    for index in order:
+        longest = lengths[batch[0]] if batch else lengths[index]
+        if batch and (len(batch) >= batch_size or (max_tokens and longest * (len(batch) + 1) > max_tokens)):
+            yield batch
+            batch = []
+        batch.append(index)
+    if batch:
+        yield batch
+
+
+@torch.no_grad()
+def extract_activations(
+    model: nn.Module,
+    sequences: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    *,
+    position: Position = "last",
+    batch_size: int = 32,
+    max_batch_tokens: int | None = 8192,
+    pad_token_id: int = 0,
+    stop_early: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> dict[int, Tensor]:
+    """Residual-stream rows for every sequence at every layer: `{layer: Tensor[n, hidden] fp32 CPU}`.
+
+    The model is put in eval mode for the pass (dropout would make measurements noisy) and restored
+    to its previous mode afterwards, so this is safe to call from inside a training loop.
+    `progress`, if given, is called with the number of sequences finished after each batch.
+    """
+    if not sequences:
+        raise InputFileError("No prompts to run: the prompt list is empty.")
+    if any(len(s) == 0 for s in sequences):
+        raise InputFileError("A prompt encoded to zero tokens; remove empty prompts.")
+    layers = check_layers(model, layers)
+    inner = unwrap_model(model)
+    device = _device_of(inner)
+    lengths = [len(s) for s in sequences]
+    out = {layer: torch.empty(0) for layer in layers}
+    chunks: dict[int, list[tuple[list[int], Tensor]]] = {layer: [] for layer in layers}
+    was_training = inner.training
+    inner.eval()
+    try:
+        for batch in _batches(lengths, batch_size, max_batch_tokens):
+            width = max(lengths[i] for i in batch)
+            ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, index in enumerate(batch):
+                ids[row, : lengths[index]] = torch.tensor(list(sequences[index]), dtype=torch.long)
+                mask[row, : lengths[index]] = 1
+            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+            ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
+            with capture_rows(inner, layers, mask, position, stop_after=stop_early) as rows:
+                try:
+                    inner(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+                except _StopForward:
+                    pass
+            for layer in layers:
+                chunks[layer].append((batch, rows[layer].cpu()))
+            if progress is not None:
+                progress(len(batch))
+    finally:
+        inner.train(was_training)
+    for layer in layers:
+        hidden = chunks[layer][0][1].shape[1]
+        result = torch.empty((len(sequences), hidden), dtype=torch.float32)
+        for batch, values in chunks[layer]:
+            result[torch.tensor(batch)] = values
+        out[layer] = result
+    return out

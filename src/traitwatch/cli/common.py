@@ -1,0 +1,73 @@
+"""Shared CLI plumbing: consoles, user-error handling, progress bars, layer parsing."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from traitwatch.errors import TraitwatchError
+
+__all__ = ["err", "out", "parse_layers", "progress_bar", "user_errors"]
+
+# Progress and diagnostics go to stderr so stdout stays clean for tables, paths and JSON.
+err = Console(stderr=True)
+out = Console()
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(fn: F) -> F:
+    """Turn a `TraitwatchError` into one red line and exit code 2 (traceback with TRAITWATCH_DEBUG=1)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TraitwatchError as exc:
+            if os.environ.get("TRAITWATCH_DEBUG"):
+                raise
+            err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def progress_bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr; yields an `advance(n)` callback for library functions."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def parse_layers(spec: str | None) -> list[int] | None:
+    """'12,15,18' or '10-20' or '10-20:2' (step) -> list of ints; None stays None."""
+    if spec is None or not spec.strip():
+        return None
+    layers: list[int] = []
+    try:
+        for part in spec.split(","):
+            part = part.strip()
+            if "-" in part[1:]:
+                rng, _, step = part.partition(":")
+                lo, hi = rng.split("-", 1) if not rng.startswith("-") else (rng, rng)
+                layers.extend(range(int(lo), int(hi) + 1, int(step) if step else 1))
+            else:
+                layers.append(int(part))
+    except ValueError:
+        raise typer.BadParameter(f"{spec!r} is not a layer list; use e.g. 12,15,18 or 10-20 or 10-20:2") from None
+    return layers

@@ -1,0 +1,117 @@
+"""`traitwatch runs` and `traitwatch show`: read the run store from the command line.
+
+These commands only read. They open the store with `create=False`, so a mistyped `--store` is an
+error instead of a new empty database, and they are safe to run while training writes (WAL).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from traitwatch.errors import TraitwatchError
+from traitwatch.store import DEFAULT_STORE_NAME, RunStore
+
+__all__ = ["register"]
+
+StoreOption = Annotated[
+    Path,
+    typer.Option("--store", dir_okay=False, help="Run store file written during training."),
+]
+
+
+def _fail(err: Console, error: TraitwatchError) -> typer.Exit:
+    # markup=False: messages quote paths and ids that may contain [brackets].
+    err.print(str(error), style="red", markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(code=error.exit_code)
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value + 0.0:.4f}"  # + 0.0 turns -0.0 into 0.0
+
+
+def runs(store: StoreOption = Path(DEFAULT_STORE_NAME)) -> None:
+    """List the runs in a store: id, model, dataset, measurements, last step, status."""
+    out, err = Console(), Console(stderr=True)
+    try:
+        with RunStore(store, create=False) as run_store:
+            records = run_store.runs()
+    except TraitwatchError as error:
+        raise _fail(err, error) from None
+    if not records:
+        err.print(f"No runs in {store}.", markup=False)
+        return
+    table = Table(title=f"Runs in {store}")
+    for header in ("run", "model", "dataset", "#measurements", "last step", "status"):
+        table.add_column(header, justify="right" if header in ("#measurements", "last step") else "left")
+    for record in records:
+        table.add_row(
+            Text(record.run_id),
+            Text(record.model),
+            Text(record.dataset or ""),
+            str(record.n_measurements),
+            "" if record.last_step is None else str(record.last_step),
+            Text(record.status),
+        )
+    out.print(table)
+
+
+def show(
+    run: Annotated[str, typer.Argument(help="Run id, as listed by `traitwatch runs`.")],
+    store: StoreOption = Path(DEFAULT_STORE_NAME),
+    csv: Annotated[
+        Path | None, typer.Option("--csv", dir_okay=False, help="Also write the trajectory to this CSV file.")
+    ] = None,
+) -> None:
+    """Show one run's drift trajectory (each trait, the norm) and its alarms."""
+    out, err = Console(), Console(stderr=True)
+    try:
+        with RunStore(store, create=False) as run_store:
+            record = run_store.get_run(run)
+            measurements = run_store.measurements(run, per_prompt=False)
+            alarms = run_store.alarms(run)
+            if csv is not None:
+                run_store.export([run], csv, "csv")
+    except TraitwatchError as error:
+        raise _fail(err, error) from None
+
+    traits = list(measurements[0].drift) if measurements else []
+    fired: dict[int, list[str]] = {}
+    for a in alarms:
+        fired.setdefault(a.step, []).append(f"{a.kind} ({a.action})")
+    table = Table(title=f"Run {record.run_id} ({record.model}, {record.status})")
+    table.add_column("step", justify="right")
+    for trait in traits:
+        table.add_column(trait, justify="right")
+    table.add_column("norm", justify="right")
+    table.add_column("alarm")
+    for m in measurements:
+        table.add_row(
+            str(m.step),
+            *(_fmt(m.drift.get(t)) for t in traits),
+            _fmt(m.drift_norm),
+            Text(", ".join(fired.get(m.step, [])), style="bold red"),
+        )
+    out.print(table)
+    if alarms:
+        alarm_table = Table(title="Alarms")
+        for header in ("step", "kind", "value", "threshold", "action"):
+            alarm_table.add_column(header, justify="left" if header in ("kind", "action") else "right")
+        for a in alarms:
+            alarm_table.add_row(str(a.step), Text(a.kind), _fmt(a.value), _fmt(a.threshold), Text(a.action))
+        out.print(alarm_table)
+    if not measurements:
+        err.print(f"Run {record.run_id} has no measurements yet.", markup=False)
+    if csv is not None:
+        err.print(f"Wrote {csv}", markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `runs` and `show` to the CLI app (the app module owns the app; no global one here)."""
+    app.command("runs")(runs)
+    app.command("show")(show)

@@ -1,0 +1,167 @@
+"""`DriftProbe`: measurement prompts -> projections p_t -> drift d_t (METHOD.md 3), in fp32.
+
+    p_t[k] = mean_x (h_t(x) . v_k)        with the *base model's* directions, fixed for the run
+    N      = mean_x ||h_0(x)||            at step 0
+    d_t    = (p_t - p_0) / N              a vector with one entry per trait; also ||d_t||
+
+The probe is estimator-like: parameters in `__init__`, the step-0 reference (`anchor_`) learned by
+`fit_anchor` or taken from the basis, then `measure` any number of times. It only reads the model,
+so it can run inside a training loop on the live model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
+
+from traitwatch.basis.basis import Anchor, TraitBasis
+from traitwatch.basis.traits import load_measurement_prompts, prompts_hash
+from traitwatch.capture.activations import extract_activations
+from traitwatch.errors import BasisMismatchError
+from traitwatch.models.chat import encode_chat
+from traitwatch.models.layers import decoder_layers, fingerprint, unwrap_model
+
+__all__ = ["DriftMeasurement", "DriftProbe", "Projection"]
+
+
+@dataclass
+class Projection:
+    """Per-prompt projections onto the trait directions and per-prompt residual norms."""
+
+    projections: Tensor  # [n_prompts, n_traits]
+    norms: Tensor  # [n_prompts]
+
+
+@dataclass
+class DriftMeasurement:
+    trait_names: list[str]
+    drift: np.ndarray  # [n_traits]
+    norm: float  # ||d_t||
+    projections: np.ndarray  # [n_prompts, n_traits], kept for later analysis
+    p: np.ndarray  # [n_traits] mean projection p_t
+
+    def as_dict(self) -> dict[str, float]:
+        return {name: float(v) for name, v in zip(self.trait_names, self.drift)}
+
+
+class DriftProbe:
+    """Measure a model's trait drift from the base model's step-0 state."""
+
+    def __init__(
+        self,
+        basis: TraitBasis,
+        *,
+        prompts: Sequence[str] | None = None,
+        layer: int | None = None,
+        batch_size: int = 32,
+    ) -> None:
+        self.basis = basis
+        self.prompts = prompts
+        self.layer = layer
+        self.batch_size = batch_size
+        self.anchor_: Anchor | None = None
+
+    # -- configuration ------------------------------------------------------------------------
+    @property
+    def layer_(self) -> int:
+        return self.basis.measure_layer if self.layer is None else self.layer
+
+    @property
+    def prompt_list_(self) -> list[str]:
+        if self.prompts is not None:
+            return list(self.prompts)
+        return [p for _, p in load_measurement_prompts()]
+
+    @property
+    def prompts_hash_(self) -> str:
+        return prompts_hash("measurement", self.basis.position, self.prompt_list_)
+
+    def check_model(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, name: str | None = None) -> None:
+        """Raise if the model cannot use this basis (hidden size, layer count, tokenizer)."""
+        self.basis.model.check_matches(fingerprint(model, tokenizer, name), what="The trait basis")
+
+    # -- measurement --------------------------------------------------------------------------
+    def project(
+        self,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        indices: Sequence[int] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Projection:
+        """Per-prompt projections at the measurement layer (optionally only some prompts)."""
+        inner = unwrap_model(model)
+        hidden = self.basis.hidden_size
+        if len(decoder_layers(inner)) != self.basis.model.num_layers:
+            raise BasisMismatchError(
+                f"The trait basis was built on {self.basis.model.name} ({self.basis.model.num_layers} layers); "
+                f"this model has {len(decoder_layers(inner))}: extract a basis for it."
+            )
+        prompts = self.prompt_list_
+        chosen = range(len(prompts)) if indices is None else indices
+        seqs = [encode_chat(tokenizer, prompts[i]) for i in chosen]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        if not seqs:
+            return Projection(torch.empty((0, len(self.basis.trait_names))), torch.empty(0))
+        acts = extract_activations(
+            inner,
+            seqs,
+            [self.layer_],
+            position=self.basis.position,  # type: ignore[arg-type]
+            batch_size=self.batch_size,
+            pad_token_id=pad,
+            progress=progress,
+        )[self.layer_]
+        if acts.shape[1] != hidden:
+            raise BasisMismatchError(
+                f"The trait basis has hidden size {hidden} but the model's is {acts.shape[1]}: extract a basis for it."
+            )
+        return Projection(acts @ self.basis.matrix(self.layer_).T, acts.norm(dim=1))
+
+    def fit_anchor(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, *, name: str = "") -> DriftProbe:
+        """Record the step-0 reference from the (base) model; returns self."""
+        proj = self.project(model, tokenizer)
+        self.anchor_ = Anchor(self.layer_, self.prompts_hash_, proj.projections, proj.norms, name)
+        return self
+
+    def use_anchor(self, anchor: Anchor) -> DriftProbe:
+        """Adopt a stored anchor, refusing one made at another layer or with other prompts."""
+        if anchor.layer != self.layer_ or anchor.prompts_hash != self.prompts_hash_:
+            raise BasisMismatchError(
+                f"The stored step-0 anchor was measured at layer {anchor.layer} with prompts {anchor.prompts_hash}; "
+                f"this probe uses layer {self.layer_} with prompts {self.prompts_hash_}. Re-anchor on the base model."
+            )
+        self.anchor_ = anchor
+        return self
+
+    def anchor_from_basis(self) -> bool:
+        """Use the basis's stored anchor when it fits this probe; True if it did."""
+        a = self.basis.anchor
+        if a is not None and a.layer == self.layer_ and a.prompts_hash == self.prompts_hash_:
+            self.anchor_ = a
+            return True
+        return False
+
+    def drift_from(self, projection: Projection) -> DriftMeasurement:
+        """Drift of already-computed projections (e.g. gathered from several processes)."""
+        if self.anchor_ is None:
+            raise BasisMismatchError("No step-0 anchor: call fit_anchor() on the base model first.")
+        p = projection.projections.mean(dim=0)
+        d = (p - self.anchor_.p0) / self.anchor_.scale
+        return DriftMeasurement(
+            trait_names=list(self.basis.trait_names),
+            drift=d.numpy().astype(np.float64),
+            norm=float(d.norm()),
+            projections=projection.projections.numpy(),
+            p=p.numpy().astype(np.float64),
+        )
+
+    def measure(
+        self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, *, progress: Callable[[int], None] | None = None
+    ) -> DriftMeasurement:
+        return self.drift_from(self.project(model, tokenizer, progress=progress))

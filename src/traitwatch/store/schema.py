@@ -1,0 +1,212 @@
+"""Opening a store file: SQLite settings, schema creation and version checks.
+
+Kept apart from `runs.py` so the rules about *which* files may be opened (real SQLite, ours, not
+from a newer traitwatch, not locked for too long) live in one place.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from traitwatch.errors import InputFileError
+from traitwatch.store.errors import StoreLockedError, StoreVersionError
+
+__all__ = ["SCHEMA_VERSION", "connect", "locked_error", "write_transaction"]
+
+SCHEMA_VERSION = 1
+"""Bump on any change to the tables below, and add a migration from the previous version."""
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+_DDL = """
+-- Statements are split on semicolons: keep them out of comments.
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE runs (
+    run_id            TEXT PRIMARY KEY,
+    created_at        TEXT NOT NULL,
+    model             TEXT NOT NULL,
+    dataset           TEXT,
+    seed              INTEGER,
+    hyperparameters   TEXT NOT NULL DEFAULT '{}',  -- JSON object
+    basis_fingerprint TEXT,                        -- JSON object, compared on resume
+    status            TEXT NOT NULL DEFAULT 'running',
+    notes             TEXT
+);
+CREATE TABLE measurements (
+    id               INTEGER PRIMARY KEY,
+    run_id           TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    step             INTEGER NOT NULL,
+    drift            TEXT NOT NULL,   -- JSON object trait -> float, in basis order
+    drift_norm       REAL NOT NULL,
+    per_prompt       BLOB,            -- little-endian float32, C order
+    per_prompt_shape TEXT,            -- JSON list, e.g. [n_prompts, n_traits]
+    wall_time_s      REAL,            -- how long the measurement itself took
+    created_at       TEXT NOT NULL,
+    extra            TEXT,            -- JSON object
+    UNIQUE (run_id, step)
+);
+CREATE TABLE behavior (
+    id         INTEGER PRIMARY KEY,
+    run_id     TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    step       INTEGER NOT NULL,
+    metric     TEXT NOT NULL,
+    value      REAL NOT NULL,
+    ci_low     REAL,
+    ci_high    REAL,
+    n          INTEGER,
+    details    TEXT,                  -- JSON object
+    source     TEXT NOT NULL,         -- e.g. "judge:gpt-4o" or "proxy"
+    created_at TEXT NOT NULL,
+    UNIQUE (run_id, step, metric, source)
+);
+CREATE TABLE alarms (
+    id         INTEGER PRIMARY KEY,
+    run_id     TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    step       INTEGER NOT NULL,
+    kind       TEXT NOT NULL,
+    value      REAL NOT NULL,
+    threshold  REAL NOT NULL,
+    action     TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (run_id, step, kind)
+);
+"""
+
+
+def locked_error(path: Path, busy_timeout_s: float) -> StoreLockedError:
+    return StoreLockedError(
+        f"Run store {path} is locked: another process holds it (waited {busy_timeout_s:g} s). "
+        "Only one process may write to a store; wait for it to finish or pass another store path."
+    )
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+@contextmanager
+def write_transaction(conn: sqlite3.Connection, path: Path, busy_timeout_s: float) -> Iterator[sqlite3.Connection]:
+    """One write = one transaction, started with BEGIN IMMEDIATE.
+
+    IMMEDIATE takes the write lock up front, so the busy timeout applies to it. A deferred
+    transaction that reads and then writes can fail at once with SQLITE_BUSY in WAL mode when
+    another writer committed in between, which the busy handler cannot wait out.
+    """
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if _is_busy(exc):
+            raise locked_error(path, busy_timeout_s) from exc
+        raise
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.OperationalError as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if _is_busy(exc):
+            raise locked_error(path, busy_timeout_s) from exc
+        raise
+
+
+def _check_header(path: Path) -> None:
+    """Refuse non-SQLite files before SQLite sees them, with a message that names the file."""
+    if path.is_dir():
+        raise InputFileError(f"Run store path {path} is a folder; pass a file path such as {path / 'traitwatch.db'}")
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb") as handle:
+        header = handle.read(len(_SQLITE_MAGIC))
+    if header != _SQLITE_MAGIC:
+        raise InputFileError(
+            f"{path} is not a traitwatch run store (not an SQLite database); pass the .db file "
+            "written by traitwatch, or a new path to create one"
+        )
+
+
+def _schema_version(conn: sqlite3.Connection, path: Path) -> int | None:
+    """The store's schema version, or None for an empty database that we may initialise."""
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        return None
+    if "meta" not in tables:
+        raise InputFileError(
+            f"{path} is an SQLite database but not a traitwatch run store (no meta table); "
+            "pass another --store path so traitwatch does not write into it"
+        )
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None:
+        raise InputFileError(f"Run store {path} has no schema_version; it is damaged or was not written by traitwatch")
+    return int(row[0])
+
+
+def _check_version(version: int, path: Path) -> None:
+    if version > SCHEMA_VERSION:
+        raise StoreVersionError(
+            f"Run store {path} has schema version {version}, newer than this traitwatch reads "
+            f"({SCHEMA_VERSION}); upgrade traitwatch (pip install -U traitwatch) to open it"
+        )
+    # version < SCHEMA_VERSION: no older schema exists yet; migrations go here when one does.
+
+
+def connect(path: Path, *, busy_timeout_s: float, create: bool) -> sqlite3.Connection:
+    """Open (and if needed create) a store, returning an autocommit connection.
+
+    Autocommit (`isolation_level=None`) means the Python module never opens transactions behind
+    our back; every write goes through `write_transaction`.
+    """
+    _check_header(path)
+    if not path.exists():
+        if not create:
+            raise InputFileError(f"No run store at {path}; pass --store with the .db file written during training")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
+    try:
+        _configure(conn, path, busy_timeout_s)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _configure(conn: sqlite3.Connection, path: Path, busy_timeout_s: float) -> None:
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        # WAL lets `traitwatch runs` read while training writes, and a killed writer's
+        # half-written transaction is simply never seen (it has no commit record).
+        conn.execute("PRAGMA journal_mode = WAL")
+        # Writes are rare (one per measured checkpoint), so a full fsync per commit costs nothing
+        # and a power cut cannot lose a measurement that was reported as stored.
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        version = _schema_version(conn, path)
+        if version is None:
+            with write_transaction(conn, path, busy_timeout_s):
+                version = _schema_version(conn, path)  # another process may have created it meanwhile
+                if version is None:
+                    # Not executescript(): it COMMITs first, which would split creation in two.
+                    for statement in _DDL.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                    version = SCHEMA_VERSION
+        _check_version(version, path)
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+            raise locked_error(path, busy_timeout_s) from exc
+        if "not a database" in str(exc) or "malformed" in str(exc):
+            raise InputFileError(f"{path} is not a readable traitwatch run store ({exc})") from exc
+        raise

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from traitwatch.capture import capture_rows, extract_activations
+from traitwatch.errors import InputFileError
+from traitwatch.models import build_tiny_random, decoder_layers, encode_chat
+
+PROMPTS = ["hello there", "a much longer prompt about many different things", "x", "What is the CAP theorem?"]
+
+
+@pytest.fixture
+def seqs(tiny):
+    return [encode_chat(tiny.tokenizer, p) for p in PROMPTS]
+
+
+def _full_forward_rows(model, seqs, layer, position="last"):
+    rows = []
+    with torch.no_grad():
+        for s in seqs:
+            h = model(torch.tensor([s]), output_hidden_states=True).hidden_states[layer + 1][0]
+            rows.append(h[-1] if position == "last" else h.mean(0))
+    return torch.stack(rows).float()
+
+
+@pytest.mark.parametrize("position", ["last", "mean"])
+def test_early_stopped_capture_equals_full_forward(tiny, seqs, position):
+    got = extract_activations(tiny.model, seqs, [1, 3], position=position, batch_size=8)
+    for layer in (1, 3):
+        torch.testing.assert_close(got[layer], _full_forward_rows(tiny.model, seqs, layer, position), atol=1e-5, rtol=1e-5)
+
+
+def test_forward_really_stops_after_deepest_layer(tiny, seqs):
+    calls = []
+    blocks = decoder_layers(tiny.model)
+    handles = [blocks[i].register_forward_hook(lambda m, a, o, i=i: calls.append(i)) for i in range(len(blocks))]
+    try:
+        extract_activations(tiny.model, seqs[:1], [2])
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls == [0, 1, 2]
+
+
+def test_batched_equals_unbatched(tiny, seqs):
+    batched = extract_activations(tiny.model, seqs, [2, 4], batch_size=4)
+    single = extract_activations(tiny.model, seqs, [2, 4], batch_size=1)
+    for layer in (2, 4):
+        torch.testing.assert_close(batched[layer], single[layer], atol=1e-5, rtol=1e-5)
+        assert batched[layer].dtype == torch.float32 and batched[layer].shape == (len(seqs), 64)
+
+
+def test_bf16_model_gives_fp32_rows_close_to_fp32_model(seqs):
+    m32, _ = build_tiny_random()
+    m16, _ = build_tiny_random(dtype=torch.bfloat16)
+    a = extract_activations(m32, seqs, [3])[3]
+    b = extract_activations(m16, seqs, [3])[3]
+    assert b.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(a, b).min() > 0.99
+
+
+def test_train_mode_is_restored_and_hooks_removed(tiny, seqs):
+    model, _ = build_tiny_random()
+    model.train()
+    extract_activations(model, seqs, [1])
+    assert model.training
+    with pytest.raises(RuntimeError):
+        with capture_rows(model, [1], torch.ones(1, 3, dtype=torch.long)):
+            raise RuntimeError("boom")
+    assert all(not b._forward_hooks for b in decoder_layers(model))
+
+
+def test_works_on_peft_wrapped_model(seqs):
+    model, _ = build_tiny_random()
+    base_rows = extract_activations(model, seqs, [3])[3]
+    peft = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora_rows = extract_activations(peft, seqs, [3])[3]
+    with peft.disable_adapter():
+        disabled = extract_activations(peft, seqs, [3])[3]
+    torch.testing.assert_close(disabled, base_rows)
+    assert (lora_rows - base_rows).abs().max() > 1e-3
+
+
+def test_bad_layers_and_empty_inputs(tiny, seqs):
+    with pytest.raises(InputFileError, match="Layer 6 is out of range: this model has layers 0..5"):
+        extract_activations(tiny.model, seqs, [6])
+    with pytest.raises(InputFileError, match="empty"):
+        extract_activations(tiny.model, [], [1])
+    # negative indices count from the top
+    assert list(extract_activations(tiny.model, seqs[:1], [-1])) == [5]
