@@ -1,0 +1,311 @@
+"""Save and load a fitted `DriftMonitor` as JSON + safetensors, with no pickle.
+
+Why not pickle: loading a pickle runs arbitrary code, and a monitor is the kind of file people share.
+The regressor is reduced to arrays instead: for tree ensembles the node arrays of every tree
+(children_left, children_right, feature, threshold, value), for Ridge coef_/intercept_. `LoadedMonitor`
+evaluates those arrays with the same arithmetic scikit-learn uses (inputs cast to float32 before the
+`x <= threshold` test, forest = sum of trees in order / n_trees, boosting = init + lr * tree, stage by
+stage), so predictions are bit-for-bit equal to the fitted monitor's.
+
+The JSON side carries what makes a monitor valid for a measurement: the basis fingerprint (which model,
+layer, directions the drift was measured with), trait names, tau, the training run ids and CV metrics.
+A monitor applied to drift from another basis gives confident nonsense, so a fingerprint mismatch is an
+error, not a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+from sklearn.dummy import DummyRegressor
+from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
+from sklearn.linear_model import Ridge
+from sklearn.utils import check_array
+from sklearn.utils.validation import check_is_fitted
+
+from traitwatch.errors import BasisMismatchError, InputFileError
+from traitwatch.monitor.detector import DriftMonitor
+
+__all__ = ["save_monitor", "load_monitor", "LoadedMonitor", "FORMAT", "FORMAT_VERSION"]
+
+FORMAT = "traitwatch.monitor"
+FORMAT_VERSION = 1
+_TREE_FIELDS = ("children_left", "children_right", "feature", "threshold", "value")
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types; NaN/inf become None (JSON has no NaN), numpy scalars become Python numbers."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer, int)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(float(obj)) else None
+    if obj is None or isinstance(obj, str):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} in a monitor artifact")
+
+
+def _tree_tensors(prefix: str, tree: Any) -> dict[str, np.ndarray]:
+    t = tree.tree_
+    if t.n_outputs != 1:
+        raise ValueError("only single-output trees can be saved")
+    arrays = {
+        "children_left": t.children_left,
+        "children_right": t.children_right,
+        "feature": t.feature,
+        "threshold": t.threshold,
+        "value": t.value[:, 0, 0],
+    }
+    return {f"{prefix}.{k}": np.ascontiguousarray(v) for k, v in arrays.items()}
+
+
+def _tensors_path(path: Path) -> Path:
+    return path.with_suffix(".safetensors")
+
+
+def save_monitor(
+    monitor: DriftMonitor,
+    path: str | Path,
+    *,
+    fingerprint: Mapping[str, Any],
+    trait_names: Sequence[str],
+    training_run_ids: Sequence[str],
+    tau: float | None = None,
+) -> Path:
+    """Write `path` (.json) and its sibling .safetensors; returns the JSON path.
+
+    Supported: a fitted monitor on raw drift (`features=None`) whose regressor is a RandomForestRegressor,
+    a GradientBoostingRegressor (squared error, default init) or a Ridge. `tau` defaults to the monitor's
+    threshold. CV results and the selected regressor name are stored when `select_regressor` was used.
+    """
+    from safetensors.numpy import save_file
+
+    check_is_fitted(monitor, "regressor_")
+    if monitor.features_ is not None:
+        raise ValueError("only monitors on raw drift (features=None) can be saved")
+    names = [str(t) for t in trait_names]
+    if len(names) != monitor.n_features_in_:
+        raise ValueError(f"{len(names)} trait names for a monitor with {monitor.n_features_in_} inputs")
+    reg = monitor.regressor_
+    tensors: dict[str, np.ndarray] = {}
+    if isinstance(reg, RandomForestRegressor):
+        spec: dict[str, Any] = {"kind": "random_forest", "n_trees": len(reg.estimators_)}
+        for i, tree in enumerate(reg.estimators_):
+            tensors.update(_tree_tensors(f"tree.{i:05d}", tree))
+    elif isinstance(reg, GradientBoostingRegressor):
+        if reg.loss != "squared_error" or not isinstance(reg.init_, DummyRegressor) or reg.init_.strategy != "mean":
+            raise ValueError("only GradientBoostingRegressor(loss='squared_error') with the default init can be saved")
+        stages = reg.estimators_[:, 0]
+        spec = {
+            "kind": "gradient_boosting",
+            "n_trees": len(stages),
+            "learning_rate": float(reg.learning_rate),
+        }
+        tensors["init"] = np.ascontiguousarray(np.asarray(reg.init_.constant_, dtype=np.float64).reshape(1))
+        for i, tree in enumerate(stages):
+            tensors.update(_tree_tensors(f"tree.{i:05d}", tree))
+    elif isinstance(reg, Ridge):
+        coef = np.asarray(reg.coef_, dtype=np.float64)
+        if coef.ndim != 1:
+            raise ValueError("only single-target Ridge can be saved")
+        spec = {"kind": "ridge"}
+        tensors["coef"] = np.ascontiguousarray(coef)
+        tensors["intercept"] = np.asarray([reg.intercept_], dtype=np.float64).reshape(1)
+    else:
+        raise ValueError(f"cannot save a {type(reg).__name__}; use RandomForest, GradientBoosting or Ridge")
+
+    json_path = Path(path)
+    if json_path.suffix != ".json":
+        raise ValueError(f"monitor path must end in .json, got {json_path}")
+    tensor_path = _tensors_path(json_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(tensor_path))
+    doc = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "regressor": spec,
+        "n_features_in": int(monitor.n_features_in_),
+        "threshold": float(monitor.threshold),
+        "tau": float(monitor.threshold if tau is None else tau),
+        "trait_names": names,
+        "fingerprint": _jsonable(dict(fingerprint)),
+        "training_run_ids": [str(r) for r in training_run_ids],
+        "selected_name": getattr(monitor, "selected_name_", None),
+        "cv_criterion": getattr(monitor, "cv_criterion_", None),
+        "cv_results": _jsonable(getattr(monitor, "cv_results_", {})),
+        "tensors_file": tensor_path.name,
+        "tensors_sha256": hashlib.sha256(tensor_path.read_bytes()).hexdigest(),
+    }
+    json_path.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return json_path
+
+
+def _predict_tree(X32: np.ndarray, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Leaf values for each row; `X32` is already float32, compared against float64 thresholds as sklearn does."""
+    left, right = arrays["children_left"], arrays["children_right"]
+    feature, threshold = arrays["feature"], arrays["threshold"]
+    node = np.zeros(X32.shape[0], dtype=np.int64)
+    rows = np.arange(X32.shape[0])
+    active = left[node] != -1
+    while np.any(active):
+        n = node[active]
+        go_left = X32[rows[active], feature[n]].astype(np.float64) <= threshold[n]
+        node[active] = np.where(go_left, left[n], right[n])
+        active = left[node] != -1
+    return arrays["value"][node]
+
+
+class LoadedMonitor:
+    """A monitor rebuilt from arrays: `predict` and `alarm` like `DriftMonitor`, plus its metadata."""
+
+    def __init__(self, doc: Mapping[str, Any], tensors: Mapping[str, np.ndarray], source: Path) -> None:
+        self.source = source
+        self.kind: str = doc["regressor"]["kind"]
+        self.threshold = float(doc["threshold"])
+        self.tau = float(doc["tau"])
+        self.n_features_in_ = int(doc["n_features_in"])
+        self.trait_names: list[str] = list(doc["trait_names"])
+        self.fingerprint: dict[str, Any] = dict(doc["fingerprint"])
+        self.training_run_ids: list[str] = list(doc["training_run_ids"])
+        self.selected_name: str | None = doc.get("selected_name")
+        self.cv_criterion: str | None = doc.get("cv_criterion")
+        self.cv_results: dict[str, Any] = dict(doc.get("cv_results") or {})
+        self._spec = dict(doc["regressor"])
+        self._tensors = dict(tensors)
+        n_trees = int(self._spec.get("n_trees", 0))
+        self._trees = [{f: self._tensors[f"tree.{i:05d}.{f}"] for f in _TREE_FIELDS} for i in range(n_trees)]
+        # Check everything predict will index, so a damaged file fails here and not on the first checkpoint.
+        for tree in self._trees:
+            size = tree["children_left"].shape
+            if any(tree[f].shape != size for f in _TREE_FIELDS):
+                raise ValueError("tree arrays differ in length")
+            internal = tree["children_left"] != -1
+            children = np.concatenate([tree["children_left"][internal], tree["children_right"][internal]])
+            if np.any(children < 0) or np.any(children >= size[0]):
+                raise ValueError("tree child index out of range")
+            if np.any(tree["feature"][internal] < 0) or np.any(tree["feature"][internal] >= self.n_features_in_):
+                raise ValueError("tree feature index out of range")
+        if self.kind == "ridge" and self._tensors["coef"].shape != (self.n_features_in_,):
+            raise ValueError("coef has the wrong length")
+        if self.kind == "gradient_boosting":
+            self._learning_rate = float(self._spec["learning_rate"])
+            self._init = float(self._tensors["init"][0])
+        elif self.kind == "ridge":
+            self._intercept = self._tensors["intercept"][0]
+
+    def predict(self, X: ArrayLike) -> np.ndarray:
+        """Predicted EM rate in [0, 1], equal to the saved `DriftMonitor.predict`."""
+        X = check_array(X, dtype=np.float64)
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {X.shape[1]} features, but the monitor in {self.source} expects {self.n_features_in_} "
+                f"({', '.join(self.trait_names)})"
+            )
+        if self.kind == "ridge":
+            raw = X @ self._tensors["coef"] + self._intercept
+        elif self.kind == "random_forest":
+            X32 = X.astype(np.float32)
+            raw = np.zeros(X.shape[0], dtype=np.float64)
+            for tree in self._trees:
+                raw += _predict_tree(X32, tree)
+            raw /= len(self._trees)
+        else:
+            X32 = X.astype(np.float32)
+            raw = np.full(X.shape[0], self._init, dtype=np.float64)
+            for tree in self._trees:
+                raw += self._learning_rate * _predict_tree(X32, tree)
+        return np.clip(raw, 0.0, 1.0)
+
+    def alarm(self, X: ArrayLike) -> np.ndarray:
+        return self.predict(X) > self.threshold
+
+
+def _normalise(value: Any) -> Any:
+    return json.loads(json.dumps(_jsonable(value)))
+
+
+def load_monitor(
+    path: str | Path,
+    *,
+    fingerprint: Mapping[str, Any] | None = None,
+    trait_names: Sequence[str] | None = None,
+) -> LoadedMonitor:
+    """Read a monitor written by `save_monitor`, checking it against the caller's basis.
+
+    `fingerprint` (the current basis's fingerprint dict) must equal the stored one field by field, and
+    `trait_names`, if given, must match in order; otherwise `BasisMismatchError` names the file and the
+    first mismatching field. A missing, corrupt or inconsistent file pair raises `InputFileError`.
+    """
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    json_path = Path(path)
+    if not json_path.is_file():
+        raise InputFileError(f"{json_path}: no monitor file there; pass the .json written when the monitor was saved")
+    try:
+        doc = json.loads(json_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputFileError(f"{json_path}: not a readable monitor file ({exc}); re-save the monitor") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise InputFileError(f"{json_path}: not a traitwatch monitor file (no format '{FORMAT}')")
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise InputFileError(
+            f"{json_path}: monitor format version {doc.get('format_version')!r} is not supported "
+            f"(this traitwatch reads {FORMAT_VERSION}); re-save it with this version"
+        )
+    required = ("regressor", "n_features_in", "threshold", "tau", "trait_names", "fingerprint",
+                "training_run_ids", "tensors_file", "tensors_sha256")
+    missing = [k for k in required if k not in doc]
+    if not missing and not isinstance(doc["fingerprint"], dict):
+        missing = ["fingerprint"]
+    kind = doc["regressor"].get("kind") if isinstance(doc.get("regressor"), dict) else None
+    if missing or kind not in ("random_forest", "gradient_boosting", "ridge"):
+        raise InputFileError(f"{json_path}: monitor file is incomplete (missing or bad: {missing or ['regressor']})")
+
+    if fingerprint is not None:
+        given, stored = _normalise(dict(fingerprint)), doc["fingerprint"]
+        for key in sorted(set(given) | set(stored)):
+            if given.get(key, "<absent>") != stored.get(key, "<absent>"):
+                raise BasisMismatchError(
+                    f"{json_path}: monitor was fitted on drift from another basis: fingerprint field {key!r} is "
+                    f"{stored.get(key, '<absent>')!r} in the file but {given.get(key, '<absent>')!r} here; refit "
+                    "the monitor on runs measured with this basis, or measure with the basis it was fitted on"
+                )
+    if trait_names is not None and [str(t) for t in trait_names] != doc["trait_names"]:
+        raise BasisMismatchError(
+            f"{json_path}: monitor field 'trait_names' is {doc['trait_names']} but the drift has {list(trait_names)}; "
+            "measure drift with the monitor's traits in its order"
+        )
+
+    tensor_path = json_path.parent / str(doc["tensors_file"])
+    if not tensor_path.is_file():
+        raise InputFileError(f"{tensor_path}: the monitor's tensor file is missing; keep it next to {json_path.name}")
+    blob = tensor_path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != doc["tensors_sha256"]:
+        raise InputFileError(
+            f"{tensor_path}: does not match the checksum in {json_path.name} (corrupt, or from another save); re-save"
+        )
+    try:
+        tensors = load_file(str(tensor_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputFileError(f"{tensor_path}: unreadable safetensors file ({exc}); re-save the monitor") from None
+    try:
+        return LoadedMonitor(doc, tensors, json_path)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputFileError(
+            f"{json_path}: monitor file and its tensors disagree ({exc}); re-save the monitor"
+        ) from None

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
+from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import Ridge
+
+from traitwatch.errors import BasisMismatchError, InputFileError
+from traitwatch.monitor.artifact import load_monitor, save_monitor
+from traitwatch.monitor.baselines import PC1AbsFeatures
+from traitwatch.monitor.detector import DriftMonitor
+
+FINGERPRINT = {"model": "tiny-llama", "revision": "abc123", "layer": 14, "directions_sha256": "f00d"}
+
+
+def _save(monitor, table, path):
+    return save_monitor(monitor, path, fingerprint=FINGERPRINT, trait_names=table.trait_names,
+                        training_run_ids=sorted(set(table.run_id)))
+
+
+@pytest.mark.parametrize("regressor", [
+    RandomForestRegressor(n_estimators=25, max_depth=5, min_samples_leaf=5, random_state=0),
+    GradientBoostingRegressor(n_estimators=40, max_depth=3, learning_rate=0.1, random_state=0),
+    Ridge(alpha=1.0),
+], ids=["rf", "gbr", "ridge"])
+def test_round_trip_reproduces_predict_exactly(regressor, cal, held, tmp_path) -> None:
+    monitor = DriftMonitor(regressor, threshold=0.05).fit(cal.X, cal.y)
+    path = _save(monitor, cal, tmp_path / "monitor.json")
+    loaded = load_monitor(path, fingerprint=FINGERPRINT, trait_names=cal.trait_names)
+    rng = np.random.RandomState(0)
+    probes = [held.X, cal.X, rng.normal(scale=0.05, size=(500, 7)), rng.normal(scale=5.0, size=(50, 7))]
+    for X in probes:
+        assert np.array_equal(loaded.predict(X), monitor.predict(X))
+        assert np.array_equal(loaded.alarm(X), monitor.alarm(X))
+    assert loaded.trait_names == list(cal.trait_names)
+    assert loaded.training_run_ids == sorted(set(cal.run_id))
+    assert loaded.fingerprint == FINGERPRINT and loaded.tau == 0.05
+    with pytest.raises(ValueError, match="expects 7"):
+        loaded.predict(held.X[:, :3])
+
+
+def test_artifact_carries_cv_metrics_and_is_json_plus_safetensors(cal, fast_candidates, tmp_path) -> None:
+    monitor = DriftMonitor().select_regressor(cal.X, cal.y, cal.perturbation, fast_candidates)
+    path = _save(monitor, cal, tmp_path / "m.json")
+    doc = json.loads(path.read_text())
+    assert doc["selected_name"] == monitor.selected_name_
+    assert set(doc["cv_results"]) == set(fast_candidates)
+    assert load_file(str(path.with_suffix(".safetensors")))  # plain tensors, nothing executable
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.safetensors"]
+    assert load_monitor(path).selected_name == monitor.selected_name_
+
+
+def test_a_different_basis_fingerprint_is_refused_naming_file_and_field(cal, tmp_path) -> None:
+    path = _save(DriftMonitor(Ridge()).fit(cal.X, cal.y), cal, tmp_path / "m.json")
+    with pytest.raises(BasisMismatchError, match=r"m\.json.*'layer'.*14.*16"):
+        load_monitor(path, fingerprint={**FINGERPRINT, "layer": 16})
+    with pytest.raises(BasisMismatchError, match="'tokenizer'"):
+        load_monitor(path, fingerprint={**FINGERPRINT, "tokenizer": "other"})
+    with pytest.raises(BasisMismatchError, match="trait_names"):
+        load_monitor(path, trait_names=list(reversed(cal.trait_names)))
+
+
+def test_missing_or_corrupt_files_raise_input_file_error(cal, tmp_path) -> None:
+    with pytest.raises(InputFileError, match="nope.json"):
+        load_monitor(tmp_path / "nope.json")
+    path = _save(DriftMonitor(Ridge()).fit(cal.X, cal.y), cal, tmp_path / "m.json")
+    tensors = path.with_suffix(".safetensors")
+    blob = tensors.read_bytes()
+    tensors.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(InputFileError, match=r"m\.safetensors"):
+        load_monitor(path)
+    tensors.unlink()
+    with pytest.raises(InputFileError, match=r"m\.safetensors"):
+        load_monitor(path)
+    path.write_text("{not json")
+    with pytest.raises(InputFileError, match=r"m\.json"):
+        load_monitor(path)
+    path.write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(InputFileError, match=r"m\.json"):
+        load_monitor(path)
+
+
+def test_only_supported_fitted_monitors_are_saved(cal, tmp_path) -> None:
+    with pytest.raises(NotFittedError):
+        _save(DriftMonitor(), cal, tmp_path / "a.json")
+    with_features = DriftMonitor(Ridge(), features=PC1AbsFeatures()).fit(cal.X, cal.y)
+    with pytest.raises(ValueError, match="features"):
+        _save(with_features, cal, tmp_path / "b.json")
+    with pytest.raises(ValueError, match="trait names"):
+        save_monitor(DriftMonitor(Ridge()).fit(cal.X, cal.y), tmp_path / "c.json", fingerprint={},
+                     trait_names=["a"], training_run_ids=[])
+
+
+def test_a_json_that_disagrees_with_its_tensors_is_refused(cal, tmp_path) -> None:
+    forest = RandomForestRegressor(n_estimators=3, max_depth=3, random_state=0)
+    path = _save(DriftMonitor(forest).fit(cal.X, cal.y), cal, tmp_path / "m.json")
+    doc = json.loads(path.read_text())
+    for key, value in (("n_trees", 4), ("kind", "ridge")):
+        path.write_text(json.dumps({**doc, "regressor": {**doc["regressor"], key: value}}))
+        with pytest.raises(InputFileError, match=r"m\.json"):
+            load_monitor(path)
