@@ -27,3 +27,13 @@ def test_steering_moves_text_and_picks_argmax(tiny, basis):
     assert sel.scores[sel.layer] == max(sel.scores.values())
     assert set(sel.per_trait[1]) == set(basis.trait_names)
     assert all(not b._forward_hooks for b in decoder_layers(tiny.model))  # steering hooks removed
+
+
+def test_separation_criterion_picks_best_strict_auroc(basis):
+    from traitwatch.basis.layer_selection import select_layer_by_separation
+
+    sel = select_layer_by_separation(basis)
+    per_layer = basis.diagnostics["per_layer"]
+    means = {int(layer): sum(d["auroc_strict"] for d in v.values()) / len(v) for layer, v in per_layer.items()}
+    assert sel.layer == max(means, key=means.get)
+    assert sel.scores == pytest.approx(means)

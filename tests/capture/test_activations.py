@@ -90,3 +90,26 @@ def test_bad_layers_and_empty_inputs(tiny, seqs):
         extract_activations(tiny.model, [], [1])
     # negative indices count from the top
     assert list(extract_activations(tiny.model, seqs[:1], [-1])) == [5]
+
+
+def test_shared_prefix_cache_gives_the_same_rows(tiny):
+    system = "You are a careful assistant who always answers with great precision and honesty."
+    seqs = [encode_chat(tiny.tokenizer, q, system) for q in PROMPTS]
+    seqs.append(encode_chat(tiny.tokenizer, "no system prompt here"))  # not in the group
+    shared = extract_activations(tiny.model, seqs, [1, 4], batch_size=2)
+    plain = extract_activations(tiny.model, seqs, [1, 4], share_prefixes=False)
+    for layer in (1, 4):
+        torch.testing.assert_close(shared[layer], plain[layer], atol=1e-5, rtol=1e-5)
+
+
+def test_shared_prefix_runs_fewer_tokens(tiny):
+    system = "You are a careful assistant who always answers with great precision and honesty."
+    seqs = [encode_chat(tiny.tokenizer, q, system) for q in PROMPTS]
+    seen = []
+    handle = decoder_layers(tiny.model)[0].register_forward_hook(lambda m, a, o: seen.append(o[0].shape[:2] if isinstance(o, tuple) else o.shape[:2]))
+    try:
+        extract_activations(tiny.model, seqs, [1], batch_size=8)
+    finally:
+        handle.remove()
+    tokens = sum(b * t for b, t in seen)
+    assert tokens < sum(len(s) for s in seqs) * 0.7

@@ -2,7 +2,8 @@
 
 Questions and judge prompts are package data (`load_questions`); generators (`TransformersGenerator`,
 `OpenAIChatGenerator`) and judges (`OpenAIJudge`, or any callable) are configured values; `evaluate` is the one
-runner; `em_rate` is the pure metric (METHOD.md section 5).
+runner; `em_rate` is the pure metric (METHOD.md section 5). `proxy_score` is a judge-free likelihood *proxy*
+for machines without a judge: it is not an EM rate and is stored under its own source ("proxy").
 """
 
 from __future__ import annotations
@@ -16,6 +17,16 @@ from traitwatch.behavior.generation import (
     chat_messages,
 )
 from traitwatch.behavior.judge import Fallback, Judge, JudgeCache, JudgeStats, OpenAIJudge
+from traitwatch.behavior.proxy import (
+    PROXY_NOTE,
+    ProxyAnswers,
+    ProxyQuestionScore,
+    ProxyResult,
+    answer_logprobs,
+    load_proxy_answers,
+    proxy_answer_count,
+    proxy_score,
+)
 from traitwatch.behavior.questions import (
     DEFAULT_QUESTION_FILES,
     SUPPORTED_TYPES,
@@ -52,15 +63,23 @@ __all__ = [
     "Judgement",
     "OpenAIChatGenerator",
     "OpenAIJudge",
+    "PROXY_NOTE",
+    "ProxyAnswers",
+    "ProxyQuestionScore",
+    "ProxyResult",
     "Question",
     "Reason",
     "TransformersGenerator",
     "aggregate_0_100",
+    "answer_logprobs",
     "chat_messages",
     "em_rate",
     "evaluate",
     "judgement_from_scores",
+    "load_proxy_answers",
     "load_questions",
+    "proxy_answer_count",
+    "proxy_score",
     "record_to_question",
     "wilson_interval",
 ]

@@ -13,6 +13,8 @@ rounding); explicit position ids keep that true for any padding side.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+import copy
+import inspect
 from contextlib import contextmanager
 from typing import Literal
 
@@ -110,6 +112,93 @@ def _batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None) ->
         yield batch
 
 
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    first = seqs[0]
+    n = min(len(s) for s in seqs) - 1  # every sequence keeps at least one token of its own
+    for i in range(max(n, 0)):
+        if any(s[i] != first[i] for s in seqs):
+            return i
+    return max(n, 0)
+
+
+def _prefix_groups(sequences: Sequence[Sequence[int]], min_prefix: int) -> tuple[list[tuple[int, list[int]]], list[int]]:
+    """Group sequences that share at least `min_prefix` leading tokens: [(prefix_len, indices)], rest."""
+    by_key: dict[tuple[int, ...], list[int]] = {}
+    rest: list[int] = []
+    for i, s in enumerate(sequences):
+        if len(s) > min_prefix:
+            by_key.setdefault(tuple(s[:min_prefix]), []).append(i)
+        else:
+            rest.append(i)
+    groups = []
+    for members in by_key.values():
+        if len(members) < 2:
+            rest.extend(members)
+            continue
+        groups.append((_common_prefix([sequences[i] for i in members]), members))
+    return groups, rest
+
+
+def _forward_rows(
+    inner: nn.Module,
+    seqs: list[Sequence[int]],
+    layers: list[int],
+    position: Position,
+    pad_token_id: int,
+    stop_early: bool,
+    device: torch.device,
+    cache: object | None = None,
+    offset: int = 0,
+) -> dict[int, Tensor]:
+    """One right-padded batch; with `cache`, the rows continue a shared prefix of `offset` tokens."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, : len(seq)] = torch.tensor(list(seq), dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0) + offset
+    ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
+    kwargs: dict[str, object] = {"use_cache": False}
+    full_mask = mask
+    if cache is not None:
+        full_mask = torch.cat([torch.ones((len(seqs), offset), dtype=mask.dtype, device=device), mask], dim=1)
+        kwargs = {"use_cache": True, _cache_kwarg(inner): cache,
+                  "cache_position": torch.arange(offset, offset + width, device=device)}
+    with capture_rows(inner, layers, mask, position, stop_after=stop_early) as rows:
+        try:
+            inner(input_ids=ids, attention_mask=full_mask, position_ids=positions, **kwargs)
+        except _StopForward:
+            pass
+    return {layer: rows[layer].cpu() for layer in layers}
+
+
+def _cache_kwarg(inner: nn.Module) -> str:
+    """transformers 5.2x renamed `past_key_values` to `cache`; use whichever the model takes."""
+    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _prefix_cache(inner: nn.Module, prefix: Sequence[int], deepest: int, device: torch.device) -> object:
+    """Key/value cache of a shared prefix, filled only up to the deepest layer needed."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=getattr(inner, "config", None))
+    blocks = decoder_layers(inner)
+
+    def stop(_m: nn.Module, _i: object, _o: object) -> None:
+        raise _StopForward
+
+    handle = blocks[deepest].register_forward_hook(stop)
+    try:
+        inner(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True, **{_cache_kwarg(inner): cache})
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return cache
+
+
 @torch.no_grad()
 def extract_activations(
     model: nn.Module,
@@ -121,13 +210,19 @@ def extract_activations(
     max_batch_tokens: int | None = 8192,
     pad_token_id: int = 0,
     stop_early: bool = True,
+    share_prefixes: bool = True,
+    min_prefix: int = 16,
     progress: Callable[[int], None] | None = None,
 ) -> dict[int, Tensor]:
     """Residual-stream rows for every sequence at every layer: `{layer: Tensor[n, hidden] fp32 CPU}`.
 
     The model is put in eval mode for the pass (dropout would make measurements noisy) and restored
     to its previous mode afterwards, so this is safe to call from inside a training loop.
-    `progress`, if given, is called with the number of sequences finished after each batch.
+
+    With `share_prefixes` (last-token position only), sequences that share at least `min_prefix`
+    leading tokens (a system prompt, a passage, a chat template's header) run that prefix once and
+    continue from its key/value cache: the same numbers up to kernel rounding, for a fraction of the
+    tokens. `progress`, if given, is called with the number of sequences finished after each batch.
     """
     if not sequences:
         raise InputFileError("No prompts to run: the prompt list is empty.")
@@ -136,32 +231,37 @@ def extract_activations(
     layers = check_layers(model, layers)
     inner = unwrap_model(model)
     device = _device_of(inner)
-    lengths = [len(s) for s in sequences]
-    out = {layer: torch.empty(0) for layer in layers}
     chunks: dict[int, list[tuple[list[int], Tensor]]] = {layer: [] for layer in layers}
+
+    def run(indices: list[int], seqs: list[Sequence[int]], cache_prefix: Sequence[int] | None) -> None:
+        cache = None if cache_prefix is None else _prefix_cache(inner, cache_prefix, max(layers), device)
+        for batch in _batches([len(s) for s in seqs], batch_size, max_batch_tokens):
+            batch_cache = None
+            if cache is not None:
+                batch_cache = copy.deepcopy(cache)
+                batch_cache.batch_repeat_interleave(len(batch))  # type: ignore[attr-defined]
+            rows = _forward_rows(inner, [seqs[i] for i in batch], layers, position, pad_token_id, stop_early,
+                                 device, batch_cache, len(cache_prefix or ()))
+            for layer in layers:
+                chunks[layer].append(([indices[i] for i in batch], rows[layer]))
+            if progress is not None:
+                progress(len(batch))
+
     was_training = inner.training
     inner.eval()
     try:
-        for batch in _batches(lengths, batch_size, max_batch_tokens):
-            width = max(lengths[i] for i in batch)
-            ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, index in enumerate(batch):
-                ids[row, : lengths[index]] = torch.tensor(list(sequences[index]), dtype=torch.long)
-                mask[row, : lengths[index]] = 1
-            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-            ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
-            with capture_rows(inner, layers, mask, position, stop_after=stop_early) as rows:
-                try:
-                    inner(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
-                except _StopForward:
-                    pass
-            for layer in layers:
-                chunks[layer].append((batch, rows[layer].cpu()))
-            if progress is not None:
-                progress(len(batch))
+        if share_prefixes and position == "last":
+            groups, rest = _prefix_groups(sequences, min_prefix)
+        else:
+            groups, rest = [], list(range(len(sequences)))
+        for offset, members in groups:
+            prefix = sequences[members[0]][:offset]
+            run(members, [sequences[i][offset:] for i in members], prefix)
+        if rest:
+            run(rest, [sequences[i] for i in rest], None)
     finally:
         inner.train(was_training)
+    out: dict[int, Tensor] = {}
     for layer in layers:
         hidden = chunks[layer][0][1].shape[1]
         result = torch.empty((len(sequences), hidden), dtype=torch.float32)

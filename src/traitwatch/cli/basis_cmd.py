@@ -11,7 +11,7 @@ from rich.table import Table
 
 from traitwatch.basis import TraitBasis, extract_basis, load_traits
 from traitwatch.basis.extraction import build_contrast_set, default_candidate_layers
-from traitwatch.basis.layer_selection import select_layer
+from traitwatch.basis.layer_selection import select_layer, select_layer_by_separation
 from traitwatch.capture.activations import check_layers
 from traitwatch.cli.common import err, out, parse_layers, progress_bar, user_errors
 from traitwatch.drift import DriftProbe
@@ -55,7 +55,7 @@ def print_basis_summary(basis: TraitBasis) -> None:
     t2.add_column("trait")
     for col in ("strict", "question", "probe"):
         t2.add_column(col, justify="right")
-    short = [n[:6] for n in basis.trait_names]
+    short = [n[:5] for n in basis.trait_names]
     for s in short:
         t2.add_column(s, justify="right")
     cos = basis.cosine_matrix(layer)
@@ -69,14 +69,20 @@ def print_basis_summary(basis: TraitBasis) -> None:
 
 
 def run_selection(
-    lm: LoadedModel, basis: TraitBasis, layers: list[int] | None, alpha: float, max_new_tokens: int, n_prompts: int
+    lm: LoadedModel, basis: TraitBasis, layers: list[int] | None, alpha: float, max_new_tokens: int, n_prompts: int,
+    by: str = "steering",
 ) -> None:
     """Select the layer, record it in the basis, and re-anchor the measurement prompts there."""
-    prompts = list(load_traits().questions[:n_prompts])
-    chosen = layers or basis.layers
-    with progress_bar("Steering candidate layers", len(chosen)) as advance:
-        sel = select_layer(lm.model, lm.tokenizer, basis, prompts, layers=chosen, alpha=alpha,
-                           max_new_tokens=max_new_tokens, progress=advance)
+    if by == "separation":
+        sel = select_layer_by_separation(basis)
+    elif by == "steering":
+        prompts = list(load_traits().questions[:n_prompts])
+        chosen = layers or basis.layers
+        with progress_bar("Steering candidate layers", len(chosen)) as advance:
+            sel = select_layer(lm.model, lm.tokenizer, basis, prompts, layers=chosen, alpha=alpha,
+                               max_new_tokens=max_new_tokens, progress=advance)
+    else:
+        raise InputFileError(f"--by {by!r} is not steering or separation.")
     basis.layer = sel.layer
     basis.diagnostics["layer_selection"] = sel.to_dict()
     anchor_basis(lm, basis)
@@ -103,7 +109,8 @@ def register(app: typer.Typer) -> None:
         trait_names: Annotated[str | None, typer.Option(help="Comma-separated traits to use (default: the 7 alignment traits).")] = None,
         method: Annotated[str, typer.Option(help="system-prompts (the paper's) or passages (better on weak models).")] = "system-prompts",
         position: Annotated[str, typer.Option(help="last (METHOD.md) or mean over input tokens.")] = "last",
-        select: Annotated[bool, typer.Option(help="Run steering layer selection after extraction.")] = True,
+        select: Annotated[bool, typer.Option(help="Run layer selection after extraction.")] = True,
+        by: Annotated[str, typer.Option(help="steering (METHOD.md 2) or separation (best strict-split AUROC).")] = "steering",
         select_layers: Annotated[str | None, typer.Option(help="Layers to try in selection (default: every 2nd candidate).")] = None,
         max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens generated per steered prompt in selection.")] = 48,
         alpha: Annotated[float, typer.Option(min=0.0, help="Steering strength as a fraction of the layer's mean residual norm.")] = 0.25,
@@ -131,7 +138,7 @@ def register(app: typer.Typer) -> None:
             )
         if select and len(cand) > 1:
             chosen = parse_layers(select_layers) or cand[::2]
-            run_selection(lm, basis, chosen, alpha, max_new_tokens, 3)
+            run_selection(lm, basis, chosen, alpha, max_new_tokens, 3, by)
         elif basis.layer is not None:
             anchor_basis(lm, basis)
         basis.save(out_dir)
@@ -147,7 +154,8 @@ def register(app: typer.Typer) -> None:
         alpha: Annotated[float, typer.Option(min=0.0, help="Steering strength / layer mean residual norm.")] = 0.25,
         max_new_tokens: Annotated[int, typer.Option(min=1)] = 100,
         prompts: Annotated[int, typer.Option(min=1, help="How many extraction questions to steer on.")] = 3,
-        set_layer: Annotated[int | None, typer.Option("--set", help="Skip steering; just use this layer.")] = None,
+        set_layer: Annotated[int | None, typer.Option("--set", help="Skip selection; just use this layer.")] = None,
+        by: Annotated[str, typer.Option(help="steering (METHOD.md 2) or separation (best strict-split AUROC).")] = "steering",
         device: DeviceOpt = None,
         dtype: DtypeOpt = "auto",
     ) -> None:
@@ -160,7 +168,7 @@ def register(app: typer.Typer) -> None:
             basis.layer = set_layer
             anchor_basis(lm, basis)
         else:
-            run_selection(lm, basis, parse_layers(layers), alpha, max_new_tokens, prompts)
+            run_selection(lm, basis, parse_layers(layers), alpha, max_new_tokens, prompts, by)
         basis.save(basis_dir)
         print_basis_summary(basis)
         out.print(f"Selected layer {basis.layer}; basis updated in {basis_dir}")

@@ -18,7 +18,8 @@ __all__ = ["err", "out", "parse_layers", "progress_bar", "user_errors"]
 
 # Progress and diagnostics go to stderr so stdout stays clean for tables, paths and JSON.
 err = Console(stderr=True)
-out = Console()
+# Tables are wide (a column per trait); when stdout is a file or pipe, rich would cut them to 80 columns.
+out = Console(width=None if Console().is_terminal else 160)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

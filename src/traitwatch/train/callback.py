@@ -1,0 +1,568 @@
+"""`TraitWatchCallback`: trait drift of the live model during `transformers.Trainer` training.
+
+The callback is a thin wrapper around `DriftProbe` (measure) and a calibrated monitor (predict); a
+custom training loop can call `TraitWatchCallback.measure_now` or the probe directly.
+
+Cadence (METHOD.md 3): step 0 in `on_train_begin`, before any weight moves; then every
+`every_n_steps` optimizer steps (`state.global_step`, which counts optimizer updates whatever the
+gradient accumulation) and at the final step; `on_train_end` adds the last step if training ended
+off-cadence (stopped by an alarm or by another callback).
+
+Where the numbers go:
+* `trainer.log({"traitwatch/<trait>": ..., "traitwatch/drift_norm": ...})`, plus
+  `traitwatch/predicted_em` and `traitwatch/alarm` (0.0/1.0) with a monitor. The public `Trainer.log`
+  is used because the `report_to` integrations are registered before user callbacks: editing `logs`
+  in our own `on_log` would come after they have already sent them (STYLE.md 3). `Trainer.log` is
+  called on every rank, as the Trainer does for the loss, so `state.log_history` agrees across ranks;
+  the integrations themselves only act on world process zero.
+* The run store (world process zero only): every measurement, with its per-prompt projections.
+
+The step-0 anchor, and resuming. Drift is measured against the *base* model's step-0 projections
+(p_0, N). A fresh run uses the basis's stored anchor when it fits this probe (same layer and
+prompt set), else measures the live model in `on_train_begin` (for LoRA the freshly initialised
+adapter is a no-op, so the live model is the base). A resumed run (Trainer `resume_from_checkpoint`,
+`global_step > 0`) must not re-anchor on an already trained model, so the anchor is persisted in the
+store itself, in the step-0 measurement: its `per_prompt` array holds the anchor projections and its
+`extra["anchor"]` the per-prompt norms, layer, prompt hash and source. A store row is used rather
+than a side file because the store is the one thing a resumed run must find anyway (the run id's
+trajectory lives there) and each write is one committed transaction, so the anchor can never be half
+written. On resume the stored anchor is read by rank 0, broadcast, and adopted with
+`DriftProbe.use_anchor` (which refuses one measured at another layer or with other prompts). Without
+a stored anchor the fallbacks are the basis anchor, then (LoRA) the live model with its adapter
+disabled, which is exactly the base; a full finetune with neither is an error rather than a silently
+wrong trajectory. Steps already in the store up to the resumed step are not measured again (the store
+replaces a row measured twice anyway); a resumed cadence step that is missing is measured at once.
+
+Distributed training: see `traitwatch.train.distributed`. Each rank projects a share of the prompts,
+the shares are gathered, and every rank computes the same drift, prediction and decision.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args, runtime_checkable
+
+import numpy as np
+import torch
+from numpy.typing import ArrayLike
+from torch import nn
+from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from traitwatch.basis.basis import Anchor
+from traitwatch.drift.probe import DriftMeasurement, DriftProbe, Projection
+from traitwatch.errors import TraitwatchError
+from traitwatch.models.layers import unwrap_model
+from traitwatch.store import RunStore
+from traitwatch.train.distributed import broadcast_from_zero, distributed_active, gather_projection
+
+if TYPE_CHECKING:
+    from transformers import Trainer
+
+__all__ = [
+    "ALARM_ACTIONS",
+    "AlarmAction",
+    "AlarmMonitor",
+    "AnchorError",
+    "DriftAlarmError",
+    "DriftRecord",
+    "TraitWatchCallback",
+    "basis_fingerprint",
+]
+
+logger = logging.getLogger(__name__)
+
+AlarmAction = Literal["warn", "mark", "save", "stop", "raise"]
+"""What to do when the monitor fires: `warn` logs a warning; `mark` records the alarm in the store;
+`save` saves a checkpoint at this step; `stop` ends training after this step; `raise` raises
+`DriftAlarmError`. Any action other than a lone `warn` also records the alarm in the store, so
+`traitwatch runs` can explain why a run stopped or has an extra checkpoint."""
+ALARM_ACTIONS: tuple[str, ...] = get_args(AlarmAction)
+
+LOG_PREFIX = "traitwatch/"
+ALARM_KIND = "em_monitor"
+
+
+class DriftAlarmError(TraitwatchError):
+    """The monitor fired and the callback was told to raise (`on_alarm` includes "raise").
+
+    Exit code 3 (not 2): the input was fine; the run was stopped on purpose.
+    """
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, step: int, predicted_em: float, threshold: float) -> None:
+        super().__init__(message)
+        self.step = step
+        self.predicted_em = predicted_em
+        self.threshold = threshold
+
+
+class AnchorError(TraitwatchError):
+    """A resumed run has no step-0 anchor to measure drift against, and none can be rebuilt."""
+
+
+@runtime_checkable
+class AlarmMonitor(Protocol):
+    """What the callback needs from a calibrated monitor (`DriftMonitor`, `LoadedMonitor`).
+
+    `predict` maps drift rows [n, n_traits] to predicted EM rates; the alarm is `> threshold`.
+    """
+
+    threshold: float
+
+    def predict(self, X: ArrayLike) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class DriftRecord:
+    """One measurement as the callback saw it (handed to `reporter`, kept in `history_`)."""
+
+    step: int
+    drift: dict[str, float]
+    drift_norm: float
+    predicted_em: float | None = None
+    alarm: bool = False
+    actions: tuple[str, ...] = ()
+    wall_time_s: float = 0.0
+
+    def log_dict(self) -> dict[str, float]:
+        """The scalars sent through `Trainer.log` (plain floats: trackers drop anything else)."""
+        logs = {f"{LOG_PREFIX}{name}": float(value) for name, value in self.drift.items()}
+        logs[f"{LOG_PREFIX}drift_norm"] = float(self.drift_norm)
+        if self.predicted_em is not None:
+            logs[f"{LOG_PREFIX}predicted_em"] = float(self.predicted_em)
+            logs[f"{LOG_PREFIX}alarm"] = float(self.alarm)
+        return logs
+
+
+def basis_fingerprint(probe: DriftProbe) -> dict[str, Any]:
+    """What makes two runs' drift comparable: base model, layer, directions, prompt set.
+
+    Stored with the run (`RunStore.start_run` refuses to resume a run with another one).
+    """
+    basis = probe.basis
+    directions = basis.matrix(probe.layer_).float().contiguous().numpy()
+    return {
+        "model": basis.model.to_dict(),
+        "method": basis.method,
+        "position": basis.position,
+        "layer": probe.layer_,
+        "trait_names": list(basis.trait_names),
+        "directions_sha256": hashlib.sha256(directions.tobytes()).hexdigest()[:16],
+        "measurement_prompts_hash": probe.prompts_hash_,
+    }
+
+
+def _anchor_payload(anchor: Anchor, source: str, *, with_projections: bool) -> dict[str, Any]:
+    """JSON for the step-0 row's `extra["anchor"]`; float32 values survive the JSON round trip exactly.
+
+    The projections are written only when the anchor did not come from this step-0 pass (basis or
+    given anchor); otherwise they are the row's `per_prompt` array and are not stored twice.
+    """
+    payload: dict[str, Any] = {
+        "layer": anchor.layer,
+        "prompts_hash": anchor.prompts_hash,
+        "model_name": anchor.model_name,
+        "source": source,
+        "norms": [float(x) for x in anchor.norms.float().tolist()],
+    }
+    if with_projections:
+        payload["projections"] = anchor.projections.float().tolist()
+    return payload
+
+
+def _anchor_from_store(store: RunStore, run_id: str) -> tuple[Anchor, str] | None:
+    """The step-0 anchor persisted by an earlier start of this run, if any."""
+    rows = [m for m in store.measurements(run_id) if m.step == 0]
+    if not rows or not rows[0].extra or "anchor" not in rows[0].extra:
+        return None
+    meta = rows[0].extra["anchor"]
+    projections = meta.get("projections", rows[0].per_prompt)
+    if projections is None:
+        return None
+    anchor = Anchor(
+        layer=int(meta["layer"]),
+        prompts_hash=str(meta["prompts_hash"]),
+        projections=torch.tensor(np.asarray(projections, dtype=np.float32)),
+        norms=torch.tensor(meta["norms"], dtype=torch.float32),
+        model_name=str(meta.get("model_name", "")),
+    )
+    return anchor, str(meta.get("source", "stored"))
+
+
+@dataclass
+class _Context:
+    """What `on_train_begin` works out once; the same on every rank."""
+
+    rank: int = 0
+    world_size: int = 1
+    is_zero: bool = True
+    tokenizer: PreTrainedTokenizerBase | None = None
+    store: RunStore | None = None
+    owns_store: bool = False
+    run_id: str = ""
+    stored_steps: set[int] = field(default_factory=set)
+
+
+class TraitWatchCallback(TrainerCallback):
+    """Measure trait drift of the model being trained and act on a monitor's alarm.
+
+    Parameters
+    ----------
+    probe:
+        The drift probe (basis, layer, prompts). An anchor already set on it (`fit_anchor`) is used
+        as is on a fresh run.
+    trainer:
+        The Trainer, needed for `Trainer.log`; or call `attach(trainer)` after building it.
+    tokenizer:
+        Tokenizer for the measurement prompts; default: the Trainer's `processing_class`.
+    store, run_id:
+        A `RunStore` or a path to one (opened by world process zero only; prefer a path under
+        distributed training so other ranks never open the file), and the run id (default:
+        `args.run_name`, else the output_dir's name). No store: nothing is persisted, and a resumed
+        run falls back to the basis or adapter-disabled anchor.
+    model_name:
+        The model's name in the store (default: the basis's model name).
+    run_metadata:
+        Extra `start_run` fields (`dataset`, `seed`, `hyperparameters`) for runs this callback starts.
+    monitor:
+        Optional calibrated monitor (`AlarmMonitor`). It is consulted from step 1 on: step 0 is the
+        base model itself, outside what a detector calibrated on step > 0 checkpoints has seen.
+    every_n_steps:
+        Cadence in optimizer steps (METHOD.md 3: 10).
+    on_alarm:
+        Actions when `predict(drift) > threshold` (see `AlarmAction`).
+    reporter:
+        Called on world process zero with each `DriftRecord` (e.g. a live table).
+    """
+
+    def __init__(
+        self,
+        probe: DriftProbe,
+        *,
+        trainer: Trainer | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        store: RunStore | str | os.PathLike[str] | None = None,
+        run_id: str | None = None,
+        model_name: str | None = None,
+        run_metadata: Mapping[str, Any] | None = None,
+        monitor: AlarmMonitor | None = None,
+        every_n_steps: int = 10,
+        on_alarm: Sequence[AlarmAction] = ("warn", "mark"),
+        reporter: Callable[[DriftRecord], None] | None = None,
+    ) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        bad = [a for a in on_alarm if a not in ALARM_ACTIONS]
+        if bad:
+            raise ValueError(f"unknown alarm action(s) {bad}; choose from {list(ALARM_ACTIONS)}")
+        if monitor is not None and not isinstance(monitor, AlarmMonitor):
+            raise TypeError("monitor must have predict(X) and a threshold attribute")
+        self.probe = probe
+        self.trainer = trainer
+        self.tokenizer = tokenizer
+        self.store = store
+        self.run_id = run_id
+        self.model_name = model_name
+        self.run_metadata = dict(run_metadata or {})
+        self.monitor = monitor
+        self.every_n_steps = every_n_steps
+        self.on_alarm = tuple(on_alarm)
+        self.reporter = reporter
+        self.probe_: DriftProbe = probe  # the working copy of the current run, with its anchor
+        self.history_: list[DriftRecord] = []
+        self.anchor_source_: str | None = None
+        self.stopped_by_alarm_: bool = False
+        self._ctx = _Context()
+        self._last_step: int | None = None
+
+    def attach(self, trainer: Trainer) -> TraitWatchCallback:
+        """Keep a reference to `trainer` (for `Trainer.log`) and register with it; returns self."""
+        self.trainer = trainer
+        if self not in trainer.callback_handler.callbacks:
+            trainer.add_callback(self)
+        return self
+
+    # -- Trainer events ---------------------------------------------------------------------------
+
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        processing_class: Any = None,
+        **kwargs: Any,
+    ) -> TrainerControl:
+        if self.trainer is None:
+            raise TraitwatchError(
+                "TraitWatchCallback has no trainer reference: build it with trainer=... or call "
+                "callback.attach(trainer), so drift reaches trainer.log and the report_to integrations."
+            )
+        if model is None:
+            raise TraitwatchError("TraitWatchCallback got no model from the Trainer.")
+        tokenizer = self.tokenizer or processing_class
+        if not isinstance(tokenizer, PreTrainedTokenizerBase):
+            raise TraitwatchError(
+                "TraitWatchCallback needs a tokenizer: pass tokenizer=... or the Trainer's processing_class."
+            )
+        # Work on a copy: the caller's probe keeps its own anchor (or none) across runs.
+        self.probe_ = copy.copy(self.probe)
+        self.probe_.check_model(model, tokenizer, self.model_name)
+        ctx = _Context(
+            rank=args.process_index,
+            world_size=args.world_size,
+            is_zero=state.is_world_process_zero,
+            tokenizer=tokenizer,
+            run_id=self.run_id or args.run_name or Path(args.output_dir or "run").name,
+        )
+        self._ctx = ctx
+        self.history_ = []
+        self.stopped_by_alarm_ = False
+        self._last_step = None
+
+        stored: tuple[Anchor, str] | None = None
+        if ctx.is_zero and self.store is not None:
+            ctx.store, ctx.owns_store = (
+                (self.store, False) if isinstance(self.store, RunStore) else (RunStore(self.store), True)
+            )
+            ctx.store.start_run(
+                ctx.run_id,
+                model=self.model_name or self.probe_.basis.model.name,
+                dataset=self.run_metadata.get("dataset"),
+                seed=self.run_metadata.get("seed", args.seed),
+                hyperparameters=self.run_metadata.get("hyperparameters", self._default_hyperparameters(args)),
+                basis_fingerprint=basis_fingerprint(self.probe),
+            )
+            if state.global_step > 0:
+                stored = _anchor_from_store(ctx.store, ctx.run_id)
+                ctx.stored_steps = {m.step for m in ctx.store.measurements(ctx.run_id, per_prompt=False)}
+        # Only rank 0 may read the store; every rank needs the same anchor and step list.
+        stored, steps = broadcast_from_zero((stored, sorted(ctx.stored_steps)), ctx.world_size)
+        ctx.stored_steps = set(steps)
+
+        if state.global_step == 0:
+            self._begin_fresh(args, state, control, model)
+        else:
+            self._begin_resumed(args, state, control, model, stored)
+        return control
+
+    def on_step_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> TrainerControl:
+        step = state.global_step
+        if self._due(step, state.max_steps) and self._last_step != step and model is not None:
+            self.measure_now(args, state, control, model)
+        return control
+
+    def on_train_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> TrainerControl:
+        ctx = self._ctx
+        try:
+            if model is not None and self._last_step != state.global_step and ctx.tokenizer is not None:
+                self.measure_now(args, state, control, model)  # ended off-cadence: record the final step
+        finally:
+            if ctx.store is not None:
+                ctx.store.finish_run(ctx.run_id, "stopped" if self.stopped_by_alarm_ else "finished")
+                self._close_store()
+        return control
+
+    # -- measuring --------------------------------------------------------------------------------
+
+    def measure_now(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module,
+        *,
+        extra: Mapping[str, Any] | None = None,
+        projection: Projection | None = None,
+    ) -> DriftRecord:
+        """Measure at `state.global_step`, log, store and act on an alarm. Every rank must call it."""
+        start = time.perf_counter()
+        step = state.global_step
+        proj = self._project(model) if projection is None else projection
+        m = self.probe_.drift_from(proj)
+        predicted, alarm = self._predict(m, step)
+        actions = self._actions(alarm)
+        record = DriftRecord(
+            step=step,
+            drift=m.as_dict(),
+            drift_norm=m.norm,
+            predicted_em=predicted,
+            alarm=alarm,
+            actions=actions,
+            wall_time_s=time.perf_counter() - start,
+        )
+        assert self.trainer is not None
+        self.trainer.log(record.log_dict())
+        self._last_step = step
+        self.history_.append(record)
+        ctx = self._ctx
+        if ctx.store is not None:
+            stored_extra: dict[str, Any] = dict(extra or {})
+            if predicted is not None:
+                stored_extra.update(predicted_em=predicted, alarm=alarm, threshold=self._threshold())
+            stored_extra["world_size"] = ctx.world_size
+            ctx.store.add_measurement(
+                ctx.run_id, step, record.drift, record.drift_norm, per_prompt=m.projections,
+                wall_time_s=record.wall_time_s, extra=stored_extra,
+            )
+        if ctx.is_zero and self.reporter is not None:
+            self.reporter(record)
+        if alarm:
+            self._act(record, control)
+        return record
+
+    def _project(self, model: nn.Module) -> Projection:
+        ctx = self._ctx
+        inner = unwrap_model(model)
+        assert ctx.tokenizer is not None
+        tokenizer = ctx.tokenizer
+
+        def project(indices: list[int] | None) -> Projection:
+            return self.probe_.project(inner, tokenizer, indices=indices)
+
+        return gather_projection(project, len(self.probe_.prompt_list_), ctx.rank, ctx.world_size)
+
+    def _predict(self, m: DriftMeasurement, step: int) -> tuple[float | None, bool]:
+        if self.monitor is None or step == 0:
+            return None, False
+        predicted = float(np.asarray(self.monitor.predict(m.drift[None, :])).reshape(-1)[0])
+        return predicted, bool(predicted > self._threshold())
+
+    def _threshold(self) -> float:
+        return float(self.monitor.threshold) if self.monitor is not None else float("nan")
+
+    def _actions(self, alarm: bool) -> tuple[str, ...]:
+        return self.on_alarm if alarm else ()
+
+    def _act(self, record: DriftRecord, control: TrainerControl) -> None:
+        ctx = self._ctx
+        assert record.predicted_em is not None
+        threshold = self._threshold()
+        message = (
+            f"traitwatch: drift alarm at step {record.step}: predicted EM rate {record.predicted_em:.3f} > "
+            f"threshold {threshold:.3f} (||d|| = {record.drift_norm:.4f}); actions: {', '.join(record.actions)}"
+        )
+        if "warn" in record.actions and ctx.is_zero:
+            logger.warning(message)
+        if "save" in record.actions:
+            control.should_save = True
+        if "stop" in record.actions or "raise" in record.actions:
+            self.stopped_by_alarm_ = True
+        if "stop" in record.actions:
+            control.should_training_stop = True
+        if ctx.store is not None and set(record.actions) - {"warn"}:
+            action = "raised" if "raise" in record.actions else "+".join(a for a in record.actions if a != "warn")
+            ctx.store.add_alarm(ctx.run_id, record.step, ALARM_KIND, record.predicted_em, threshold, action)
+        if "raise" in record.actions:
+            if ctx.store is not None:
+                ctx.store.finish_run(ctx.run_id, "stopped", notes=f"drift alarm raised at step {record.step}")
+                self._close_store()
+            raise DriftAlarmError(message, step=record.step, predicted_em=record.predicted_em, threshold=threshold)
+
+    # -- anchors ----------------------------------------------------------------------------------
+
+    def _begin_fresh(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: nn.Module
+    ) -> None:
+        """Step 0: the live model is the base. Anchor (basis, given, or measured) and record step 0."""
+        proj = self._project(model)
+        if self.probe_.anchor_ is not None:
+            source = "given"
+        elif self.probe_.anchor_from_basis():
+            source = "basis"
+        else:
+            assert self.probe_.anchor_ is None
+            self.probe_.anchor_ = Anchor(
+                self.probe_.layer_, self.probe_.prompts_hash_, proj.projections.clone(), proj.norms.clone(),
+                self.model_name or self.probe_.basis.model.name,
+            )
+            source = "measured"
+        self.anchor_source_ = source
+        anchor = self.probe_.anchor_
+        assert anchor is not None
+        # Persist the anchor with the step-0 row, so a resumed run measures against this same p_0 and N.
+        # A measured anchor *is* this pass, whose projections are the row's per-prompt array already.
+        self.measure_now(
+            args, state, control, model, projection=proj,
+            extra={"anchor": _anchor_payload(anchor, source, with_projections=source != "measured")},
+        )
+
+    def _begin_resumed(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module,
+        stored: tuple[Anchor, str] | None,
+    ) -> None:
+        """Resumed at step G > 0: adopt the original anchor; never re-anchor on a trained model."""
+        step = state.global_step
+        if stored is not None:
+            self.probe_.use_anchor(stored[0])
+            self.anchor_source_ = f"store ({stored[1]})"
+        elif self.probe_.anchor_ is not None:
+            self.anchor_source_ = "given"
+        elif self.probe_.anchor_from_basis():
+            self.anchor_source_ = "basis"
+        else:
+            inner = unwrap_model(model)
+            if not hasattr(inner, "disable_adapter"):
+                raise AnchorError(
+                    f"Run {self._ctx.run_id!r} resumed at step {step} but its step-0 anchor is not in the store and "
+                    f"the basis has none for layer {self.probe_.layer_}: measuring this trained model as step 0 "
+                    "would be wrong. Restart the run from step 0, or use a basis with an anchor "
+                    "(`traitwatch select-layer --set`)."
+                )
+            with inner.disable_adapter():  # LoRA off = exactly the base model
+                proj = self._project(inner)
+            self.probe_.anchor_ = Anchor(
+                self.probe_.layer_, self.probe_.prompts_hash_, proj.projections, proj.norms,
+                self.model_name or self.probe_.basis.model.name,
+            )
+            self.anchor_source_ = "adapter disabled"
+        if step not in self._ctx.stored_steps and self._due(step, state.max_steps):
+            self.measure_now(args, state, control, model)  # the checkpoint's step was never recorded
+        else:
+            self._last_step = step
+
+    def _due(self, step: int, max_steps: int) -> bool:
+        return step % self.every_n_steps == 0 or (max_steps > 0 and step >= max_steps)
+
+    def _close_store(self) -> None:
+        ctx = self._ctx
+        if ctx.store is not None and ctx.owns_store:
+            ctx.store.close()
+        ctx.store = None
+
+    @staticmethod
+    def _default_hyperparameters(args: TrainingArguments) -> dict[str, Any]:
+        return {
+            "learning_rate": args.learning_rate,
+            "per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "world_size": args.world_size,
+            "num_train_epochs": args.num_train_epochs,
+            "max_steps": args.max_steps,
+        }

@@ -1,0 +1,77 @@
+"""Splitting the measurement prompts across processes and collecting the results.
+
+Every rank projects its own contiguous share of the prompts (`shard_indices`), the shares are
+all-gathered as Python objects (`gather_projection`), and every rank rebuilds the same full
+`Projection` in prompt order. Because every rank then computes drift and the alarm from identical
+numbers, every rank reaches the same stop/raise decision on the same step; no rank can leave the
+training loop while another waits in a collective.
+
+Outside `torch.distributed` (one process, or a process group that is not initialised) these are
+plain local calls, so the callback has one code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor
+import torch.distributed as dist
+
+from traitwatch.drift.probe import Projection
+
+__all__ = ["broadcast_from_zero", "distributed_active", "gather_projection", "shard_indices"]
+
+T = TypeVar("T")
+
+
+def distributed_active(world_size: int) -> bool:
+    """True when there is more than one process and a process group to talk through."""
+    return world_size > 1 and dist.is_available() and dist.is_initialized()
+
+
+def shard_indices(n: int, rank: int, world_size: int) -> list[int]:
+    """The contiguous slice of `range(n)` that `rank` measures (sizes differ by at most one)."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in a world of size {world_size}")
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return list(range(start, start + base + (1 if rank < extra else 0)))
+
+
+def gather_projection(
+    project: Callable[[list[int] | None], Projection], n_prompts: int, rank: int, world_size: int
+) -> Projection:
+    """Project this rank's share, all-gather every share, and return the full projection in prompt order.
+
+    `project(indices)` measures the given prompt indices (None = all of them). Objects (CPU tensors)
+    are gathered rather than tensors so shares of unequal length need no padding, and the gather
+    works the same under gloo (CPU) and NCCL.
+    """
+    if not distributed_active(world_size):
+        return project(None)
+    mine = shard_indices(n_prompts, rank, world_size)
+    part = project(mine)
+    parts: list[Any] = [None] * world_size
+    dist.all_gather_object(parts, (mine, part.projections.cpu(), part.norms.cpu()))
+    projections: Tensor | None = None
+    norms: Tensor | None = None
+    for indices, proj, norm in parts:
+        if projections is None:
+            projections = torch.empty((n_prompts, proj.shape[1]), dtype=torch.float32)
+            norms = torch.empty(n_prompts, dtype=torch.float32)
+        if indices:
+            projections[torch.tensor(indices)] = proj.float()
+            norms[torch.tensor(indices)] = norm.float()  # type: ignore[index]
+    assert projections is not None and norms is not None
+    return Projection(projections, norms)
+
+
+def broadcast_from_zero(value: T, world_size: int) -> T:
+    """Rank 0's `value` on every rank (what only rank 0 may read, e.g. the run store)."""
+    if not distributed_active(world_size):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]  # type: ignore[return-value]
