@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from traitwatch.cli import basis_cmd, demo_cmd, drift_cmd, runs_cmd
+from traitwatch.cli import basis_cmd, calibrate_cmd, demo_cmd, drift_cmd, eval_cmd, runs_cmd, train_cmd
 
 __all__ = ["app", "main"]
 
@@ -18,6 +18,9 @@ basis_cmd.register(app)
 drift_cmd.register(app)
 runs_cmd.register(app)
 demo_cmd.register(app)
+train_cmd.register(app)
+eval_cmd.register(app)
+calibrate_cmd.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,84 @@
+"""`traitwatch calibrate` / `evaluate` on synthetic trajectories, from the flag and from a run store."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from traitwatch.cli.app import app
+from traitwatch.monitor import load_monitor
+from traitwatch.monitor.synthetic import make_synthetic_split
+from traitwatch.store import RunStore
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory):
+    """A store holding the synthetic split as runs, drift measurements and em_rate labels."""
+    path = tmp_path_factory.mktemp("store") / "traitwatch.db"
+    _, cal, held = make_synthetic_split(n_steps=60, random_state=1)
+    fp = {"name": "tiny-random", "hidden_size": 64, "num_layers": 6, "tokenizer_hash": "x"}
+    with RunStore(path) as st:
+        for table in (cal, held):
+            for run in np.unique(table.run_id):
+                rows = np.flatnonzero(table.run_id == run)
+                st.start_run(str(run), model="tiny-random", dataset=f"{table.perturbation[rows[0]]}.jsonl",
+                             hyperparameters={"perturbation": str(table.perturbation[rows[0]])}, basis_fingerprint=fp)
+                for i in rows:
+                    drift = dict(zip(table.trait_names, map(float, table.X[i])))
+                    st.add_measurement(str(run), int(table.step[i]), drift, float(np.linalg.norm(table.X[i])))
+                    st.add_behavior(str(run), int(table.step[i]), "em_rate", float(table.y[i]), source="synthetic")
+    return path
+
+
+def test_calibrate_synthetic_writes_monitor_and_report(tmp_path):
+    out = tmp_path / "mon.json"
+    res = runner.invoke(app, ["calibrate", "--synthetic", "--out", str(out), "--resamples", "50", "--quick"])
+    assert res.exit_code == 0, res.output
+    assert "PC1 loading" in res.stdout and "Held-out perturbation types" in res.stdout
+    mon = load_monitor(out)
+    rep = json.loads((tmp_path / "mon.report.json").read_text())
+    assert rep["cv"]["selected"] == mon.selected_name
+    trait_row = next(r for r in rep["heldout"] if r["features"] == "trait drift (7-D)")
+    assert trait_row["auroc"] > 0.95  # planted axis: the monitor must find it
+
+
+def test_calibrate_from_store_by_perturbation_type(store_path, tmp_path):
+    out = tmp_path / "mon.json"
+    args = ["calibrate", "--store", str(store_path), "--out", str(out), "--resamples", "50", "--quick"]
+    for p in ("insecure_code", "jailbroken", "bad_medical", "gsm8k"):
+        args += ["--calibration", p]
+    for p in ("number_sequence", "risky_financial", "subtle_misinfo"):
+        args += ["--heldout", p]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    mon = load_monitor(out, fingerprint={"name": "tiny-random", "hidden_size": 64, "num_layers": 6, "tokenizer_hash": "x"})
+    with RunStore(store_path, create=False) as st:
+        cal_ids = {r.run_id for r in st.runs() if r.hyperparameters["perturbation"] in ("insecure_code", "jailbroken", "bad_medical", "gsm8k")}
+    assert set(mon.training_run_ids) == cal_ids  # held-out runs never reach the fit
+    res = runner.invoke(app, ["evaluate", str(out), "risky_financial", "--store", str(store_path)])
+    assert res.exit_code == 0, res.output
+    assert "ALARM" in res.stdout and "fnr" in res.stdout
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--calibration", "gsm8k", "--heldout", "gsm8k"], "in both"),
+        (["--calibration", "nope", "--heldout", "gsm8k"], "neither a run id nor a perturbation type"),
+        (["--calibration", "gsm8k"], "Pass --calibration and --heldout"),
+    ],
+)
+def test_calibrate_bad_selection(store_path, tmp_path, extra, message):
+    res = runner.invoke(app, ["calibrate", "--store", str(store_path), "--out", str(tmp_path / "m.json"), *extra])
+    assert res.exit_code == 2 and message in res.stderr
+
+
+def test_calibrate_missing_store(tmp_path):
+    res = runner.invoke(app, ["calibrate", "--store", str(tmp_path / "no.db"), "--out", str(tmp_path / "m.json"),
+                              "--calibration", "a", "--heldout", "b"])
+    assert res.exit_code == 2 and "does not exist" in res.stderr
