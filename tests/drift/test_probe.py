@@ -87,3 +87,15 @@ def test_anchor_from_other_layer_or_prompts_is_refused(tiny, basis, probe):
 
 def test_default_prompts_are_the_115_measurement_prompts(basis):
     assert len(DriftProbe(basis).prompt_list_) == 115
+
+
+def test_projection_shares_join_to_the_whole(tiny, probe):
+    from traitwatch.drift import Projection
+
+    whole = probe.project(tiny.model, tiny.tokenizer)
+    parts = [probe.project(tiny.model, tiny.tokenizer, indices=idx) for idx in ([0, 1, 2], [3], [])]
+    joined = Projection.concat(parts)
+    torch.testing.assert_close(joined.projections, whole.projections, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(joined.mean_activation, whole.mean_activation, atol=1e-5, rtol=1e-5)
+    m = probe.drift_from(joined)
+    assert m.mean_activation.shape == (64,)

@@ -31,10 +31,28 @@ __all__ = ["DriftMeasurement", "DriftProbe", "Projection"]
 
 @dataclass
 class Projection:
-    """Per-prompt projections onto the trait directions and per-prompt residual norms."""
+    """Per-prompt projections onto the trait directions and per-prompt residual norms.
+
+    `mean_activation` (the mean residual vector over these prompts) is what the activation-space
+    baselines (PCA-7, SAE, norm of mean-activation drift) need; it is kept so that a monitor can be
+    compared against them on the same runs at no extra forward pass.
+    """
 
     projections: Tensor  # [n_prompts, n_traits]
     norms: Tensor  # [n_prompts]
+    mean_activation: Tensor | None = None  # [hidden]
+
+    @classmethod
+    def concat(cls, parts: Sequence[Projection]) -> Projection:
+        """Join the shares of several processes (in prompt order), weighting means by prompt count."""
+        parts = [p for p in parts if p.projections.shape[0] > 0]
+        if not parts:
+            raise BasisMismatchError("No projections to join: every share was empty.")
+        mean = None
+        if all(p.mean_activation is not None for p in parts):
+            total = sum(p.projections.shape[0] for p in parts)
+            mean = sum(p.mean_activation * (p.projections.shape[0] / total) for p in parts)  # type: ignore[operator]
+        return cls(torch.cat([p.projections for p in parts]), torch.cat([p.norms for p in parts]), mean)
 
 
 @dataclass
@@ -44,6 +62,7 @@ class DriftMeasurement:
     norm: float  # ||d_t||
     projections: np.ndarray  # [n_prompts, n_traits], kept for later analysis
     p: np.ndarray  # [n_traits] mean projection p_t
+    mean_activation: np.ndarray | None = None  # [hidden], for activation-space baselines
 
     def as_dict(self) -> dict[str, float]:
         return {name: float(v) for name, v in zip(self.trait_names, self.drift)}
@@ -121,7 +140,7 @@ class DriftProbe:
             raise BasisMismatchError(
                 f"The trait basis has hidden size {hidden} but the model's is {acts.shape[1]}: extract a basis for it."
             )
-        return Projection(acts @ self.basis.matrix(self.layer_).T, acts.norm(dim=1))
+        return Projection(acts @ self.basis.matrix(self.layer_).T, acts.norm(dim=1), acts.mean(dim=0))
 
     def fit_anchor(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, *, name: str = "") -> DriftProbe:
         """Record the step-0 reference from the (base) model; returns self."""
@@ -159,6 +178,7 @@ class DriftProbe:
             norm=float(d.norm()),
             projections=projection.projections.numpy(),
             p=p.numpy().astype(np.float64),
+            mean_activation=None if projection.mean_activation is None else projection.mean_activation.numpy(),
         )
 
     def measure(
