@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The report tests open the HTML report in headless Chromium (Debian's package; installed if missing).
+bash scripts/install_chromium.sh
 if [ "${1:-}" = "--slow" ]; then
   shift
   exec .venv/bin/python -m pytest -m slow "$@"

@@ -1,0 +1,185 @@
+"""Run report figures: `RunSeries` -> `Chart` / `Table`, several runs overlaid in each figure.
+
+Why overlay instead of one section per run: the question a report answers is usually comparative (did
+the insecure-code run drift away from the benign one, and when?), which is easiest to see with runs on
+shared axes. Each run keeps one colour in every figure, and alarms are always red crosses.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from traitwatch.report.chart import ALARM_COLOR, Chart, HLine, Table, Trace, color_for
+from traitwatch.report.series import NoteTopic, RunSeries
+
+__all__ = [
+    "checkpoint_table",
+    "drift_chart",
+    "em_chart",
+    "loss_chart",
+    "norm_chart",
+    "run_charts",
+    "run_summary_table",
+]
+
+
+def _notes(runs: Sequence[RunSeries], *topics: NoteTopic) -> tuple[str, ...]:
+    return tuple(text for r in runs for text in r.notes_about(*topics))
+
+
+def _steps(run: RunSeries) -> tuple[int, ...]:
+    return tuple(int(s) for s in run.steps)
+
+
+def drift_chart(runs: Sequence[RunSeries]) -> Chart:
+    """One panel per trait (drift d_t along that trait's direction over steps), runs overlaid."""
+    traits: list[str] = []
+    for r in runs:
+        traits.extend(t for t in r.traits if t not in traits)
+    traces = []
+    for i, r in enumerate(runs):
+        for k, trait in enumerate(r.traits):
+            traces.append(Trace(
+                name=r.run_id, x=_steps(r), y=r.drift[:, k], panel=traits.index(trait), color=color_for(i),
+                group=r.run_id, show_legend=k == 0,
+            ))
+    differ = {r.traits for r in runs if r.n}
+    notes = _notes(runs, "drift")
+    if len(differ) > 1:
+        notes += ("The runs measured different trait sets; a trait panel shows only the runs that measured it.",)
+    return Chart(
+        key="trait_drift", title="Trait drift over training", traces=tuple(traces), x_label="step",
+        y_label="drift", panels=tuple(traits) or ("",), notes=notes,
+    )
+
+
+def norm_chart(runs: Sequence[RunSeries]) -> Chart:
+    """||d_t||: how far a run has moved in trait space, whatever the direction."""
+    traces = tuple(
+        Trace(name=r.run_id, x=_steps(r), y=r.norms, color=color_for(i), group=r.run_id) for i, r in enumerate(runs)
+    )
+    return Chart(key="drift_norm", title="Drift norm", traces=traces, x_label="step", y_label="||drift||",
+                 notes=_notes(runs, "norm"))
+
+
+def _thresholds(runs: Sequence[RunSeries]) -> tuple[HLine, ...]:
+    by_value: dict[float, list[str]] = {}
+    for r in runs:
+        if r.threshold is not None and r.predicted_em is not None:
+            by_value.setdefault(float(r.threshold), []).append(r.run_id)
+    if len(by_value) == 1:
+        (value,) = by_value
+        return (HLine(value, f"tau = {value:g} (alarm threshold)"),)
+    return tuple(HLine(v, f"tau = {v:g} ({', '.join(ids)})") for v, ids in by_value.items())
+
+
+def em_chart(runs: Sequence[RunSeries]) -> Chart:
+    """Predicted EM against tau with alarm markers, and the behavioural EM measured at some steps.
+
+    Judged EM rates are filled diamonds with their CI; proxy metrics are open circles whose legend entry
+    says they are proxies, so a reader cannot take a likelihood comparison for a rate of behaviour.
+    """
+    traces: list[Trace] = []
+    for i, r in enumerate(runs):
+        color = color_for(i)
+        if r.predicted_em is not None:
+            traces.append(Trace(name=f"{r.run_id}: predicted EM ({r.prediction_source})", x=_steps(r),
+                                y=r.predicted_em, color=color, group=r.run_id))
+        alarm_rows = [k for k, v in enumerate(r.verdicts()) if v == "alarm"]
+        if alarm_rows:
+            pred = r.predicted_em
+            y = [
+                float(pred[k]) if pred is not None and math.isfinite(pred[k])
+                else (r.threshold if r.threshold is not None else math.nan)
+                for k in alarm_rows
+            ]
+            traces.append(Trace(
+                name=f"{r.run_id}: alarm", x=tuple(int(r.steps[k]) for k in alarm_rows), y=np.array(y, dtype=float),
+                kind="markers", marker="x", color=ALARM_COLOR, group=r.run_id,
+            ))
+        for b in r.behavior:
+            traces.append(Trace(
+                name=f"{r.run_id}: {b.label}", x=tuple(int(s) for s in b.steps), y=b.values, kind="markers",
+                marker="circle-open" if b.is_proxy else "diamond", color=color, group=r.run_id,
+                y_low=b.ci_low, y_high=b.ci_high,
+            ))
+    return Chart(
+        key="em_rate", title="EM rate: predicted (monitor) and measured (behaviour)", traces=tuple(traces),
+        x_label="step", y_label="EM rate (fraction)", hlines=_thresholds(runs), notes=_notes(runs, "em"),
+    )
+
+
+def loss_chart(runs: Sequence[RunSeries]) -> Chart:
+    """Training loss at the measured checkpoints: the signal a run is usually watched by, for contrast."""
+    traces = tuple(
+        Trace(name=r.run_id, x=_steps(r), y=r.loss, color=color_for(i), group=r.run_id)
+        for i, r in enumerate(runs) if r.loss is not None
+    )
+    return Chart(key="loss", title="Training loss", traces=traces, x_label="step", y_label="loss",
+                 notes=_notes(runs, "loss"))
+
+
+def run_charts(runs: Sequence[RunSeries]) -> list[Chart]:
+    """The run report's figures, in reading order."""
+    return [drift_chart(runs), norm_chart(runs), em_chart(runs), loss_chart(runs)]
+
+
+def _fmt(value: float | None, spec: str = ".4f") -> str:
+    return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def _behavior_cell(run: RunSeries, step: int) -> str:
+    parts = []
+    for b in run.behavior:
+        for k in np.flatnonzero(b.steps == step):
+            ci = "" if not (math.isfinite(b.ci_low[k]) and math.isfinite(b.ci_high[k])) else (
+                f" [{b.ci_low[k]:.3f}, {b.ci_high[k]:.3f}]"
+            )
+            tag = " (proxy)" if b.is_proxy else ""
+            parts.append(f"{b.metric}{tag} {_fmt(float(b.values[k]), '.3f')}{ci}")
+    return "; ".join(parts) or "-"
+
+
+def checkpoint_table(runs: Sequence[RunSeries]) -> Table:
+    """Every checkpoint with its verdict: alarm / ok / no monitor (or no prediction at a NaN checkpoint)."""
+    rows: list[tuple[str, ...]] = []
+    classes: list[str] = []
+    for r in runs:
+        recorded = dict(r.recorded_alarms)
+        for k, (step, verdict) in enumerate(zip(r.steps.tolist(), r.verdicts())):
+            pred = None if r.predicted_em is None else float(r.predicted_em[k])
+            rows.append((
+                r.run_id, str(step), _fmt(float(r.norms[k])), _fmt(pred), _fmt(r.threshold, "g"), verdict,
+                recorded.get(step, "-"), _behavior_cell(r, step),
+                _fmt(None if r.loss is None else float(r.loss[k])),
+            ))
+            classes.append("verdict-" + verdict.replace(" ", "-"))
+    notes = tuple(f"Run {r.run_id} has no checkpoints." for r in runs if r.n == 0)
+    return Table(
+        key="checkpoints", title="Checkpoints and verdicts",
+        columns=("run", "step", "drift norm", "predicted EM", "tau", "verdict", "alarm recorded in training",
+                 "behaviour at step", "loss"),
+        rows=tuple(rows), notes=notes, row_classes=tuple(classes),
+    )
+
+
+def run_summary_table(runs: Sequence[RunSeries]) -> Table:
+    """One line per run: what the report could find for it, before the reader looks at any figure."""
+    rows = []
+    for r in runs:
+        verdicts = r.verdicts()
+        steps = f"{int(r.steps.min())}-{int(r.steps.max())}" if r.n else "-"
+        metrics = ", ".join(sorted({b.metric + (" (proxy)" if b.is_proxy else "") for b in r.behavior})) or "none"
+        rows.append((
+            r.run_id, r.status or "-", str(r.n), steps, r.prediction_source or "none", _fmt(r.threshold, "g"),
+            str(sum(v == "alarm" for v in verdicts)), metrics, "yes" if r.loss is not None else "no",
+        ))
+    return Table(
+        key="runs", title="Runs at a glance",
+        columns=("run", "status", "checkpoints", "steps", "predictions", "tau", "alarm checkpoints",
+                 "behaviour metrics", "loss"),
+        rows=tuple(rows),
+    )
