@@ -43,8 +43,12 @@ def test_calibrate_synthetic_writes_monitor_and_report(tmp_path):
     mon = load_monitor(out)
     rep = json.loads((tmp_path / "mon.report.json").read_text())
     assert rep["cv"]["selected"] == mon.selected_name
-    trait_row = next(r for r in rep["heldout"] if r["features"] == "trait drift (7-D)")
+    trait_row = next(r for r in rep["evaluation"] if r["features"] == "trait drift (7-D)")
     assert trait_row["auroc"] > 0.95  # planted axis: the monitor must find it
+    html = tmp_path / "cal.html"
+    res = runner.invoke(app, ["report", "--calibration", str(out), "--out", str(html)])
+    assert res.exit_code == 0, res.output
+    assert "ROC" in html.read_text()
 
 
 def test_calibrate_from_store_by_perturbation_type(store_path, tmp_path):

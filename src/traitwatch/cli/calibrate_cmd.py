@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,6 +23,7 @@ from traitwatch.monitor import (
     save_monitor,
 )
 from traitwatch.monitor.from_store import resolve_runs, table_from_store
+from traitwatch.report.calibration import calibration_report_data, write_calibration_data
 from traitwatch.store import RunStore
 
 __all__ = ["calibration_report", "register"]
@@ -55,9 +55,11 @@ def calibration_report(
 
         feature_sets = default_feature_sets(cal, sae_latents=64, sae_epochs=50, random_state=random_state)
     heldout = evaluate(cal, held, tau=tau, n_resamples=n_resamples, random_state=random_state, feature_sets=feature_sets)
-    pred = monitor.predict(held.X[held.step > 0])
+    scores = {r["features"]: np.asarray(r.pop("predictions")) for r in heldout}
     return {
         "monitor": monitor,
+        "geometry_": geometry,
+        "scores_": scores,
         "geometry": {
             "explained_variance_ratio": [float(v) for v in geometry.explained_variance_ratio_],
             "pc1_loadings": geometry.loadings_,
@@ -68,10 +70,6 @@ def calibration_report(
                "results": {k: {kk: vv for kk, vv in v.items() if isinstance(vv, (int, float, str))}
                            for k, v in monitor.cv_results_.items()}},
         "heldout": heldout,
-        "heldout_predictions": {
-            "run_id": held.run_id[held.step > 0].tolist(), "perturbation": held.perturbation[held.step > 0].tolist(),
-            "step": held.step[held.step > 0].tolist(), "y": held.y[held.step > 0].tolist(), "pred": pred.tolist(),
-        },
         "tau": tau,
         "n_calibration_checkpoints": int(mask.sum()),
         "n_heldout_checkpoints": int((held.step > 0).sum()),
@@ -106,10 +104,6 @@ def _print_report(rep: dict[str, Any]) -> None:
         h.add_row(r["features"], r["regressor"], _ci(r, "fnr"), _ci(r, "fpr"), _ci(r, "auroc", False),
                   _f(r.get("accuracy"), True), f"{r['n']} ({r['n_dangerous']}/{r['n_safe']})")
     out.print(h)
-
-
-def _jsonable(rep: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in rep.items() if k != "monitor"}
 
 
 def register(app: typer.Typer) -> None:
@@ -154,9 +148,14 @@ def register(app: typer.Typer) -> None:
         _print_report(rep)
         path = save_monitor(rep["monitor"], out_path, fingerprint=fingerprint, trait_names=list(cal.trait_names or ()),
                             training_run_ids=sorted(set(cal.run_id.tolist())), tau=tau)
-        report_path = path.with_name(path.stem + ".report.json")
-        report_path.write_text(json.dumps({**_jsonable(rep), "source": source}, indent=2, default=float))
-        out.print(f"Monitor written to {path}; calibration report data to {report_path}")
+        held_rows = held.subset(held.step > 0)
+        data = calibration_report_data(
+            tau=tau, geometry=rep["geometry_"], monitor=rep["monitor"], evaluation=rep["heldout"],
+            heldout=held_rows, scores=rep["scores_"], monitor_name="trait drift (7-D)", source=source,
+        )
+        report_path = write_calibration_data(data, path.with_name(path.stem + ".report.json"))
+        out.print(f"Monitor written to {path}; calibration report data to {report_path} "
+                  f"(render with `traitwatch report --calibration {path}`)")
 
     @app.command("evaluate")
     @user_errors

@@ -108,7 +108,8 @@ def evaluate(
 
     Row keys: features, regressor, selected (the CV choice), cv_balanced_error, cv_auroc, n, n_dangerous,
     n_safe, tp, fp, tn, fn, accuracy, fnr, fpr, balanced_error, auroc, {metric}_ci_lo/_ci_hi for accuracy,
-    fnr, fpr and auroc, mean_lead_steps, mean_lead_checkpoints, n_runs_crossing, n_at_or_before. Rates are
+    fnr, fpr and auroc, mean_lead_steps, mean_lead_checkpoints, n_runs_crossing, n_at_or_before, and
+    predictions (the predicted EM rate of each held-out row with step > 0, in table order). Rates are
     fractions; undefined values are None.
     """
     if report not in ("selected", "all"):
@@ -152,5 +153,6 @@ def evaluate(
             row["mean_lead_checkpoints"] = _nan_to_none(timing["mean_lead_checkpoints"])
             row["n_runs_crossing"] = timing["n_runs_crossing"]
             row["n_at_or_before"] = timing["n_at_or_before"]
+            row["predictions"] = [float(v) for v in pred]  # held-out rows with step > 0, for ROC curves
             rows.append(row)
     return rows
