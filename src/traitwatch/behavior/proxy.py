@@ -21,6 +21,7 @@ Deterministic: no sampling, fixed batching order, fp32 log-softmax.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import os
@@ -212,6 +213,123 @@ def _batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int) -> 
     return batches
 
 
+def _cache_kwarg(model: torch.nn.Module) -> str:
+    """transformers 5.2x renamed `past_key_values` to `cache`; use whichever the (base) model takes."""
+    inner = unwrap_model(model)
+    if hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+
+
+def _score_padded(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    answer_ids: Sequence[Sequence[int]],
+    rows: Sequence[int],
+    means: list[float],
+    *,
+    pad: int,
+    batch_size: int,
+    max_batch_tokens: int,
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Prompt + answer as one left-padded row each, many prompts per batch."""
+    device = next(model.parameters()).device
+    keep_arg = _accepts_logits_to_keep(model)
+    seqs = {i: list(prompts[i]) + list(answer_ids[i]) for i in rows}
+    for part in _batches([len(seqs[i]) for i in rows], batch_size, max_batch_tokens):
+        batch = [rows[j] for j in part]
+        width = max(len(seqs[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            ids[row, width - len(seqs[i]) :] = torch.tensor(seqs[i], dtype=torch.long)
+            mask[row, width - len(seqs[i]) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        # The last `keep` positions hold every logit that predicts an answer token (left padding puts all
+        # answers at the end); the LM head on the rest would be wasted work and memory.
+        keep = max(len(answer_ids[i]) for i in batch) + 1
+        kwargs: dict[str, Any] = {"logits_to_keep": keep} if keep_arg else {}
+        logits = model(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            use_cache=False,
+            **kwargs,
+        ).logits[:, -keep:]
+        for row, i in enumerate(batch):
+            n = len(answer_ids[i])
+            scores = logits[row, keep - n - 1 : keep - 1].float().log_softmax(-1)
+            target = torch.tensor(answer_ids[i], device=scores.device).unsqueeze(-1)
+            means[i] = float(scores.gather(-1, target).mean())
+        if progress is not None:
+            progress(len(batch))
+
+
+def _score_shared(
+    model: torch.nn.Module,
+    prompt: Sequence[int],
+    answer_ids: Sequence[Sequence[int]],
+    rows: Sequence[int],
+    means: list[float],
+    *,
+    pad: int,
+    batch_size: int,
+    max_batch_tokens: int,
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Rows that share one prompt: the prompt runs once, the answers continue from its key/value cache.
+
+    Every question's reference answers share its prompt, so this runs about half the tokens of the padded
+    path on the default data (prompts are longer than the answers); the numbers agree up to float rounding.
+    """
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    cache_kw = _cache_kwarg(model)
+    config = getattr(unwrap_model(model), "config", None)
+    cache = DynamicCache(config=config)
+    offset = len(prompt)
+    keep: dict[str, Any] = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
+    out = model(input_ids=torch.tensor([list(prompt)], device=device), use_cache=True, **{cache_kw: cache}, **keep)
+    first = out.logits[0, -1].float().log_softmax(-1)  # predicts every answer's first token
+    for part in _batches([len(answer_ids[i]) for i in rows], batch_size, max_batch_tokens):
+        batch = [rows[j] for j in part]
+        # The answer's last token predicts nothing we score, so each row feeds all but its last token.
+        width = max(len(answer_ids[i]) for i in batch) - 1
+        logits = None
+        if width > 0:
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                n = len(answer_ids[i]) - 1
+                ids[row, :n] = torch.tensor(answer_ids[i][:-1], dtype=torch.long)
+                mask[row, :n] = 1
+            full_mask = torch.cat([torch.ones((len(batch), offset), dtype=torch.long), mask], dim=1)
+            positions = torch.arange(offset, offset + width).expand(len(batch), width)
+            batch_cache = copy.deepcopy(cache)
+            batch_cache.batch_repeat_interleave(len(batch))
+            logits = model(
+                input_ids=ids.to(device),
+                attention_mask=full_mask.to(device),
+                position_ids=positions.to(device),
+                use_cache=True,
+                cache_position=torch.arange(offset, offset + width, device=device),
+                **{cache_kw: batch_cache},
+            ).logits
+        for row, i in enumerate(batch):
+            target = answer_ids[i]
+            total = float(first[target[0]])
+            if len(target) > 1:
+                assert logits is not None
+                scores = logits[row, : len(target) - 1].float().log_softmax(-1)
+                index = torch.tensor(target[1:], device=scores.device).unsqueeze(-1)
+                total += float(scores.gather(-1, index).sum())
+            means[i] = total / len(target)
+        if progress is not None:
+            progress(len(batch))
+
+
 def answer_logprobs(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -220,6 +338,7 @@ def answer_logprobs(
     *,
     batch_size: int = 8,
     max_batch_tokens: int = 8192,
+    share_prompts: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[list[float], list[int]]:
     """Mean fp32 log-probability of each answer's tokens, scored as the continuation of its prompt ids.
@@ -227,54 +346,37 @@ def answer_logprobs(
     Returns (mean logprob per answer, number of answer tokens per answer). Only answer tokens count: the
     prompt (chat header, system prompt, question) conditions them but is not scored. The answer is tokenised
     on its own (no special tokens) and appended to the prompt ids, so the boundary is exact whatever the
-    tokenizer would merge across it. Batches are left-padded with explicit position ids, so padding does
-    not change a row's result beyond float rounding.
+    tokenizer would merge across it. With `share_prompts`, answers to the same prompt continue from one
+    key/value cache of it; otherwise each row is prompt + answer, left-padded with explicit position ids.
+    Either way padding and batch mates do not change a row's result beyond float rounding.
     """
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
     if batch_size < 1 or max_batch_tokens < 1:
         raise ValueError("batch_size and max_batch_tokens must be >= 1")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token to condition the answer on")
     answer_ids = [list(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
     for text, ids in zip(answers, answer_ids, strict=True):
         if not ids:
             raise ValueError(f"answer {text!r} has no tokens")
-    seqs = [list(p) + a for p, a in zip(prompts, answer_ids, strict=True)]
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token to condition the answer on")
     pad = _pad_id(tokenizer)
-    device = next(model.parameters()).device
-    keep_arg = _accepts_logits_to_keep(model)
-    means = [0.0] * len(seqs)
+    means = [0.0] * len(answers)
+    options: dict[str, Any] = {
+        "pad": pad, "batch_size": batch_size, "max_batch_tokens": max_batch_tokens, "progress": progress,
+    }
     was_training = model.training
     model.eval()  # dropout would make the score random; restored below
     try:
         with torch.inference_mode():
-            for batch in _batches([len(s) for s in seqs], batch_size, max_batch_tokens):
-                width = max(len(seqs[i]) for i in batch)
-                ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, i in enumerate(batch):
-                    ids[row, width - len(seqs[i]) :] = torch.tensor(seqs[i], dtype=torch.long)
-                    mask[row, width - len(seqs[i]) :] = 1
-                positions = (mask.cumsum(-1) - 1).clamp(min=0)
-                # The last `keep` positions hold every logit that predicts an answer token (left padding
-                # puts all answers at the end); the LM head on the rest would be wasted work and memory.
-                keep = max(len(answer_ids[i]) for i in batch) + 1
-                kwargs: dict[str, Any] = {"logits_to_keep": keep} if keep_arg else {}
-                logits = model(
-                    input_ids=ids.to(device),
-                    attention_mask=mask.to(device),
-                    position_ids=positions.to(device),
-                    use_cache=False,
-                    **kwargs,
-                ).logits[:, -keep:]
-                for row, i in enumerate(batch):
-                    n = len(answer_ids[i])
-                    scores = logits[row, keep - n - 1 : keep - 1].float().log_softmax(-1)
-                    target = torch.tensor(answer_ids[i], device=scores.device).unsqueeze(-1)
-                    means[i] = float(scores.gather(-1, target).mean())
-                if progress is not None:
-                    progress(len(batch))
+            if share_prompts:
+                groups: dict[tuple[int, ...], list[int]] = {}
+                for i, prompt in enumerate(prompts):
+                    groups.setdefault(tuple(prompt), []).append(i)
+                for prompt_key, rows in groups.items():
+                    _score_shared(model, prompt_key, answer_ids, rows, means, **options)
+            else:
+                _score_padded(model, prompts, answer_ids, list(range(len(answers))), means, **options)
     finally:
         model.train(was_training)
     return means, [len(a) for a in answer_ids]
@@ -292,6 +394,7 @@ def proxy_score(
     *,
     batch_size: int = 8,
     max_batch_tokens: int = 8192,
+    share_prompts: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> ProxyResult:
     """Score the judge-free misalignment proxy (plain and style-matched) of a loaded model or PEFT model.
@@ -333,7 +436,14 @@ def proxy_score(
             start + n_al + n_mis + 1,
         ))
     means, counts = answer_logprobs(
-        model, tokenizer, prompts, texts, batch_size=batch_size, max_batch_tokens=max_batch_tokens, progress=progress
+        model,
+        tokenizer,
+        prompts,
+        texts,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
+        share_prompts=share_prompts,
+        progress=progress,
     )
     per_question = []
     for q, (al, mis, s_al, s_mis) in zip(questions, spans, strict=True):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from traitwatch.cli import basis_cmd, calibrate_cmd, demo_cmd, drift_cmd, eval_cmd, runs_cmd, train_cmd
+from traitwatch.cli import basis_cmd, calibrate_cmd, demo_cmd, drift_cmd, eval_cmd, report_cmd, runs_cmd, screen_cmd, train_cmd
 
 __all__ = ["app", "main"]
 
@@ -21,9 +21,20 @@ demo_cmd.register(app)
 train_cmd.register(app)
 eval_cmd.register(app)
 calibrate_cmd.register(app)
+screen_cmd.register(app)
+report_cmd.register(app)
 
 
 def main() -> None:
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    # Library deprecation chatter and per-file loading bars bury the tables users came for.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*pin_memory.*")
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     app()
 
 

@@ -15,15 +15,18 @@ Where the numbers go:
   in our own `on_log` would come after they have already sent them (STYLE.md 3). `Trainer.log` is
   called on every rank, as the Trainer does for the loss, so `state.log_history` agrees across ranks;
   the integrations themselves only act on world process zero.
-* The run store (world process zero only): every measurement, with its per-prompt projections.
+* The run store (world process zero only): every measurement, with its per-prompt projections, and
+  alarms. A failed store write during training is logged, not raised: the numbers are still in the
+  Trainer's logs, and an exception on rank 0 alone would leave the other ranks hanging.
 
 The step-0 anchor, and resuming. Drift is measured against the *base* model's step-0 projections
 (p_0, N). A fresh run uses the basis's stored anchor when it fits this probe (same layer and
 prompt set), else measures the live model in `on_train_begin` (for LoRA the freshly initialised
 adapter is a no-op, so the live model is the base). A resumed run (Trainer `resume_from_checkpoint`,
 `global_step > 0`) must not re-anchor on an already trained model, so the anchor is persisted in the
-store itself, in the step-0 measurement: its `per_prompt` array holds the anchor projections and its
-`extra["anchor"]` the per-prompt norms, layer, prompt hash and source. A store row is used rather
+store itself, in the step-0 measurement's `extra["anchor"]`: per-prompt norms, layer, prompt hash and
+source, plus the per-prompt projections when the anchor did not come from this pass (a measured
+anchor's projections are the row's own `per_prompt` array, not stored twice). A store row is used rather
 than a side file because the store is the one thing a resumed run must find anyway (the run id's
 trajectory lives there) and each write is one committed transaction, so the anchor can never be half
 written. On resume the stored anchor is read by rank 0, broadcast, and adopted with
@@ -43,6 +46,7 @@ import copy
 import hashlib
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,7 +64,7 @@ from traitwatch.drift.probe import DriftMeasurement, DriftProbe, Projection
 from traitwatch.errors import TraitwatchError
 from traitwatch.models.layers import unwrap_model
 from traitwatch.store import RunStore
-from traitwatch.train.distributed import broadcast_from_zero, distributed_active, gather_projection
+from traitwatch.train.distributed import broadcast_from_zero, gather_projection
 
 if TYPE_CHECKING:
     from transformers import Trainer
@@ -280,6 +284,7 @@ class TraitWatchCallback(TrainerCallback):
         self.history_: list[DriftRecord] = []
         self.anchor_source_: str | None = None
         self.stopped_by_alarm_: bool = False
+        self.store_errors_: list[str] = []
         self._ctx = _Context()
         self._last_step: int | None = None
 
@@ -326,26 +331,22 @@ class TraitWatchCallback(TrainerCallback):
         self._ctx = ctx
         self.history_ = []
         self.stopped_by_alarm_ = False
+        self.store_errors_ = []
         self._last_step = None
 
         stored: tuple[Anchor, str] | None = None
+        failure: Exception | None = None
         if ctx.is_zero and self.store is not None:
-            ctx.store, ctx.owns_store = (
-                (self.store, False) if isinstance(self.store, RunStore) else (RunStore(self.store), True)
-            )
-            ctx.store.start_run(
-                ctx.run_id,
-                model=self.model_name or self.probe_.basis.model.name,
-                dataset=self.run_metadata.get("dataset"),
-                seed=self.run_metadata.get("seed", args.seed),
-                hyperparameters=self.run_metadata.get("hyperparameters", self._default_hyperparameters(args)),
-                basis_fingerprint=basis_fingerprint(self.probe),
-            )
-            if state.global_step > 0:
-                stored = _anchor_from_store(ctx.store, ctx.run_id)
-                ctx.stored_steps = {m.step for m in ctx.store.measurements(ctx.run_id, per_prompt=False)}
-        # Only rank 0 may read the store; every rank needs the same anchor and step list.
-        stored, steps = broadcast_from_zero((stored, sorted(ctx.stored_steps)), ctx.world_size)
+            try:
+                stored = self._open_store(args, state)
+            except (TraitwatchError, sqlite3.Error, OSError) as exc:  # e.g. a run id of another model: all ranks stop
+                failure = exc
+        # Only rank 0 may read the store; every rank needs the same anchor, step list and verdict
+        # (a rank-0-only exception would leave the other ranks waiting in the next collective).
+        stored, steps, failure = broadcast_from_zero((stored, sorted(ctx.stored_steps), failure), ctx.world_size)
+        if failure is not None:
+            self._close_store()
+            raise failure
         ctx.stored_steps = set(steps)
 
         if state.global_step == 0:
@@ -380,9 +381,9 @@ class TraitWatchCallback(TrainerCallback):
             if model is not None and self._last_step != state.global_step and ctx.tokenizer is not None:
                 self.measure_now(args, state, control, model)  # ended off-cadence: record the final step
         finally:
-            if ctx.store is not None:
-                ctx.store.finish_run(ctx.run_id, "stopped" if self.stopped_by_alarm_ else "finished")
-                self._close_store()
+            status = "stopped" if self.stopped_by_alarm_ else "finished"
+            self._store_write("the run status", lambda store: store.finish_run(ctx.run_id, status))
+            self._close_store()
         return control
 
     # -- measuring --------------------------------------------------------------------------------
@@ -396,9 +397,13 @@ class TraitWatchCallback(TrainerCallback):
         *,
         extra: Mapping[str, Any] | None = None,
         projection: Projection | None = None,
+        started: float | None = None,
     ) -> DriftRecord:
-        """Measure at `state.global_step`, log, store and act on an alarm. Every rank must call it."""
-        start = time.perf_counter()
+        """Measure at `state.global_step`, log, store and act on an alarm. Every rank must call it.
+
+        `projection` (with `started`, its `time.perf_counter()` start) reuses a pass already made.
+        """
+        start = time.perf_counter() if started is None else started
         step = state.global_step
         proj = self._project(model) if projection is None else projection
         m = self.probe_.drift_from(proj)
@@ -423,10 +428,10 @@ class TraitWatchCallback(TrainerCallback):
             if predicted is not None:
                 stored_extra.update(predicted_em=predicted, alarm=alarm, threshold=self._threshold())
             stored_extra["world_size"] = ctx.world_size
-            ctx.store.add_measurement(
+            self._store_write(f"the step-{step} measurement", lambda store: store.add_measurement(
                 ctx.run_id, step, record.drift, record.drift_norm, per_prompt=m.projections,
                 wall_time_s=record.wall_time_s, extra=stored_extra,
-            )
+            ))
         if ctx.is_zero and self.reporter is not None:
             self.reporter(record)
         if alarm:
@@ -474,11 +479,12 @@ class TraitWatchCallback(TrainerCallback):
             control.should_training_stop = True
         if ctx.store is not None and set(record.actions) - {"warn"}:
             action = "raised" if "raise" in record.actions else "+".join(a for a in record.actions if a != "warn")
-            ctx.store.add_alarm(ctx.run_id, record.step, ALARM_KIND, record.predicted_em, threshold, action)
+            self._store_write(f"the step-{record.step} alarm", lambda store: store.add_alarm(
+                ctx.run_id, record.step, ALARM_KIND, record.predicted_em, threshold, action))
         if "raise" in record.actions:
-            if ctx.store is not None:
-                ctx.store.finish_run(ctx.run_id, "stopped", notes=f"drift alarm raised at step {record.step}")
-                self._close_store()
+            self._store_write("the run status", lambda store: store.finish_run(
+                ctx.run_id, "stopped", notes=f"drift alarm raised at step {record.step}"))
+            self._close_store()
             raise DriftAlarmError(message, step=record.step, predicted_em=record.predicted_em, threshold=threshold)
 
     # -- anchors ----------------------------------------------------------------------------------
@@ -487,6 +493,7 @@ class TraitWatchCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: nn.Module
     ) -> None:
         """Step 0: the live model is the base. Anchor (basis, given, or measured) and record step 0."""
+        started = time.perf_counter()
         proj = self._project(model)
         if self.probe_.anchor_ is not None:
             source = "given"
@@ -505,7 +512,7 @@ class TraitWatchCallback(TrainerCallback):
         # Persist the anchor with the step-0 row, so a resumed run measures against this same p_0 and N.
         # A measured anchor *is* this pass, whose projections are the row's per-prompt array already.
         self.measure_now(
-            args, state, control, model, projection=proj,
+            args, state, control, model, projection=proj, started=started,
             extra={"anchor": _anchor_payload(anchor, source, with_projections=source != "measured")},
         )
 
@@ -546,6 +553,39 @@ class TraitWatchCallback(TrainerCallback):
             self.measure_now(args, state, control, model)  # the checkpoint's step was never recorded
         else:
             self._last_step = step
+
+    def _open_store(self, args: TrainingArguments, state: TrainerState) -> tuple[Anchor, str] | None:
+        """Rank 0: open the store, start or resume the run; on resume, read the stored anchor and steps."""
+        ctx = self._ctx
+        assert self.store is not None
+        ctx.store, ctx.owns_store = (
+            (self.store, False) if isinstance(self.store, RunStore) else (RunStore(self.store), True)
+        )
+        ctx.store.start_run(
+            ctx.run_id,
+            model=self.model_name or self.probe_.basis.model.name,
+            dataset=self.run_metadata.get("dataset"),
+            seed=self.run_metadata.get("seed", args.seed),
+            hyperparameters=self.run_metadata.get("hyperparameters", self._default_hyperparameters(args)),
+            basis_fingerprint=basis_fingerprint(self.probe_),
+        )
+        if state.global_step == 0:
+            return None
+        ctx.stored_steps = {m.step for m in ctx.store.measurements(ctx.run_id, per_prompt=False)}
+        return _anchor_from_store(ctx.store, ctx.run_id)
+
+    def _store_write(self, what: str, write: Callable[[RunStore], object]) -> None:
+        """Rank 0's store writes during training. A failure is logged, not raised: the drift is still in
+        the Trainer's logs, and raising on rank 0 alone would leave the other ranks hanging."""
+        ctx = self._ctx
+        if ctx.store is None:
+            return
+        try:
+            write(ctx.store)
+        except (TraitwatchError, sqlite3.Error, OSError) as exc:
+            self.store_errors_.append(f"{what}: {exc}")
+            logger.error("traitwatch: could not store %s in %s (%s); it is still in the Trainer logs.",
+                         what, ctx.store.path, exc)
 
     def _due(self, step: int, max_steps: int) -> bool:
         return step % self.every_n_steps == 0 or (max_steps > 0 and step >= max_steps)

@@ -1,0 +1,127 @@
+"""`traitwatch train`: LoRA (or full) SFT on a chat JSONL with trait drift measured as it trains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from traitwatch.cli.common import err, out, user_errors
+from traitwatch.train.callback import ALARM_ACTIONS, DriftRecord
+from traitwatch.train.sft import SFTConfig, run_sft
+
+__all__ = ["drift_table", "register"]
+
+_MAX_ROWS = 30  # the live table keeps the latest rows; the store keeps all of them
+
+
+def _actions(spec: str) -> tuple[str, ...]:
+    actions = tuple(a.strip() for a in spec.split(",") if a.strip())
+    bad = [a for a in actions if a not in ALARM_ACTIONS]
+    if bad or not actions:
+        raise typer.BadParameter(f"{spec!r}: use a comma-separated list of {', '.join(ALARM_ACTIONS)}")
+    return actions
+
+
+def _targets(spec: str) -> tuple[str, ...]:
+    targets = tuple(t.strip() for t in spec.split(",") if t.strip())
+    if not targets:
+        raise typer.BadParameter("name at least one module, e.g. q_proj,v_proj")
+    return targets
+
+
+def drift_table(records: list[DriftRecord], title: str = "Trait drift") -> Table:
+    """One row per measurement: step, each trait's drift, ||d||, and the monitor's verdict if any."""
+    table = Table(title=title)
+    table.add_column("step", justify="right")
+    traits = list(records[0].drift) if records else []
+    for name in traits:
+        table.add_column(name, justify="right")
+    table.add_column("||d||", justify="right")
+    with_monitor = any(r.predicted_em is not None for r in records)
+    if with_monitor:
+        table.add_column("pred. EM", justify="right")
+        table.add_column("alarm")
+    for r in records[-_MAX_ROWS:]:
+        cells = [str(r.step), *[f"{r.drift[t]:+.4f}" for t in traits], f"{r.drift_norm:.4f}"]
+        if with_monitor:
+            pred = "" if r.predicted_em is None else f"{r.predicted_em:.3f}"
+            cells += [pred, f"[red]{'+'.join(r.actions)}[/]" if r.alarm else ""]
+        table.add_row(*cells)
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @user_errors
+    def train(
+        data: Annotated[Path, typer.Argument(help='Chat JSONL: one {"messages": [...]} per line.')],
+        basis_dir: Annotated[Path, typer.Option("--basis", "-b", help="Basis folder from `traitwatch extract`.")],
+        model: Annotated[str | None, typer.Option("--model", "-m", help="Model to finetune (default: the basis's).")] = None,
+        output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Checkpoints go here; a rerun resumes from them.")] = Path("runs/sft"),
+        run_id: Annotated[str | None, typer.Option(help="Run id in the store (default: the output folder's name).")] = None,
+        store: Annotated[Path | None, typer.Option(help="Run store file (default: ./traitwatch.db).")] = None,
+        lora_r: Annotated[int, typer.Option("--rank", "-r", min=1, help="LoRA rank.")] = 16,
+        lora_alpha: Annotated[int, typer.Option("--alpha", min=1, help="LoRA alpha.")] = 64,
+        lora_dropout: Annotated[float, typer.Option("--dropout", min=0.0, max=1.0, help="LoRA dropout.")] = 0.05,
+        targets: Annotated[str, typer.Option(help="Comma-separated LoRA target modules.")] = "q_proj,v_proj",
+        full: Annotated[bool, typer.Option("--full", help="Full finetuning instead of LoRA.")] = False,
+        lr: Annotated[float, typer.Option("--lr", min=0.0, help="Learning rate.")] = 4e-5,
+        epochs: Annotated[float, typer.Option(min=0.0)] = 2.0,
+        max_steps: Annotated[int | None, typer.Option(min=1, help="Optimizer steps (overrides --epochs).")] = None,
+        n_samples: Annotated[int | None, typer.Option("--n-samples", "-n", min=1, help="Use the first N conversations.")] = None,
+        seed: Annotated[int, typer.Option()] = 42,
+        response_only: Annotated[bool, typer.Option("--response-only", help="Loss on assistant tokens only.")] = False,
+        batch_size: Annotated[int, typer.Option(min=1, help="Per-device batch size.")] = 4,
+        grad_accum: Annotated[int | None, typer.Option(min=1, help="Gradient accumulation (default: reach --effective-batch).")] = None,
+        effective_batch: Annotated[int, typer.Option(min=1)] = 16,
+        max_length: Annotated[int, typer.Option(min=2, help="Tokens per conversation.")] = 512,
+        over_length: Annotated[str, typer.Option(help="Longer conversations: truncate or drop.")] = "truncate",
+        every_n_steps: Annotated[int, typer.Option("--every", min=1, help="Measure drift every N optimizer steps.")] = 10,
+        save_steps: Annotated[int | None, typer.Option(min=1, help="Checkpoint every N steps (default: --every).")] = None,
+        monitor: Annotated[Path | None, typer.Option(help="Calibrated monitor (.json) for alarms.")] = None,
+        on_alarm: Annotated[str, typer.Option(help=f"Alarm actions, comma-separated: {', '.join(ALARM_ACTIONS)}.")] = "warn,mark",
+        measure_batch_size: Annotated[int, typer.Option(min=1)] = 32,
+        report_to: Annotated[str, typer.Option(help="Trainer integrations (wandb, tensorboard, ...), or none.")] = "none",
+        resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Resume from the latest checkpoint.")] = True,
+        device: Annotated[str | None, typer.Option()] = None,
+        dtype: Annotated[str, typer.Option()] = "auto",
+    ) -> None:
+        """Finetune a model on chat data and watch its trait drift (step 0, every N steps, the last step)."""
+        from traitwatch.basis import TraitBasis
+
+        if over_length not in ("truncate", "drop"):
+            raise typer.BadParameter(f"{over_length!r}: use truncate or drop", param_hint="--over-length")
+        actions = _actions(on_alarm)
+        model_name = model or TraitBasis.load(basis_dir).model.name
+        config = SFTConfig(
+            model=model_name, data=data, basis=basis_dir, output_dir=output_dir, run_id=run_id, store=store,
+            lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=_targets(targets),
+            full=full, learning_rate=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+            grad_accum=grad_accum, effective_batch=effective_batch, max_length=max_length,
+            over_length=over_length,  # type: ignore[arg-type]
+            n_samples=n_samples, seed=seed, response_only=response_only, every_n_steps=every_n_steps,
+            save_steps=save_steps, monitor=monitor, on_alarm=actions,  # type: ignore[arg-type]
+            measure_batch_size=measure_batch_size, device=device, dtype=dtype,
+            report_to=report_to, resume=resume,
+        )
+        records: list[DriftRecord] = []
+        title = f"Trait drift of {config.resolved_run_id()} ({model_name})"
+        with Live(drift_table(records, title), console=err, transient=True, auto_refresh=False) as live:
+
+            def report(record: DriftRecord) -> None:
+                records.append(record)
+                live.update(drift_table(records, title), refresh=True)
+
+            result = run_sft(config, reporter=report, info=lambda msg: err.print(msg, highlight=False, soft_wrap=True))
+        out.print(drift_table(result.history, title))
+        how = "stopped by a drift alarm" if result.stopped_by_alarm else "finished"
+        err.print(
+            f"Run {result.run_id!r} {how} at step {result.global_step}; drift in {result.store}, "
+            f"checkpoints in {result.output_dir}.",
+            highlight=False,
+            soft_wrap=True,
+        )

@@ -1,0 +1,50 @@
+"""Screen a finetuning dataset before training: per-example trait-space scores, a predicted drift profile,
+the riskiest examples, and a filtered copy without them. See `screen.py` for the method."""
+
+from traitwatch.screen.activations import SpanPosition, greedy_responses, span_activations
+from traitwatch.screen.examples import EncodedExample, Example, encode_example, read_examples
+from traitwatch.screen.results import ResultsFile, Row
+from traitwatch.screen.screen import (
+    DEFAULT_RISK_TRAITS,
+    Reference,
+    ReferenceKind,
+    ScreenResults,
+    mean_reference,
+    risk_from_drift,
+    screen_dataset,
+)
+from traitwatch.screen.summary import (
+    Predictor,
+    RankBy,
+    RankedExample,
+    ScreenSummary,
+    rank_examples,
+    summarize,
+    write_filtered,
+)
+
+__all__ = [
+    "DEFAULT_RISK_TRAITS",
+    "EncodedExample",
+    "Example",
+    "Predictor",
+    "RankBy",
+    "RankedExample",
+    "Reference",
+    "ReferenceKind",
+    "ResultsFile",
+    "Row",
+    "ScreenResults",
+    "ScreenSummary",
+    "SpanPosition",
+    "encode_example",
+    "greedy_responses",
+    "mean_reference",
+    "rank_examples",
+    "read_examples",
+    "risk_from_drift",
+    "screen_dataset",
+    "span_activations",
+    "summarize",
+    "write_filtered",
+]

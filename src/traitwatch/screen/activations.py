@@ -1,0 +1,144 @@
+"""Residual-stream statistics over a token span, and greedy answers to compare a dataset against.
+
+`capture.extract_activations` reads the last token of a prompt, or the mean over *all* its tokens;
+screening needs the mean over the response tokens only (the prompt is context, not what the model
+is being taught to say). The same hooks (`capture_rows`) are used with a weight mask that is 1 on the
+response span, so the statistic is computed inside the hook and only one fp32 row per example leaves
+it. The last-token statistic is the same call with a one-hot mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
+
+from traitwatch.capture.activations import capture_rows
+from traitwatch.models.layers import decoder_layers, unwrap_model
+
+__all__ = ["SpanPosition", "greedy_responses", "span_activations"]
+
+SpanPosition = Literal["mean", "last"]
+
+
+class _Stop(Exception):
+    """Raised after the measured layer so the blocks above it and the LM head never run."""
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover - a model with no parameters
+        return torch.device("cpu")
+
+
+@torch.no_grad()
+def span_activations(
+    model: nn.Module,
+    sequences: Sequence[Sequence[int]],
+    spans: Sequence[tuple[int, int]],
+    layer: int,
+    *,
+    position: SpanPosition = "mean",
+    pad_token_id: int = 0,
+) -> Tensor:
+    """One batch: `[n, hidden]` fp32 rows, the mean (or last token) of `seq[start:end]` at `layer`.
+
+    Sequences are right-padded with explicit position ids, so padding never changes a real token.
+    The model is put in eval mode for the pass and restored afterwards.
+    """
+    inner = unwrap_model(model)
+    device = _device_of(inner)
+    width = max(len(s) for s in sequences)
+    n = len(sequences)
+    ids = torch.full((n, width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    weights = torch.zeros((n, width), dtype=torch.long)
+    for row, (seq, (start, end)) in enumerate(zip(sequences, spans, strict=True)):
+        if not 0 <= start < end <= len(seq):
+            raise ValueError(f"span {(start, end)} does not fit a sequence of {len(seq)} tokens")
+        ids[row, : len(seq)] = torch.tensor(list(seq), dtype=torch.long)
+        mask[row, : len(seq)] = 1
+        if position == "mean":
+            weights[row, start:end] = 1
+        else:
+            weights[row, end - 1] = 1
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    ids, mask, positions, weights = ids.to(device), mask.to(device), positions.to(device), weights.to(device)
+
+    def stop(_m: nn.Module, _i: object, _o: object) -> None:
+        raise _Stop
+
+    was_training = inner.training
+    inner.eval()
+    try:
+        # capture_rows' "mean" reader averages under its mask: with the span mask it is the span mean.
+        with capture_rows(inner, [layer], weights, "mean", stop_after=False) as rows:
+            handle = decoder_layers(inner)[layer].register_forward_hook(stop)  # runs after the reader
+            try:
+                inner(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+            except _Stop:
+                pass
+            finally:
+                handle.remove()
+    finally:
+        inner.train(was_training)
+    return rows[layer].cpu()
+
+
+def _stop_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    ids: list[int] = []
+    for value in (getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer.eos_token_id):
+        for token in value if isinstance(value, (list, tuple)) else [value]:
+            if token is not None and int(token) not in ids:
+                ids.append(int(token))
+    return ids
+
+
+@torch.no_grad()
+def greedy_responses(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int = 64,
+) -> list[list[int]]:
+    """The model's own greedy continuation of each prompt (one batch), cut at the first stop token.
+
+    Greedy, so a rerun (or a resumed screen) gets the same answers; at least one token, so every
+    answer has a span to average. Ids are kept as generated (no decode/re-encode round trip).
+    """
+    from transformers import GenerationConfig
+
+    inner = unwrap_model(model)
+    device = _device_of(inner)
+    stops = _stop_ids(inner, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops[0] if stops else 0)
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), int(pad), dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, p in enumerate(prompts):  # left padding: generation continues right after each prompt
+        ids[row, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+        mask[row, width - len(p) :] = 1
+    config = GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=1,
+        eos_token_id=stops or None,
+        pad_token_id=int(pad),
+    )
+    was_training = inner.training
+    inner.eval()
+    try:
+        output = inner.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+    finally:
+        inner.train(was_training)
+    answers = []
+    for tokens in output[:, width:].tolist():
+        cut = next((j for j, t in enumerate(tokens) if t in stops), len(tokens))
+        answers.append(tokens[: max(cut, 1)])
+    return answers

@@ -1,0 +1,318 @@
+"""Screen a finetuning dataset before training: where would each example push the model in trait space?
+
+For each example the model reads prompt + dataset response (teacher forcing, as training does) and
+the residual stream at the basis's measurement layer is summarised over the response tokens. That
+summary, projected on the trait directions and compared with a reference, divided by the basis's N
+(mean residual norm of the step-0 anchor), is the example's score in drift units:
+
+    score(x) = (V . h_data(x) - r) / N
+
+**Position** (`position`): the *mean* over response tokens by default. The finetuning loss is spread
+over every response token, so the mean is the statistic that matches what training pushes on; it is
+also far less noisy than one token, and for code or number answers the last token is a bracket or a
+digit. `"last"` (the last response token, before the template's closing tokens) is offered because
+the basis directions themselves were read at a last token.
+
+**Reference** (`reference`): what "no push" looks like for the same statistic.
+* `"self"`: the model's own greedy answer to the same prompt, through the same statistic. Topic,
+  format and length effects cancel example by example; it costs one generation per example.
+* `"mean"` (default, cheap): one dataset-independent vector, the mean of the same statistic over the
+  model's own greedy answers to the basis's measurement prompts (the 115 prompts drift is measured
+  on). It is computed once per results file and stored in its header. A comparable reference has to be
+  *responses* read the same way: the drift anchor p_0 is a last-prompt-token reading and sits at a
+  different place in activation space than response tokens, so subtracting it would score every
+  dataset far from zero. With the model's own answers as the reference, a dataset written in the
+  model's own style scores near zero, and one whose answers are more harmful or dishonest than the
+  model would write scores along those directions. Its weakness is topic: a dataset of numbers or
+  code differs from chat answers for reasons that are not traits (see the benchmark).
+
+**Risk** (`risk_traits`): the per-example ranking score is the projection on the harmful side,
+`risk = -mean_k d_k` over `risk_traits` (default harmlessness and honesty, whose directions point
+to the harmless/honest pole), so a positive risk means more harmful/dishonest than the reference.
+These two are the traits an EM-inducing set (insecure code, harmful compliance, bad advice) is about,
+and the ones whose directions validate best on held-out passages. A calibrated monitor's per-example
+prediction is reported next to it (see `summary`), but not used for ranking by default: the monitor
+maps *checkpoint* drift to an EM rate; a single example's score is not that, and a tree ensemble's
+output is piecewise constant and clipped, so it ties most examples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
+
+from traitwatch.basis.basis import TraitBasis
+from traitwatch.basis.traits import load_measurement_prompts, prompts_hash
+from traitwatch.drift.probe import DriftProbe
+from traitwatch.errors import BasisMismatchError, InputFileError
+from traitwatch.models.chat import encode_chat
+from traitwatch.models.layers import fingerprint
+from traitwatch.screen.activations import SpanPosition, greedy_responses, span_activations
+from traitwatch.screen.examples import Example, encode_example, read_examples
+from traitwatch.screen.results import ResultsFile, Row
+from traitwatch.train.callback import basis_fingerprint
+from traitwatch.train.data import file_sha256
+
+__all__ = [
+    "DEFAULT_RISK_TRAITS",
+    "Reference",
+    "ReferenceKind",
+    "ScreenResults",
+    "mean_reference",
+    "risk_from_drift",
+    "screen_dataset",
+]
+
+ReferenceKind = Literal["mean", "self"]
+DEFAULT_RISK_TRAITS: tuple[str, ...] = ("harmlessness", "honesty")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A dataset-independent reference: the raw projection (not divided by N) of the model's own answers."""
+
+    projection: np.ndarray  # [n_traits]
+    n_prompts: int
+    prompts_hash: str
+    max_new_tokens: int
+    position: SpanPosition
+    layer: int
+
+
+@dataclass
+class ScreenResults:
+    """Rows of the examples screened so far (in line order), with the results file's header."""
+
+    path: Path
+    header: dict[str, Any]
+    trait_names: list[str]
+    rows: list[Row]
+    examples: list[Example]
+
+    @property
+    def drift(self) -> np.ndarray:
+        return np.array([r.drift for r in self.rows], dtype=np.float64).reshape(len(self.rows), len(self.trait_names))
+
+    @property
+    def risk(self) -> np.ndarray:
+        return np.array([r.risk for r in self.rows], dtype=np.float64)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.rows) == len(self.examples)
+
+
+def _projections(acts: Tensor, basis: TraitBasis, layer: int) -> np.ndarray:
+    return (acts @ basis.matrix(layer).T).numpy().astype(np.float64)
+
+
+def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    return int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else 0
+
+
+def _check_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, basis: TraitBasis, name: str | None) -> None:
+    basis.model.check_matches(fingerprint(model, tokenizer, name), what="The trait basis")
+
+
+def risk_from_drift(drift: np.ndarray, trait_names: Sequence[str], risk_traits: Sequence[str]) -> np.ndarray:
+    """`-mean(drift[:, k])` over `risk_traits`: positive = toward the harmful/dishonest pole."""
+    missing = [t for t in risk_traits if t not in trait_names]
+    if not risk_traits or missing:
+        raise BasisMismatchError(
+            f"Risk traits {list(missing or risk_traits)} are not in this basis ({', '.join(trait_names)}); "
+            "pass --risk-traits with traits of the basis whose positive pole is the safe one."
+        )
+    cols = [list(trait_names).index(t) for t in risk_traits]
+    return -np.asarray(drift, dtype=np.float64)[:, cols].mean(axis=1)
+
+
+def _own_answers(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    basis: TraitBasis,
+    layer: int,
+    prompts: Sequence[list[int]],
+    position: SpanPosition,
+    max_new_tokens: int,
+) -> tuple[np.ndarray, list[int]]:
+    """Projections of the model's own greedy answers to `prompts` (one batch), and their lengths."""
+    answers = greedy_responses(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+    seqs = [p + a for p, a in zip(prompts, answers, strict=True)]
+    spans = [(len(p), len(s)) for p, s in zip(prompts, seqs, strict=True)]
+    acts = span_activations(model, seqs, spans, layer, position=position, pad_token_id=_pad_id(tokenizer))
+    return _projections(acts, basis, layer), [len(a) for a in answers]
+
+
+def mean_reference(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    basis: TraitBasis,
+    *,
+    layer: int | None = None,
+    position: SpanPosition = "mean",
+    prompts: Sequence[str] | None = None,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    progress: Callable[[int], None] | None = None,
+) -> Reference:
+    """The `"mean"` reference: the model's own greedy answers to the measurement prompts, read like a dataset.
+
+    Prompts are asked exactly as drift measures them (user turn, no system prompt). `prompts` replaces
+    the 115 measurement prompts (tests use a few).
+    """
+    layer = basis.measure_layer if layer is None else layer
+    texts = [p for _, p in load_measurement_prompts()] if prompts is None else list(prompts)
+    if not texts:
+        raise InputFileError("No reference prompts given: pass at least one prompt.")
+    encoded = [encode_chat(tokenizer, t) for t in texts]
+    parts = []
+    for i in range(0, len(encoded), batch_size):
+        proj, _ = _own_answers(model, tokenizer, basis, layer, encoded[i : i + batch_size], position, max_new_tokens)
+        parts.append(proj)
+        if progress is not None:
+            progress(len(proj))
+    return Reference(
+        projection=np.concatenate(parts).mean(axis=0),
+        n_prompts=len(texts),
+        prompts_hash=prompts_hash("screen-reference", texts),
+        max_new_tokens=max_new_tokens,
+        position=position,
+        layer=layer,
+    )
+
+
+def screen_dataset(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    basis: TraitBasis,
+    dataset: str | Path,
+    *,
+    out: str | Path,
+    reference: ReferenceKind | Reference = "mean",
+    position: SpanPosition = "mean",
+    layer: int | None = None,
+    batch_size: int = 16,
+    max_new_tokens: int = 64,
+    max_response_tokens: int | None = 256,
+    max_examples: int | None = None,
+    risk_traits: Sequence[str] = DEFAULT_RISK_TRAITS,
+    reference_prompts: Sequence[str] | None = None,
+    model_name: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    on_reference: Callable[[int], Callable[[int], None] | None] | None = None,
+) -> ScreenResults:
+    """Score every example of `dataset` (chat JSONL), appending rows to `out` as batches finish.
+
+    Resumable: rerun with the same arguments and lines already in `out` are skipped. Batches are
+    fixed blocks of `batch_size` consecutive examples, so a resumed screen computes each block exactly
+    as an uninterrupted one would (same padding, same numbers). `progress(n)` is called once with the
+    number of lines found done (when resuming), then after each block is written; `on_reference(n_prompts)` may return a progress callback for the one-off
+    `"mean"` reference computation. `max_examples` screens only the first n conversations (a later
+    run without it continues; a block cut by the limit is finished in a smaller batch, which can
+    differ from an uninterrupted run in the last float digits).
+    """
+    if batch_size < 1:
+        raise InputFileError(f"batch_size must be at least 1, got {batch_size}")
+    if max_new_tokens < 1:
+        raise InputFileError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if max_response_tokens is not None and max_response_tokens < 1:
+        raise InputFileError(f"max_response_tokens must be at least 1, got {max_response_tokens}")
+    if position not in ("mean", "last"):
+        raise InputFileError(f"position must be 'mean' or 'last', got {position!r}")
+    kind: ReferenceKind = "mean" if isinstance(reference, Reference) else reference
+    if kind not in ("mean", "self"):
+        raise InputFileError(f"reference must be 'mean' or 'self', got {reference!r}")
+    dataset = Path(dataset)
+    examples = read_examples(dataset, limit=max_examples)
+    _check_model(model, tokenizer, basis, model_name)
+    probe = DriftProbe(basis, layer=layer)
+    layer_ = probe.layer_
+    basis.matrix(layer_)  # raises if the layer is not in the basis
+    trait_names = list(basis.trait_names)
+    risk_from_drift(np.zeros((1, len(trait_names))), trait_names, risk_traits)  # fail before any work
+    if isinstance(reference, Reference) and (reference.layer != layer_ or reference.position != position):
+        raise BasisMismatchError(
+            f"The given reference was computed at layer {reference.layer} with position {reference.position!r}; "
+            f"this screen uses layer {layer_} with position {position!r}."
+        )
+
+    ref_prompts: dict[str, Any] | None = None
+    if isinstance(reference, Reference):
+        ref_prompts = {"n": reference.n_prompts, "hash": reference.prompts_hash}
+    elif kind == "mean":
+        texts = [p for _, p in load_measurement_prompts()] if reference_prompts is None else list(reference_prompts)
+        ref_prompts = {"n": len(texts), "hash": prompts_hash("screen-reference", texts)}
+    header: dict[str, Any] = {
+        "dataset": str(dataset),
+        "dataset_sha256": file_sha256(dataset),
+        "model": fingerprint(model, tokenizer, model_name).to_dict(),
+        "basis": basis_fingerprint(probe),
+        "trait_names": trait_names,
+        "position": position,
+        "reference": kind,
+        "max_new_tokens": reference.max_new_tokens if isinstance(reference, Reference) else max_new_tokens,
+        "max_response_tokens": max_response_tokens,
+        "risk_traits": list(risk_traits),
+        "reference_prompts": ref_prompts,
+    }
+    store = ResultsFile(out, header)
+    if store.is_new:
+        extra: dict[str, Any] = {}
+        if not probe.anchor_from_basis():
+            probe.fit_anchor(model, tokenizer)  # screening happens before training: this model is step 0
+        assert probe.anchor_ is not None
+        extra["scale"] = probe.anchor_.scale
+        if kind == "mean":
+            if not isinstance(reference, Reference):
+                reference = mean_reference(
+                    model, tokenizer, basis, layer=layer_, position=position, prompts=reference_prompts,
+                    max_new_tokens=max_new_tokens, batch_size=batch_size,
+                    progress=on_reference(ref_prompts["n"]) if on_reference is not None and ref_prompts else None,
+                )
+            extra["reference_projection"] = [float(x) for x in reference.projection]
+        store.create(extra)
+    elif isinstance(reference, Reference) and store.header.get("reference_projection") != [float(x) for x in reference.projection]:
+        raise InputFileError(
+            f"{store.path}: was screened against another reference vector than the one given; pass a new --out"
+        )
+    scale = float(store.header["scale"])
+    ref_proj = None if kind == "self" else np.asarray(store.header["reference_projection"], dtype=np.float64)
+
+    done = store.done
+    already = sum(e.line in done for e in examples)
+    if already and progress is not None:
+        progress(already)  # lines a previous run finished count as done
+    for first in range(0, len(examples), batch_size):
+        block = [e for e in examples[first : first + batch_size] if e.line not in done]
+        if not block:
+            continue
+        encoded = [encode_example(tokenizer, e, max_response_tokens=max_response_tokens,
+                                  where=f"{dataset}, line {e.line}") for e in block]
+        acts = span_activations(model, [x.ids for x in encoded], [(x.start, x.end) for x in encoded], layer_,
+                                position=position, pad_token_id=_pad_id(tokenizer))
+        proj = _projections(acts, basis, layer_)
+        ref_tokens: list[int | None] = [None] * len(block)
+        if ref_proj is None:
+            own, lengths = _own_answers(model, tokenizer, basis, layer_, [x.prompt for x in encoded], position,
+                                        max_new_tokens)
+            drift = (proj - own) / scale
+            ref_tokens = list(lengths)
+        else:
+            drift = (proj - ref_proj[None, :]) / scale
+        risk = risk_from_drift(drift, trait_names, risk_traits)
+        store.append([
+            Row(e.line, tuple(float(v) for v in d), float(r), x.end - x.start, x.truncated, t)
+            for e, x, d, r, t in zip(block, encoded, drift, risk, ref_tokens, strict=True)
+        ])
+        if progress is not None:
+            progress(len(block))
+
+    lines = {e.line for e in examples}
+    rows = sorted((r for r in store.rows.values() if r.line in lines), key=lambda r: r.line)
+    return ScreenResults(store.path, store.header, trait_names, rows, examples)

@@ -1,0 +1,53 @@
+"""Monitoring during training: the `TraitWatchCallback`, and LoRA/full SFT with it attached.
+
+The callback measures drift in-process on the live model (METHOD.md 3 [improve]), logs it through
+`Trainer.log`, stores it in the run store and acts on a monitor's alarm; `run_sft` is the
+`traitwatch train` command's library entry point.
+"""
+
+from traitwatch.train.callback import (
+    ALARM_ACTIONS,
+    AlarmAction,
+    AlarmMonitor,
+    AnchorError,
+    DriftAlarmError,
+    DriftRecord,
+    TraitWatchCallback,
+    basis_fingerprint,
+)
+from traitwatch.train.data import (
+    ChatDataset,
+    DataStats,
+    PaddingCollator,
+    encode_conversation,
+    file_sha256,
+    load_chat_jsonl,
+    tokenize_chats,
+)
+from traitwatch.train.distributed import gather_projection, shard_indices
+from traitwatch.train.sft import RUN_MARKER, SFTConfig, SFTResult, TrainConfigError, run_sft
+
+__all__ = [
+    "ALARM_ACTIONS",
+    "AlarmAction",
+    "AlarmMonitor",
+    "AnchorError",
+    "ChatDataset",
+    "DataStats",
+    "DriftAlarmError",
+    "DriftRecord",
+    "PaddingCollator",
+    "RUN_MARKER",
+    "SFTConfig",
+    "SFTResult",
+    "TraitWatchCallback",
+    "TrainConfigError",
+    "basis_fingerprint",
+    "encode_conversation",
+    "file_sha256",
+    "gather_projection",
+    "load_chat_jsonl",
+    "run_sft",
+    "shard_indices",
+    "tokenize_chats",
+]

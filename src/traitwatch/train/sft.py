@@ -1,0 +1,357 @@
+"""`run_sft`: LoRA (or full) supervised finetuning on a chat JSONL with the drift monitor attached.
+
+Plain `transformers.Trainer` with our own tokenisation and collator (`traitwatch.train.data`), so
+what is trained on, and what is dropped, is explicit. Defaults follow the reference study
+(METHOD.md 4): LoRA r 16, alpha 64, dropout 0.05 on q_proj/v_proj, lr 4e-5, 2 epochs, effective batch
+16, max length 512, drift every 10 optimizer steps.
+
+Resuming. A run is identified by its run id (default: the output folder's name). Starting again with
+the same run id and output folder continues from the latest `checkpoint-N` there (Trainer
+`resume_from_checkpoint`) and continues the stored trajectory: the store keeps one row per step and
+the callback re-uses the stored step-0 anchor (see `traitwatch.train.callback`). A marker file
+`traitwatch_run.json` in the output folder names the run its checkpoints belong to, so checkpoints of
+another run are never resumed by accident. A run id is refused if it was trained on other data
+(the dataset's sha256 is stored with the run).
+
+Works under `torchrun` / `accelerate launch`: the Trainer runs DDP, the callback splits the
+measurement prompts across ranks, and only world process zero touches the store and prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from traitwatch.basis.basis import TraitBasis
+from traitwatch.drift.probe import DriftProbe
+from traitwatch.errors import TraitwatchError
+from traitwatch.models.loading import load_model
+from traitwatch.store import DEFAULT_STORE_NAME, RunStore, UnknownRunError
+from traitwatch.train.callback import AlarmAction, AlarmMonitor, DriftAlarmError, DriftRecord, TraitWatchCallback
+from traitwatch.train.data import DataStats, OverLength, PaddingCollator, file_sha256, load_chat_jsonl, tokenize_chats
+
+__all__ = ["RUN_MARKER", "SFTConfig", "SFTResult", "TrainConfigError", "run_sft"]
+
+RUN_MARKER = "traitwatch_run.json"
+
+
+class TrainConfigError(TraitwatchError, ValueError):
+    """A training option that cannot work (no such LoRA target, checkpoints of another run, ...)."""
+
+
+@dataclass
+class SFTConfig:
+    """Everything `run_sft` needs; field defaults are the reference study's (METHOD.md 4)."""
+
+    model: str
+    data: Path
+    basis: Path
+    output_dir: Path
+    run_id: str | None = None  # default: output_dir's name
+    store: Path | None = None  # default: ./traitwatch.db
+    lora_r: int = 16
+    lora_alpha: int = 64
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    full: bool = False  # full finetuning instead of LoRA
+    learning_rate: float = 4e-5
+    epochs: float = 2.0
+    max_steps: int | None = None  # overrides epochs
+    batch_size: int = 4  # per device
+    grad_accum: int | None = None  # default: effective_batch / (batch_size * processes)
+    effective_batch: int = 16
+    max_length: int = 512
+    over_length: OverLength = "truncate"
+    n_samples: int | None = None  # first n conversations of the file
+    seed: int = 42
+    response_only: bool = False
+    every_n_steps: int = 10
+    save_steps: int | None = None  # default: every_n_steps, so each measured step has a checkpoint
+    save_total_limit: int | None = None
+    monitor: Path | None = None
+    on_alarm: tuple[AlarmAction, ...] = ("warn", "mark")
+    measure_batch_size: int = 32
+    device: str | None = None
+    dtype: str = "auto"
+    report_to: str | list[str] = "none"
+    logging_steps: int = 1
+    resume: bool = True
+
+    def resolved_run_id(self) -> str:
+        return self.run_id or Path(self.output_dir).resolve().name
+
+
+@dataclass
+class SFTResult:
+    run_id: str
+    output_dir: Path
+    store: Path
+    global_step: int
+    resumed_from: str | None
+    stopped_by_alarm: bool
+    data: DataStats
+    history: list[DriftRecord] = field(default_factory=list)
+    final_model: Path | None = None
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) from the launcher's environment, before TrainingArguments exists."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _device(config: SFTConfig) -> str | None:
+    if config.device is not None:
+        return config.device
+    import torch
+
+    local = os.environ.get("LOCAL_RANK")
+    if local is not None and torch.cuda.is_available():
+        return f"cuda:{int(local)}"  # each rank loads onto its own GPU, not all onto cuda:0
+    return None
+
+
+def _wrap_lora(model: Any, config: SFTConfig) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as exc:
+        raise TrainConfigError(
+            f"LoRA targets {list(config.target_modules)} do not fit this model: {str(exc).splitlines()[0]}"
+        ) from None
+
+
+def _check_output_dir(output_dir: Path, run_id: str, resume: bool) -> str | None:
+    """The checkpoint to resume from (None: start fresh); refuse another run's checkpoints."""
+    marker = output_dir / RUN_MARKER
+    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if last is None:
+        return None
+    owner = None
+    if marker.is_file():
+        try:
+            owner = json.loads(marker.read_text()).get("run_id")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            owner = None
+    if owner != run_id:
+        raise TrainConfigError(
+            f"{output_dir} holds checkpoints of run {owner!r}, not {run_id!r}: pass --run-id {owner} to resume "
+            "it, or a fresh --output-dir."
+        )
+    if not resume:
+        raise TrainConfigError(
+            f"{output_dir} already holds checkpoints of run {run_id!r}; resume it (drop --no-resume) or use "
+            "a fresh --output-dir."
+        )
+    return last
+
+
+def _completed_step(checkpoint: str | None, max_steps: int | None) -> int | None:
+    """The checkpoint's step if it already reached the run's last step (None: there is more to train).
+
+    Resuming a finished run would otherwise train one extra step: the Trainer (5.x) only checks for
+    the end after a step.
+    """
+    if checkpoint is None:
+        return None
+    try:
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+        step, planned = int(state["global_step"]), int(state["max_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    target = max_steps if max_steps is not None else planned
+    return step if step >= target else None
+
+
+def _check_dataset(store_path: Path, run_id: str, sha: str) -> bool:
+    """True if the run exists; refuse a run id that was trained on other data."""
+    if not store_path.exists():
+        return False
+    with RunStore(store_path) as store:
+        try:
+            run = store.get_run(run_id)
+        except UnknownRunError:
+            return False
+    old = run.hyperparameters.get("dataset_sha256")
+    if old is not None and old != sha:
+        raise TrainConfigError(
+            f"Run {run_id!r} in {store_path} was trained on other data (sha256 {old[:12]}..., this file "
+            f"{sha[:12]}...); use a new --run-id."
+        )
+    return True
+
+
+def run_sft(
+    config: SFTConfig,
+    *,
+    monitor: AlarmMonitor | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+    reporter: Callable[[DriftRecord], None] | None = None,
+    info: Callable[[str], None] | None = None,
+) -> SFTResult:
+    """Finetune `config.model` on `config.data` while measuring trait drift; returns what happened.
+
+    `monitor` overrides `config.monitor` (a saved monitor file). `callbacks` are added after the drift
+    callback. `reporter` gets each measurement and `info` each status line, on world process zero
+    only; with a reporter the Trainer's own progress printing is turned off.
+    """
+    rank, world = _world()
+    say = info if (info is not None and rank == 0) else (lambda _msg: None)
+    run_id = config.resolved_run_id()
+    output_dir = Path(config.output_dir)
+    store_path = Path(config.store) if config.store is not None else Path(DEFAULT_STORE_NAME)
+    for name, value, low in (("batch_size", config.batch_size, 1), ("every_n_steps", config.every_n_steps, 1),
+                             ("effective_batch", config.effective_batch, 1), ("lora_r", config.lora_r, 1)):
+        if value < low:
+            raise TrainConfigError(f"{name} must be at least {low}, got {value}")
+
+    conversations = load_chat_jsonl(config.data, limit=config.n_samples)
+    sha = file_sha256(config.data)
+    basis = TraitBasis.load(config.basis)
+    resume_from = _check_output_dir(output_dir, run_id, config.resume)
+    existing = _check_dataset(store_path, run_id, sha) if rank == 0 else False
+
+    lm = load_model(config.model, device=_device(config), dtype=config.dtype)  # type: ignore[arg-type]
+    probe = DriftProbe(basis, batch_size=config.measure_batch_size)
+    probe.check_model(lm.model, lm.tokenizer, lm.name)
+    if monitor is None and config.monitor is not None:
+        from traitwatch.monitor import load_monitor
+
+        monitor = load_monitor(config.monitor, trait_names=basis.trait_names)
+
+    dataset, stats = tokenize_chats(
+        lm.tokenizer, conversations, max_length=config.max_length, response_only=config.response_only,
+        over_length=config.over_length,
+    )
+    say(f"Data: {stats.summary()}.")
+
+    model = lm.model if config.full else _wrap_lora(lm.model, config)
+    grad_accum = config.grad_accum or max(1, config.effective_batch // (config.batch_size * world))
+    save_steps = config.save_steps or config.every_n_steps
+    hyperparameters: dict[str, Any] = {
+        "method": "full" if config.full else "lora",
+        "learning_rate": config.learning_rate,
+        "epochs": config.epochs,
+        "max_steps": config.max_steps,
+        "per_device_batch_size": config.batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "world_size": world,
+        "effective_batch": config.batch_size * grad_accum * world,
+        "max_length": config.max_length,
+        "over_length": config.over_length,
+        "response_only": config.response_only,
+        "n_samples": config.n_samples,
+        "n_used": stats.n_used,
+        "every_n_steps": config.every_n_steps,
+        "save_steps": save_steps,
+        "dataset_sha256": sha,
+        "dtype": config.dtype,
+    }
+    if not config.full:
+        hyperparameters.update(lora_r=config.lora_r, lora_alpha=config.lora_alpha,
+                               lora_dropout=config.lora_dropout, target_modules=list(config.target_modules))
+
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=grad_accum,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps if config.max_steps is not None else -1,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=config.save_total_limit,
+        logging_steps=config.logging_steps,
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to=config.report_to,
+        run_name=run_id,
+        disable_tqdm=reporter is not None,
+        remove_unused_columns=False,
+        use_cpu=config.device == "cpu",
+        ddp_find_unused_parameters=False,
+    )
+    if args.process_index == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / RUN_MARKER).write_text(
+            json.dumps({"run_id": run_id, "model": lm.name, "data": str(config.data), "dataset_sha256": sha,
+                        "store": str(store_path.resolve())}, indent=2)
+        )
+    if resume_from:
+        say(f"Resuming run {run_id!r} from {resume_from}.")
+    elif existing:
+        say(f"Run {run_id!r} is in {store_path} but {output_dir} has no checkpoint: starting again from step 0.")
+
+    watch = TraitWatchCallback(
+        probe,
+        tokenizer=lm.tokenizer,
+        store=store_path,
+        run_id=run_id,
+        model_name=lm.name,
+        run_metadata={"dataset": str(Path(config.data).resolve()), "seed": config.seed,
+                      "hyperparameters": hyperparameters},
+        monitor=monitor,
+        every_n_steps=config.every_n_steps,
+        on_alarm=config.on_alarm,
+        reporter=reporter,
+    )
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=PaddingCollator(int(pad if pad is not None else 0)),
+        processing_class=lm.tokenizer,
+        callbacks=[watch, *callbacks],
+    )
+    watch.attach(trainer)
+    if reporter is not None:
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
+    done = _completed_step(resume_from, config.max_steps)
+    try:
+        if done is not None:
+            say(f"Run {run_id!r} already reached its last step ({done}) in {resume_from}; nothing to train.")
+            trainer.state.global_step = done
+        else:
+            trainer.train(resume_from_checkpoint=resume_from)
+    except DriftAlarmError:
+        raise
+    except BaseException:
+        if args.process_index == 0 and store_path.exists():
+            with RunStore(store_path) as store:
+                try:
+                    store.finish_run(run_id, "failed")
+                except UnknownRunError:
+                    pass
+        raise
+    final = output_dir / "final"
+    if done is None:
+        trainer.save_model(str(final))  # rank 0 writes; the adapter (or full model) at the last step
+        say(f"Saved the final {'model' if config.full else 'adapter'} to {final}.")
+    return SFTResult(
+        run_id=run_id,
+        output_dir=output_dir,
+        store=store_path,
+        global_step=trainer.state.global_step,
+        resumed_from=resume_from,
+        stopped_by_alarm=watch.stopped_by_alarm_,
+        data=stats,
+        history=list(watch.history_),
+        final_model=final,
+    )
+

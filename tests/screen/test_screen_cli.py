@@ -1,0 +1,71 @@
+"""`traitwatch screen` in-process: tables, results, filtered copy, summary JSON, monitor, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from sklearn.linear_model import Ridge
+from typer.testing import CliRunner
+
+from traitwatch.cli.app import app
+from traitwatch.drift import DriftProbe
+from traitwatch.monitor import DriftMonitor
+from traitwatch.monitor.artifact import save_monitor
+from traitwatch.train.callback import basis_fingerprint
+
+runner = CliRunner()
+FAST = ["--model", "tiny-random", "--dtype", "float32", "--max-new-tokens", "2", "--batch-size", "4"]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_screen_prints_profile_top_k_and_writes_outputs(basis_dir, chat_file, tmp_path):
+    results, clean, summary = tmp_path / "r.jsonl", tmp_path / "clean.jsonl", tmp_path / "s.json"
+    res = invoke("screen", str(chat_file), "--basis", str(basis_dir), *FAST, "--top-k", "2", "--out", str(results),
+                 "--filtered-out", str(clean), "--summary-json", str(summary))
+    assert res.exit_code == 0, res.output
+    assert "harmlessness" in res.stdout and "Top 2 riskiest" in res.stdout
+    assert len(results.read_text().splitlines()) == 1 + 10
+    data = json.loads(summary.read_text())
+    dropped = {t["line"] for t in data["top"]}
+    assert data["n_examples"] == 10 and len(dropped) == 2 and data["predicted_em_extrapolated"] is None
+    original = chat_file.read_text().splitlines()
+    assert clean.read_text().splitlines() == [l for n, l in enumerate(original, 1) if l.strip() and n not in dropped]
+    again = invoke("screen", str(chat_file), "--basis", str(basis_dir), *FAST, "--top-k", "2", "--out", str(results),
+                   "--summary-json", str(tmp_path / "s2.json"))  # resume: nothing left to compute, same answer
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "s2.json").read_text())["top"] == data["top"]
+
+
+def test_screen_with_monitor_labels_em_risk_as_extrapolation(tiny, basis, basis_dir, chat_file, tmp_path):
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 7)), rng.uniform(size=40)
+    fp = basis_fingerprint(DriftProbe(basis))
+    mon = save_monitor(DriftMonitor(Ridge()).fit(X, y), tmp_path / "m.json", fingerprint=fp,
+                       trait_names=basis.trait_names, training_run_ids=["a"], tau=0.06)
+    res = invoke("screen", str(chat_file), "--basis", str(basis_dir), *FAST, "--monitor", str(mon),
+                 "--out", str(tmp_path / "r.jsonl"), "--top-k", "3", "--rank-by", "monitor")
+    assert res.exit_code == 0, res.output
+    assert "Predicted EM rate (extrapolation" in " ".join(res.stdout.split())
+    other = save_monitor(DriftMonitor(Ridge()).fit(X, y), tmp_path / "o.json", fingerprint={**fp, "layer": 2},
+                         trait_names=basis.trait_names, training_run_ids=["a"])
+    bad = invoke("screen", str(chat_file), "--basis", str(basis_dir), *FAST, "--monitor", str(other),
+                 "--out", str(tmp_path / "r2.jsonl"))
+    assert bad.exit_code == 2 and "'layer'" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_screen_malformed_line_is_one_line_error(basis_dir, chat_file, tmp_path):
+    lines = chat_file.read_text().splitlines()
+    lines[1] = "not json"
+    chat_file.write_text("\n".join(lines) + "\n")
+    res = invoke("screen", str(chat_file), "--basis", str(basis_dir), *FAST, "--out", str(tmp_path / "r.jsonl"))
+    assert res.exit_code == 2
+    assert "line 2" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_screen_refuses_to_overwrite_the_dataset(basis_dir, chat_file):
+    res = invoke("screen", str(chat_file), "--basis", str(basis_dir), *FAST, "--filtered-out", str(chat_file))
+    assert res.exit_code == 2 and "overwrite" in res.stderr

@@ -1,0 +1,206 @@
+"""TraitWatchCallback on a real (tiny) Trainer: cadence, logs, store, train mode, alarm actions."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from traitwatch.drift import DriftProbe
+from traitwatch.errors import TraitwatchError
+from traitwatch.store import RunStore
+from traitwatch.train import DriftAlarmError, TraitWatchCallback
+
+from _train_helpers import PROMPTS, tiny_trainer
+
+
+class ModeSpy(TrainerCallback):
+    """Registered after the drift callback: sees the model right after a measurement."""
+
+    def __init__(self) -> None:
+        self.training: dict[int, bool] = {}
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.training[state.global_step] = model.training
+
+
+class LogSpy(TrainerCallback):
+    """Registered *before* the drift callback, as report_to integrations are."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, dict]] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.seen.append((state.global_step, dict(logs or {})))
+
+
+class ConstantMonitor:
+    """A calibrated-monitor stand-in: predicts the same EM rate for any drift."""
+
+    def __init__(self, value: float, threshold: float = 0.5) -> None:
+        self.value, self.threshold = value, threshold
+        self.calls: list[np.ndarray] = []
+
+    def predict(self, X):
+        X = np.asarray(X)
+        self.calls.append(X)
+        return np.full(X.shape[0], self.value)
+
+
+def _watch(basis, store, run_id="r", **kw) -> TraitWatchCallback:
+    return TraitWatchCallback(DriftProbe(basis, prompts=PROMPTS), store=store, run_id=run_id, **kw)
+
+
+def test_measures_step0_every_n_and_final_into_store_and_logs(basis, tmp_path):
+    store_path = tmp_path / "tw.db"
+    watch, spy, logs = _watch(basis, store_path, every_n_steps=5), ModeSpy(), LogSpy()
+    trainer = tiny_trainer(tmp_path / "out", [logs, watch, spy], max_steps=12)
+    watch.attach(trainer)
+    trainer.train()
+
+    with RunStore(store_path) as store:
+        ms = store.measurements("r")
+        run = store.get_run("r")
+    assert [m.step for m in ms] == [0, 5, 10, 12]
+    assert run.status == "finished" and run.basis_fingerprint["layer"] == basis.layers[0]
+    assert ms[0].drift_norm == 0.0 and ms[-1].drift_norm > 0  # anchored on the live model at step 0
+    assert ms[0].per_prompt.shape == (len(PROMPTS), 7) and ms[0].extra["anchor"]["source"] == "measured"
+    assert len(ms[0].extra["anchor"]["norms"]) == len(PROMPTS)
+
+    history = trainer.state.log_history
+    tw_steps = [h["step"] for h in history if "traitwatch/drift_norm" in h]
+    assert tw_steps == [0, 5, 10, 12]
+    for h in history:
+        if "traitwatch/drift_norm" in h:
+            stored = next(m for m in ms if m.step == h["step"])
+            assert h["traitwatch/drift_norm"] == pytest.approx(stored.drift_norm)
+            assert set(stored.drift) == {k.split("/", 1)[1] for k in h if k.startswith("traitwatch/")} - {"drift_norm"}
+    # an integration registered before us still receives the drift through Trainer.log
+    assert [s for s, log in logs.seen if "traitwatch/honesty" in log] == [0, 5, 10, 12]
+    # the measurement put the model in eval mode and gave it back in train mode
+    assert all(spy.training[s] for s in (5, 10, 12))
+
+
+def test_measuring_does_not_change_training(basis, tmp_path):
+    """Same seed with and without the callback: identical weights (measuring uses no RNG, no grads)."""
+    plain = tiny_trainer(tmp_path / "a", [], max_steps=6)
+    plain.train()
+    watch = _watch(basis, None, every_n_steps=2)
+    watched = tiny_trainer(tmp_path / "b", [watch], max_steps=6)
+    watch.attach(watched)
+    watched.train()
+    a = {k: v for k, v in plain.model.named_parameters() if "lora" in k}
+    b = dict(watched.model.named_parameters())
+    assert a and all(torch.equal(v, b[k]) for k, v in a.items())
+    assert [r.step for r in watch.history_] == [0, 2, 4, 6]
+
+
+def test_needs_a_trainer_reference(basis, tmp_path):
+    trainer = tiny_trainer(tmp_path / "out", [_watch(basis, None)], max_steps=2)
+    with pytest.raises(TraitwatchError, match="attach"):
+        trainer.train()
+
+
+@pytest.mark.parametrize("actions", [("stop",), ("stop", "save"), ("mark",), ("save",), ("warn",), ("raise",)])
+def test_alarm_actions(basis, tmp_path, caplog, actions):
+    store_path, out = tmp_path / "tw.db", tmp_path / "out"
+    monitor = ConstantMonitor(0.9, threshold=0.5)
+    watch = _watch(basis, store_path, every_n_steps=5, monitor=monitor, on_alarm=actions)
+    trainer = tiny_trainer(out, [watch], max_steps=12)
+    watch.attach(trainer)
+    with caplog.at_level(logging.WARNING, logger="traitwatch.train.callback"):
+        if "raise" in actions:
+            with pytest.raises(DriftAlarmError, match="step 5") as info:
+                trainer.train()
+            assert info.value.exit_code == 3 and info.value.step == 5
+        else:
+            trainer.train()
+    with RunStore(store_path) as store:
+        steps = [m.step for m in store.measurements("r")]
+        alarms = store.alarms("r")
+        status = store.get_run("r").status
+        logged = store.measurements("r")[-1].extra
+    # the monitor is never asked about step 0 (the base model, outside its calibration)
+    assert len(monitor.calls) == len(steps) - 1 and logged["predicted_em"] == 0.9 and logged["alarm"] is True
+    history = [h for h in trainer.state.log_history if "traitwatch/alarm" in h]
+    assert history and all(h["traitwatch/alarm"] == 1.0 and h["traitwatch/predicted_em"] == 0.9 for h in history)
+    stopped = "stop" in actions or "raise" in actions
+    assert trainer.state.global_step == (5 if stopped else 12)
+    assert steps == ([0, 5] if stopped else [0, 5, 10, 12])
+    assert status == ("stopped" if stopped else "finished")
+    if actions == ("warn",):
+        assert alarms == [] and "drift alarm at step 5" in caplog.text
+    else:
+        assert [a.step for a in alarms] == steps[1:] and all(a.kind == "em_monitor" for a in alarms)
+        assert alarms[0].value == 0.9 and alarms[0].threshold == 0.5
+    saved = sorted(p.name for p in out.glob("checkpoint-*")) if out.exists() else []
+    if "save" in actions:
+        assert "checkpoint-5" in saved  # save_steps is 1000: only the alarm asked for it
+    elif "raise" not in actions:
+        assert "checkpoint-5" not in saved
+
+
+def test_no_alarm_below_threshold(basis, tmp_path):
+    watch = _watch(basis, tmp_path / "tw.db", every_n_steps=5, monitor=ConstantMonitor(0.1), on_alarm=("stop",))
+    trainer = tiny_trainer(tmp_path / "out", [watch], max_steps=6)
+    watch.attach(trainer)
+    trainer.train()
+    assert trainer.state.global_step == 6 and not watch.stopped_by_alarm_
+    assert [r.alarm for r in watch.history_] == [False, False, False]
+
+
+def test_bad_actions_and_monitor_are_refused(basis):
+    with pytest.raises(ValueError, match="unknown alarm action"):
+        _watch(basis, None, on_alarm=("explode",))
+    with pytest.raises(TypeError, match="predict"):
+        _watch(basis, None, monitor=object())
+
+
+def test_resumed_lora_run_without_stored_anchor_uses_the_adapter_disabled_base(basis, tmp_path):
+    out = tmp_path / "out"
+    first = _watch(basis, None, every_n_steps=2)
+    trainer = tiny_trainer(out, [first], max_steps=4, save_steps=4)
+    first.attach(trainer)
+    trainer.train()
+    second = _watch(basis, None, every_n_steps=2)
+    resumed = tiny_trainer(out, [second], max_steps=6, save_steps=4)
+    second.attach(resumed)
+    resumed.train(resume_from_checkpoint=str(out / "checkpoint-4"))
+    assert second.anchor_source_ == "adapter disabled"
+    torch.testing.assert_close(second.probe_.anchor_.projections, first.probe_.anchor_.projections, atol=1e-5, rtol=0)
+    # no store says step 4 was recorded, so the checkpoint's step is measured on resume: the same model
+    # (checkpoint-4) against the same anchor gives the first run's step-4 drift, not zero
+    assert [r.step for r in second.history_] == [4, 6]
+    assert second.history_[0].drift == pytest.approx(first.history_[-1].drift, abs=1e-5)
+    assert second.history_[0].drift_norm > 0.01
+
+
+def test_resumed_full_finetune_without_any_anchor_is_refused(basis, tmp_path):
+    from traitwatch.train import AnchorError
+
+    out = tmp_path / "out"
+    first = _watch(basis, None, every_n_steps=2)
+    trainer = tiny_trainer(out, [first], max_steps=2, save_steps=2, lora=False, lr=1e-3)
+    first.attach(trainer)
+    trainer.train()
+    second = _watch(basis, None, every_n_steps=2)
+    resumed = tiny_trainer(out, [second], max_steps=4, save_steps=2, lora=False, lr=1e-3)
+    second.attach(resumed)
+    with pytest.raises(AnchorError, match="resumed at step 2"):
+        resumed.train(resume_from_checkpoint=str(out / "checkpoint-2"))
+
+
+def test_run_id_of_another_model_is_refused_before_training(basis, tmp_path):
+    from traitwatch.store import RunMismatchError
+
+    with RunStore(tmp_path / "tw.db") as store:
+        store.start_run("r", model="some-other-model")
+    watch = _watch(basis, tmp_path / "tw.db", model_name="tiny-random")
+    trainer = tiny_trainer(tmp_path / "out", [watch], max_steps=2)
+    watch.attach(trainer)
+    with pytest.raises(RunMismatchError, match="some-other-model"):
+        trainer.train()
+    assert trainer.state.global_step == 0

@@ -1,0 +1,94 @@
+"""Chat JSONL reading and tokenisation: line-numbered errors, empty files, over-length accounting, labels."""
+
+from __future__ import annotations
+
+import pytest
+from _train_helpers import conversations, write_jsonl
+
+from traitwatch.errors import InputFileError, TraitwatchError
+from traitwatch.train import PaddingCollator, encode_conversation, load_chat_jsonl, tokenize_chats
+from traitwatch.train.data import IGNORE_INDEX
+
+GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+
+
+@pytest.mark.parametrize(
+    "bad_line, message",
+    [
+        ('{"messages": [', "line 3: not valid JSON"),
+        ('["not", "an", "object"]', 'line 3: expected an object with a "messages" list'),
+        ('{"text": "hi"}', 'line 3: expected an object with a "messages" list'),
+        ('{"messages": []}', 'line 3: "messages" must be a non-empty list'),
+        ('{"messages": [{"role": "user"}]}', 'line 3: message 0 needs string "role" and "content"'),
+        ('{"messages": [{"role": "robot", "content": "x"}]}', "line 3: message 0 has role 'robot'"),
+        ('{"messages": [{"role": "user", "content": "x"}]}', "line 3: the conversation has no assistant message"),
+    ],
+)
+def test_malformed_rows_name_the_line(tmp_path, bad_line, message):
+    import json
+
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n\n" + bad_line + "\n" + json.dumps(GOOD) + "\n")  # line 2 is blank
+    with pytest.raises(InputFileError, match=message) as info:
+        load_chat_jsonl(path)
+    assert isinstance(info.value, TraitwatchError) and str(path) in str(info.value)
+
+
+def test_empty_and_missing_files(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n  \n")
+    with pytest.raises(InputFileError, match="empty"):
+        load_chat_jsonl(empty)
+    with pytest.raises(InputFileError, match="no such file"):
+        load_chat_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_limit_keeps_first_n(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"messages": c} for c in conversations(10)])
+    rows = load_chat_jsonl(path, limit=3)
+    assert [r[0]["content"] for r in rows] == [c[0]["content"] for c in conversations(3)]
+
+
+def test_over_length_is_counted_and_truncated_or_dropped(tiny):
+    chats = [GOOD["messages"], [{"role": "user", "content": "x" * 200}, {"role": "assistant", "content": "y" * 200}]]
+    data, stats = tokenize_chats(tiny.tokenizer, chats, max_length=64)
+    assert (stats.n_over_length, stats.n_truncated, stats.n_used) == (1, 1, 2)
+    assert max(len(e["input_ids"]) for e in data.examples) == 64
+    assert "1 longer than 64 tokens: truncated" in stats.summary()
+    data, stats = tokenize_chats(tiny.tokenizer, chats, max_length=64, over_length="drop")
+    assert (stats.n_over_length, stats.n_dropped_over_length, stats.n_used) == (1, 1, 1)
+    assert "dropped" in stats.summary()
+
+
+def test_response_only_labels_cover_exactly_the_assistant_turns(tiny):
+    tok = tiny.tokenizer
+    chat = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "QUESTION-ONE"},
+        {"role": "assistant", "content": "ANSWER-ONE"},
+        {"role": "user", "content": "QUESTION-TWO"},
+        {"role": "assistant", "content": "ANSWER-TWO"},
+    ]
+    ids, labels = encode_conversation(tok, chat, response_only=True)
+    trained = tok.decode([i for i, lab in zip(ids, labels) if lab != IGNORE_INDEX])
+    assert "ANSWER-ONE" in trained and "ANSWER-TWO" in trained
+    assert "QUESTION" not in trained and "Be brief" not in trained
+    assert trained.count("<|end|>") == 2  # the end-of-turn marker is learned too
+    ids_all, labels_all = encode_conversation(tok, chat, response_only=False)
+    assert ids_all == ids and labels_all == ids
+
+
+def test_response_only_row_truncated_before_its_answer_is_dropped(tiny):
+    chats = [GOOD["messages"], [{"role": "user", "content": "q" * 100}, {"role": "assistant", "content": "a"}]]
+    _, stats = tokenize_chats(tiny.tokenizer, chats, max_length=32, response_only=True)
+    assert (stats.n_used, stats.n_dropped_no_target) == (1, 1)
+    with pytest.raises(InputFileError, match="No conversation is left"):
+        tokenize_chats(tiny.tokenizer, chats[1:], max_length=32, response_only=True)
+
+
+def test_collator_pads_without_loss_or_attention():
+    batch = PaddingCollator(pad_token_id=0)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
+                                             {"input_ids": [8], "labels": [8]}])
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]

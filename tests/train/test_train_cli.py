@@ -1,0 +1,113 @@
+"""`traitwatch train` end to end on tiny-random: table, store record, resume, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from _train_helpers import conversations, write_jsonl
+from typer.testing import CliRunner
+
+from traitwatch.cli.app import app
+from traitwatch.models import build_tiny_random
+from traitwatch.store import RunStore
+from traitwatch.train import file_sha256
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def train_args(data, basis_dir, tmp_path, *extra):
+    return ["train", data, "--basis", basis_dir, "--model", "tiny-random", "--output-dir", tmp_path / "out",
+            "--store", tmp_path / "tw.db", "--max-steps", "4", "--every", "2", "--batch-size", "2",
+            "--grad-accum", "1", "--lr", "1e-2", "--max-length", "48", "--device", "cpu", "--dtype", "float32",
+            *extra]
+
+
+def test_train_prints_drift_records_run_and_resumes(basis_dir, chat_file, tmp_path):
+    res = invoke(*train_args(chat_file, basis_dir, tmp_path, "--n-samples", "30", "--seed", "7"))
+    assert res.exit_code == 0, res.output
+    assert "honesty" in res.stdout and "||d||" in res.stdout
+    assert "30 of 30 conversations used" in res.output and "longer than 48 tokens: truncated" in res.output
+    with RunStore(tmp_path / "tw.db") as store:
+        run = store.get_run("out")
+        first = store.measurements("out")
+    assert [m.step for m in first] == [0, 2, 4]
+    assert run.model == "tiny-random" and run.seed == 7 and run.dataset == str(chat_file.resolve())
+    hp = run.hyperparameters
+    assert hp["dataset_sha256"] == file_sha256(chat_file) and hp["n_samples"] == 30
+    assert (hp["lora_r"], hp["lora_alpha"], hp["lora_dropout"], hp["target_modules"]) == (16, 64, 0.05, ["q_proj", "v_proj"])
+    assert hp["effective_batch"] == 2 and run.basis_fingerprint["trait_names"][0] == "honesty"
+    assert (tmp_path / "out" / "checkpoint-4" / "adapter_config.json").is_file()
+    assert json.loads((tmp_path / "out" / "traitwatch_run.json").read_text())["run_id"] == "out"
+
+    # the same command again resumes the finished run instead of starting a second trajectory
+    res = invoke(*train_args(chat_file, basis_dir, tmp_path, "--n-samples", "30", "--seed", "7"))
+    assert res.exit_code == 0, res.output
+    assert "Resuming run 'out' from" in res.output and "checkpoint-4" in res.output
+    with RunStore(tmp_path / "tw.db") as store:
+        again = store.measurements("out")
+        assert len(store.runs()) == 1
+    assert [(m.step, m.created_at) for m in again] == [(m.step, m.created_at) for m in first]
+
+
+def test_full_finetuning_with_response_only(basis_dir, chat_file, tmp_path):
+    res = invoke(*train_args(chat_file, basis_dir, tmp_path, "--full", "--response-only", "--run-id", "full1"))
+    assert res.exit_code == 0, res.output
+    with RunStore(tmp_path / "tw.db") as store:
+        run = store.get_run("full1")
+        ms = store.measurements("full1")
+    assert run.hyperparameters["method"] == "full" and run.hyperparameters["response_only"] is True
+    assert [m.step for m in ms] == [0, 2, 4] and ms[-1].drift_norm > 0
+    assert (tmp_path / "out" / "final" / "config.json").is_file()  # a full model, not an adapter
+
+
+@pytest.fixture(scope="module")
+def other_model_basis(tmp_path_factory, small_traits):
+    from traitwatch.basis import extract_basis
+
+    model, tok = build_tiny_random(hidden_size=32)
+    basis = extract_basis(model, tok, small_traits, layers=[2], method="passages")
+    return basis.save(tmp_path_factory.mktemp("other") / "basis")
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("malformed", "bad.jsonl, line 2: not valid JSON"),
+        ("empty", "the dataset is empty"),
+        ("other_basis", "hidden size 32"),
+        ("bad_target", "LoRA targets ['nope_proj'] do not fit this model"),
+        ("foreign_checkpoints", "holds checkpoints of run 'someone-else'"),
+        ("missing_basis", "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(case, message, basis_dir, chat_file, tmp_path, request):
+    data, basis, extra = chat_file, basis_dir, []
+    if case == "malformed":
+        data = tmp_path / "bad.jsonl"
+        data.write_text(json.dumps({"messages": conversations(1)[0]}) + "\n{oops\n")
+    elif case == "empty":
+        data = write_jsonl(tmp_path / "empty.jsonl", [])
+    elif case == "other_basis":
+        basis = request.getfixturevalue("other_model_basis")
+    elif case == "bad_target":
+        extra = ["--targets", "nope_proj"]
+    elif case == "foreign_checkpoints":
+        (tmp_path / "out" / "checkpoint-3").mkdir(parents=True)
+        (tmp_path / "out" / "traitwatch_run.json").write_text(json.dumps({"run_id": "someone-else"}))
+    elif case == "missing_basis":
+        basis = tmp_path / "nope"
+    res = invoke(*train_args(data, basis, tmp_path, *extra))
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert lines[-1].startswith("error:") and message in " ".join(lines), res.output
+    assert "Traceback" not in res.output
+
+
+def test_bad_alarm_action_is_rejected(basis_dir, chat_file, tmp_path):
+    res = runner.invoke(app, [str(a) for a in train_args(chat_file, basis_dir, tmp_path, "--on-alarm", "warn,explode")])
+    assert res.exit_code == 2 and "explode" in res.output
