@@ -204,3 +204,13 @@ def test_run_id_of_another_model_is_refused_before_training(basis, tmp_path):
     with pytest.raises(RunMismatchError, match="some-other-model"):
         trainer.train()
     assert trainer.state.global_step == 0
+
+
+def test_two_line_setup_from_a_basis_folder(basis_dir, tmp_path):
+    trainer = tiny_trainer(tmp_path / "out", [], max_steps=4)
+    watch = TraitWatchCallback.from_basis(basis_dir, store=tmp_path / "tw.db", run_id="two-lines", every_n_steps=2)
+    watch.attach(trainer)
+    trainer.train()
+    with RunStore(tmp_path / "tw.db", create=False) as st:
+        assert [m.step for m in st.measurements("two-lines", per_prompt=False)] == [0, 2, 4]
+    assert any("traitwatch/drift_norm" in row for row in trainer.state.log_history)

@@ -67,6 +67,7 @@ from traitwatch.store import RunStore
 from traitwatch.train.distributed import broadcast_from_zero, gather_projection
 
 if TYPE_CHECKING:
+    from traitwatch.basis.basis import TraitBasis
     from transformers import Trainer
 
 __all__ = [
@@ -287,6 +288,36 @@ class TraitWatchCallback(TrainerCallback):
         self.store_errors_: list[str] = []
         self._ctx = _Context()
         self._last_step: int | None = None
+
+    @classmethod
+    def from_basis(
+        cls,
+        basis: str | os.PathLike[str] | TraitBasis,
+        *,
+        store: RunStore | str | os.PathLike[str] | None = None,
+        run_id: str | None = None,
+        monitor: AlarmMonitor | str | os.PathLike[str] | None = None,
+        every_n_steps: int = 10,
+        on_alarm: Sequence[AlarmAction] = ("warn", "mark"),
+        reporter: Callable[[DriftRecord], None] | None = None,
+        batch_size: int = 32,
+    ) -> TraitWatchCallback:
+        """The two-line set-up: a callback from a basis folder (and a saved monitor file, if any).
+
+        `TraitWatchCallback.from_basis("my-basis", store="traitwatch.db").attach(trainer)`.
+        A monitor file is checked against the basis's fingerprint when loaded.
+        """
+        from traitwatch.basis.basis import TraitBasis as _TraitBasis
+
+        loaded = basis if isinstance(basis, _TraitBasis) else _TraitBasis.load(basis)
+        if monitor is not None and not isinstance(monitor, AlarmMonitor):
+            from traitwatch.monitor import load_monitor
+
+            monitor = load_monitor(monitor, fingerprint=loaded.model.to_dict(), trait_names=loaded.trait_names)
+        return cls(
+            DriftProbe(loaded, batch_size=batch_size), store=store, run_id=run_id, monitor=monitor,  # type: ignore[arg-type]
+            every_n_steps=every_n_steps, on_alarm=on_alarm, reporter=reporter,
+        )
 
     def attach(self, trainer: Trainer) -> TraitWatchCallback:
         """Keep a reference to `trainer` (for `Trainer.log`) and register with it; returns self."""
