@@ -214,3 +214,22 @@ def test_two_line_setup_from_a_basis_folder(basis_dir, tmp_path):
     with RunStore(tmp_path / "tw.db", create=False) as st:
         assert [m.step for m in st.measurements("two-lines", per_prompt=False)] == [0, 2, 4]
     assert any("traitwatch/drift_norm" in row for row in trainer.state.log_history)
+
+
+def test_from_basis_loads_a_monitor_of_this_basis_and_refuses_another(basis_dir, tmp_path):
+    from traitwatch.basis import TraitBasis
+    from traitwatch.errors import BasisMismatchError
+    from traitwatch.monitor import DriftMonitor, save_monitor
+    from traitwatch.train import basis_fingerprint
+
+    basis = TraitBasis.load(basis_dir)
+    rng = np.random.default_rng(0)
+    fitted = DriftMonitor(threshold=0.05).fit(rng.normal(size=(40, 7)), rng.uniform(size=40))
+    ours = save_monitor(fitted, tmp_path / "ours.json", fingerprint=basis_fingerprint(DriftProbe(basis)),
+                        trait_names=basis.trait_names, training_run_ids=["a"])
+    other = save_monitor(fitted, tmp_path / "other.json", fingerprint={"name": "synthetic"},
+                         trait_names=basis.trait_names, training_run_ids=["a"])
+    watch = TraitWatchCallback.from_basis(basis_dir, monitor=ours)
+    assert watch.monitor is not None and watch.monitor.threshold == 0.05
+    with pytest.raises(BasisMismatchError, match="another basis"):
+        TraitWatchCallback.from_basis(basis_dir, monitor=other)

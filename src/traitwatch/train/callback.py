@@ -310,12 +310,13 @@ class TraitWatchCallback(TrainerCallback):
         from traitwatch.basis.basis import TraitBasis as _TraitBasis
 
         loaded = basis if isinstance(basis, _TraitBasis) else _TraitBasis.load(basis)
+        probe = DriftProbe(loaded, batch_size=batch_size)
         if monitor is not None and not isinstance(monitor, AlarmMonitor):
             from traitwatch.monitor import load_monitor
 
-            monitor = load_monitor(monitor, fingerprint=loaded.model.to_dict(), trait_names=loaded.trait_names)
+            monitor = load_monitor(monitor, fingerprint=basis_fingerprint(probe), trait_names=loaded.trait_names)
         return cls(
-            DriftProbe(loaded, batch_size=batch_size), store=store, run_id=run_id, monitor=monitor,  # type: ignore[arg-type]
+            probe, store=store, run_id=run_id, monitor=monitor,  # type: ignore[arg-type]
             every_n_steps=every_n_steps, on_alarm=on_alarm, reporter=reporter,
         )
 

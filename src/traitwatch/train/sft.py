@@ -34,7 +34,14 @@ from traitwatch.drift.probe import DriftProbe
 from traitwatch.errors import TraitwatchError
 from traitwatch.models.loading import load_model
 from traitwatch.store import DEFAULT_STORE_NAME, RunStore, UnknownRunError
-from traitwatch.train.callback import AlarmAction, AlarmMonitor, DriftAlarmError, DriftRecord, TraitWatchCallback
+from traitwatch.train.callback import (
+    AlarmAction,
+    AlarmMonitor,
+    DriftAlarmError,
+    DriftRecord,
+    TraitWatchCallback,
+    basis_fingerprint,
+)
 from traitwatch.train.data import DataStats, OverLength, PaddingCollator, file_sha256, load_chat_jsonl, tokenize_chats
 
 __all__ = ["RUN_MARKER", "SFTConfig", "SFTResult", "TrainConfigError", "run_sft"]
@@ -231,7 +238,9 @@ def run_sft(
     if monitor is None and config.monitor is not None:
         from traitwatch.monitor import load_monitor
 
-        monitor = load_monitor(config.monitor, trait_names=basis.trait_names)
+        # The monitor was calibrated on runs recorded with this callback, so it carries their basis
+        # fingerprint (model, layer, directions hash, prompts): drift from any other basis is refused.
+        monitor = load_monitor(config.monitor, fingerprint=basis_fingerprint(probe), trait_names=basis.trait_names)
 
     dataset, stats = tokenize_chats(
         lm.tokenizer, conversations, max_length=config.max_length, response_only=config.response_only,
