@@ -24,7 +24,9 @@ the basis directions themselves were read at a last token.
   dataset far from zero. With the model's own answers as the reference, a dataset written in the
   model's own style scores near zero, and one whose answers are more harmful or dishonest than the
   model would write scores along those directions. Its weakness is topic: a dataset of numbers or
-  code differs from chat answers for reasons that are not traits (see the benchmark).
+  code differs from chat answers for reasons that are not traits. Measured on SmolLM2-135M
+  (`benchmarks/screen_ordering.py`): the model's own answers to coding prompts score as far from zero
+  as the insecure-code set does, so for off-topic data prefer `"self"`.
 
 **Risk** (`risk_traits`): the per-example ranking score is the projection on the harmful side,
 `risk = -mean_k d_k` over `risk_traits` (default harmlessness and honesty, whose directions point
