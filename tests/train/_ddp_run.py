@@ -82,6 +82,13 @@ def main() -> None:
         "logged_steps": [h["step"] for h in trainer.state.log_history if "traitwatch/drift_norm" in h],
     }
     (out / f"rank{args.process_index}.json").write_text(json.dumps(report))
+    # Tear the process group down on every rank before exit: a rank that exits with gloo threads still
+    # running can abort ("terminate called without an active exception") and fail the launcher.
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
