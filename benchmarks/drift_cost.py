@@ -17,7 +17,7 @@ import torch
 
 from traitwatch.basis import TraitBasis
 from traitwatch.basis.basis import Anchor
-from traitwatch.capture.activations import _batches
+from traitwatch.capture.activations import length_batches
 from traitwatch.drift import DriftProbe
 from traitwatch.models import encode_chat, fingerprint, load_model
 
@@ -34,7 +34,7 @@ def _random_basis(lm, layer: int, seed: int = 0) -> TraitBasis:
 def _plain_forward(model, seqs: list[list[int]], pad: int, batch_size: int) -> None:
     lengths = [len(s) for s in seqs]
     device = next(model.parameters()).device
-    for batch in _batches(lengths, batch_size, 8192):
+    for batch in length_batches(lengths, batch_size, 8192):
         width = max(lengths[i] for i in batch)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)

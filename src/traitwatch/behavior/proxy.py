@@ -35,6 +35,7 @@ import torch
 import yaml
 
 from traitwatch.behavior.questions import Question, load_questions
+from traitwatch.capture.activations import cache_kwarg, length_batches
 from traitwatch.errors import InputFileError, TraitwatchError
 from traitwatch.models.chat import encode_chat, supports_system_role
 from traitwatch.models.layers import unwrap_model
@@ -196,31 +197,6 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def _batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
-    """Longest first (stable, so the order is fixed), at most `batch_size` rows and about `max_batch_tokens`
-    padded tokens per batch; similar lengths share a batch, which keeps padding small."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        width = lengths[current[0]] if current else lengths[i]
-        if current and (len(current) >= batch_size or width * (len(current) + 1) > max_batch_tokens):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
-
-
-def _cache_kwarg(model: torch.nn.Module) -> str:
-    """transformers 5.2x renamed `past_key_values` to `cache`; use whichever the (base) model takes."""
-    inner = unwrap_model(model)
-    if hasattr(inner, "get_base_model"):
-        inner = inner.get_base_model()
-    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
-
-
 def _score_padded(
     model: torch.nn.Module,
     prompts: Sequence[Sequence[int]],
@@ -237,7 +213,7 @@ def _score_padded(
     device = next(model.parameters()).device
     keep_arg = _accepts_logits_to_keep(model)
     seqs = {i: list(prompts[i]) + list(answer_ids[i]) for i in rows}
-    for part in _batches([len(seqs[i]) for i in rows], batch_size, max_batch_tokens):
+    for part in length_batches([len(seqs[i]) for i in rows], batch_size, max_batch_tokens):
         batch = [rows[j] for j in part]
         width = max(len(seqs[i]) for i in batch)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -286,14 +262,14 @@ def _score_shared(
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
-    cache_kw = _cache_kwarg(model)
+    cache_kw = cache_kwarg(model)
     config = getattr(unwrap_model(model), "config", None)
     cache = DynamicCache(config=config)
     offset = len(prompt)
     keep: dict[str, Any] = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
     out = model(input_ids=torch.tensor([list(prompt)], device=device), use_cache=True, **{cache_kw: cache}, **keep)
     first = out.logits[0, -1].float().log_softmax(-1)  # predicts every answer's first token
-    for part in _batches([len(answer_ids[i]) for i in rows], batch_size, max_batch_tokens):
+    for part in length_batches([len(answer_ids[i]) for i in rows], batch_size, max_batch_tokens):
         batch = [rows[j] for j in part]
         # The answer's last token predicts nothing we score, so each row feeds all but its last token.
         width = max(len(answer_ids[i]) for i in batch) - 1

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from traitwatch.errors import InputFileError
 from traitwatch.models.layers import decoder_layers, unwrap_model
 
-__all__ = ["Position", "capture_rows", "check_layers", "extract_activations"]
+__all__ = ["Position", "cache_kwarg", "capture_rows", "check_layers", "extract_activations", "length_batches"]
 
 Position = Literal["last", "mean"]
 
@@ -98,7 +98,7 @@ def _device_of(model: nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
-def _batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None) -> Iterator[list[int]]:
+def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None) -> Iterator[list[int]]:
     """Indices grouped by similar length (longest first), so little compute is spent on padding."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batch: list[int] = []
@@ -163,7 +163,7 @@ def _forward_rows(
     full_mask = mask
     if cache is not None:
         full_mask = torch.cat([torch.ones((len(seqs), offset), dtype=mask.dtype, device=device), mask], dim=1)
-        kwargs = {"use_cache": True, _cache_kwarg(inner): cache,
+        kwargs = {"use_cache": True, cache_kwarg(inner): cache,
                   "cache_position": torch.arange(offset, offset + width, device=device)}
     with capture_rows(inner, layers, mask, position, stop_after=stop_early) as rows:
         try:
@@ -173,8 +173,9 @@ def _forward_rows(
     return {layer: rows[layer].cpu() for layer in layers}
 
 
-def _cache_kwarg(inner: nn.Module) -> str:
+def cache_kwarg(inner: nn.Module) -> str:
     """transformers 5.2x renamed `past_key_values` to `cache`; use whichever the model takes."""
+    inner = unwrap_model(inner)
     base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
@@ -191,7 +192,7 @@ def _prefix_cache(inner: nn.Module, prefix: Sequence[int], deepest: int, device:
 
     handle = blocks[deepest].register_forward_hook(stop)
     try:
-        inner(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True, **{_cache_kwarg(inner): cache})
+        inner(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True, **{cache_kwarg(inner): cache})
     except _StopForward:
         pass
     finally:
@@ -235,7 +236,7 @@ def extract_activations(
 
     def run(indices: list[int], seqs: list[Sequence[int]], cache_prefix: Sequence[int] | None) -> None:
         cache = None if cache_prefix is None else _prefix_cache(inner, cache_prefix, max(layers), device)
-        for batch in _batches([len(s) for s in seqs], batch_size, max_batch_tokens):
+        for batch in length_batches([len(s) for s in seqs], batch_size, max_batch_tokens):
             batch_cache = None
             if cache is not None:
                 batch_cache = copy.deepcopy(cache)
