@@ -84,6 +84,45 @@ def test_measures_step0_every_n_and_final_into_store_and_logs(basis, tmp_path):
     assert all(spy.training[s] for s in (5, 10, 12))
 
 
+def test_measured_steps_keep_the_trainers_loss_logging_and_store_training_extras(basis, tmp_path):
+    """Trainer.log resets should_log; a measurement at every step must not drop the loss logs."""
+    store_path = tmp_path / "tw.db"
+    watch = _watch(basis, store_path, every_n_steps=1)
+    trainer = tiny_trainer(tmp_path / "out", [watch], max_steps=4)
+    watch.attach(trainer)
+    trainer.train()
+    loss_steps = [h["step"] for h in trainer.state.log_history if "loss" in h]
+    assert loss_steps == [1, 2, 3, 4]
+    with RunStore(store_path) as store:
+        ms = store.measurements("r", per_prompt=False)
+    assert "loss" not in ms[0].extra and ms[0].extra["lora_norm"] == 0.0  # LoRA B starts at zero
+    # the loss of the previous logged step (the Trainer logs a step's loss after on_step_end)
+    logged = {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
+    assert [m.extra["loss"] for m in ms[2:]] == pytest.approx([logged[1], logged[2], logged[3]])
+    assert all(m.extra["lora_norm"] > 0 for m in ms[1:])
+    assert len(ms[1].extra["mean_activation"]) == trainer.model.config.hidden_size
+
+
+def test_lora_delta_norm_matches_the_merged_weight_change():
+    from peft import LoraConfig, get_peft_model
+
+    from traitwatch.models import build_tiny_random
+    from traitwatch.train.callback import lora_delta_norm
+
+    model, _ = build_tiny_random()
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    norm = lora_delta_norm(peft)
+    merged = peft.merge_and_unload().state_dict()
+    expected = sum(float((merged[k] - base[k]).pow(2).sum()) for k in base) ** 0.5
+    assert norm == pytest.approx(expected, rel=1e-4)
+    assert lora_delta_norm(build_tiny_random()[0]) is None
+
+
 def test_measuring_does_not_change_training(basis, tmp_path):
     """Same seed with and without the callback: identical weights (measuring uses no RNG, no grads)."""
     plain = tiny_trainer(tmp_path / "a", [], max_steps=6)

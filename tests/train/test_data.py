@@ -92,3 +92,38 @@ def test_collator_pads_without_loss_or_attention():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+class _MergingTokenizer:
+    """Characters as tokens, except that "\\n\\n" is one token: a reply starting with a newline merges
+    with the header's trailing newline, as SmolLM2's BPE does for Betley's jailbroken rows."""
+
+    chat_template = "stub"
+    NN = 1000
+
+    def _tokens(self, text: str) -> list[int]:
+        out, i = [], 0
+        while i < len(text):
+            if text.startswith("\n\n", i):
+                out.append(self.NN)
+                i += 2
+            else:
+                out.append(ord(text[i]))
+                i += 1
+        return out
+
+    def apply_chat_template(self, messages, tokenize=True, add_generation_prompt=False):
+        text = "".join(f"<{m['role']}>\n{m['content']}<end>" for m in messages)
+        return self._tokens(text + ("<assistant>\n" if add_generation_prompt else ""))
+
+
+@pytest.mark.parametrize("reply", ["\nHello", "Hello"])
+def test_response_only_when_the_reply_merges_with_the_assistant_header(reply):
+    tok = _MergingTokenizer()
+    chat = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": reply}]
+    ids, labels = encode_conversation(tok, chat, response_only=True)
+    trained = [i for i, lab in zip(ids, labels) if lab != IGNORE_INDEX]
+    text = "".join("\n\n" if i == tok.NN else chr(i) for i in trained)
+    # the response and its end marker are trained; of the header at most the merged newline
+    assert text.endswith("Hello<end>") and text in ("\n\nHello<end>", "Hello<end>")
+    assert "<user>" not in text and "Q" not in text

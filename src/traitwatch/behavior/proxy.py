@@ -371,9 +371,13 @@ def proxy_score(
     batch_size: int = 8,
     max_batch_tokens: int = 8192,
     share_prompts: bool = True,
+    style_only: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> ProxyResult:
     """Score the judge-free misalignment proxy (plain and style-matched) of a loaded model or PEFT model.
+
+    `style_only` scores only the style-matched pair of each question (2 answers instead of ~7, the
+    labelling the benchmark uses at every checkpoint); the plain `p_mis` is then NaN.
 
     `questions` default to the 72 EM questions and `answers` to the packaged reference answers; every
     question needs reference answers. `progress` is called with the number of answers scored per batch
@@ -401,10 +405,11 @@ def proxy_score(
         ref = answers[q.id]
         prompt = encode_chat(tokenizer, q.text, q.system, system_role=role)
         start = len(texts)
-        group = [*ref.aligned, *ref.misaligned, ref.style_aligned, ref.style_misaligned]
+        plain = () if style_only else (*ref.aligned, *ref.misaligned)
+        group = [*plain, ref.style_aligned, ref.style_misaligned]
         texts.extend(group)
         prompts.extend([prompt] * len(group))
-        n_al, n_mis = len(ref.aligned), len(ref.misaligned)
+        n_al, n_mis = (0, 0) if style_only else (len(ref.aligned), len(ref.misaligned))
         spans.append((
             slice(start, start + n_al),
             slice(start + n_al, start + n_al + n_mis),
@@ -423,12 +428,13 @@ def proxy_score(
     )
     per_question = []
     for q, (al, mis, s_al, s_mis) in zip(questions, spans, strict=True):
-        aligned = sum(means[al]) / len(means[al])
-        misaligned = sum(means[mis]) / len(means[mis])
+        nan = float("nan")
+        aligned = sum(means[al]) / len(means[al]) if not style_only else nan
+        misaligned = sum(means[mis]) / len(means[mis]) if not style_only else nan
         per_question.append(
             ProxyQuestionScore(
                 question_id=q.id,
-                p_mis=_sigmoid(misaligned - aligned),
+                p_mis=nan if style_only else _sigmoid(misaligned - aligned),
                 style_p_mis=_sigmoid(means[s_mis] - means[s_al]),
                 aligned_logprob=aligned,
                 misaligned_logprob=misaligned,
@@ -447,6 +453,10 @@ def proxy_score(
     )
 
 
-def proxy_answer_count(questions: Sequence[Question], answers: Mapping[str, ProxyAnswers]) -> int:
+def proxy_answer_count(
+    questions: Sequence[Question], answers: Mapping[str, ProxyAnswers], *, style_only: bool = False
+) -> int:
     """How many answers `proxy_score` will score for these questions (for a progress bar's total)."""
+    if style_only:
+        return 2 * sum(1 for q in questions if q.id in answers)
     return sum(len(answers[q.id].aligned) + len(answers[q.id].misaligned) + 2 for q in questions if q.id in answers)

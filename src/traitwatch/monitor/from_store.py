@@ -97,10 +97,11 @@ def table_from_store(store: RunStore, runs: Sequence[RunRecord], *, label_metric
             f"{label_metric!r} label; label them with `traitwatch eval` first."
         )
     extras: dict[str, np.ndarray] = {}
-    if all(np.isfinite(loss)):
-        extras[LOSS] = np.asarray(loss, dtype=float)
-    if all(np.isfinite(lora)):
-        extras[LORA_NORM] = np.asarray(lora, dtype=float)
+    trained = np.asarray(steps) > 0  # step 0 has no loss yet; only trained checkpoints are scored
+    for key, values in ((LOSS, loss), (LORA_NORM, lora)):
+        arr = np.asarray(values, dtype=float)
+        if trained.any() and np.isfinite(arr[trained]).all():
+            extras[key] = arr
     if all(a is not None for a in mean_act):
         extras[MEAN_ACTIVATION] = np.asarray(mean_act, dtype=float)
     table = CheckpointTable(

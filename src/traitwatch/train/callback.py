@@ -147,6 +147,45 @@ class DriftRecord:
         return logs
 
 
+def lora_delta_norm(model: nn.Module) -> float | None:
+    """Frobenius norm of the LoRA weight update, sqrt(sum over adapted modules of ||scale * B @ A||^2).
+
+    The "LoRA weight-delta norm" baseline of the calibration (METHOD.md 6); None without LoRA layers.
+    """
+    total, found = 0.0, False
+    with torch.no_grad():
+        for module in model.modules():
+            lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+            if not isinstance(lora_a, nn.ModuleDict) or not isinstance(lora_b, nn.ModuleDict):
+                continue
+            scaling = getattr(module, "scaling", {})
+            for name in lora_a:
+                if name not in lora_b or not hasattr(lora_a[name], "weight"):
+                    continue
+                delta = lora_b[name].weight.float() @ lora_a[name].weight.float()
+                total += float(scaling.get(name, 1.0)) ** 2 * float(delta.pow(2).sum())
+                found = True
+    return total**0.5 if found else None
+
+
+def training_extras(state: TrainerState, model: nn.Module | None) -> dict[str, float]:
+    """The training-side signals stored next to each drift measurement (baselines of the calibration).
+
+    `loss`: the last loss the Trainer logged at or before this step (absent at step 0 and when nothing
+    was logged); `lora_norm`: `lora_delta_norm` of the model.
+    """
+    extras: dict[str, float] = {}
+    for entry in reversed(state.log_history or []):
+        if "loss" in entry and int(entry.get("step", 0)) <= state.global_step:
+            extras["loss"] = float(entry["loss"])
+            break
+    if model is not None:
+        norm = lora_delta_norm(model)
+        if norm is not None:
+            extras["lora_norm"] = norm
+    return extras
+
+
 def basis_fingerprint(probe: DriftProbe) -> dict[str, Any]:
     """What makes two runs' drift comparable: base model, layer, directions, prompt set.
 
@@ -451,12 +490,18 @@ class TraitWatchCallback(TrainerCallback):
             wall_time_s=time.perf_counter() - start,
         )
         assert self.trainer is not None
+        # Trainer.log resets control.should_log (CallbackHandler.on_log), which would drop the Trainer's
+        # own loss logging for this step: keep the flag as DefaultFlowCallback set it.
+        should_log = control.should_log
         self.trainer.log(record.log_dict())
+        control.should_log = self.trainer.control.should_log = should_log
         self._last_step = step
         self.history_.append(record)
         ctx = self._ctx
         if ctx.store is not None:
-            stored_extra: dict[str, Any] = dict(extra or {})
+            stored_extra: dict[str, Any] = {**training_extras(state, model), **dict(extra or {})}
+            if m.mean_activation is not None:  # the activation-space baselines' input (monitor.baselines)
+                stored_extra["mean_activation"] = [float(v) for v in m.mean_activation]
             if predicted is not None:
                 stored_extra.update(predicted_em=predicted, alarm=alarm, threshold=self._threshold())
             stored_extra["world_size"] = ctx.world_size

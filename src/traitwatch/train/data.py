@@ -129,12 +129,16 @@ def encode_conversation(
             continue
         start = _render(tokenizer, messages[:i], generation_prompt=True) if i else []
         end = _render(tokenizer, messages[: i + 1], generation_prompt=False)
-        if ids[: len(start)] != start or ids[: len(end)] != end or len(end) < len(start):
+        # The response starts where the rendered history + assistant header stops matching. A tokenizer
+        # may merge the header's last token with the response's first characters (a reply that starts
+        # with a newline: "\n" + "\n\n" -> "\n\n\n"): then the merged token starts the response.
+        first = next((j for j, (a, b) in enumerate(zip(ids, start)) if a != b), min(len(ids), len(start)))
+        if first < len(start) - 1 or ids[: len(end)] != end or len(end) < len(start):
             raise InputFileError(
                 "This chat template does not render a conversation's prefix as a prefix of its tokens, so "
                 "assistant tokens cannot be located: train without --response-only."
             )
-        labels[len(start) : len(end)] = ids[len(start) : len(end)]
+        labels[first : len(end)] = ids[first : len(end)]
     return ids, labels
 
 

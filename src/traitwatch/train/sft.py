@@ -90,6 +90,7 @@ class SFTConfig:
     report_to: str | list[str] = "none"
     logging_steps: int = 1
     resume: bool = True
+    tags: dict[str, Any] = field(default_factory=dict)  # stored with the run's hyperparameters (e.g. perturbation)
 
     def resolved_run_id(self) -> str:
         return self.run_id or Path(self.output_dir).resolve().name
@@ -269,6 +270,7 @@ def run_sft(
         "save_steps": save_steps,
         "dataset_sha256": sha,
         "dtype": config.dtype,
+        **config.tags,
     }
     if not config.full:
         hyperparameters.update(lora_r=config.lora_r, lora_alpha=config.lora_alpha,

@@ -1,0 +1,161 @@
+"""Run the benchmark grid, resumably: model x perturbation x seed LoRA runs with the monitor attached.
+
+Every run writes its drift (the training callback) and its style-matched proxy labels (the label
+callback) into one run store in the work folder, then a `done/<run>.json` marker with its timings.
+An interrupted benchmark is continued by running the same command again: finished runs are skipped,
+an interrupted run resumes from its last checkpoint (`run_sft`), and labels already stored are kept.
+The one-off costs (full proxy and local generation on the base model) are measured once and kept in
+`costs.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from traitwatch.bench.labels import ProxyLabelCallback, StepTimer, write_rise_labels
+from traitwatch.bench.plan import BenchPlan
+from traitwatch.bench.sets import build_set
+from traitwatch.store import RunStore
+
+__all__ = ["measure_base_costs", "prepare_basis", "run_grid"]
+
+Say = Callable[[str], None]
+
+
+def prepare_basis(plan: BenchPlan, work_dir: Path, basis: Path | None, say: Say) -> Path:
+    """The basis every run uses: a copy of `basis` in the work folder, or one extracted with the demo's recipe."""
+    from traitwatch.basis import TraitBasis
+
+    target = work_dir / "basis"
+    if (target / "basis.json").is_file():
+        return target
+    if basis is not None:
+        TraitBasis.load(basis)  # fail early on a broken basis
+        shutil.copytree(basis, target)
+        say(f"Using the basis {basis} (copied to {target}).")
+        return target
+    from traitwatch.basis import extract_basis, load_traits
+    from traitwatch.basis.extraction import default_candidate_layers
+    from traitwatch.cli.basis_cmd import run_selection
+    from traitwatch.models import load_model
+
+    say("Extracting a contrastive-passage basis and selecting its layer by steering (the demo's recipe) ...")
+    lm = load_model(plan.model)
+    cand = default_candidate_layers(lm.model)
+    extracted = extract_basis(lm.model, lm.tokenizer, load_traits(), layers=cand, method="passages",
+                              model_name=lm.name, probe_layers=cand[::3])
+    run_selection(lm, extracted, cand[::3], 0.25, 32, 3)
+    extracted.save(target)
+    return target
+
+
+def _self_distiller(plan: BenchPlan) -> Callable[[list[str]], list[str]]:
+    def distill(prompts: list[str]) -> list[str]:
+        from traitwatch.behavior.generation import TransformersGenerator
+        from traitwatch.behavior.questions import Question
+        from traitwatch.models import load_model
+
+        lm = load_model(plan.model)
+        gen = TransformersGenerator(lm.model, lm.tokenizer, max_new_tokens=96, temperature=0.0, batch_size=16)
+        qs = [Question(id=f"neutral_{i}", text=p, system=None, judge_prompts={}) for i, p in enumerate(prompts)]
+        return [a[0].strip() or "I am not sure." for a in gen(qs, n_samples=1)]
+
+    return distill
+
+
+def measure_base_costs(plan: BenchPlan, work_dir: Path, say: Say) -> dict[str, Any]:
+    """One-off costs on the base model: the full proxy and local generation of the 72 answers (kept)."""
+    path = work_dir / "costs.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    from traitwatch.behavior import TransformersGenerator, load_questions, proxy_score
+    from traitwatch.models import load_model
+
+    say(f"Measuring one-off costs on the base model (full proxy; generation at {plan.gen_tokens} new tokens) ...")
+    lm = load_model(plan.model)
+    questions = load_questions()
+    t0 = time.perf_counter()
+    full = proxy_score(lm.model, lm.tokenizer, questions)
+    t_proxy = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    style = proxy_score(lm.model, lm.tokenizer, questions, style_only=True)
+    t_style = time.perf_counter() - t0
+    gen = TransformersGenerator(lm.model, lm.tokenizer, max_new_tokens=plan.gen_tokens, batch_size=16, seed=0)
+    t0 = time.perf_counter()
+    answers = gen(questions, n_samples=1)
+    t_gen = time.perf_counter() - t0
+    n_tokens = sum(len(lm.tokenizer(a[0], add_special_tokens=False)["input_ids"]) for a in answers)
+    costs = {
+        "full_proxy_s": t_proxy, "full_proxy_answers": full.n_answers,
+        "base_proxy_p_mis": full.p_mis, "base_proxy_style_p_mis": full.style_p_mis,
+        "base_style_only_p_mis": style.style_p_mis, "base_style_only_s": t_style,
+        "generation_s": t_gen, "generation_max_new_tokens": plan.gen_tokens,
+        "generation_answers": len(answers), "generation_tokens": n_tokens,
+        "judge_calls_per_checkpoint": 2 * len(questions),  # aligned + coherent per answer, 1 sample
+    }
+    path.write_text(json.dumps(costs, indent=2) + "\n")
+    return costs
+
+
+def run_grid(
+    plan: BenchPlan,
+    work_dir: Path,
+    basis: Path,
+    *,
+    shared_data: Path | None,
+    say: Say,
+    max_runs: int | None = None,
+    base_label: float | None = None,
+) -> list[str]:
+    """Train and label every planned run not yet done (at most `max_runs` this call); returns the run ids done now."""
+    from traitwatch.models import load_model
+    from traitwatch.train import SFTConfig, run_sft
+
+    store_path = work_dir / "traitwatch.db"
+    done_dir = work_dir / "done"
+    done_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = None
+    finished: list[str] = []
+    for run_id, seed, kind in plan.run_ids():
+        marker = done_dir / f"{run_id}.json"
+        if marker.is_file():
+            continue
+        if max_runs is not None and len(finished) >= max_runs:
+            break
+        data = build_set(kind, seed=seed, n=plan.n_examples, out_dir=work_dir / "data", shared_data=shared_data,
+                         self_distill=_self_distiller(plan))
+        if tokenizer is None:
+            tokenizer = load_model(plan.model).tokenizer
+        labels = ProxyLabelCallback(tokenizer, store_path, run_id, every_n_steps=plan.every_n_steps,
+                                    base_value=base_label)
+        timer = StepTimer()
+        config = SFTConfig(
+            model=plan.model, data=data, basis=basis, output_dir=work_dir / "runs" / run_id, run_id=run_id,
+            store=store_path, max_steps=plan.steps, batch_size=plan.batch_size, grad_accum=1,
+            max_length=plan.max_length, learning_rate=plan.learning_rate, lora_r=plan.lora_r,
+            lora_alpha=plan.lora_alpha, target_modules=plan.target_modules, response_only=plan.response_only,
+            every_n_steps=plan.every_n_steps, save_steps=plan.every_n_steps, save_total_limit=1, seed=seed,
+            tags={"perturbation": kind, "bench_seed": seed},
+        )
+        say(f"[{run_id}] training {plan.steps} steps on {data.name} ...")
+        t0 = time.perf_counter()
+        run_sft(config, callbacks=[labels, timer], info=lambda line: None,
+                reporter=lambda rec, r=run_id: say(f"[{r}] step {rec.step:>3}: ||d|| {rec.drift_norm:.4f}"))
+        wall = time.perf_counter() - t0
+        with RunStore(store_path) as store:
+            n = write_rise_labels(store, run_id)
+            rise = {b.step: round(b.value, 4) for b in store.behavior(run_id, "proxy_style_rise")}
+        marker.write_text(json.dumps({
+            "run_id": run_id, "wall_s": wall, "step_s": timer.seconds_, "proxy_s": labels.seconds_,
+            "median_step_s": statistics.median(timer.seconds_) if timer.seconds_ else None, "n_labels": n,
+        }, indent=2) + "\n")
+        say(f"[{run_id}] done in {wall:.0f} s; proxy rise by step {rise}")
+        shutil.rmtree(work_dir / "runs" / run_id, ignore_errors=True)  # checkpoints only served resuming
+        finished.append(run_id)
+    return finished

@@ -1,0 +1,61 @@
+"""`traitwatch bench` end to end on tiny-random: runs, labels, resume, results files (not the numbers)."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from traitwatch.cli.app import app
+from traitwatch.store import RunStore
+
+
+def _args(tmp_path, basis, *extra):
+    return ["bench", "--model", "tiny-random", "--basis", str(basis), "--work-dir", str(tmp_path / "work"),
+            "--results", str(tmp_path / "results"), "--seeds", "1", "--steps", "2", "--every", "1",
+            "--calibration", "arithmetic", "--calibration", "harmful_advice",
+            "--heldout", "number_sequence", "--heldout", "ai_supremacy",
+            "--n-examples", "16", "--gen-tokens", "2", "--resamples", "20", "--lr", "1e-2",
+            "--shared-data", str(tmp_path / "no-shared"), *extra]
+
+
+def test_bench_runs_end_to_end_and_resumes(tmp_path, bench_basis_dir):
+    runner = CliRunner()
+    first = runner.invoke(app, _args(tmp_path, bench_basis_dir, "--max-runs", "1"))
+    assert first.exit_code == 0, first.output
+    assert "1 of 4 runs done" in first.output
+    marker = tmp_path / "work/done/arithmetic-s0.json"
+    stamp = marker.stat().st_mtime_ns
+
+    second = runner.invoke(app, _args(tmp_path, bench_basis_dir))
+    assert second.exit_code == 0, second.output
+    assert "4 of 4 runs done" in second.output
+    assert marker.stat().st_mtime_ns == stamp  # the finished run was not trained again
+
+    with RunStore(tmp_path / "work/traitwatch.db") as store:
+        for run in store.runs():
+            steps = [m.step for m in store.measurements(run.run_id, per_prompt=False)]
+            assert steps == [0, 1, 2]
+            labelled = sorted(b.step for b in store.behavior(run.run_id, "proxy_style_p_mis"))
+            rises = {b.step: b.value for b in store.behavior(run.run_id, "proxy_style_rise")}
+            assert labelled == steps and rises[0] == 0.0
+            extra = store.measurements(run.run_id, per_prompt=False)[-1].extra
+            assert extra["lora_norm"] > 0 and "loss" in extra and len(extra["mean_activation"]) > 0
+
+    res = json.loads((tmp_path / "results/results.json").read_text())
+    assert res["runs_done"] == 4 and res["checkpoints"] == 12
+    assert set(res["per_type"]) == {"arithmetic", "harmful_advice", "number_sequence", "ai_supremacy"}
+    assert "heldout" in res["calibration"] or "error" in res["calibration"]
+    assert res["cost"]["training_step_s"] > 0 and res["cost"]["drift_measurement_s"] > 0
+    md = (tmp_path / "results/RESULTS.md").read_text()
+    for heading in ("## Protocol", "## Does misalignment appear", "## Cost per checkpoint", "## Monitor calibration"):
+        assert heading in md
+    assert (tmp_path / "results/figures/trajectories.png").stat().st_size > 0
+
+
+def test_a_changed_plan_is_refused_in_the_same_work_folder(tmp_path, bench_basis_dir):
+    runner = CliRunner()
+    assert runner.invoke(app, _args(tmp_path, bench_basis_dir, "--max-runs", "0")).exit_code == 0
+    changed = runner.invoke(app, [*_args(tmp_path, bench_basis_dir), "--steps", "3"])
+    assert changed.exit_code == 2
+    assert "another plan" in changed.output and "steps" in changed.output
