@@ -32,8 +32,11 @@ def test_bench_runs_end_to_end_and_resumes(tmp_path, bench_basis_dir):
     assert "4 of 4 runs done" in second.output
     assert marker.stat().st_mtime_ns == stamp  # the finished run was not trained again
 
+    base = json.loads((tmp_path / "work/costs.json").read_text())["base_style_only_p_mis"]
     with RunStore(tmp_path / "work/traitwatch.db") as store:
         for run in store.runs():
+            step0 = next(b for b in store.behavior(run.run_id, "proxy_style_p_mis") if b.step == 0)
+            assert step0.value == base  # the base model's proxy, measured once, is every run's step-0 label
             steps = [m.step for m in store.measurements(run.run_id, per_prompt=False)]
             assert steps == [0, 1, 2]
             labelled = sorted(b.step for b in store.behavior(run.run_id, "proxy_style_p_mis"))
@@ -45,11 +48,13 @@ def test_bench_runs_end_to_end_and_resumes(tmp_path, bench_basis_dir):
     res = json.loads((tmp_path / "results/results.json").read_text())
     assert res["runs_done"] == 4 and res["checkpoints"] == 12
     assert set(res["per_type"]) == {"arithmetic", "harmful_advice", "number_sequence", "ai_supremacy"}
-    assert "heldout" in res["calibration"] or "error" in res["calibration"]
+    # 4 calibration checkpoints are too few for the PCA-7 baseline: a partial benchmark reports that, not a crash
+    assert res["calibration"]["error"].startswith("calibration failed on the runs done so far")
     assert res["cost"]["training_step_s"] > 0 and res["cost"]["drift_measurement_s"] > 0
     md = (tmp_path / "results/RESULTS.md").read_text()
     for heading in ("## Protocol", "## Does misalignment appear", "## Cost per checkpoint", "## Monitor calibration"):
         assert heading in md
+    assert "Not computed: calibration failed" in md
     assert (tmp_path / "results/figures/trajectories.png").stat().st_size > 0
 
 

@@ -453,10 +453,6 @@ def proxy_score(
     )
 
 
-def proxy_answer_count(
-    questions: Sequence[Question], answers: Mapping[str, ProxyAnswers], *, style_only: bool = False
-) -> int:
+def proxy_answer_count(questions: Sequence[Question], answers: Mapping[str, ProxyAnswers]) -> int:
     """How many answers `proxy_score` will score for these questions (for a progress bar's total)."""
-    if style_only:
-        return 2 * sum(1 for q in questions if q.id in answers)
     return sum(len(answers[q.id].aligned) + len(answers[q.id].misaligned) + 2 for q in questions if q.id in answers)

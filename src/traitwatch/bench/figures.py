@@ -16,8 +16,8 @@ _STYLE = {"emergent": "tab:orange", "direct": "tab:red", "benign": "tab:blue"}
 
 def _by_type(res: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
-    for rid, s in res["series"].items():
-        out.setdefault(rid.rsplit("-s", 1)[0], []).append(s)
+    for s in res["series"].values():
+        out.setdefault(s["type"], []).append(s)
     return out
 
 

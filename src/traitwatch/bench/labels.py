@@ -37,11 +37,11 @@ class ProxyLabelCallback(TrainerCallback):
 
     def __init__(
         self,
-        tokenizer: Any,
         store: Path,
         run_id: str,
         *,
         every_n_steps: int,
+        tokenizer: Any | None = None,  # default: the Trainer's processing_class
         questions: Sequence[Question] | None = None,
         answers: Mapping[str, ProxyAnswers] | None = None,
         base_value: float | None = None,
@@ -55,14 +55,14 @@ class ProxyLabelCallback(TrainerCallback):
         self.base_value = base_value  # the base model's proxy: step 0 of a LoRA run (B = 0) is the base model
         self.seconds_: list[float] = []  # wall time of each proxy scoring made by this callback
 
-    def _label(self, step: int, model: Any) -> None:
+    def _label(self, step: int, model: Any, tokenizer: Any) -> None:
         if step in _with_retries(lambda: self._labelled_steps()):
             return  # a resumed run keeps the labels it already has
         if step == 0 and self.base_value is not None:
             _with_retries(lambda: self._write(0, self.base_value, {"note": PROXY_NOTE, "base_model": True}))
             return
         start = time.perf_counter()
-        result = proxy_score(model, self.tokenizer, self.questions, self.answers, style_only=True)
+        result = proxy_score(model, self.tokenizer or tokenizer, self.questions, self.answers, style_only=True)
         self.seconds_.append(time.perf_counter() - start)
         details = {"note": PROXY_NOTE, "seconds": self.seconds_[-1], "n_answers": result.n_answers}
         _with_retries(lambda: self._write(step, result.style_p_mis, details, n=result.n_questions))
@@ -78,7 +78,7 @@ class ProxyLabelCallback(TrainerCallback):
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        model: Any = None, **kwargs: Any) -> TrainerControl:
         if model is not None and args.process_index == 0:
-            self._label(state.global_step, model)
+            self._label(state.global_step, model, kwargs.get("processing_class"))
         return control
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
@@ -86,7 +86,7 @@ class ProxyLabelCallback(TrainerCallback):
         step = state.global_step
         due = step % self.every_n_steps == 0 or step >= state.max_steps
         if due and model is not None and args.process_index == 0:
-            self._label(step, model)
+            self._label(step, model, kwargs.get("processing_class"))
         return control
 
 

@@ -67,27 +67,21 @@ def _corr(x: Sequence[float], y: Sequence[float]) -> dict[str, float | int | Non
     return {"pearson": float(pearsonr(x, y)[0]), "spearman": float(spearmanr(x, y)[0]), "n": len(x)}
 
 
-def _calibrate(plan: BenchPlan, store: RunStore, done: set[str], n_resamples: int, out_dir: Path) -> dict[str, Any]:
-    from traitwatch.cli.calibrate_cmd import calibration_report
-    from traitwatch.monitor import save_monitor
+def _calibrate(plan: BenchPlan, store: RunStore, done: dict[str, str], n_resamples: int, out_dir: Path) -> dict[str, Any]:
+    """`traitwatch calibrate`'s fit on the finished runs; `done` maps run id -> perturbation type."""
+    from traitwatch.cli.calibrate_cmd import calibrate_and_save
     from traitwatch.monitor.from_store import table_from_store
-    from traitwatch.report.calibration import calibration_report_data, write_calibration_data
 
     runs = {r.run_id: r for r in store.runs() if r.run_id in done}
-    cal_runs = [r for rid, r in runs.items() if rid.rsplit("-s", 1)[0] in plan.calibration]
-    held_runs = [r for rid, r in runs.items() if rid.rsplit("-s", 1)[0] in plan.heldout]
+    cal_runs = [r for rid, r in runs.items() if done[rid] in plan.calibration]
+    held_runs = [r for rid, r in runs.items() if done[rid] in plan.heldout]
     if not cal_runs or not held_runs:
         return {"error": "needs finished runs on both sides of the split"}
     c = table_from_store(store, cal_runs, label_metric=plan.label)
     h = table_from_store(store, held_runs, label_metric=plan.label)
-    rep = calibration_report(c.table, h.table, tau=plan.tau, n_resamples=n_resamples, random_state=0, quick=False)
-    path = save_monitor(rep["monitor"], out_dir / "monitor.json", fingerprint=c.basis_fingerprint or {},
-                        trait_names=c.trait_names, training_run_ids=sorted(r.run_id for r in cal_runs), tau=plan.tau)
-    held_rows = h.table.subset(h.table.step > 0)
-    data = calibration_report_data(tau=plan.tau, geometry=rep["geometry_"], monitor=rep["monitor"],
-                                   evaluation=rep["heldout"], heldout=held_rows, scores=rep["scores_"],
-                                   monitor_name="trait drift (7-D)", source=f"benchmark {out_dir}")
-    write_calibration_data(data, path.with_name(path.stem + ".report.json"))
+    rep, path, _ = calibrate_and_save(c.table, h.table, out_dir / "monitor.json", tau=plan.tau, n_resamples=n_resamples,
+                                      random_state=0, quick=False, fingerprint=c.basis_fingerprint or {},
+                                      source=f"benchmark {out_dir}")
     cal_y = c.table.y[c.table.step > 0]
     return {
         "geometry": rep["geometry"], "cv": rep["cv"], "heldout": rep["heldout"], "tau": plan.tau,
@@ -106,10 +100,10 @@ def analyze(plan: BenchPlan, work_dir: Path, *, n_resamples: int = 1000) -> dict
     work_dir = Path(work_dir)
     markers = {p.stem: json.loads(p.read_text()) for p in sorted((work_dir / "done").glob("*.json"))}
     planned = plan.run_ids()
-    done = {rid for rid, _, _ in planned if rid in markers}
+    done = {rid: kind for rid, _, kind in planned if rid in markers}  # run id -> perturbation type
     costs = json.loads((work_dir / "costs.json").read_text()) if (work_dir / "costs.json").is_file() else {}
     with RunStore(work_dir / "traitwatch.db") as store:
-        series = {rid: _run_series(store, rid, plan.label) for rid, _, _ in planned if rid in done}
+        series = {rid: {"type": kind, **_run_series(store, rid, plan.label)} for rid, kind in done.items()}
         try:
             calibration = _calibrate(plan, store, done, n_resamples, work_dir) if done else {"error": "no finished runs"}
         except ValueError as exc:  # too few checkpoints for a baseline (PCA-7 needs 7), one class only, ...
@@ -118,7 +112,7 @@ def analyze(plan: BenchPlan, work_dir: Path, *, n_resamples: int = 1000) -> dict
     per_type: dict[str, Any] = {}
     finals: dict[str, list[float]] = {}
     for t in plan.types:
-        rows = [s for rid, s in series.items() if rid.rsplit("-s", 1)[0] == t]
+        rows = [s for s in series.values() if s["type"] == t]
         finals[t] = [s["rise"][-1] for s in rows if s["rise"] and s["rise"][-1] is not None]
         trained = [r for s in rows for st, r in zip(s["steps"], s["rise"], strict=True) if st > 0 and r is not None]
         per_type[t] = {

@@ -114,13 +114,11 @@ def run_grid(
     base_label: float | None = None,
 ) -> list[str]:
     """Train and label every planned run not yet done (at most `max_runs` this call); returns the run ids done now."""
-    from traitwatch.models import load_model
     from traitwatch.train import SFTConfig, run_sft
 
     store_path = work_dir / "traitwatch.db"
     done_dir = work_dir / "done"
     done_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = None
     finished: list[str] = []
     for run_id, seed, kind in plan.run_ids():
         marker = done_dir / f"{run_id}.json"
@@ -130,9 +128,7 @@ def run_grid(
             break
         data = build_set(kind, seed=seed, n=plan.n_examples, out_dir=work_dir / "data", shared_data=shared_data,
                          self_distill=_self_distiller(plan))
-        if tokenizer is None:
-            tokenizer = load_model(plan.model).tokenizer
-        labels = ProxyLabelCallback(tokenizer, store_path, run_id, every_n_steps=plan.every_n_steps,
+        labels = ProxyLabelCallback(store_path, run_id, every_n_steps=plan.every_n_steps,
                                     base_value=base_label)
         timer = StepTimer()
         config = SFTConfig(

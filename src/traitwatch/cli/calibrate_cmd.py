@@ -26,7 +26,7 @@ from traitwatch.monitor.from_store import resolve_runs, table_from_store
 from traitwatch.report.calibration import calibration_report_data, write_calibration_data
 from traitwatch.store import RunStore
 
-__all__ = ["calibration_report", "register"]
+__all__ = ["calibrate_and_save", "calibration_report", "register"]
 
 
 def _f(x: Any, pct: bool = False) -> str:
@@ -76,6 +76,24 @@ def calibration_report(
         "calibration_perturbations": sorted(set(cal.perturbation.tolist())),
         "heldout_perturbations": sorted(set(held.perturbation.tolist())),
     }
+
+
+def calibrate_and_save(
+    cal: CheckpointTable, held: CheckpointTable, out_path: Path, *, tau: float, n_resamples: int,
+    random_state: int, quick: bool, fingerprint: dict[str, Any], source: str,
+) -> tuple[dict[str, Any], Path, Path]:
+    """`calibration_report`, then the monitor file and its calibration report data next to it.
+
+    Returns (report, monitor path, report-data path). Shared by `traitwatch calibrate` and the benchmark.
+    """
+    rep = calibration_report(cal, held, tau=tau, n_resamples=n_resamples, random_state=random_state, quick=quick)
+    path = save_monitor(rep["monitor"], out_path, fingerprint=fingerprint, trait_names=list(cal.trait_names or ()),
+                        training_run_ids=sorted(set(cal.run_id.tolist())), tau=tau)
+    data = calibration_report_data(
+        tau=tau, geometry=rep["geometry_"], monitor=rep["monitor"], evaluation=rep["heldout"],
+        heldout=held.subset(held.step > 0), scores=rep["scores_"], monitor_name="trait drift (7-D)", source=source,
+    )
+    return rep, path, write_calibration_data(data, path.with_name(path.stem + ".report.json"))
 
 
 def _print_report(rep: dict[str, Any]) -> None:
@@ -144,16 +162,10 @@ def register(app: typer.Typer) -> None:
             fingerprint = c.basis_fingerprint or {}
             source = f"{store} (label: {label}; {c.n_unlabelled + h.n_unlabelled} unlabelled checkpoints left out)"
         err.print(f"Calibrating on {source} ...")
-        rep = calibration_report(cal, held, tau=tau, n_resamples=resamples, random_state=seed, quick=quick)
+        rep, path, report_path = calibrate_and_save(cal, held, out_path, tau=tau, n_resamples=resamples,
+                                                    random_state=seed, quick=quick, fingerprint=fingerprint,
+                                                    source=source)
         _print_report(rep)
-        path = save_monitor(rep["monitor"], out_path, fingerprint=fingerprint, trait_names=list(cal.trait_names or ()),
-                            training_run_ids=sorted(set(cal.run_id.tolist())), tau=tau)
-        held_rows = held.subset(held.step > 0)
-        data = calibration_report_data(
-            tau=tau, geometry=rep["geometry_"], monitor=rep["monitor"], evaluation=rep["heldout"],
-            heldout=held_rows, scores=rep["scores_"], monitor_name="trait drift (7-D)", source=source,
-        )
-        report_path = write_calibration_data(data, path.with_name(path.stem + ".report.json"))
         out.print(f"Monitor written to {path}; calibration report data to {report_path} "
                   f"(render with `traitwatch report --calibration {path}`)")
 

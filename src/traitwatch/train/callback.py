@@ -152,18 +152,15 @@ def lora_delta_norm(model: nn.Module) -> float | None:
 
     The "LoRA weight-delta norm" baseline of the calibration (METHOD.md 6); None without LoRA layers.
     """
+    from peft.tuners.lora import LoraLayer
+
     total, found = 0.0, False
     with torch.no_grad():
         for module in model.modules():
-            lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
-            if not isinstance(lora_a, nn.ModuleDict) or not isinstance(lora_b, nn.ModuleDict):
+            if not isinstance(module, LoraLayer) or not hasattr(module, "get_delta_weight"):
                 continue
-            scaling = getattr(module, "scaling", {})
-            for name in lora_a:
-                if name not in lora_b or not hasattr(lora_a[name], "weight"):
-                    continue
-                delta = lora_b[name].weight.float() @ lora_a[name].weight.float()
-                total += float(scaling.get(name, 1.0)) ** 2 * float(delta.pow(2).sum())
+            for name in module.lora_A:  # PEFT's own scale * B @ A (the update merge_and_unload adds)
+                total += float(module.get_delta_weight(name).float().pow(2).sum())
                 found = True
     return total**0.5 if found else None
 
