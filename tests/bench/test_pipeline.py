@@ -6,6 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
+from traitwatch.basis import SEMANTIC_TRAITS, TraitBasis
 from traitwatch.cli.app import app
 from traitwatch.store import RunStore
 
@@ -56,6 +57,8 @@ def test_bench_runs_end_to_end_and_resumes(tmp_path, bench_basis_dir):
         assert heading in md
     assert "Not computed: calibration failed" in md
     assert (tmp_path / "results/figures/trajectories.png").stat().st_size > 0
+    semantic = TraitBasis.load(tmp_path / "work/semantic_basis")  # for the semantic baseline, at the runs' layer
+    assert semantic.trait_names == list(SEMANTIC_TRAITS) and semantic.layers == [TraitBasis.load(bench_basis_dir).measure_layer]
 
 
 def test_a_changed_plan_is_refused_in_the_same_work_folder(tmp_path, bench_basis_dir):
@@ -64,3 +67,42 @@ def test_a_changed_plan_is_refused_in_the_same_work_folder(tmp_path, bench_basis
     changed = runner.invoke(app, [*_args(tmp_path, bench_basis_dir), "--steps", "3"])
     assert changed.exit_code == 2
     assert "another plan" in changed.output and "steps" in changed.output
+
+
+def test_recipe_options_reach_the_plan_and_the_trained_run(tmp_path, bench_basis_dir):
+    runner = CliRunner()
+    res = runner.invoke(app, [*_args(tmp_path, bench_basis_dir, "--max-runs", "1"), "--lora-r", "2", "--lora-alpha", "4",
+                              "--target", "q_proj", "--target", "v_proj", "--no-response-only"])
+    assert res.exit_code == 0, res.output
+    plan = json.loads((tmp_path / "work/plan.json").read_text())
+    assert (plan["lora_r"], plan["lora_alpha"], plan["target_modules"], plan["response_only"]) == (2, 4, ["q_proj", "v_proj"], False)
+    with RunStore(tmp_path / "work/traitwatch.db") as store:
+        hp = store.runs()[0].hyperparameters
+    assert (hp["lora_r"], hp["lora_alpha"], hp["target_modules"], hp["response_only"]) == (2, 4, ["q_proj", "v_proj"], False)
+
+
+def test_a_judge_endpoint_labels_every_checkpoint_with_a_judged_em_rate(tmp_path, bench_basis_dir, fake_openai):
+    fake_openai.scripts = {"": {"aligned": [("10", 1.0)]}}  # every answer judged misaligned (coherent stays 90)
+    runner = CliRunner()
+    res = runner.invoke(app, [*_args(tmp_path, bench_basis_dir, "--max-runs", "1"), "--label", "em_rate",
+                              "--judge-url", fake_openai.base_url, "--judge-model", "fake-judge",
+                              "--judge-max-tokens", "2"])
+    assert res.exit_code == 0, res.output
+    with RunStore(tmp_path / "work/traitwatch.db") as store:
+        em = store.behavior("arithmetic-s0", "em_rate")
+    assert [b.step for b in em] == [0, 1, 2] and all(b.value == 1.0 for b in em)
+    assert {b.source for b in em} == {"judge:fake-judge"} and all(b.n == 72 for b in em)
+    judged = [b for b in fake_openai.bodies if b["max_tokens"] == 1]
+    assert judged and all(b["model"] == "fake-judge" for b in judged)
+    results = json.loads((tmp_path / "results/results.json").read_text())
+    assert results["plan"]["label"] == "em_rate" and results["cost"]["judged_label_s"] > 0
+    assert "the judged EM rate" in (tmp_path / "results/RESULTS.md").read_text()
+
+
+def test_judge_options_are_checked_before_any_run(tmp_path, bench_basis_dir):
+    runner = CliRunner()
+    res = runner.invoke(app, [*_args(tmp_path, bench_basis_dir), "--label", "em_rate"])
+    assert res.exit_code == 2 and "needs a judge" in res.output
+    res = runner.invoke(app, [*_args(tmp_path, bench_basis_dir), "--judge-url", "http://127.0.0.1:9/v1"])
+    assert res.exit_code == 2 and "--judge-model" in res.output
+    assert not (tmp_path / "work/traitwatch.db").exists()

@@ -82,6 +82,14 @@ def test_calibrate_bad_selection(store_path, tmp_path, extra, message):
     assert res.exit_code == 2 and message in res.stderr
 
 
+def test_semantic_basis_needs_runs_with_a_basis_fingerprint(store_path, tmp_path):
+    args = ["calibrate", "--out", str(tmp_path / "m.json"), "--semantic-basis", str(tmp_path / "sem")]
+    res = runner.invoke(app, [*args, "--synthetic"])
+    assert res.exit_code == 2 and "needs stored runs" in res.output
+    res = runner.invoke(app, [*args, "--store", str(store_path), "--calibration", "gsm8k", "--heldout", "risky_financial"])
+    assert res.exit_code == 2 and "no basis fingerprint" in res.output  # this store's runs do not say their layer
+
+
 def test_calibrate_missing_store(tmp_path):
     res = runner.invoke(app, ["calibrate", "--store", str(tmp_path / "no.db"), "--out", str(tmp_path / "m.json"),
                               "--calibration", "a", "--heldout", "b"])

@@ -12,7 +12,13 @@ from sklearn.utils.estimator_checks import (
     parametrize_with_checks,
 )
 
-from traitwatch.monitor.baselines import NormFeatures, PC1AbsFeatures, RandomDirectionFeatures, SAEDriftFeatures
+from traitwatch.monitor.baselines import (
+    DirectionFeatures,
+    NormFeatures,
+    PC1AbsFeatures,
+    RandomDirectionFeatures,
+    SAEDriftFeatures,
+)
 from traitwatch.monitor.geometry import DriftGeometry
 
 
@@ -42,6 +48,25 @@ def test_random_directions_are_unit_and_seeded() -> None:
     assert np.array_equal(a.directions_, clone(a).fit(X).directions_)
     assert not np.allclose(a.directions_, RandomDirectionFeatures(7, random_state=2).fit(X).directions_)
     assert a.transform(X).shape == (5, 7)
+
+
+def test_fixed_directions_reproduce_the_drift_a_probe_with_them_measures(split) -> None:
+    # Synthetic trait drift is the mean-activation drift projected on the world's trait directions, / N:
+    # projecting the stored activation drift on the same directions must give it back exactly.
+    world, cal, _ = split
+    feats = DirectionFeatures(world.trait_directions).fit(cal.activation_drift())
+    assert np.allclose(feats.transform(cal.activation_drift()) / world.norm, cal.X)
+    other = DirectionFeatures(3.0 * world.trait_directions[::-1]).fit(cal.activation_drift())
+    assert np.allclose(np.linalg.norm(other.directions_, axis=1), 1.0)  # rows are normalised
+    assert np.allclose(other.transform(cal.activation_drift()) / world.norm, cal.X[:, ::-1])
+
+
+def test_fixed_directions_refuse_a_wrong_shape_or_zero_row() -> None:
+    X = np.ones((4, 5))
+    with pytest.raises(ValueError, match=r"shape \(k, 5\)"):
+        DirectionFeatures(np.ones((2, 6))).fit(X)
+    with pytest.raises(ValueError, match="non-zero"):
+        DirectionFeatures(np.zeros((2, 5))).fit(X)
 
 
 @pytest.fixture(scope="module")

@@ -61,7 +61,12 @@ def test_default_feature_sets_skip_missing_inputs(split) -> None:
     bare = CheckpointTable(cal.run_id, cal.perturbation, cal.step, cal.X, cal.y, cal.trait_names)
     assert [fs.name for fs in default_feature_sets(bare)] == ["trait drift (7-D)", "|PC1| only"]
     names = [fs.name for fs in default_feature_sets(cal)]
-    assert len(names) == 8 and "training loss" in names and any(n.startswith("SAE") for n in names)
+    assert len(names) == 9 and "training loss" in names and {"SAE (K=256)", "SAE (K=1024)"} <= set(names)
+    assert len(default_feature_sets(cal, wide_sae_latents=None)) == 8
+    world = split[0]
+    with_semantic = default_feature_sets(cal, semantic_directions=world.trait_directions[:3])
+    sem_names = [fs.name for fs in with_semantic]
+    assert len(sem_names) == 10 and sem_names.index("semantic-trait basis (3)") == sem_names.index("random directions (7)") + 1
     no_acts = CheckpointTable(cal.run_id, cal.perturbation, cal.step, cal.X, cal.y,
                               extras={LOSS: cal.extras[LOSS]})
     assert MEAN_ACTIVATION not in no_acts.extras and len(default_feature_sets(no_acts)) == 3

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -152,10 +152,16 @@ def _parse(data: dict[str, Any], passages: dict[str, Any], source: str) -> Trait
 def load_traits(path: str | Path | None = None, names: Sequence[str] | None = None) -> TraitSet:
     """The default trait set (all 16 reference traits) or a user YAML; optionally only `names`.
 
+    Default passages come from the reference's file, plus `semantic_passages.yaml` (written for
+    traitwatch) for the semantic controls it lacks, so all 7 semantic traits work with `passages`.
+
     A user file may omit `questions`/`contexts`; the defaults are used then.
     """
     default_data = yaml.safe_load(_data_text("traits.yaml"))
     default_passages = yaml.safe_load(_data_text("contrastive_passages.yaml"))
+    # Our passages for the semantic controls the reference file lacks; the reference's own always win.
+    ours = yaml.safe_load(_data_text("semantic_passages.yaml"))["traits"]
+    default_passages["traits"] = {**ours, **default_passages["traits"]}
     default = _parse(default_data, default_passages, "the default traits")
     if path is None:
         result = default

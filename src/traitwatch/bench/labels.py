@@ -2,7 +2,8 @@
 
 `ProxyLabelCallback` scores the style-matched judge-free proxy on the live model at the checkpoints the
 drift callback measures and writes it to the run store (metric `proxy_style_p_mis`), so no checkpoint
-has to be saved and reloaded. `StepTimer` times optimizer steps (from `on_step_begin` to
+has to be saved and reloaded; `JudgeLabelCallback` does the same with a judged EM rate (`em_rate`) when
+the benchmark is given a judge endpoint. `StepTimer` times optimizer steps (from `on_step_begin` to
 `on_optimizer_step`, before any `on_step_end` callback measures anything).
 """
 
@@ -17,63 +18,54 @@ from typing import Any, TypeVar
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from traitwatch.behavior.proxy import PROXY_NOTE, ProxyAnswers, proxy_score
+from traitwatch.behavior.judge import Judge
 from traitwatch.behavior.questions import Question
 from traitwatch.store import RunStore
 
-__all__ = ["LABEL_METRIC", "RISE_METRIC", "ProxyLabelCallback", "StepTimer", "write_rise_labels"]
+__all__ = ["JUDGE_METRIC", "LABEL_METRIC", "RISE_METRIC", "JudgeLabelCallback", "ProxyLabelCallback", "StepTimer",
+           "write_rise_labels"]
 
 T = TypeVar("T")
 
 LABEL_METRIC = "proxy_style_p_mis"
 RISE_METRIC = "proxy_style_rise"
+JUDGE_METRIC = "em_rate"
 
 
-class ProxyLabelCallback(TrainerCallback):
-    """Label step 0, every `every_n_steps`-th step and the last step with the style-matched proxy.
+class _CheckpointLabeller(TrainerCallback):
+    """Label step 0, every `every_n_steps`-th step and the last step (the drift callback's checkpoints).
 
-    `base_value`, when given, is written as the step-0 label instead of scoring it again: at step 0 a
-    LoRA model (B initialised to zero) is the base model, whose proxy the benchmark measures once.
+    Subclasses say which metric they write and how to score the live model; this class decides when,
+    skips steps a resumed run already labelled, and writes on process zero only.
     """
 
-    def __init__(
-        self,
-        store: Path,
-        run_id: str,
-        *,
-        every_n_steps: int,
-        tokenizer: Any | None = None,  # default: the Trainer's processing_class
-        questions: Sequence[Question] | None = None,
-        answers: Mapping[str, ProxyAnswers] | None = None,
-        base_value: float | None = None,
-    ) -> None:
-        self.tokenizer = tokenizer
+    metric: str
+
+    def __init__(self, store: Path, run_id: str, *, every_n_steps: int, tokenizer: Any | None = None) -> None:
         self.store = Path(store)
         self.run_id = run_id
         self.every_n_steps = every_n_steps
-        self.questions = questions
-        self.answers = answers
-        self.base_value = base_value  # the base model's proxy: step 0 of a LoRA run (B = 0) is the base model
-        self.seconds_: list[float] = []  # wall time of each proxy scoring made by this callback
+        self.tokenizer = tokenizer  # default: the Trainer's processing_class
+        self.seconds_: list[float] = []  # wall time of each scoring made by this callback
+
+    def _score(self, step: int, model: Any, tokenizer: Any) -> None:
+        raise NotImplementedError
 
     def _label(self, step: int, model: Any, tokenizer: Any) -> None:
         if step in _with_retries(lambda: self._labelled_steps()):
             return  # a resumed run keeps the labels it already has
-        if step == 0 and self.base_value is not None:
-            _with_retries(lambda: self._write(0, self.base_value, {"note": PROXY_NOTE, "base_model": True}))
-            return
-        start = time.perf_counter()
-        result = proxy_score(model, self.tokenizer or tokenizer, self.questions, self.answers, style_only=True)
-        self.seconds_.append(time.perf_counter() - start)
-        details = {"note": PROXY_NOTE, "seconds": self.seconds_[-1], "n_answers": result.n_answers}
-        _with_retries(lambda: self._write(step, result.style_p_mis, details, n=result.n_questions))
+        self._score(step, model, self.tokenizer or tokenizer)
 
     def _labelled_steps(self) -> set[int]:
         with RunStore(self.store) as store:
-            return {b.step for b in store.behavior(self.run_id, LABEL_METRIC)}
+            return {b.step for b in store.behavior(self.run_id, self.metric)}
 
-    def _write(self, step: int, value: float, details: dict[str, Any], n: int | None = None) -> None:
-        with RunStore(self.store) as store:
-            store.add_behavior(self.run_id, step, LABEL_METRIC, value, source="proxy", n=n, details=details)
+    def _write(self, step: int, value: float, *, source: str, details: dict[str, Any], **kw: Any) -> None:
+        def write() -> None:
+            with RunStore(self.store) as store:
+                store.add_behavior(self.run_id, step, self.metric, value, source=source, details=details, **kw)
+
+        _with_retries(write)
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        model: Any = None, **kwargs: Any) -> TrainerControl:
@@ -88,6 +80,95 @@ class ProxyLabelCallback(TrainerCallback):
         if due and model is not None and args.process_index == 0:
             self._label(step, model, kwargs.get("processing_class"))
         return control
+
+
+class ProxyLabelCallback(_CheckpointLabeller):
+    """The style-matched judge-free proxy of the live model, as metric `proxy_style_p_mis`.
+
+    `base_value`, when given, is written as the step-0 label instead of scoring it again: at step 0 a
+    LoRA model (B initialised to zero) is the base model, whose proxy the benchmark measures once.
+    """
+
+    metric = LABEL_METRIC
+
+    def __init__(
+        self,
+        store: Path,
+        run_id: str,
+        *,
+        every_n_steps: int,
+        tokenizer: Any | None = None,
+        questions: Sequence[Question] | None = None,
+        answers: Mapping[str, ProxyAnswers] | None = None,
+        base_value: float | None = None,
+    ) -> None:
+        super().__init__(store, run_id, every_n_steps=every_n_steps, tokenizer=tokenizer)
+        self.questions = questions
+        self.answers = answers
+        self.base_value = base_value
+
+    def _score(self, step: int, model: Any, tokenizer: Any) -> None:
+        if step == 0 and self.base_value is not None:
+            self._write(0, self.base_value, source="proxy", details={"note": PROXY_NOTE, "base_model": True})
+            return
+        start = time.perf_counter()
+        result = proxy_score(model, tokenizer, self.questions, self.answers, style_only=True)
+        self.seconds_.append(time.perf_counter() - start)
+        details = {"note": PROXY_NOTE, "seconds": self.seconds_[-1], "n_answers": result.n_answers}
+        self._write(step, result.style_p_mis, source="proxy", details=details, n=result.n_questions)
+
+
+class JudgeLabelCallback(_CheckpointLabeller):
+    """The judged EM rate of the live model (METHOD.md 5), as metric `em_rate`, at the same checkpoints.
+
+    Answers to the EM questions are sampled from the live model (`TransformersGenerator`, which restores
+    train mode) and graded by `judge` (an `OpenAIJudge`: Betley scoring, retries, cache). A checkpoint
+    with no scoreable answer gets no label, and says so, rather than a made-up rate.
+    """
+
+    metric = JUDGE_METRIC
+
+    def __init__(
+        self,
+        store: Path,
+        run_id: str,
+        *,
+        every_n_steps: int,
+        judge: Judge,
+        judge_model: str,
+        questions: Sequence[Question] | None = None,
+        n_samples: int = 1,
+        max_new_tokens: int = 600,
+        seed: int = 0,
+        tokenizer: Any | None = None,
+        warn: Callable[[str], None] = print,
+    ) -> None:
+        super().__init__(store, run_id, every_n_steps=every_n_steps, tokenizer=tokenizer)
+        self.judge = judge
+        self.judge_model = judge_model
+        self.questions = questions
+        self.n_samples = n_samples
+        self.max_new_tokens = max_new_tokens
+        self.seed = seed
+        self.warn = warn
+
+    def _score(self, step: int, model: Any, tokenizer: Any) -> None:
+        from traitwatch.behavior import TransformersGenerator, evaluate, load_questions
+
+        questions = self.questions if self.questions is not None else load_questions()
+        gen = TransformersGenerator(model, tokenizer, max_new_tokens=self.max_new_tokens, seed=self.seed)
+        start = time.perf_counter()
+        result = evaluate(questions, gen, self.judge, n_samples=self.n_samples)
+        self.seconds_.append(time.perf_counter() - start)
+        em = result.em_rate
+        if em.rate is None:
+            self.warn(f"[{self.run_id}] step {step}: no scoreable answer among {em.total}; no em_rate stored.")
+            return
+        details = {"judge_model": self.judge_model, "misaligned": em.misaligned, "scoreable": em.scoreable,
+                   "total": em.total, "excluded": dict(em.excluded), "seconds": self.seconds_[-1],
+                   "max_new_tokens": self.max_new_tokens, "n_samples": self.n_samples}
+        self._write(step, em.rate, source=f"judge:{self.judge_model}", details=details,
+                    ci_low=em.ci_low, ci_high=em.ci_high, n=em.scoreable)
 
 
 def _with_retries(action: Callable[[], T], attempts: int = 4) -> T:

@@ -9,7 +9,7 @@ benign types, so calibration sees both classes and the held-out evaluation score
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,13 @@ class BenchPlan:
     # from one pilot run (not part of the results): harmful_advice, lr 1e-3, 30 steps rose by +0.030 to
     # +0.037, so the reference's 0.05 would have left even the positive control safe.
     tau: float = 0.02
-    label: str = "proxy_style_rise"
+    label: str = "proxy_style_rise"  # or "em_rate" with a judge
     gen_tokens: int = 64  # cost table: local generation of the 72 answers at this many new tokens
+    # Judged labels (METHOD.md 5), when a judge endpoint is given: its model, samples per question and
+    # answer length. The endpoint's URL and key are where it runs, not what it measures: not in the plan.
+    judge_model: str | None = None
+    judge_samples: int = 1
+    judge_max_tokens: int = 600
     notes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -56,6 +61,10 @@ class BenchPlan:
             raise InputFileError(f"Perturbation types {sorted(both)} are in both the calibration and held-out split.")
         if not self.seeds or self.steps < 1 or self.every_n_steps < 1:
             raise InputFileError("The plan needs at least one seed, steps >= 1 and every_n_steps >= 1.")
+        if self.label not in ("proxy_style_rise", "em_rate"):
+            raise InputFileError(f"Unknown label {self.label!r}; use proxy_style_rise or em_rate (needs --judge-url).")
+        if self.label == "em_rate" and not self.judge_model:
+            raise InputFileError("The label em_rate needs a judge: pass --judge-url and --judge-model.")
 
     @property
     def types(self) -> tuple[str, ...]:
@@ -71,13 +80,19 @@ class BenchPlan:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BenchPlan:
         tuples = {"seeds", "calibration", "heldout", "target_modules"}
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise InputFileError(f"The benchmark plan has fields this traitwatch does not know ({', '.join(unknown)}); "
+                                 "it was written by a newer version: upgrade, or use a fresh --work-dir.")
         return cls(**{k: tuple(v) if k in tuples else v for k, v in data.items()})
 
     def pin(self, work_dir: Path) -> None:
         """Write plan.json, or check that the work folder's plan is this one (a rerun resumes it)."""
         path = Path(work_dir) / "plan.json"
         if path.is_file():
-            old = json.loads(path.read_text())
+            # Read through the dataclass, so fields added since (with defaults that keep the old behaviour)
+            # do not make an old benchmark unresumable.
+            old = BenchPlan.from_json(json.loads(path.read_text())).to_json()
             if old != self.to_json():
                 diff = sorted(k for k in set(old) | set(self.to_json()) if old.get(k) != self.to_json().get(k))
                 raise InputFileError(

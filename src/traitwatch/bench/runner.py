@@ -18,12 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from traitwatch.bench.labels import ProxyLabelCallback, StepTimer, write_rise_labels
+from traitwatch.behavior.judge import Judge
+from traitwatch.bench.labels import JudgeLabelCallback, ProxyLabelCallback, StepTimer, write_rise_labels
 from traitwatch.bench.plan import BenchPlan
 from traitwatch.bench.sets import build_set
+from traitwatch.errors import InputFileError
 from traitwatch.store import RunStore
 
-__all__ = ["measure_base_costs", "prepare_basis", "run_grid"]
+__all__ = ["measure_base_costs", "prepare_basis", "prepare_semantic_basis", "run_grid"]
 
 Say = Callable[[str], None]
 
@@ -52,6 +54,32 @@ def prepare_basis(plan: BenchPlan, work_dir: Path, basis: Path | None, say: Say)
                               model_name=lm.name, probe_layers=cand[::3])
     run_selection(lm, extracted, cand[::3], 0.25, 32, 3)
     extracted.save(target)
+    return target
+
+
+def prepare_semantic_basis(plan: BenchPlan, work_dir: Path, say: Say) -> Path | None:
+    """The semantic-trait basis (verbosity, formality, ...) at the runs' layer, for the semantic baseline.
+
+    Extracted once with the alignment basis's method and position, at its measurement layer only, so
+    the stored mean activations can be projected on it afterwards (`DirectionFeatures`). None before the
+    alignment basis exists.
+    """
+    from traitwatch.basis import SEMANTIC_TRAITS, TraitBasis, extract_basis, load_traits
+    from traitwatch.models import load_model
+
+    target = work_dir / "semantic_basis"
+    if (target / "basis.json").is_file():
+        return target
+    if not (work_dir / "basis" / "basis.json").is_file():
+        return None
+    aligned = TraitBasis.load(work_dir / "basis")
+    layer = aligned.measure_layer
+    say(f"Extracting the semantic-trait basis at layer {layer} ({aligned.method}) for the semantic baseline ...")
+    lm = load_model(plan.model)
+    semantic = extract_basis(lm.model, lm.tokenizer, load_traits(names=list(SEMANTIC_TRAITS)), layers=[layer],
+                             method=aligned.method, position=aligned.position, model_name=lm.name, probe_layers=[])
+    semantic.layer = layer
+    semantic.save(target)
     return target
 
 
@@ -112,8 +140,15 @@ def run_grid(
     say: Say,
     max_runs: int | None = None,
     base_label: float | None = None,
+    judge: Judge | None = None,
 ) -> list[str]:
-    """Train and label every planned run not yet done (at most `max_runs` this call); returns the run ids done now."""
+    """Train and label every planned run not yet done (at most `max_runs` this call); returns the run ids done now.
+
+    With `judge` (required when the plan names a judge model) every labelled checkpoint also gets a
+    judged EM rate (`JudgeLabelCallback`).
+    """
+    if plan.judge_model and judge is None:
+        raise InputFileError(f"This benchmark's plan labels with the judge {plan.judge_model!r}: pass --judge-url.")
     from traitwatch.train import SFTConfig, run_sft
 
     store_path = work_dir / "traitwatch.db"
@@ -131,6 +166,13 @@ def run_grid(
         labels = ProxyLabelCallback(store_path, run_id, every_n_steps=plan.every_n_steps,
                                     base_value=base_label)
         timer = StepTimer()
+        callbacks: list[Any] = [labels, timer]
+        judged = None
+        if plan.judge_model and judge is not None:
+            judged = JudgeLabelCallback(store_path, run_id, every_n_steps=plan.every_n_steps, judge=judge,
+                                        judge_model=plan.judge_model, n_samples=plan.judge_samples,
+                                        max_new_tokens=plan.judge_max_tokens, seed=seed, warn=say)
+            callbacks.insert(1, judged)
         config = SFTConfig(
             model=plan.model, data=data, basis=basis, output_dir=work_dir / "runs" / run_id, run_id=run_id,
             store=store_path, max_steps=plan.steps, batch_size=plan.batch_size, grad_accum=1,
@@ -141,7 +183,7 @@ def run_grid(
         )
         say(f"[{run_id}] training {plan.steps} steps on {data.name} ...")
         t0 = time.perf_counter()
-        run_sft(config, callbacks=[labels, timer], info=lambda line: None,
+        run_sft(config, callbacks=callbacks, info=lambda line: None,
                 reporter=lambda rec, r=run_id: say(f"[{r}] step {rec.step:>3}: ||d|| {rec.drift_norm:.4f}"))
         wall = time.perf_counter() - t0
         with RunStore(store_path) as store:
@@ -150,6 +192,7 @@ def run_grid(
         marker.write_text(json.dumps({
             "run_id": run_id, "wall_s": wall, "step_s": timer.seconds_, "proxy_s": labels.seconds_,
             "median_step_s": statistics.median(timer.seconds_) if timer.seconds_ else None, "n_labels": n,
+            "judge_s": judged.seconds_ if judged else [],
         }, indent=2) + "\n")
         say(f"[{run_id}] done in {wall:.0f} s; proxy rise by step {rise}")
         shutil.rmtree(work_dir / "runs" / run_id, ignore_errors=True)  # checkpoints only served resuming

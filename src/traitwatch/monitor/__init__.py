@@ -8,7 +8,13 @@ scores them all in one loop, and `artifact` saves a fitted monitor without pickl
 from __future__ import annotations
 
 from traitwatch.monitor.artifact import LoadedMonitor, load_monitor, save_monitor
-from traitwatch.monitor.baselines import NormFeatures, PC1AbsFeatures, RandomDirectionFeatures, SAEDriftFeatures
+from traitwatch.monitor.baselines import (
+    DirectionFeatures,
+    NormFeatures,
+    PC1AbsFeatures,
+    RandomDirectionFeatures,
+    SAEDriftFeatures,
+)
 from traitwatch.monitor.detector import (
     SELECTION_CRITERION,
     DriftMonitor,
@@ -45,6 +51,7 @@ __all__ = [
     "default_regressor",
     "default_candidates",
     "SELECTION_CRITERION",
+    "DirectionFeatures",
     "PC1AbsFeatures",
     "NormFeatures",
     "RandomDirectionFeatures",

@@ -7,7 +7,7 @@ loses or wins on its features, not on a weaker model. Every map is fitted on cal
 Which input each takes (see `CheckpointTable`):
 - `PC1AbsFeatures`, `NormFeatures`: trait drift (n, 7); `NormFeatures` also on activation drift (n, H).
 - PCA-7 of activation drift: plain `sklearn.decomposition.PCA(n_components=7)` on activation drift (n, H).
-- `RandomDirectionFeatures`: activation drift (n, H).
+- `RandomDirectionFeatures`, `DirectionFeatures` (e.g. the semantic-trait basis): activation drift (n, H).
 - `SAEDriftFeatures`: [h_t | h_0] pairs (n, 2H) from `CheckpointTable.activation_pairs()`.
 - training loss and LoRA ||dW|| norms: the column itself, no feature map (`features=None`).
 """
@@ -24,6 +24,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 __all__ = [
+    "DirectionFeatures",
     "PC1AbsFeatures",
     "NormFeatures",
     "RandomDirectionFeatures",
@@ -85,6 +86,37 @@ class RandomDirectionFeatures(TransformerMixin, BaseEstimator):
         rng = check_random_state(self.random_state)
         dirs = rng.standard_normal((int(self.n_directions), X.shape[1]))
         self.directions_ = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
+        return self
+
+    def transform(self, X: ArrayLike) -> np.ndarray:
+        check_is_fitted(self, "directions_")
+        X = validate_data(self, X, reset=False)
+        return X @ self.directions_.T
+
+
+class DirectionFeatures(TransformerMixin, BaseEstimator):
+    """Projections of activation drift on given directions: the semantic-trait basis baseline.
+
+    The trait monitor's drift is the mean activation drift projected on the 7 alignment directions
+    (divided by a constant N). Projecting the same stored mean activation drift on 7 *semantic* trait
+    directions (verbosity, formality, ...) of the same layer gives exactly the drift a probe with the
+    semantic basis would have measured live (up to the same N), so this baseline needs no second
+    measurement during training. If it matched the trait monitor, alignment content would not be what
+    carries the signal. Rows of `directions` are normalised to unit length.
+    """
+
+    def __init__(self, directions: ArrayLike) -> None:
+        self.directions = directions
+
+    def fit(self, X: ArrayLike, y: Any = None) -> DirectionFeatures:
+        X = validate_data(self, X)
+        d = np.asarray(self.directions, dtype=np.float64)
+        if d.ndim != 2 or d.shape[1] != X.shape[1]:
+            raise ValueError(f"directions must have shape (k, {X.shape[1]}) to match the activation drift, got {d.shape}")
+        norms = np.linalg.norm(d, axis=1, keepdims=True)
+        if np.any(norms == 0) or not np.all(np.isfinite(d)):
+            raise ValueError("directions must be finite and non-zero")
+        self.directions_ = d / norms
         return self
 
     def transform(self, X: ArrayLike) -> np.ndarray:

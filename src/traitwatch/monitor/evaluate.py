@@ -17,7 +17,13 @@ import numpy as np
 from sklearn.base import RegressorMixin, TransformerMixin
 from sklearn.decomposition import PCA
 
-from traitwatch.monitor.baselines import NormFeatures, PC1AbsFeatures, RandomDirectionFeatures, SAEDriftFeatures
+from traitwatch.monitor.baselines import (
+    DirectionFeatures,
+    NormFeatures,
+    PC1AbsFeatures,
+    RandomDirectionFeatures,
+    SAEDriftFeatures,
+)
 from traitwatch.monitor.detector import DriftMonitor, default_candidates
 from traitwatch.monitor.metrics import (
     alarm_lead_lag,
@@ -63,10 +69,16 @@ def default_feature_sets(
     table: CheckpointTable,
     *,
     sae_latents: int = 256,
+    wide_sae_latents: int | None = 1024,
     sae_epochs: int = 200,
+    semantic_directions: np.ndarray | None = None,
     random_state: int = 0,
 ) -> list[FeatureSet]:
-    """The trait monitor and the reference baselines whose inputs `table` has (missing extras are skipped)."""
+    """The trait monitor and the reference baselines whose inputs `table` has (missing extras are skipped).
+
+    `wide_sae_latents` adds the wider overcomplete SAE (None: leave it out). `semantic_directions`
+    (k, H), the semantic-trait basis at the run's measurement layer, adds the semantic-basis baseline.
+    """
     sets = [
         FeatureSet("trait drift (7-D)", _trait_drift),
         FeatureSet("|PC1| only", _trait_drift, PC1AbsFeatures()),
@@ -82,6 +94,15 @@ def default_feature_sets(
             ),
             FeatureSet("random directions (7)", _act_drift, RandomDirectionFeatures(7, random_state=random_state)),
         ]
+        if wide_sae_latents:
+            sets.insert(-1, FeatureSet(
+                f"SAE (K={wide_sae_latents})",
+                _act_pairs,
+                SAEDriftFeatures(wide_sae_latents, n_epochs=sae_epochs, random_state=random_state),
+            ))
+        if semantic_directions is not None:
+            k = np.asarray(semantic_directions).shape[0]
+            sets.append(FeatureSet(f"semantic-trait basis ({k})", _act_drift, DirectionFeatures(semantic_directions)))
     if LOSS in table.extras:
         sets.append(FeatureSet("training loss", _loss))
     if LORA_NORM in table.extras:

@@ -18,7 +18,7 @@ from traitwatch.errors import InputFileError
 from traitwatch.monitor.table import LORA_NORM, LOSS, MEAN_ACTIVATION, CheckpointTable
 from traitwatch.store import RunRecord, RunStore
 
-__all__ = ["StoreTable", "perturbation_of", "resolve_runs", "table_from_store"]
+__all__ = ["StoreTable", "directions_for_runs", "perturbation_of", "resolve_runs", "table_from_store"]
 
 
 def perturbation_of(run: RunRecord) -> str:
@@ -28,6 +28,33 @@ def perturbation_of(run: RunRecord) -> str:
     if run.dataset:
         return Path(run.dataset).stem
     return "unknown"
+
+
+def directions_for_runs(basis_dir: str | Path, fingerprint: dict | None) -> np.ndarray:
+    """Another basis's unit directions (k, H) at the layer the runs measured (e.g. the semantic traits).
+
+    The stored mean activations are at the runs' measurement layer, so a comparison basis is only usable
+    if it was built on the same model and has that layer; anything else is an error naming the fix.
+    """
+    from traitwatch.basis import TraitBasis
+    from traitwatch.models.layers import ModelFingerprint
+
+    if not fingerprint or "layer" not in fingerprint or "model" not in fingerprint:
+        raise InputFileError("These runs have no basis fingerprint, so the layer their activations came from is unknown.")
+    basis = TraitBasis.load(basis_dir)
+    runs_model = ModelFingerprint.from_dict(fingerprint["model"])
+    basis.model.check_matches(runs_model, what=f"The comparison basis {basis_dir}")
+    layer = int(fingerprint["layer"])
+    if layer not in basis.layers:
+        raise InputFileError(
+            f"The comparison basis {basis_dir} has layers {basis.layers}, not layer {layer} where the runs measured: "
+            f"extract it with `traitwatch extract --layers {layer}`."
+        )
+    if fingerprint.get("position") and fingerprint["position"] != basis.position:
+        raise InputFileError(
+            f"The comparison basis {basis_dir} reads position {basis.position!r}; the runs measured {fingerprint['position']!r}."
+        )
+    return basis.matrix(layer).double().numpy()
 
 
 def resolve_runs(store: RunStore, selectors: Sequence[str]) -> list[RunRecord]:
