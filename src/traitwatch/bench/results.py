@@ -232,7 +232,9 @@ def write_results_md(res: dict[str, Any], path: Path, *, command: str, commit: s
     add(f"| type | kind | final {label_name} - benign | Welch p | appears |")
     add("|---|---|---|---|---|")
     for t, e in res["emergence"].items():
-        add(f"| {t} | {e['kind']} | {_f(e['final_rise_minus_benign'])} | {_f(e['welch_p'])} | {'yes' if e['appears'] else 'no'} |")
+        p = e["welch_p"]
+        add(f"| {t} | {e['kind']} | {_f(e['final_rise_minus_benign'])} | {_f(p) if p is None or p >= 1e-3 else f'{p:.1e}'} | "
+            f"{'yes' if e['appears'] else 'no'} |")
     em = [t for t, e in res["emergence"].items() if e["kind"] == "emergent" and e["appears"]]
     direct = [t for t, e in res["emergence"].items() if e["kind"] == "direct" and e["appears"]]
     add(f"\nEmergent (narrow -> broad) misalignment: **{'yes, for ' + ', '.join(em) if em else 'not detected'}**. "
