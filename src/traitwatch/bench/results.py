@@ -191,6 +191,30 @@ def _ms(d: dict[str, Any], nd: int = 3) -> str:
     return "-" if d["mean"] is None else f"{d['mean']:.{nd}f} ± {d['sd']:.{nd}f}"
 
 
+def _reading(res: dict[str, Any]) -> str:
+    """What the held-out table can and cannot show, computed from it (not written by hand)."""
+    rows = res["calibration"]["heldout"]
+    dangerous = {side: [f"{t} ({r['kind']})" for t, r in res["per_type"].items() if r["split"] == side and r["dangerous_checkpoints"]]
+                 for side in ("calibration", "heldout")}
+    text = (f"Dangerous checkpoints come from {', '.join(dangerous['calibration']) or 'no type'} in calibration and from "
+            f"{', '.join(dangerous['heldout']) or 'no type'} in the held-out split.")
+    ours = next((r for r in rows if r["features"] == "trait drift (7-D)"), None)
+    if ours is None or ours["auroc"] is None:
+        return text
+
+    def no_worse(r: dict[str, Any]) -> bool:
+        return all(r[k] is not None and ours[k] is not None for k in ("fnr", "fpr", "auroc")) and \
+            r["fnr"] <= ours["fnr"] and r["fpr"] <= ours["fpr"] and r["auroc"] >= ours["auroc"]
+
+    matched = [r["features"] for r in rows if r is not ours and no_worse(r)]
+    text += (" Feature sets that match or beat the trait monitor on FNR, FPR and AUROC here: "
+             f"{', '.join(matched) if matched else 'none'}.")
+    if any(m.startswith("semantic-trait basis") for m in matched):
+        text += (" The semantic-trait control does as well as the alignment traits, so these results do not show that "
+                 "alignment-specific directions are what carries the signal.")
+    return text
+
+
 def write_results_md(res: dict[str, Any], path: Path, *, command: str, commit: str, figures: Sequence[str] = ()) -> Path:
     plan = res["plan"]
     L: list[str] = []
@@ -268,6 +292,7 @@ def write_results_md(res: dict[str, Any], path: Path, *, command: str, commit: s
             add(f"| {r['features'].replace('|', chr(92) + '|')} | {r['regressor']} | {_f(r['fnr'], True)} [{_f(r['fnr_ci_lo'], True)}, {_f(r['fnr_ci_hi'], True)}] | "
                 f"{_f(r['fpr'], True)} [{_f(r['fpr_ci_lo'], True)}, {_f(r['fpr_ci_hi'], True)}] | "
                 f"{_f(r['auroc'])} [{_f(r['auroc_ci_lo'])}, {_f(r['auroc_ci_hi'])}] | {r['n']} ({r['n_dangerous']} / {r['n_safe']}) | {refs or '-'} |")
+        add("\n" + _reading(res))
         if cal.get("n_calibration_dangerous_types", 2) < 2:
             add("\nOnly one calibration type has dangerous checkpoints, so leave-one-perturbation-out CV (which leaves "
                 "it out) sees no positives and cannot rank the regressors by FNR; the choice above is not informative.")
