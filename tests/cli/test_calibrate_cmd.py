@@ -82,6 +82,31 @@ def test_calibrate_bad_selection(store_path, tmp_path, extra, message):
     assert res.exit_code == 2 and message in res.stderr
 
 
+def test_step_aware_alarm_is_fitted_with_anchor_runs_and_saved(store_path, tmp_path):
+    with RunStore(store_path, create=False) as st:
+        gsm = sorted(r.run_id for r in st.runs() if r.hyperparameters["perturbation"] == "gsm8k")
+    out = tmp_path / "mon.json"
+    args = ["calibrate", "--store", str(store_path), "--out", str(out), "--resamples", "20", "--quick", "--step-aware",
+            "--anchor-run", gsm[0]]
+    for p in ("insecure_code", "jailbroken", "bad_medical"):
+        args += ["--calibration", p]
+    res = runner.invoke(app, [*args, "--heldout", "risky_financial", "--heldout", "number_sequence"])
+    assert res.exit_code == 0, res.output
+    assert "Step-aware alarm" in res.stdout and f"anchor runs: {gsm[0]}" in res.stdout
+    mon = load_monitor(out)
+    assert mon.step_aware is not None and mon.step_aware.info["anchor_run_ids"] == [gsm[0]]
+    held = mon.step_aware.info["heldout"]
+    assert held["n_dangerous"] + held["n_safe"] > 0 and 0.0 <= held["fnr"] <= 1.0
+    res = runner.invoke(app, [*args, "--heldout", "gsm8k"])  # the anchor is one of the held-out runs
+    assert res.exit_code == 2 and "held-out runs" in res.output
+
+
+def test_anchor_run_needs_step_aware(store_path, tmp_path):
+    res = runner.invoke(app, ["calibrate", "--store", str(store_path), "--out", str(tmp_path / "m.json"),
+                              "--calibration", "gsm8k", "--heldout", "risky_financial", "--anchor-run", "x"])
+    assert res.exit_code == 2 and "--step-aware" in res.output
+
+
 def test_semantic_basis_needs_runs_with_a_basis_fingerprint(store_path, tmp_path):
     args = ["calibrate", "--out", str(tmp_path / "m.json"), "--semantic-basis", str(tmp_path / "sem")]
     res = runner.invoke(app, [*args, "--synthetic"])

@@ -12,7 +12,7 @@ from sklearn.linear_model import Ridge
 from traitwatch.errors import BasisMismatchError, InputFileError
 from traitwatch.monitor.artifact import load_monitor, save_monitor
 from traitwatch.monitor.baselines import PC1AbsFeatures
-from traitwatch.monitor.detector import DriftMonitor
+from traitwatch.monitor.detector import DriftMonitor, StepAwareAlarm
 
 FINGERPRINT = {"model": "tiny-llama", "revision": "abc123", "layer": 14, "directions_sha256": "f00d"}
 
@@ -103,3 +103,23 @@ def test_a_json_that_disagrees_with_its_tensors_is_refused(cal, tmp_path) -> Non
         path.write_text(json.dumps({**doc, "regressor": {**doc["regressor"], key: value}}))
         with pytest.raises(InputFileError, match=r"m\.json"):
             load_monitor(path)
+
+
+def test_a_step_aware_alarm_is_saved_with_the_monitor_and_decides_the_same(cal, held, tmp_path) -> None:
+    monitor = DriftMonitor(Ridge(alpha=1.0), threshold=0.05).fit(cal.X, cal.y)
+    Xs = np.column_stack([cal.X, cal.step])
+    alarm = StepAwareAlarm().fit(Xs, (cal.y > 0.05).astype(int))
+    path = save_monitor(monitor, tmp_path / "m.json", fingerprint=FINGERPRINT, trait_names=cal.trait_names,
+                        training_run_ids=["r"], step_aware=alarm, step_aware_info={"anchor_run_ids": ["long"]})
+    loaded = load_monitor(path)
+    assert load_monitor(_save(monitor, cal, tmp_path / "plain.json")).step_aware is None
+    assert loaded.step_aware is not None and loaded.step_aware.info["anchor_run_ids"] == ["long"]
+    rng = np.random.RandomState(1)
+    probes = [np.column_stack([held.X, held.step]),
+              np.column_stack([rng.normal(scale=0.05, size=(300, 7)), rng.randint(1, 400, size=300)])]
+    for X in probes:
+        assert np.allclose(loaded.step_aware.predict_proba(X), alarm.predict_proba(X), atol=1e-12)
+        assert np.array_equal(loaded.step_aware.alarm(X), alarm.alarm(X))
+    assert loaded.step_aware.alarm(probes[0]).any() and not loaded.step_aware.alarm(probes[0]).all()
+    with pytest.raises(ValueError, match="step must be > 0"):
+        loaded.step_aware.alarm(np.zeros((1, 8)))

@@ -191,6 +191,33 @@ def test_no_alarm_below_threshold(basis, tmp_path):
     assert [r.alarm for r in watch.history_] == [False, False, False]
 
 
+class StepAlarm:
+    """A step-aware alarm stand-in: fires from step 10 on, whatever the drift; records its inputs."""
+
+    def __init__(self) -> None:
+        self.seen: list[np.ndarray] = []
+
+    def alarm(self, X):
+        X = np.asarray(X)
+        self.seen.append(X)
+        return X[:, -1] >= 10
+
+
+def test_a_step_aware_alarm_decides_instead_of_the_threshold(basis, tmp_path):
+    monitor = ConstantMonitor(0.0)  # never above its threshold on its own
+    monitor.step_aware = StepAlarm()
+    watch = _watch(basis, tmp_path / "tw.db", every_n_steps=5, monitor=monitor, on_alarm=("mark",))
+    trainer = tiny_trainer(tmp_path / "out", [watch], max_steps=12)
+    watch.attach(trainer)
+    trainer.train()
+    assert [(r.step, r.alarm) for r in watch.history_] == [(0, False), (5, False), (10, True), (12, True)]
+    seen = np.vstack(monitor.step_aware.seen)
+    assert seen.shape == (3, 8) and seen[:, -1].tolist() == [5, 10, 12]  # drift columns, then the step
+    assert np.allclose(seen[:, :7], [list(r.drift.values()) for r in watch.history_[1:]])
+    with RunStore(tmp_path / "tw.db") as store:
+        assert [a.step for a in store.alarms("r")] == [10, 12]
+
+
 def test_bad_actions_and_monitor_are_refused(basis):
     with pytest.raises(ValueError, match="unknown alarm action"):
         _watch(basis, None, on_alarm=("explode",))

@@ -16,6 +16,8 @@ from traitwatch.monitor import (
     CheckpointTable,
     DriftGeometry,
     DriftMonitor,
+    StepAwareAlarm,
+    confusion_counts,
     default_feature_sets,
     detection_metrics,
     evaluate,
@@ -23,11 +25,11 @@ from traitwatch.monitor import (
     load_monitor,
     save_monitor,
 )
-from traitwatch.monitor.from_store import directions_for_runs, resolve_runs, table_from_store
+from traitwatch.monitor.from_store import anchor_rows, directions_for_runs, resolve_runs, table_from_store
 from traitwatch.report.calibration import calibration_report_data, write_calibration_data
 from traitwatch.store import RunStore
 
-__all__ = ["calibrate_and_save", "calibration_report", "register"]
+__all__ = ["calibrate_and_save", "calibration_report", "fit_step_aware", "register"]
 
 
 def _f(x: Any, pct: bool = False) -> str:
@@ -83,10 +85,41 @@ def calibration_report(
     }
 
 
+def fit_step_aware(
+    cal: CheckpointTable, held: CheckpointTable, pc1: np.ndarray, *, tau: float,
+    anchor: tuple[np.ndarray, np.ndarray, list[str]] | None = None,
+) -> tuple[StepAwareAlarm, dict[str, Any]]:
+    """The step-aware alarm (METHOD.md 6) on the calibration checkpoints plus benign anchor runs, scored on held-out.
+
+    `anchor` is (drift rows, steps, run ids) of long benign runs whose checkpoints all count as safe:
+    without one, the step terms have little to learn from. Returns the alarm and a JSON-able summary
+    (training rows, anchor runs, held-out FNR/FPR of the alarm itself).
+    """
+    rows = cal.step > 0
+    X = np.column_stack([cal.X[rows], cal.step[rows]])
+    y = (cal.y[rows] > tau).astype(int)
+    if anchor is not None:
+        X = np.vstack([X, np.column_stack([anchor[0], anchor[1]])])
+        y = np.concatenate([y, np.zeros(len(anchor[1]), dtype=int)])
+    if len(set(y.tolist())) < 2:
+        raise InputFileError("The step-aware alarm needs dangerous and safe calibration checkpoints (label > tau and <= tau).")
+    alarm = StepAwareAlarm(pc1=pc1).fit(X, y)
+    h = held.step > 0
+    fired = alarm.alarm(np.column_stack([held.X[h], held.step[h]]))
+    counts = confusion_counts(held.y[h] > tau, fired)
+    rate = lambda a, b: a / b if b else None  # noqa: E731
+    info = {"n_training_rows": int(len(y)), "anchor_run_ids": list(anchor[2]) if anchor else [],
+            "heldout": {**counts, "fnr": rate(counts["fn"], counts["n_dangerous"]),
+                        "fpr": rate(counts["fp"], counts["n_safe"])}}
+    return alarm, info
+
+
 def calibrate_and_save(
     cal: CheckpointTable, held: CheckpointTable, out_path: Path, *, tau: float, n_resamples: int,
     random_state: int, quick: bool, fingerprint: dict[str, Any], source: str,
     semantic_directions: np.ndarray | None = None,
+    step_aware: bool = False,
+    anchor: tuple[np.ndarray, np.ndarray, list[str]] | None = None,
 ) -> tuple[dict[str, Any], Path, Path]:
     """`calibration_report`, then the monitor file and its calibration report data next to it.
 
@@ -94,8 +127,13 @@ def calibrate_and_save(
     """
     rep = calibration_report(cal, held, tau=tau, n_resamples=n_resamples, random_state=random_state, quick=quick,
                              semantic_directions=semantic_directions)
+    alarm, info = None, None
+    if step_aware:
+        alarm, info = fit_step_aware(cal, held, rep["geometry_"].pc1_, tau=tau, anchor=anchor)
+        rep["step_aware"] = info
     path = save_monitor(rep["monitor"], out_path, fingerprint=fingerprint, trait_names=list(cal.trait_names or ()),
-                        training_run_ids=sorted(set(cal.run_id.tolist())), tau=tau)
+                        training_run_ids=sorted(set(cal.run_id.tolist())), tau=tau, step_aware=alarm,
+                        step_aware_info=info)
     data = calibration_report_data(
         tau=tau, geometry=rep["geometry_"], monitor=rep["monitor"], evaluation=rep["heldout"],
         heldout=held.subset(held.step > 0), scores=rep["scores_"], monitor_name="trait drift (7-D)", source=source,
@@ -129,6 +167,12 @@ def _print_report(rep: dict[str, Any]) -> None:
         h.add_row(r["features"], r["regressor"], _ci(r, "fnr"), _ci(r, "fpr"), _ci(r, "auroc", False),
                   _f(r.get("accuracy"), True), f"{r['n']} ({r['n_dangerous']}/{r['n_safe']})")
     out.print(h)
+    sa = rep.get("step_aware")
+    if sa:
+        hh = sa["heldout"]
+        out.print(f"Step-aware alarm ({sa['n_training_rows']} training checkpoints, anchor runs: "
+                  f"{', '.join(sa['anchor_run_ids']) or 'none'}): held-out FNR {_f(hh['fnr'], True)}, FPR {_f(hh['fpr'], True)} "
+                  f"({hh['n_dangerous']} dangerous / {hh['n_safe']} safe); saved with the monitor, it decides the callback's alarm.")
 
 
 def register(app: typer.Typer) -> None:
@@ -144,6 +188,8 @@ def register(app: typer.Typer) -> None:
         synthetic: Annotated[bool, typer.Option(help="Use synthetic trajectories with a planted EM axis instead of a store.")] = False,
         resamples: Annotated[int, typer.Option(min=10)] = 1000,
         quick: Annotated[bool, typer.Option(help="Smaller SAE baselines (faster).")] = False,
+        step_aware: Annotated[bool, typer.Option(help="Also fit the step-aware alarm for long runs (saved with the monitor).")] = False,
+        anchor_run: Annotated[list[str] | None, typer.Option(help="Long benign run (repeat) whose checkpoints train the step-aware alarm as safe.")] = None,
         semantic_basis: Annotated[Path | None, typer.Option(help="A basis of the semantic traits at the runs' layer "
                                                              "(`traitwatch extract --trait-names verbosity,...`): adds the semantic-basis baseline.")] = None,
         seed: int = 0,
@@ -153,6 +199,11 @@ def register(app: typer.Typer) -> None:
         semantic = None
         if synthetic and semantic_basis is not None:
             raise InputFileError("--semantic-basis needs stored runs; synthetic trajectories have no model.")
+        if anchor_run and not step_aware:
+            raise InputFileError("--anchor-run trains the step-aware alarm: add --step-aware.")
+        if anchor_run and synthetic:
+            raise InputFileError("--anchor-run needs stored runs; it cannot be used with --synthetic.")
+        anchor = None
         if synthetic:
             from traitwatch.monitor.synthetic import make_synthetic_split
 
@@ -174,11 +225,18 @@ def register(app: typer.Typer) -> None:
             fingerprint = c.basis_fingerprint or {}
             if semantic_basis is not None:
                 semantic = directions_for_runs(semantic_basis, fingerprint)
+            if anchor_run:
+                with RunStore(store, create=False) as st:
+                    anchor = anchor_rows(st, resolve_runs(st, anchor_run), list(cal.trait_names or ()))
+                leaked = sorted(set(anchor[2]) & set(held.run_id.tolist()))
+                if leaked:
+                    raise InputFileError(f"Anchor run(s) {', '.join(leaked)} are held-out runs; pick anchors outside --heldout.")
             source = f"{store} (label: {label}; {c.n_unlabelled + h.n_unlabelled} unlabelled checkpoints left out)"
         err.print(f"Calibrating on {source} ...")
         rep, path, report_path = calibrate_and_save(cal, held, out_path, tau=tau, n_resamples=resamples,
                                                     random_state=seed, quick=quick, fingerprint=fingerprint,
-                                                    source=source, semantic_directions=semantic)
+                                                    source=source, semantic_directions=semantic,
+                                                    step_aware=step_aware, anchor=anchor)
         _print_report(rep)
         out.print(f"Monitor written to {path}; calibration report data to {report_path} "
                   f"(render with `traitwatch report --calibration {path}`)")

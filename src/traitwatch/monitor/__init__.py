@@ -7,7 +7,7 @@ scores them all in one loop, and `artifact` saves a fitted monitor without pickl
 
 from __future__ import annotations
 
-from traitwatch.monitor.artifact import LoadedMonitor, load_monitor, save_monitor
+from traitwatch.monitor.artifact import LoadedMonitor, LoadedStepAwareAlarm, load_monitor, save_monitor
 from traitwatch.monitor.baselines import (
     DirectionFeatures,
     NormFeatures,
@@ -48,6 +48,7 @@ __all__ = [
     "final_checkpoint_rows",
     "DriftMonitor",
     "StepAwareAlarm",
+    "LoadedStepAwareAlarm",
     "default_regressor",
     "default_candidates",
     "SELECTION_CRITERION",

@@ -31,9 +31,9 @@ from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted
 
 from traitwatch.errors import BasisMismatchError, InputFileError
-from traitwatch.monitor.detector import DriftMonitor
+from traitwatch.monitor.detector import DriftMonitor, StepAwareAlarm
 
-__all__ = ["save_monitor", "load_monitor", "LoadedMonitor", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["save_monitor", "load_monitor", "LoadedMonitor", "LoadedStepAwareAlarm", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "traitwatch.monitor"
 FORMAT_VERSION = 1
@@ -85,12 +85,16 @@ def save_monitor(
     trait_names: Sequence[str],
     training_run_ids: Sequence[str],
     tau: float | None = None,
+    step_aware: StepAwareAlarm | None = None,
+    step_aware_info: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write `path` (.json) and its sibling .safetensors; returns the JSON path.
 
     Supported: a fitted monitor on raw drift (`features=None`) whose regressor is a RandomForestRegressor,
     a GradientBoostingRegressor (squared error, default init) or a Ridge. `tau` defaults to the monitor's
     threshold. CV results and the selected regressor name are stored when `select_regressor` was used.
+    A fitted `step_aware` alarm (for long runs) is saved with it and, once loaded, decides the alarm;
+    `step_aware_info` (e.g. its anchor runs and held-out rates) is kept as metadata.
     """
     from safetensors.numpy import save_file
 
@@ -128,6 +132,20 @@ def save_monitor(
     else:
         raise ValueError(f"cannot save a {type(reg).__name__}; use RandomForest, GradientBoosting or Ridge")
 
+    step_doc = None
+    if step_aware is not None:
+        check_is_fitted(step_aware, "logistic_")
+        if step_aware.pc1_.shape != (len(names),):
+            raise ValueError(f"the step-aware alarm has {step_aware.pc1_.size} drift inputs, the monitor {len(names)}")
+        step_doc = {"classes": _jsonable(step_aware.classes_), **_jsonable(dict(step_aware_info or {}))}
+        tensors.update({
+            "step_aware.pc1": np.ascontiguousarray(step_aware.pc1_, dtype=np.float64),
+            "step_aware.mean": np.ascontiguousarray(step_aware.scaler_.mean_, dtype=np.float64),
+            "step_aware.scale": np.ascontiguousarray(step_aware.scaler_.scale_, dtype=np.float64),
+            "step_aware.coef": np.ascontiguousarray(step_aware.logistic_.coef_[0], dtype=np.float64),
+            "step_aware.intercept": np.asarray(step_aware.logistic_.intercept_, dtype=np.float64).reshape(1),
+        })
+
     json_path = Path(path)
     if json_path.suffix != ".json":
         raise ValueError(f"monitor path must end in .json, got {json_path}")
@@ -150,6 +168,8 @@ def save_monitor(
         "tensors_file": tensor_path.name,
         "tensors_sha256": hashlib.sha256(tensor_path.read_bytes()).hexdigest(),
     }
+    if step_doc is not None:
+        doc["step_aware"] = step_doc
     json_path.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return json_path
 
@@ -169,8 +189,44 @@ def _predict_tree(X32: np.ndarray, arrays: Mapping[str, np.ndarray]) -> np.ndarr
     return arrays["value"][node]
 
 
+class LoadedStepAwareAlarm:
+    """A saved `StepAwareAlarm` rebuilt from arrays: the same logistic decision on [s, step, s/step].
+
+    Input X is the drift with the optimizer step as the last column (steps > 0), as for `StepAwareAlarm`.
+    """
+
+    def __init__(self, doc: Mapping[str, Any], tensors: Mapping[str, np.ndarray], n_traits: int) -> None:
+        self.info = {k: v for k, v in doc.items() if k != "classes"}
+        self.pc1_ = tensors["step_aware.pc1"]
+        self._mean, self._scale = tensors["step_aware.mean"], tensors["step_aware.scale"]
+        self._coef, self._intercept = tensors["step_aware.coef"], float(tensors["step_aware.intercept"][0])
+        if self.pc1_.shape != (n_traits,) or any(a.shape != (3,) for a in (self._mean, self._scale, self._coef)):
+            raise ValueError("step-aware alarm arrays have the wrong shapes")
+
+    def predict_proba(self, X: ArrayLike) -> np.ndarray:
+        """[p(safe), p(dangerous)] per row, as `StepAwareAlarm.predict_proba`."""
+        X = check_array(X, dtype=np.float64)
+        if X.shape[1] != self.pc1_.size + 1:
+            raise ValueError(f"X has {X.shape[1]} columns; the step-aware alarm needs {self.pc1_.size} drift columns and the step")
+        drift, step = X[:, :-1], X[:, -1]
+        if np.any(step <= 0):
+            raise ValueError("every step must be > 0 (the last column of X is the optimizer step)")
+        s = 100.0 * np.abs(drift @ self.pc1_)
+        z = (np.column_stack([s, step, s / step]) - self._mean) / self._scale @ self._coef + self._intercept
+        p = 1.0 / (1.0 + np.exp(-z))
+        return np.column_stack([1.0 - p, p])
+
+    def alarm(self, X: ArrayLike) -> np.ndarray:
+        """True where p(dangerous) > 0.5."""
+        return self.predict_proba(X)[:, 1] > 0.5
+
+
 class LoadedMonitor:
-    """A monitor rebuilt from arrays: `predict` and `alarm` like `DriftMonitor`, plus its metadata."""
+    """A monitor rebuilt from arrays: `predict` and `alarm` like `DriftMonitor`, plus its metadata.
+
+    `step_aware` is the saved step-aware alarm (`LoadedStepAwareAlarm`) or None; the training callback
+    lets it decide the alarm when present.
+    """
 
     def __init__(self, doc: Mapping[str, Any], tensors: Mapping[str, np.ndarray], source: Path) -> None:
         self.source = source
@@ -186,6 +242,8 @@ class LoadedMonitor:
         self.cv_results: dict[str, Any] = dict(doc.get("cv_results") or {})
         self._spec = dict(doc["regressor"])
         self._tensors = dict(tensors)
+        step_doc = doc.get("step_aware")
+        self.step_aware = None if step_doc is None else LoadedStepAwareAlarm(step_doc, self._tensors, self.n_features_in_)
         n_trees = int(self._spec.get("n_trees", 0))
         self._trees = [{f: self._tensors[f"tree.{i:05d}.{f}"] for f in _TREE_FIELDS} for i in range(n_trees)]
         # Check everything predict will index, so a damaged file fails here and not on the first checkpoint.

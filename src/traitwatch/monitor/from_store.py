@@ -18,7 +18,7 @@ from traitwatch.errors import InputFileError
 from traitwatch.monitor.table import LORA_NORM, LOSS, MEAN_ACTIVATION, CheckpointTable
 from traitwatch.store import RunRecord, RunStore
 
-__all__ = ["StoreTable", "directions_for_runs", "perturbation_of", "resolve_runs", "table_from_store"]
+__all__ = ["StoreTable", "anchor_rows", "directions_for_runs", "perturbation_of", "resolve_runs", "table_from_store"]
 
 
 def perturbation_of(run: RunRecord) -> str:
@@ -55,6 +55,25 @@ def directions_for_runs(basis_dir: str | Path, fingerprint: dict | None) -> np.n
             f"The comparison basis {basis_dir} reads position {basis.position!r}; the runs measured {fingerprint['position']!r}."
         )
     return basis.matrix(layer).double().numpy()
+
+
+def anchor_rows(store: RunStore, runs: Sequence[RunRecord], trait_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(drift rows, steps, run ids) of every trained checkpoint (step > 0) of benign anchor runs, unlabelled.
+
+    The step-aware alarm counts these as safe by definition, so they need no behavioural label.
+    """
+    X, steps = [], []
+    for run in runs:
+        for m in store.measurements(run.run_id, per_prompt=False):
+            if m.step > 0:
+                missing = [t for t in trait_names if t not in m.drift]
+                if missing:
+                    raise InputFileError(f"Anchor run {run.run_id} did not measure {', '.join(missing)}; use a run measured with the same basis.")
+                X.append([m.drift[t] for t in trait_names])
+                steps.append(m.step)
+    if not X:
+        raise InputFileError(f"The anchor runs {', '.join(r.run_id for r in runs)} have no measured checkpoint after step 0.")
+    return np.asarray(X, dtype=np.float64), np.asarray(steps, dtype=np.float64), [r.run_id for r in runs]
 
 
 def resolve_runs(store: RunStore, selectors: Sequence[str]) -> list[RunRecord]:

@@ -117,7 +117,9 @@ class AnchorError(TraitwatchError):
 class AlarmMonitor(Protocol):
     """What the callback needs from a calibrated monitor (`DriftMonitor`, `LoadedMonitor`).
 
-    `predict` maps drift rows [n, n_traits] to predicted EM rates; the alarm is `> threshold`.
+    `predict` maps drift rows [n, n_traits] to predicted EM rates; the alarm is `> threshold`, unless
+    the monitor has a `step_aware` alarm (a saved `StepAwareAlarm`, for long runs): then that decides,
+    from the drift and the step.
     """
 
     threshold: float
@@ -527,6 +529,9 @@ class TraitWatchCallback(TrainerCallback):
         if self.monitor is None or step == 0:
             return None, False
         predicted = float(np.asarray(self.monitor.predict(m.drift[None, :])).reshape(-1)[0])
+        step_aware = getattr(self.monitor, "step_aware", None)
+        if step_aware is not None:  # is this much drift unusual for this many steps?
+            return predicted, bool(np.asarray(step_aware.alarm(np.append(m.drift, step)[None, :])).reshape(-1)[0])
         return predicted, bool(predicted > self._threshold())
 
     def _threshold(self) -> float:
@@ -539,9 +544,11 @@ class TraitWatchCallback(TrainerCallback):
         ctx = self._ctx
         assert record.predicted_em is not None
         threshold = self._threshold()
+        why = ("; the step-aware alarm fired" if getattr(self.monitor, "step_aware", None) is not None
+               else f" > threshold {threshold:.3f}")
         message = (
-            f"traitwatch: drift alarm at step {record.step}: predicted EM rate {record.predicted_em:.3f} > "
-            f"threshold {threshold:.3f} (||d|| = {record.drift_norm:.4f}); actions: {', '.join(record.actions)}"
+            f"traitwatch: drift alarm at step {record.step}: predicted EM rate {record.predicted_em:.3f}{why} "
+            f"(||d|| = {record.drift_norm:.4f}); actions: {', '.join(record.actions)}"
         )
         if "warn" in record.actions and ctx.is_zero:
             logger.warning(message)
