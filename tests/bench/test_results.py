@@ -27,3 +27,17 @@ def test_reading_names_the_dangerous_types_and_the_baselines_that_match_the_moni
 def test_reading_says_when_the_semantic_control_does_as_well():
     text = _reading(_res([_row("trait drift (7-D)", 0.0, 0.0, 1.0), _row("semantic-trait basis (7)", 0.0, 0.0, 1.0)]))
     assert "here: semantic-trait basis (7)." in text and "do not show that alignment-specific" in text
+
+
+def test_verdicts_say_when_a_kind_was_not_run(tmp_path):
+    from traitwatch.bench import BenchPlan
+    from traitwatch.bench.results import write_results_md
+
+    plan = BenchPlan(calibration=("insecure_code",), heldout=("arithmetic",)).to_json()
+    res = {"plan": plan, "runs_done": 0, "runs_planned": 0, "checkpoints": 0, "wall_s_training_runs": 0.0,
+           "per_type": {}, "emergence": {"insecure_code": {"kind": "emergent", "final_rise_minus_benign": 0.01,
+                                                           "welch_p": 0.2, "appears": False}},
+           "correlation": {}, "calibration": {"error": "none"}, "cost": {}}
+    text = write_results_md(res, tmp_path / "R.md", command="c", commit="x").read_text()
+    assert "Emergent (narrow -> broad) misalignment: **not detected**" in text
+    assert "Directly trained misalignment (positive controls): **not in this benchmark's plan**" in text

@@ -259,10 +259,13 @@ def write_results_md(res: dict[str, Any], path: Path, *, command: str, commit: s
         p = e["welch_p"]
         add(f"| {t} | {e['kind']} | {_f(e['final_rise_minus_benign'])} | {_f(p) if p is None or p >= 1e-3 else f'{p:.1e}'} | "
             f"{'yes' if e['appears'] else 'no'} |")
-    em = [t for t, e in res["emergence"].items() if e["kind"] == "emergent" and e["appears"]]
-    direct = [t for t, e in res["emergence"].items() if e["kind"] == "direct" and e["appears"]]
-    add(f"\nEmergent (narrow -> broad) misalignment: **{'yes, for ' + ', '.join(em) if em else 'not detected'}**. "
-        f"Directly trained misalignment (positive controls): **{'yes, for ' + ', '.join(direct) if direct else 'not detected'}**.\n")
+    def verdict(kind: str) -> str:
+        tested = [t for t, e in res["emergence"].items() if e["kind"] == kind]
+        found = [t for t in tested if res["emergence"][t]["appears"]]
+        return "not in this benchmark's plan" if not tested else ("yes, for " + ", ".join(found) if found else "not detected")
+
+    add(f"\nEmergent (narrow -> broad) misalignment: **{verdict('emergent')}**. "
+        f"Directly trained misalignment (positive controls): **{verdict('direct')}**.\n")
     add("## How strongly drift tracks the label (all trained checkpoints)\n")
     for k, c in res["correlation"].items():
         add(f"- {k.replace('_', ' ')}: Pearson {_f(c['pearson'])}, Spearman {_f(c['spearman'])} (n = {c['n']})")
