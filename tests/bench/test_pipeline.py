@@ -63,7 +63,7 @@ def test_bench_runs_end_to_end_and_resumes(tmp_path, bench_basis_dir):
 
 def test_a_changed_plan_is_refused_in_the_same_work_folder(tmp_path, bench_basis_dir):
     runner = CliRunner()
-    assert runner.invoke(app, _args(tmp_path, bench_basis_dir, "--max-runs", "0")).exit_code == 0
+    assert runner.invoke(app, _args(tmp_path, bench_basis_dir, "--analyze-only")).exit_code == 0  # pins the plan
     changed = runner.invoke(app, [*_args(tmp_path, bench_basis_dir), "--steps", "3"])
     assert changed.exit_code == 2
     assert "another plan" in changed.output and "steps" in changed.output
