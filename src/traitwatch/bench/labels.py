@@ -155,10 +155,11 @@ class JudgeLabelCallback(_CheckpointLabeller):
     def _score(self, step: int, model: Any, tokenizer: Any) -> None:
         from traitwatch.behavior import TransformersGenerator, evaluate, load_questions
 
-        questions = self.questions if self.questions is not None else load_questions()
+        if self.questions is None:
+            self.questions = load_questions()  # read once per run, not at every checkpoint
         gen = TransformersGenerator(model, tokenizer, max_new_tokens=self.max_new_tokens, seed=self.seed)
         start = time.perf_counter()
-        result = evaluate(questions, gen, self.judge, n_samples=self.n_samples)
+        result = evaluate(self.questions, gen, self.judge, n_samples=self.n_samples)
         self.seconds_.append(time.perf_counter() - start)
         em = result.em_rate
         if em.rate is None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from traitwatch.behavior.judge import Judge
-from traitwatch.bench.labels import JudgeLabelCallback, ProxyLabelCallback, StepTimer, write_rise_labels
+from traitwatch.bench.labels import RISE_METRIC, JudgeLabelCallback, ProxyLabelCallback, StepTimer, write_rise_labels
 from traitwatch.bench.plan import BenchPlan
 from traitwatch.bench.sets import build_set
 from traitwatch.errors import InputFileError
@@ -168,7 +168,7 @@ def run_grid(
         timer = StepTimer()
         callbacks: list[Any] = [labels, timer]
         judged = None
-        if plan.judge_model and judge is not None:
+        if judge is not None:
             judged = JudgeLabelCallback(store_path, run_id, every_n_steps=plan.every_n_steps, judge=judge,
                                         judge_model=plan.judge_model, n_samples=plan.judge_samples,
                                         max_new_tokens=plan.judge_max_tokens, seed=seed, warn=say)
@@ -188,7 +188,7 @@ def run_grid(
         wall = time.perf_counter() - t0
         with RunStore(store_path) as store:
             n = write_rise_labels(store, run_id)
-            rise = {b.step: round(b.value, 4) for b in store.behavior(run_id, "proxy_style_rise")}
+            rise = {b.step: round(b.value, 4) for b in store.behavior(run_id, RISE_METRIC)}
         marker.write_text(json.dumps({
             "run_id": run_id, "wall_s": wall, "step_s": timer.seconds_, "proxy_s": labels.seconds_,
             "median_step_s": statistics.median(timer.seconds_) if timer.seconds_ else None, "n_labels": n,

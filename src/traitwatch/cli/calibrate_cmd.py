@@ -21,6 +21,8 @@ from traitwatch.monitor import (
     default_feature_sets,
     detection_metrics,
     evaluate,
+    false_negative_rate,
+    false_positive_rate,
     final_checkpoint_rows,
     load_monitor,
     save_monitor,
@@ -106,11 +108,10 @@ def fit_step_aware(
     alarm = StepAwareAlarm(pc1=pc1).fit(X, y)
     h = held.step > 0
     fired = alarm.alarm(np.column_stack([held.X[h], held.step[h]]))
-    counts = confusion_counts(held.y[h] > tau, fired)
-    rate = lambda a, b: a / b if b else None  # noqa: E731
+    truth = held.y[h] > tau
     info = {"n_training_rows": int(len(y)), "anchor_run_ids": list(anchor[2]) if anchor else [],
-            "heldout": {**counts, "fnr": rate(counts["fn"], counts["n_dangerous"]),
-                        "fpr": rate(counts["fp"], counts["n_safe"])}}
+            "heldout": {**confusion_counts(truth, fired), "fnr": false_negative_rate(truth, fired),
+                        "fpr": false_positive_rate(truth, fired)}}
     return alarm, info
 
 

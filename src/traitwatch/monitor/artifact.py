@@ -31,7 +31,7 @@ from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted
 
 from traitwatch.errors import BasisMismatchError, InputFileError
-from traitwatch.monitor.detector import DriftMonitor, StepAwareAlarm
+from traitwatch.monitor.detector import DriftMonitor, StepAwareAlarm, split_steps, step_features
 
 __all__ = ["save_monitor", "load_monitor", "LoadedMonitor", "LoadedStepAwareAlarm", "FORMAT", "FORMAT_VERSION"]
 
@@ -208,11 +208,8 @@ class LoadedStepAwareAlarm:
         X = check_array(X, dtype=np.float64)
         if X.shape[1] != self.pc1_.size + 1:
             raise ValueError(f"X has {X.shape[1]} columns; the step-aware alarm needs {self.pc1_.size} drift columns and the step")
-        drift, step = X[:, :-1], X[:, -1]
-        if np.any(step <= 0):
-            raise ValueError("every step must be > 0 (the last column of X is the optimizer step)")
-        s = 100.0 * np.abs(drift @ self.pc1_)
-        z = (np.column_stack([s, step, s / step]) - self._mean) / self._scale @ self._coef + self._intercept
+        drift, step = split_steps(X)
+        z = (step_features(drift, step, self.pc1_) - self._mean) / self._scale @ self._coef + self._intercept
         p = 1.0 / (1.0 + np.exp(-z))
         return np.column_stack([1.0 - p, p])
 

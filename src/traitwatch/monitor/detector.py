@@ -184,6 +184,22 @@ class DriftMonitor(RegressorMixin, BaseEstimator):
         return self._fit_with(cands[best], X, y)
 
 
+def split_steps(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(drift, step) from step-aware input rows [drift..., step]; every step must be > 0."""
+    if X.shape[1] < 2:
+        raise ValueError(f"X has {X.shape[1]} feature(s); it needs the drift columns followed by the step column")
+    drift, step = X[:, :-1], X[:, -1]
+    if np.any(step <= 0):
+        raise ValueError("every step must be > 0 (the last column of X is the optimizer step)")
+    return drift, step
+
+
+def step_features(drift: np.ndarray, step: np.ndarray, pc1: np.ndarray) -> np.ndarray:
+    """The step-aware alarm's inputs [s, step, s/step] with s = 100 |d . PC1| (before standardising)."""
+    s = 100.0 * np.abs(drift @ pc1)
+    return np.column_stack([s, step, s / step])
+
+
 class StepAwareAlarm(ClassifierMixin, BaseEstimator):
     """Logistic alarm on standardised [s, step, s/step] with s = 100 |d . PC1|, firing at p > 0.5.
 
@@ -205,22 +221,10 @@ class StepAwareAlarm(ClassifierMixin, BaseEstimator):
         self.pc1 = pc1
         self.C = C
 
-    def _split(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if X.shape[1] < 2:
-            raise ValueError(f"X has {X.shape[1]} feature(s); it needs the drift columns followed by the step column")
-        drift, step = X[:, :-1], X[:, -1]
-        if np.any(step <= 0):
-            raise ValueError("every step must be > 0 (the last column of X is the optimizer step)")
-        return drift, step
-
-    def _features(self, drift: np.ndarray, step: np.ndarray) -> np.ndarray:
-        s = 100.0 * np.abs(drift @ self.pc1_)
-        return np.column_stack([s, step, s / step])
-
     def fit(self, X: ArrayLike, y: ArrayLike) -> StepAwareAlarm:
         X, y = validate_data(self, X, y, ensure_min_samples=2)
         check_classification_targets(y)
-        drift, step = self._split(X)
+        drift, step = split_steps(X)
         if self.pc1 is None:
             axis = PCA(n_components=1).fit(drift).components_[0]
         else:
@@ -232,7 +236,7 @@ class StepAwareAlarm(ClassifierMixin, BaseEstimator):
         self.classes_ = np.unique(y)
         if self.classes_.size != 2:
             raise ValueError(f"y must hold two classes (safe, dangerous), got {self.classes_.tolist()}")
-        F = self._features(drift, step)
+        F = step_features(drift, step, self.pc1_)
         self.scaler_ = StandardScaler().fit(F)
         self.logistic_ = LogisticRegression(C=self.C).fit(self.scaler_.transform(F), y)
         return self
@@ -240,8 +244,8 @@ class StepAwareAlarm(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: ArrayLike) -> np.ndarray:
         check_is_fitted(self, "logistic_")
         X = validate_data(self, X, reset=False)
-        drift, step = self._split(X)
-        return self.logistic_.predict_proba(self.scaler_.transform(self._features(drift, step)))
+        drift, step = split_steps(X)
+        return self.logistic_.predict_proba(self.scaler_.transform(step_features(drift, step, self.pc1_)))
 
     def alarm(self, X: ArrayLike) -> np.ndarray:
         """True where p(dangerous) > 0.5."""

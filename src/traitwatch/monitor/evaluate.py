@@ -87,19 +87,12 @@ def default_feature_sets(
         sets += [
             FeatureSet("activation-drift norm", _act_drift, NormFeatures()),
             FeatureSet("PCA-7 of activation drift", _act_drift, PCA(n_components=7, random_state=random_state)),
-            FeatureSet(
-                f"SAE (K={sae_latents})",
-                _act_pairs,
-                SAEDriftFeatures(sae_latents, n_epochs=sae_epochs, random_state=random_state),
-            ),
-            FeatureSet("random directions (7)", _act_drift, RandomDirectionFeatures(7, random_state=random_state)),
         ]
-        if wide_sae_latents:
-            sets.insert(-1, FeatureSet(
-                f"SAE (K={wide_sae_latents})",
-                _act_pairs,
-                SAEDriftFeatures(wide_sae_latents, n_epochs=sae_epochs, random_state=random_state),
-            ))
+        sets += [
+            FeatureSet(f"SAE (K={k})", _act_pairs, SAEDriftFeatures(k, n_epochs=sae_epochs, random_state=random_state))
+            for k in (sae_latents, wide_sae_latents) if k
+        ]
+        sets.append(FeatureSet("random directions (7)", _act_drift, RandomDirectionFeatures(7, random_state=random_state)))
         if semantic_directions is not None:
             k = np.asarray(semantic_directions).shape[0]
             sets.append(FeatureSet(f"semantic-trait basis ({k})", _act_drift, DirectionFeatures(semantic_directions)))
