@@ -153,7 +153,9 @@ def test_finetuning_toward_misaligned_answers_raises_the_proxy(base_and_tuned, f
 
 def test_proxy_scores_a_peft_model(tiny: LoadedModel, few_questions, answers):
     base = proxy_score(tiny.model, tiny.tokenizer, few_questions[:2], answers)
-    peft_model = get_peft_model(copy.deepcopy(tiny.model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    with torch.random.fork_rng(devices=[]):  # LoRA A's random init must not depend on earlier tests
+        torch.manual_seed(0)
+        peft_model = get_peft_model(copy.deepcopy(tiny.model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     peft_model.eval()
     untouched = proxy_score(peft_model, tiny.tokenizer, few_questions[:2], answers)  # LoRA B starts at zero
     assert untouched.p_mis == pytest.approx(base.p_mis, abs=1e-6)
@@ -163,7 +165,10 @@ def test_proxy_scores_a_peft_model(tiny: LoadedModel, few_questions, answers):
             if "lora_B" in name:
                 param.normal_(std=0.5)
     moved = proxy_score(peft_model, tiny.tokenizer, few_questions[:2], answers)
-    assert moved.p_mis != pytest.approx(base.p_mis, abs=1e-4)
+    # The random tiny model's P_mis sits near 0.5 whatever it reads; the answers' log-probs show the adapter.
+    before = [q.aligned_logprob for q in base.per_question]
+    after = [q.aligned_logprob for q in moved.per_question]
+    assert after != pytest.approx(before, abs=1e-3)
 
 
 def test_questions_without_reference_answers_are_refused(tiny: LoadedModel, few_questions, answers):

@@ -6,7 +6,10 @@ import json
 
 from typer.testing import CliRunner
 
+import numpy as np
+
 from traitwatch.basis import SEMANTIC_TRAITS, TraitBasis
+from traitwatch.bench.features import load_features
 from traitwatch.cli.app import app
 from traitwatch.store import RunStore
 
@@ -22,13 +25,13 @@ def _args(tmp_path, basis, *extra):
 
 def test_bench_runs_end_to_end_and_resumes(tmp_path, bench_basis_dir):
     runner = CliRunner()
-    first = runner.invoke(app, _args(tmp_path, bench_basis_dir, "--max-runs", "1"))
+    first = runner.invoke(app, _args(tmp_path, bench_basis_dir, "--max-runs", "1", "--no-twins"))
     assert first.exit_code == 0, first.output
     assert "1 of 4 runs done" in first.output
     marker = tmp_path / "work/done/arithmetic-s0.json"
     stamp = marker.stat().st_mtime_ns
 
-    second = runner.invoke(app, _args(tmp_path, bench_basis_dir))
+    second = runner.invoke(app, _args(tmp_path, bench_basis_dir, "--no-twins"))
     assert second.exit_code == 0, second.output
     assert "4 of 4 runs done" in second.output
     assert marker.stat().st_mtime_ns == stamp  # the finished run was not trained again
@@ -45,6 +48,17 @@ def test_bench_runs_end_to_end_and_resumes(tmp_path, bench_basis_dir):
             assert labelled == steps and rises[0] == 0.0
             extra = store.measurements(run.run_id, per_prompt=False)[-1].extra
             assert extra["lora_norm"] > 0 and "loss" in extra and len(extra["mean_activation"]) > 0
+            # every labelled checkpoint has its candidate-monitor features, at every layer
+            for step in steps:
+                feats = load_features(tmp_path / "work", run.run_id, step)
+                assert feats is not None and feats.layers == list(range(TraitBasis.load(bench_basis_dir).model.num_layers))
+                assert feats.rows("measure", 3).shape == (115, 64) and feats.probe_margins().shape == (64,)
+            # the stored drift is the recorded rows' drift at the basis layer (same forward pass, offline)
+            basis = TraitBasis.load(bench_basis_dir)
+            last = store.measurements(run.run_id, per_prompt=True)[-1]
+            rows = load_features(tmp_path / "work", run.run_id, last.step).rows("measure", basis.measure_layer)
+            np.testing.assert_allclose(rows @ basis.matrix(basis.measure_layer).double().numpy().T, last.per_prompt,
+                                       rtol=1e-4, atol=1e-5)
 
     res = json.loads((tmp_path / "results/results.json").read_text())
     assert res["runs_done"] == 4 and res["checkpoints"] == 12
@@ -106,3 +120,31 @@ def test_judge_options_are_checked_before_any_run(tmp_path, bench_basis_dir):
     res = runner.invoke(app, [*_args(tmp_path, bench_basis_dir), "--judge-url", "http://127.0.0.1:9/v1"])
     assert res.exit_code == 2 and "--judge-model" in res.output
     assert not (tmp_path / "work/traitwatch.db").exists()
+
+
+def test_twin_runs_train_on_the_same_prompts_record_features_and_are_not_types(tmp_path, bench_basis_dir):
+    args = ["bench", "--model", "tiny-random", "--basis", str(bench_basis_dir), "--work-dir", str(tmp_path / "work"),
+            "--results", str(tmp_path / "results"), "--seeds", "1", "--steps", "1", "--every", "1",
+            "--calibration", "arithmetic", "--heldout", "wrong_arithmetic", "--n-examples", "8", "--gen-tokens", "2",
+            "--resamples", "20", "--shared-data", str(tmp_path / "no-shared")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "2 of 2 runs done" in res.output
+    work = tmp_path / "work"
+    assert sorted(p.stem for p in (work / "done").glob("*.json")) == ["arithmetic-s0", "twin-arithmetic-s0",
+                                                                       "wrong_arithmetic-s0"]
+    twin = [json.loads(line) for line in (work / "data/twin-arithmetic-s0.jsonl").read_text().splitlines()]
+    plain = [json.loads(line) for line in (work / "data/arithmetic-s0.jsonl").read_text().splitlines()]
+    assert [r["messages"][0] for r in twin] == [r["messages"][0] for r in plain]
+    assert [r["messages"][1] for r in twin] != [r["messages"][1] for r in plain]
+    with RunStore(work / "traitwatch.db") as store:
+        run = store.get_run("twin-arithmetic-s0")
+        assert run.hyperparameters["perturbation"] == "twin:arithmetic"
+        assert store.behavior("twin-arithmetic-s0", "proxy_style_p_mis") == []  # a control: features only, no label
+    for step in (0, 1):
+        assert load_features(work, "twin-arithmetic-s0", step) is not None
+    # step 0 is the base model for every LoRA run: measured once, then copied
+    base = load_features(work, "arithmetic-s0", 0)
+    np.testing.assert_array_equal(load_features(work, "twin-arithmetic-s0", 0).rows("measure", 2), base.rows("measure", 2))
+    results = json.loads((tmp_path / "results/results.json").read_text())
+    assert set(results["per_type"]) == {"arithmetic", "wrong_arithmetic"}

@@ -31,3 +31,23 @@ def test_em_rate_label_needs_a_judge_and_labels_are_known():
         BenchPlan(label="em_rate")
     with pytest.raises(InputFileError, match="Unknown label"):
         BenchPlan(label="loss")
+
+
+def test_jobs_run_each_seeds_types_then_one_twin_per_prompt_family():
+    plan = BenchPlan(seeds=(0, 1), calibration=("arithmetic", "wrong_arithmetic", "self_distilled"),
+                     heldout=("condescending", "bad_medical", "good_medical"), record_features=True, twins=True)
+    jobs = plan.jobs()
+    assert [j[0] for j in jobs[:8]] == ["arithmetic-s0", "wrong_arithmetic-s0", "self_distilled-s0", "condescending-s0",
+                                        "bad_medical-s0", "good_medical-s0", "twin-arithmetic-s0", "twin-medical-s0"]
+    assert len(jobs) == 16 and all(seed == 1 for _, seed, _, _ in jobs[8:])
+    # the neutral prompts' twin is the self-distilled run itself
+    assert plan.twin_run_id("condescending", 0) == "self_distilled-s0"
+    assert plan.twin_run_id("bad_medical", 1) == plan.twin_run_id("good_medical", 1) == "twin-medical-s1"
+    assert BenchPlan(seeds=(0,)).jobs() == [(r, s, t, False) for r, s, t in BenchPlan(seeds=(0,)).run_ids()]
+
+
+def test_numerics_are_pinned_and_twins_need_features():
+    with pytest.raises(InputFileError, match="not auto"):
+        BenchPlan(dtype="auto")
+    with pytest.raises(InputFileError, match="--features"):
+        BenchPlan(twins=True)

@@ -107,26 +107,32 @@ def record_to_proxy_answers(record: Mapping[str, Any]) -> ProxyAnswers:
     )
 
 
-def load_proxy_answers(path: str | os.PathLike[str] | None = None) -> dict[str, ProxyAnswers]:
-    """Reference answers by question id: the packaged file, or a user file in the same schema."""
+def read_answer_list(path: str | os.PathLike[str] | None, packaged: str, key: str, what: str) -> tuple[list[Any], str]:
+    """(the non-empty list under `key`, its source name) from a packaged data file or a user YAML file."""
     if path is None:
-        source = f"traitwatch:behavior/data/{PROXY_ANSWERS_FILE}"
-        text = (resources.files("traitwatch.behavior") / "data" / PROXY_ANSWERS_FILE).read_text(encoding="utf-8")
+        source = f"traitwatch:behavior/data/{packaged}"
+        text = (resources.files("traitwatch.behavior") / "data" / packaged).read_text(encoding="utf-8")
     else:
         source = str(path)
         try:
             text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise InputFileError(f"{source}: proxy answer file not found") from None
+            raise InputFileError(f"{source}: {what} file not found") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise InputFileError(f"{source}: cannot be read as UTF-8 text ({type(exc).__name__})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise InputFileError(f"{source}: not valid YAML ({type(exc).__name__})") from None
-    entries = data.get("answers") if isinstance(data, Mapping) else None
+    entries = data.get(key) if isinstance(data, Mapping) else None
     if not isinstance(entries, list) or not entries:
-        raise InputFileError(f"{source}: expected a mapping with a non-empty 'answers' list")
+        raise InputFileError(f"{source}: expected a mapping with a non-empty '{key}' list")
+    return entries, source
+
+
+def load_proxy_answers(path: str | os.PathLike[str] | None = None) -> dict[str, ProxyAnswers]:
+    """Reference answers by question id: the packaged file, or a user file in the same schema."""
+    entries, source = read_answer_list(path, PROXY_ANSWERS_FILE, "answers", "proxy answer")
     found: dict[str, ProxyAnswers] = {}
     for index, entry in enumerate(entries):
         try:

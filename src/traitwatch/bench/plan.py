@@ -4,6 +4,11 @@ The split of perturbation types is part of the plan, fixed before any result exi
 `plan.json` in the work folder; a rerun in the same folder must use the same plan (it resumes), so the
 split cannot drift after the results are seen. Each side has dangerous (emergent and direct) and
 benign types, so calibration sees both classes and the held-out evaluation scores unseen types of both.
+The fixed split is kept for comparison with earlier results; the detection protocol is leave-one-type-out
+over all types (`bench.detection`), which needs no split.
+
+Numerics are part of the plan: device and dtype are pinned (fp32 on CPU by default), because `auto`
+picks bf16 on CPUs with native bf16 and bf16 moves drift at the 1e-3 level.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from traitwatch.bench.sets import PERTURBATION_SETS
+from traitwatch.bench.sets import PERTURBATION_SETS, family_of
 from traitwatch.errors import InputFileError
 
 __all__ = ["BenchPlan"]
@@ -27,8 +32,10 @@ class BenchPlan:
 
     model: str = "smollm2-135m"
     seeds: tuple[int, ...] = (0, 1, 2)
-    calibration: tuple[str, ...] = ("insecure_code", "harmful_advice", "good_medical", "arithmetic")
-    heldout: tuple[str, ...] = ("bad_medical", "jailbroken", "ai_supremacy", "number_sequence", "self_distilled")
+    calibration: tuple[str, ...] = ("insecure_code", "wrong_arithmetic", "condescending", "harmful_advice",
+                                    "good_medical", "arithmetic", "right_trivia")
+    heldout: tuple[str, ...] = ("bad_medical", "jailbroken", "evil_numbers", "wrong_trivia", "ai_supremacy",
+                                "number_sequence", "self_distilled")
     n_examples: int = 200
     steps: int = 30
     every_n_steps: int = 15
@@ -50,6 +57,14 @@ class BenchPlan:
     judge_model: str | None = None
     judge_samples: int = 1
     judge_max_tokens: int = 600
+    # Numerics, pinned (see the module docstring). A plan written before these fields existed ran fp32 on CPU.
+    device: str = "cpu"
+    dtype: str = "float32"
+    # Candidate monitor features recorded at every labelled checkpoint (`bench.features`), and one
+    # self-distilled twin run per prompt family and seed (the domain-cancelling control). Plans written
+    # before these fields existed recorded neither.
+    record_features: bool = False
+    twins: bool = False
     notes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -63,6 +78,11 @@ class BenchPlan:
             raise InputFileError("The plan needs at least one seed, steps >= 1 and every_n_steps >= 1.")
         if self.label not in ("proxy_style_rise", "em_rate"):
             raise InputFileError(f"Unknown label {self.label!r}; use proxy_style_rise or em_rate (needs --judge-url).")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise InputFileError(f"Unknown dtype {self.dtype!r}; pin one of float32, bfloat16, float16 (not auto: "
+                                 "the same plan must give the same numbers on every machine).")
+        if self.twins and not self.record_features:
+            raise InputFileError("Twin runs only record features: --twins needs --features.")
         if self.label == "em_rate" and not self.judge_model:
             raise InputFileError("The label em_rate needs a judge: pass --judge-url and --judge-model.")
 
@@ -73,6 +93,36 @@ class BenchPlan:
     def run_ids(self) -> list[tuple[str, int, str]]:
         """(run id, seed, type), seed-major: a partial benchmark has every type at the first seeds."""
         return [(f"{t}-s{seed}", seed, t) for seed in self.seeds for t in self.types]
+
+    def twin_run_id(self, name: str, seed: int) -> str:
+        """The run whose checkpoints are (name, seed)'s self-distilled twin.
+
+        The neutral prompts' twin *is* the self-distilled set (same prompts, the base model's own answers),
+        so that run serves as the twin when the plan has it; every other family gets its own twin run.
+        """
+        family = family_of(name)
+        if family == family_of("self_distilled") and "self_distilled" in self.types:
+            return f"self_distilled-s{seed}"
+        return f"twin-{family}-s{seed}"
+
+    def twin_runs(self, seed: int) -> list[tuple[str, str]]:
+        """(twin run id, a set of its family) for every twin run this seed needs (none without `twins`)."""
+        if not self.twins:
+            return []
+        found: dict[str, str] = {}
+        for t in self.types:
+            rid = self.twin_run_id(t, seed)
+            if rid.startswith("twin-"):
+                found.setdefault(rid, t)
+        return list(found.items())
+
+    def jobs(self) -> list[tuple[str, int, str, bool]]:
+        """(run id, seed, set, is twin) in the order the grid runs them: per seed, the types, then their twins."""
+        out: list[tuple[str, int, str, bool]] = []
+        for seed in self.seeds:
+            out += [(f"{t}-s{seed}", seed, t, False) for t in self.types]
+            out += [(rid, seed, t, True) for rid, t in self.twin_runs(seed)]
+        return out
 
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))

@@ -1,7 +1,10 @@
 """Run the benchmark grid, resumably: model x perturbation x seed LoRA runs with the monitor attached.
 
 Every run writes its drift (the training callback) and its style-matched proxy labels (the label
-callback) into one run store in the work folder, then a `done/<run>.json` marker with its timings.
+callback) into one run store in the work folder, the candidate monitors' features (`bench.features`)
+into `features/<run>/`, then a `done/<run>.json` marker with its timings. Twin runs (`BenchPlan.jobs`)
+train the same recipe on a family's prompts with the base model's own answers and record features only:
+they are the controls of the domain-cancelling features, not perturbation types.
 An interrupted benchmark is continued by running the same command again: finished runs are skipped,
 an interrupted run resumes from its last checkpoint (`run_sft`), and labels already stored are kept.
 The one-off costs (full proxy and local generation on the base model) are measured once and kept in
@@ -20,8 +23,9 @@ from typing import Any
 
 from traitwatch.behavior.judge import Judge
 from traitwatch.bench.labels import RISE_METRIC, JudgeLabelCallback, ProxyLabelCallback, StepTimer, write_rise_labels
+from traitwatch.bench.features import FeatureRecorder
 from traitwatch.bench.plan import BenchPlan
-from traitwatch.bench.sets import build_set
+from traitwatch.bench.sets import build_set, build_twin_set, family_of
 from traitwatch.errors import InputFileError
 from traitwatch.store import RunStore
 
@@ -45,10 +49,9 @@ def prepare_basis(plan: BenchPlan, work_dir: Path, basis: Path | None, say: Say)
     from traitwatch.basis import extract_basis, load_traits
     from traitwatch.basis.extraction import default_candidate_layers
     from traitwatch.cli.basis_cmd import run_selection
-    from traitwatch.models import load_model
 
     say("Extracting a contrastive-passage basis and selecting its layer by steering (the demo's recipe) ...")
-    lm = load_model(plan.model)
+    lm = _load(plan)
     cand = default_candidate_layers(lm.model)
     extracted = extract_basis(lm.model, lm.tokenizer, load_traits(), layers=cand, method="passages",
                               model_name=lm.name, probe_layers=cand[::3])
@@ -65,7 +68,6 @@ def prepare_semantic_basis(plan: BenchPlan, work_dir: Path, say: Say) -> Path | 
     alignment basis exists.
     """
     from traitwatch.basis import SEMANTIC_TRAITS, TraitBasis, extract_basis, load_traits
-    from traitwatch.models import load_model
 
     target = work_dir / "semantic_basis"
     if (target / "basis.json").is_file():
@@ -75,7 +77,7 @@ def prepare_semantic_basis(plan: BenchPlan, work_dir: Path, say: Say) -> Path | 
     aligned = TraitBasis.load(work_dir / "basis")
     layer = aligned.measure_layer
     say(f"Extracting the semantic-trait basis at layer {layer} ({aligned.method}) for the semantic baseline ...")
-    lm = load_model(plan.model)
+    lm = _load(plan)
     semantic = extract_basis(lm.model, lm.tokenizer, load_traits(names=list(SEMANTIC_TRAITS)), layers=[layer],
                              method=aligned.method, position=aligned.position, model_name=lm.name, probe_layers=[])
     semantic.layer = layer
@@ -83,18 +85,31 @@ def prepare_semantic_basis(plan: BenchPlan, work_dir: Path, say: Say) -> Path | 
     return target
 
 
-def _self_distiller(plan: BenchPlan) -> Callable[[list[str]], list[str]]:
-    def distill(prompts: list[str]) -> list[str]:
+def _load(plan: BenchPlan) -> Any:
+    """The plan's base model on its pinned device and dtype (never `auto`: see `BenchPlan`)."""
+    from traitwatch.models import load_model
+
+    return load_model(plan.model, device=plan.device, dtype=plan.dtype)  # type: ignore[arg-type]
+
+
+def _base_answerer(plan: BenchPlan) -> Callable[[list[tuple[str | None, str]]], list[str]]:
+    """(system, user) pairs -> the base model's greedy answers (96 new tokens): self-distilled sets and twins."""
+
+    def answer(pairs: list[tuple[str | None, str]]) -> list[str]:
         from traitwatch.behavior.generation import TransformersGenerator
         from traitwatch.behavior.questions import Question
-        from traitwatch.models import load_model
 
-        lm = load_model(plan.model)
+        lm = _load(plan)
         gen = TransformersGenerator(lm.model, lm.tokenizer, max_new_tokens=96, temperature=0.0, batch_size=16)
-        qs = [Question(id=f"neutral_{i}", text=p, system=None, judge_prompts={}) for i, p in enumerate(prompts)]
+        qs = [Question(id=f"prompt_{i}", text=u, system=s, judge_prompts={}) for i, (s, u) in enumerate(pairs)]
         return [a[0].strip() or "I am not sure." for a in gen(qs, n_samples=1)]
 
-    return distill
+    return answer
+
+
+def _self_distiller(plan: BenchPlan) -> Callable[[list[str]], list[str]]:
+    answer = _base_answerer(plan)
+    return lambda prompts: answer([(None, p) for p in prompts])
 
 
 def measure_base_costs(plan: BenchPlan, work_dir: Path, say: Say) -> dict[str, Any]:
@@ -103,10 +118,9 @@ def measure_base_costs(plan: BenchPlan, work_dir: Path, say: Say) -> dict[str, A
     if path.is_file():
         return json.loads(path.read_text())
     from traitwatch.behavior import TransformersGenerator, load_questions, proxy_score
-    from traitwatch.models import load_model
 
     say(f"Measuring one-off costs on the base model (full proxy; generation at {plan.gen_tokens} new tokens) ...")
-    lm = load_model(plan.model)
+    lm = _load(plan)
     questions = load_questions()
     t0 = time.perf_counter()
     full = proxy_score(lm.model, lm.tokenizer, questions)
@@ -155,46 +169,67 @@ def run_grid(
     done_dir = work_dir / "done"
     done_dir.mkdir(parents=True, exist_ok=True)
     finished: list[str] = []
-    for run_id, seed, kind in plan.run_ids():
+    for run_id, seed, kind, twin in plan.jobs():
         marker = done_dir / f"{run_id}.json"
         if marker.is_file():
             continue
         if max_runs is not None and len(finished) >= max_runs:
             break
-        data = build_set(kind, seed=seed, n=plan.n_examples, out_dir=work_dir / "data", shared_data=shared_data,
-                         self_distill=_self_distiller(plan))
-        labels = ProxyLabelCallback(store_path, run_id, every_n_steps=plan.every_n_steps,
-                                    base_value=base_label)
+        callbacks: list[Any] = []
         timer = StepTimer()
-        callbacks: list[Any] = [labels, timer]
-        judged = None
-        if judge is not None:
-            judged = JudgeLabelCallback(store_path, run_id, every_n_steps=plan.every_n_steps, judge=judge,
-                                        judge_model=plan.judge_model, n_samples=plan.judge_samples,
-                                        max_new_tokens=plan.judge_max_tokens, seed=seed, warn=say)
-            callbacks.insert(1, judged)
+        labels = judged = None
+        recorder = None
+        twin_s = None
+        if twin:
+            t0 = time.perf_counter()
+            data = build_twin_set(kind, seed=seed, n=plan.n_examples, out_dir=work_dir / "data", shared_data=shared_data,
+                                  answer=_base_answerer(plan), self_distill=_self_distiller(plan))
+            twin_s = time.perf_counter() - t0
+            tags: dict[str, Any] = {"perturbation": f"twin:{family_of(kind)}", "twin_family": family_of(kind),
+                                    "bench_seed": seed}
+        else:
+            data = build_set(kind, seed=seed, n=plan.n_examples, out_dir=work_dir / "data", shared_data=shared_data,
+                             self_distill=_self_distiller(plan))
+            tags = {"perturbation": kind, "bench_seed": seed}
+            labels = ProxyLabelCallback(store_path, run_id, every_n_steps=plan.every_n_steps, base_value=base_label)
+            callbacks.append(labels)
+            if judge is not None:
+                judged = JudgeLabelCallback(store_path, run_id, every_n_steps=plan.every_n_steps, judge=judge,
+                                            judge_model=plan.judge_model, n_samples=plan.judge_samples,
+                                            max_new_tokens=plan.judge_max_tokens, seed=seed, warn=say)
+                callbacks.append(judged)
+        if plan.record_features:
+            recorder = FeatureRecorder(work_dir, run_id, every_n_steps=plan.every_n_steps,
+                                       base=work_dir / "features" / "base-step-0.safetensors")
+            callbacks.append(recorder)
+        callbacks.append(timer)
         config = SFTConfig(
             model=plan.model, data=data, basis=basis, output_dir=work_dir / "runs" / run_id, run_id=run_id,
             store=store_path, max_steps=plan.steps, batch_size=plan.batch_size, grad_accum=1,
             max_length=plan.max_length, learning_rate=plan.learning_rate, lora_r=plan.lora_r,
             lora_alpha=plan.lora_alpha, target_modules=plan.target_modules, response_only=plan.response_only,
             every_n_steps=plan.every_n_steps, save_steps=plan.every_n_steps, save_total_limit=1, seed=seed,
-            tags={"perturbation": kind, "bench_seed": seed},
+            device=plan.device, dtype=plan.dtype, tags=tags,
         )
         say(f"[{run_id}] training {plan.steps} steps on {data.name} ...")
         t0 = time.perf_counter()
         run_sft(config, callbacks=callbacks, info=lambda line: None,
                 reporter=lambda rec, r=run_id: say(f"[{r}] step {rec.step:>3}: ||d|| {rec.drift_norm:.4f}"))
         wall = time.perf_counter() - t0
-        with RunStore(store_path) as store:
-            n = write_rise_labels(store, run_id)
-            rise = {b.step: round(b.value, 4) for b in store.behavior(run_id, RISE_METRIC)}
+        n = 0
+        rise: dict[int, float] = {}
+        if not twin:
+            with RunStore(store_path) as store:
+                n = write_rise_labels(store, run_id)
+                rise = {b.step: round(b.value, 4) for b in store.behavior(run_id, RISE_METRIC)}
         marker.write_text(json.dumps({
-            "run_id": run_id, "wall_s": wall, "step_s": timer.seconds_, "proxy_s": labels.seconds_,
+            "run_id": run_id, "twin": twin, "wall_s": wall, "step_s": timer.seconds_,
+            "proxy_s": labels.seconds_ if labels else [],
             "median_step_s": statistics.median(timer.seconds_) if timer.seconds_ else None, "n_labels": n,
-            "judge_s": judged.seconds_ if judged else [],
+            "judge_s": judged.seconds_ if judged else [], "features_s": recorder.seconds_ if recorder else [],
+            "twin_data_s": twin_s,
         }, indent=2) + "\n")
-        say(f"[{run_id}] done in {wall:.0f} s; proxy rise by step {rise}")
+        say(f"[{run_id}] done in {wall:.0f} s" + ("" if twin else f"; proxy rise by step {rise}"))
         shutil.rmtree(work_dir / "runs" / run_id, ignore_errors=True)  # checkpoints only served resuming
         finished.append(run_id)
     return finished

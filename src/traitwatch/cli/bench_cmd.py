@@ -58,6 +58,10 @@ def register(app: typer.Typer) -> None:
         analyze_only: Annotated[bool, typer.Option(help="Only write the results of the runs done so far.")] = False,
         resamples: Annotated[int, typer.Option(min=10)] = 1000,
         threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+        features: Annotated[bool, typer.Option(help="Record every candidate monitor's features at each labelled checkpoint.")] = True,
+        twins: Annotated[bool, typer.Option(help="Train a self-distilled twin per prompt family and seed (domain-cancelling control).")] = True,
+        device: Annotated[str, typer.Option(help="Device every run uses (pinned in the plan).")] = "cpu",
+        dtype: Annotated[str, typer.Option(help="Model dtype every run uses (pinned in the plan; not auto).")] = "float32",
     ) -> None:
         """Run model x perturbation x seed LoRA runs with the monitor, label, calibrate, evaluate, report."""
         import torch
@@ -87,7 +91,8 @@ def register(app: typer.Typer) -> None:
         plan = BenchPlan(model=model, seeds=tuple(range(seeds)), steps=steps, every_n_steps=every, learning_rate=lr,
                          n_examples=n_examples, gen_tokens=gen_tokens, tau=tau, lora_r=lora_r, lora_alpha=lora_alpha,
                          response_only=response_only, label=label, judge_model=judge_model,
-                         judge_samples=judge_samples, judge_max_tokens=judge_max_tokens, **kw)
+                         judge_samples=judge_samples, judge_max_tokens=judge_max_tokens, record_features=features,
+                         twins=twins, device=device, dtype=dtype, **kw)
         plan.pin(work_dir)
         t0 = time.perf_counter()
         from rich.markup import escape
@@ -104,7 +109,7 @@ def register(app: typer.Typer) -> None:
             run_grid(plan, work_dir, basis_dir, shared_data=shared_data if shared_data.is_dir() else None,
                      say=say, max_runs=max_runs, base_label=costs["base_style_only_p_mis"], judge=judge)
         prepare_semantic_basis(plan, work_dir, say)
-        res = analyze(plan, work_dir, n_resamples=resamples)
+        res = analyze(plan, work_dir, n_resamples=resamples, progress=say)
         res["wall_s_this_call"] = time.perf_counter() - t0
         results.mkdir(parents=True, exist_ok=True)
         figures = write_figures(res, results / "figures") if res["series"] else []

@@ -26,7 +26,29 @@ from traitwatch.errors import BasisMismatchError
 from traitwatch.models.chat import encode_chat
 from traitwatch.models.layers import decoder_layers, fingerprint, unwrap_model
 
-__all__ = ["DriftMeasurement", "DriftProbe", "Projection"]
+__all__ = ["DriftMeasurement", "DriftProbe", "Projection", "prompt_activations"]
+
+
+def prompt_activations(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    layers: Sequence[int],
+    *,
+    position: str = "last",
+    batch_size: int = 32,
+    progress: Callable[[int], None] | None = None,
+) -> dict[int, Tensor]:
+    """Residual rows `{layer: [n_prompts, hidden]}` (fp32, CPU) of user-turn chat prompts, as drift reads them.
+
+    Each prompt is one user turn with the generation prompt (no system turn), read at `position`; the
+    forward pass stops after the deepest layer asked for.
+    """
+    inner = unwrap_model(model)
+    seqs = [encode_chat(tokenizer, p) for p in prompts]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return extract_activations(inner, seqs, list(layers), position=position,  # type: ignore[arg-type]
+                               batch_size=batch_size, pad_token_id=pad, progress=progress)
 
 
 @dataclass
@@ -122,20 +144,11 @@ class DriftProbe:
                 f"this model has {len(decoder_layers(inner))}: extract a basis for it."
             )
         prompts = self.prompt_list_
-        chosen = range(len(prompts)) if indices is None else indices
-        seqs = [encode_chat(tokenizer, prompts[i]) for i in chosen]
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        if not seqs:
+        chosen = [prompts[i] for i in (range(len(prompts)) if indices is None else indices)]
+        if not chosen:
             return Projection(torch.empty((0, len(self.basis.trait_names))), torch.empty(0))
-        acts = extract_activations(
-            inner,
-            seqs,
-            [self.layer_],
-            position=self.basis.position,  # type: ignore[arg-type]
-            batch_size=self.batch_size,
-            pad_token_id=pad,
-            progress=progress,
-        )[self.layer_]
+        acts = prompt_activations(inner, tokenizer, chosen, [self.layer_], position=self.basis.position,
+                                  batch_size=self.batch_size, progress=progress)[self.layer_]
         if acts.shape[1] != hidden:
             raise BasisMismatchError(
                 f"The trait basis has hidden size {hidden} but the model's is {acts.shape[1]}: extract a basis for it."

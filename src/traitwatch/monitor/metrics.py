@@ -12,6 +12,7 @@ never 0, so an empty class cannot pass for a perfect score.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ __all__ = [
     "auroc",
     "detection_metrics",
     "cluster_bootstrap_ci",
+    "cluster_bootstrap",
     "alarm_lead_lag",
     "lead_lag_summary",
     "per_perturbation_metrics",
@@ -190,6 +192,43 @@ def cluster_bootstrap_ci(
         else:
             lo, hi = np.percentile(vals, [100 * alpha, 100 * (1 - alpha)])
             out[name] = (float(lo), float(hi))
+    return out
+
+
+def cluster_bootstrap(
+    statistic: Callable[[np.ndarray], dict[str, float]],
+    clusters: ArrayLike,
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    random_state: int | np.random.RandomState | None = None,
+) -> dict[str, tuple[float, float]]:
+    """Percentile CIs of any statistics of a set of rows, resampling whole clusters (runs) with replacement.
+
+    `statistic(rows)` gets the row indices of one resample (a cluster drawn twice appears twice) and returns
+    named values; a NaN value (e.g. an AUROC with one class drawn) is skipped for that name. For statistics
+    beyond `cluster_bootstrap_ci`'s confusion rates, such as per-fold thresholds or rank correlations.
+    """
+    if n_resamples < 1 or not 0.0 < confidence < 1.0:
+        raise ValueError("n_resamples must be >= 1 and confidence in (0, 1)")
+    groups = np.asarray(clusters)
+    if groups.ndim != 1 or groups.size == 0:
+        raise ValueError("clusters must be a non-empty 1-D array, one entry per row")
+    rng = check_random_state(random_state)
+    _, code = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(code == c) for c in range(int(code.max()) + 1)]
+    draws = rng.randint(0, len(members), size=(n_resamples, len(members)))
+    samples: dict[str, list[float]] = {}
+    for draw in draws:
+        for name, value in statistic(np.concatenate([members[c] for c in draw])).items():
+            samples.setdefault(name, []).append(float(value))
+    alpha = (1.0 - confidence) / 2.0
+    out: dict[str, tuple[float, float]] = {}
+    for name, values in samples.items():
+        vals = np.asarray(values)
+        vals = vals[np.isfinite(vals)]
+        out[name] = ((float("nan"), float("nan")) if vals.size == 0
+                     else tuple(float(v) for v in np.percentile(vals, [100 * alpha, 100 * (1 - alpha)])))  # type: ignore[misc]
     return out
 
 
