@@ -119,3 +119,26 @@ def test_calibrate_missing_store(tmp_path):
     res = runner.invoke(app, ["calibrate", "--store", str(tmp_path / "no.db"), "--out", str(tmp_path / "m.json"),
                               "--calibration", "a", "--heldout", "b"])
     assert res.exit_code == 2 and "does not exist" in res.stderr
+
+
+def test_calibrate_loto_holds_out_every_type_of_the_given_runs(store_path, tmp_path):
+    out = tmp_path / "mon.json"
+    args = ["calibrate", "--store", str(store_path), "--out", str(out), "--resamples", "30", "--quick", "--loto"]
+    types = ("insecure_code", "jailbroken", "gsm8k", "number_sequence", "risky_financial")
+    for p in types:
+        args += ["--calibration", p]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "Leave-one-type-out over 5 perturbation types" in res.stdout
+    rows = json.loads((tmp_path / "mon.loto.json").read_text())
+    trait = next(r for r in rows if r["features"] == "trait drift (7-D)")
+    assert set(trait["chosen"]) == set(types) and set(trait["per_type"]) == set(types)
+    assert trait["auroc"] > 0.9  # the planted EM axis generalises to every held-out type
+    assert trait["auroc_ci"][0] <= trait["auroc"] <= trait["auroc_ci"][1]
+    assert load_monitor(out).n_features_in_ == 7  # the monitor itself is fitted on all given runs
+
+
+def test_calibrate_without_heldout_needs_loto(store_path, tmp_path):
+    res = runner.invoke(app, ["calibrate", "--store", str(store_path), "--out", str(tmp_path / "m.json"),
+                              "--calibration", "gsm8k"])
+    assert res.exit_code == 2 and "--loto" in res.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,24 +15,17 @@ from traitwatch.cli.common import err, out, user_errors
 from traitwatch.errors import InputFileError
 from traitwatch.monitor import (
     CheckpointTable,
-    DriftGeometry,
-    DriftMonitor,
-    StepAwareAlarm,
-    confusion_counts,
+    default_candidates,
     default_feature_sets,
     detection_metrics,
-    evaluate,
-    false_negative_rate,
-    false_positive_rate,
-    final_checkpoint_rows,
     load_monitor,
-    save_monitor,
 )
+from traitwatch.monitor.calibrate import calibrate_and_save, fit_and_save
+from traitwatch.monitor.evaluate import loto_evaluate
 from traitwatch.monitor.from_store import anchor_rows, directions_for_runs, resolve_runs, table_from_store
-from traitwatch.report.calibration import calibration_report_data, write_calibration_data
 from traitwatch.store import RunStore
 
-__all__ = ["calibrate_and_save", "calibration_report", "fit_step_aware", "register"]
+__all__ = ["register"]
 
 
 def _f(x: Any, pct: bool = False) -> str:
@@ -45,101 +39,20 @@ def _ci(row: dict[str, Any], key: str, pct: bool = True) -> str:
     return f"{_f(row.get(key), pct)} [{_f(lo, pct)}, {_f(hi, pct)}]"
 
 
-def calibration_report(
-    cal: CheckpointTable, held: CheckpointTable, *, tau: float, n_resamples: int, random_state: int, quick: bool,
-    semantic_directions: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """Geometry, the CV choice and the held-out table, as plain JSON-able data (also read by reports).
-
-    `quick` trains smaller SAEs (64 and 256 latents, 50 epochs instead of 256 and 1024, 200 epochs);
-    `semantic_directions` adds the semantic-trait basis baseline.
-    """
-    names = list(cal.trait_names or [f"t{i}" for i in range(cal.X.shape[1])])
-    rows = final_checkpoint_rows(cal.run_id, cal.step)
-    geometry = DriftGeometry(names).fit(cal.X[rows], groups=cal.perturbation[rows])
-    mask = cal.step > 0
-    monitor = DriftMonitor(threshold=tau).select_regressor(cal.X[mask], cal.y[mask], cal.perturbation[mask])
-    feature_sets = default_feature_sets(
-        cal, sae_latents=64 if quick else 256, wide_sae_latents=256 if quick else 1024, sae_epochs=50 if quick else 200,
-        semantic_directions=semantic_directions, random_state=random_state,
-    )
-    heldout = evaluate(cal, held, tau=tau, n_resamples=n_resamples, random_state=random_state, feature_sets=feature_sets)
-    scores = {r["features"]: np.asarray(r.pop("predictions")) for r in heldout}
-    return {
-        "monitor": monitor,
-        "geometry_": geometry,
-        "scores_": scores,
-        "geometry": {
-            "explained_variance_ratio": [float(v) for v in geometry.explained_variance_ratio_],
-            "pc1_loadings": geometry.loadings_,
-            "lopo": [{k: v for k, v in d.items() if k != "pc1"} for d in geometry.lopo_],
-            "n_runs": int(len(rows)),
-        },
-        "cv": {"selected": monitor.selected_name_, "criterion": monitor.cv_criterion_,
-               "results": {k: {kk: vv for kk, vv in v.items() if isinstance(vv, (int, float, str))}
-                           for k, v in monitor.cv_results_.items()}},
-        "heldout": heldout,
-        "tau": tau,
-        "n_calibration_checkpoints": int(mask.sum()),
-        "n_heldout_checkpoints": int((held.step > 0).sum()),
-        "calibration_perturbations": sorted(set(cal.perturbation.tolist())),
-        "heldout_perturbations": sorted(set(held.perturbation.tolist())),
-    }
-
-
-def fit_step_aware(
-    cal: CheckpointTable, held: CheckpointTable, pc1: np.ndarray, *, tau: float,
-    anchor: tuple[np.ndarray, np.ndarray, list[str]] | None = None,
-) -> tuple[StepAwareAlarm, dict[str, Any]]:
-    """The step-aware alarm (METHOD.md 6) on the calibration checkpoints plus benign anchor runs, scored on held-out.
-
-    `anchor` is (drift rows, steps, run ids) of long benign runs whose checkpoints all count as safe:
-    without one, the step terms have little to learn from. Returns the alarm and a JSON-able summary
-    (training rows, anchor runs, held-out FNR/FPR of the alarm itself).
-    """
-    rows = cal.step > 0
-    X = np.column_stack([cal.X[rows], cal.step[rows]])
-    y = (cal.y[rows] > tau).astype(int)
-    if anchor is not None:
-        X = np.vstack([X, np.column_stack([anchor[0], anchor[1]])])
-        y = np.concatenate([y, np.zeros(len(anchor[1]), dtype=int)])
-    if len(set(y.tolist())) < 2:
-        raise InputFileError("The step-aware alarm needs dangerous and safe calibration checkpoints (label > tau and <= tau).")
-    alarm = StepAwareAlarm(pc1=pc1).fit(X, y)
-    h = held.step > 0
-    fired = alarm.alarm(np.column_stack([held.X[h], held.step[h]]))
-    truth = held.y[h] > tau
-    info = {"n_training_rows": int(len(y)), "anchor_run_ids": list(anchor[2]) if anchor else [],
-            "heldout": {**confusion_counts(truth, fired), "fnr": false_negative_rate(truth, fired),
-                        "fpr": false_positive_rate(truth, fired)}}
-    return alarm, info
-
-
-def calibrate_and_save(
-    cal: CheckpointTable, held: CheckpointTable, out_path: Path, *, tau: float, n_resamples: int,
-    random_state: int, quick: bool, fingerprint: dict[str, Any], source: str,
-    semantic_directions: np.ndarray | None = None,
-    step_aware: bool = False,
-    anchor: tuple[np.ndarray, np.ndarray, list[str]] | None = None,
-) -> tuple[dict[str, Any], Path, Path]:
-    """`calibration_report`, then the monitor file and its calibration report data next to it.
-
-    Returns (report, monitor path, report-data path). Shared by `traitwatch calibrate` and the benchmark.
-    """
-    rep = calibration_report(cal, held, tau=tau, n_resamples=n_resamples, random_state=random_state, quick=quick,
-                             semantic_directions=semantic_directions)
-    alarm, info = None, None
-    if step_aware:
-        alarm, info = fit_step_aware(cal, held, rep["geometry_"].pc1_, tau=tau, anchor=anchor)
-        rep["step_aware"] = info
-    path = save_monitor(rep["monitor"], out_path, fingerprint=fingerprint, trait_names=list(cal.trait_names or ()),
-                        training_run_ids=sorted(set(cal.run_id.tolist())), tau=tau, step_aware=alarm,
-                        step_aware_info=info)
-    data = calibration_report_data(
-        tau=tau, geometry=rep["geometry_"], monitor=rep["monitor"], evaluation=rep["heldout"],
-        heldout=held.subset(held.step > 0), scores=rep["scores_"], monitor_name="trait drift (7-D)", source=source,
-    )
-    return rep, path, write_calibration_data(data, path.with_name(path.stem + ".report.json"))
+def _print_loto(rows: list[dict[str, Any]], tau: float) -> None:
+    types = next((list(r["per_type"]) for r in rows if "per_type" in r), [])
+    t = Table(title=f"Leave-one-type-out over {len(types)} perturbation types (dangerous = label > {tau:g}; "
+                    "95% cluster-bootstrap CIs over runs)")
+    for col in ("features", "AUROC", "FNR", "FPR", "Spearman", "chosen regressors"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        if "error" in r:
+            t.add_row(r["features"], f"not computed: {r['error']}", "", "", "", "")
+            continue
+        ci = lambda k, pct=False: f"{_f(r[k], pct)} [{_f(r[k + '_ci'][0], pct)}, {_f(r[k + '_ci'][1], pct)}]"  # noqa: E731
+        t.add_row(r["features"], ci("auroc"), ci("fnr", True), ci("fpr", True), ci("spearman"),
+                  ", ".join(sorted(set(r["chosen"].values()))))
+    out.print(t)
 
 
 def _print_report(rep: dict[str, Any]) -> None:
@@ -188,11 +101,13 @@ def register(app: typer.Typer) -> None:
         tau: Annotated[float, typer.Option(min=0.0, max=1.0, help="Alarm threshold on the predicted EM rate.")] = 0.05,
         synthetic: Annotated[bool, typer.Option(help="Use synthetic trajectories with a planted EM axis instead of a store.")] = False,
         resamples: Annotated[int, typer.Option(min=10)] = 1000,
-        quick: Annotated[bool, typer.Option(help="Smaller SAE baselines (faster).")] = False,
+        quick: Annotated[bool, typer.Option(help="Smaller SAE baselines (faster); with --loto: RF and Ridge only, no SAE.")] = False,
         step_aware: Annotated[bool, typer.Option(help="Also fit the step-aware alarm for long runs (saved with the monitor).")] = False,
         anchor_run: Annotated[list[str] | None, typer.Option(help="Long benign run (repeat) whose checkpoints train the step-aware alarm as safe.")] = None,
         semantic_basis: Annotated[Path | None, typer.Option(help="A basis of the semantic traits at the runs' layer "
                                                              "(`traitwatch extract --trait-names verbosity,...`): adds the semantic-basis baseline.")] = None,
+        loto: Annotated[bool, typer.Option(help="Also hold out each perturbation type of all given runs in turn (leave-one-type-out; "
+                                                "--heldout becomes optional).")] = False,
         seed: int = 0,
     ) -> None:
         """Fit the monitor on calibration runs; report geometry, the CV choice and held-out metrics."""
@@ -212,35 +127,57 @@ def register(app: typer.Typer) -> None:
             fingerprint = {"name": "synthetic"}
             source = "synthetic trajectories (planted EM axis)"
         else:
-            if not calibration or not heldout:
-                raise InputFileError("Pass --calibration and --heldout (run ids or perturbation types), or --synthetic.")
+            if not calibration or not (heldout or loto):
+                raise InputFileError("Pass --calibration and --heldout (run ids or perturbation types), --calibration with "
+                                     "--loto, or --synthetic.")
             if not store.is_file():
                 raise InputFileError(f"Run store {store} does not exist; pass --store with the file your runs wrote.")
             with RunStore(store, create=False) as st:
                 c = table_from_store(st, resolve_runs(st, calibration), label_metric=label)
-                h = table_from_store(st, resolve_runs(st, heldout), label_metric=label)
-            overlap = set(c.table.perturbation) & set(h.table.perturbation)
-            if overlap:
-                raise InputFileError(f"Perturbation types {sorted(overlap)} are in both --calibration and --heldout.")
-            cal, held = c.table, h.table
+                h = table_from_store(st, resolve_runs(st, heldout), label_metric=label) if heldout else None
+            if h is not None:
+                overlap = set(c.table.perturbation) & set(h.table.perturbation)
+                if overlap:
+                    raise InputFileError(f"Perturbation types {sorted(overlap)} are in both --calibration and --heldout.")
+            cal, held = c.table, (h.table if h is not None else None)
             fingerprint = c.basis_fingerprint or {}
             if semantic_basis is not None:
                 semantic = directions_for_runs(semantic_basis, fingerprint)
             if anchor_run:
                 with RunStore(store, create=False) as st:
                     anchor = anchor_rows(st, resolve_runs(st, anchor_run), list(cal.trait_names or ()))
-                leaked = sorted(set(anchor[2]) & set(held.run_id.tolist()))
+                leaked = sorted(set(anchor[2]) & set(held.run_id.tolist() if held is not None else []))
                 if leaked:
                     raise InputFileError(f"Anchor run(s) {', '.join(leaked)} are held-out runs; pick anchors outside --heldout.")
-            source = f"{store} (label: {label}; {c.n_unlabelled + h.n_unlabelled} unlabelled checkpoints left out)"
+            unlabelled = c.n_unlabelled + (h.n_unlabelled if h is not None else 0)
+            source = f"{store} (label: {label}; {unlabelled} unlabelled checkpoints left out)"
         err.print(f"Calibrating on {source} ...")
-        rep, path, report_path = calibrate_and_save(cal, held, out_path, tau=tau, n_resamples=resamples,
-                                                    random_state=seed, quick=quick, fingerprint=fingerprint,
-                                                    source=source, semantic_directions=semantic,
-                                                    step_aware=step_aware, anchor=anchor)
-        _print_report(rep)
-        out.print(f"Monitor written to {path}; calibration report data to {report_path} "
-                  f"(render with `traitwatch report --calibration {path}`)")
+        if held is not None:
+            rep, path, report_path = calibrate_and_save(cal, held, out_path, tau=tau, n_resamples=resamples,
+                                                        random_state=seed, quick=quick, fingerprint=fingerprint,
+                                                        source=source, semantic_directions=semantic,
+                                                        step_aware=step_aware, anchor=anchor)
+            _print_report(rep)
+            out.print(f"Monitor written to {path}; calibration report data to {report_path} "
+                      f"(render with `traitwatch report --calibration {path}`)")
+        else:
+            if step_aware:
+                raise InputFileError("--step-aware is scored on --heldout runs: pass --heldout too.")
+            path = fit_and_save(cal, out_path, tau=tau, fingerprint=fingerprint)
+            out.print(f"Monitor (all --calibration runs, regressor by leave-one-perturbation-out CV) written to {path}.")
+        if loto:
+            everything = cal if held is None else CheckpointTable.concat([cal, held])
+            # --quick: RF and Ridge only, no SAE (each fold refits everything, and the SAEs dominate the time)
+            sets = default_feature_sets(everything, sae_latents=None if quick else 256,  # type: ignore[arg-type]
+                                        wide_sae_latents=None if quick else 1024, semantic_directions=semantic,
+                                        random_state=seed)
+            regressors = {k: v for k, v in default_candidates().items() if k in ("RF", "Ridge")} if quick else None
+            rows = loto_evaluate(everything, tau=tau, feature_sets=sets, candidates=regressors, n_resamples=resamples,
+                                 random_state=seed)
+            _print_loto(rows, tau)
+            loto_path = Path(path).with_name(Path(path).stem + ".loto.json")
+            loto_path.write_text(json.dumps(rows, indent=2, default=float) + "\n")
+            out.print(f"Leave-one-type-out results written to {loto_path}.")
 
     @app.command("evaluate")
     @user_errors

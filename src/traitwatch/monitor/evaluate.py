@@ -33,7 +33,7 @@ from traitwatch.monitor.metrics import (
 )
 from traitwatch.monitor.table import LORA_NORM, LOSS, MEAN_ACTIVATION, CheckpointTable
 
-__all__ = ["CheckpointTable", "FeatureSet", "default_feature_sets", "evaluate"]
+__all__ = ["CheckpointTable", "FeatureSet", "default_feature_sets", "evaluate", "loto_evaluate"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def _act_pairs(t: CheckpointTable) -> np.ndarray:
 def default_feature_sets(
     table: CheckpointTable,
     *,
-    sae_latents: int = 256,
+    sae_latents: int | None = 256,
     wide_sae_latents: int | None = 1024,
     sae_epochs: int = 200,
     semantic_directions: np.ndarray | None = None,
@@ -76,7 +76,7 @@ def default_feature_sets(
 ) -> list[FeatureSet]:
     """The trait monitor and the reference baselines whose inputs `table` has (missing extras are skipped).
 
-    `wide_sae_latents` adds the wider overcomplete SAE (None: leave it out). `semantic_directions`
+    `sae_latents` / `wide_sae_latents` size the SAE baselines (None: leave that SAE out). `semantic_directions`
     (k, H), the semantic-trait basis at the run's measurement layer, adds the semantic-basis baseline.
     """
     sets = [
@@ -170,3 +170,46 @@ def evaluate(
             row["predictions"] = [float(v) for v in pred]  # held-out rows with step > 0, for ROC curves
             rows.append(row)
     return rows
+
+
+def loto_evaluate(
+    table: CheckpointTable,
+    *,
+    tau: float,
+    feature_sets: Sequence[FeatureSet] | None = None,
+    candidates: Mapping[str, RegressorMixin] | None = None,
+    n_resamples: int = 1000,
+    random_state: int = 0,
+) -> list[dict[str, Any]]:
+    """Leave-one-type-out over every perturbation type of `table` (METHOD.md 8), one row per feature set.
+
+    Each type is held out in turn; the regressor (among `candidates`, default RF / GBR / Ridge), the
+    feature map and the alarm threshold are chosen and fitted on the other types only (`monitor.loto`).
+    Labels: dangerous = label > tau; the regression target is the label itself. Rows hold the pooled
+    AUROC, FNR, FPR and Spearman with cluster-bootstrap CIs over runs, the per-type predictions and what
+    each fold chose.
+    """
+    from sklearn.pipeline import make_pipeline
+
+    from traitwatch.monitor.loto import Candidate, Checkpoints, leave_one_type_out
+
+    rows_mask = table.step > 0
+    trained = table.subset(rows_mask)
+    data = Checkpoints(type=trained.perturbation, run=trained.run_id, seed=np.zeros(len(trained), dtype=int),
+                       step=trained.step, rise=trained.y, reference=np.zeros(len(trained), dtype=bool),
+                       positive=trained.y > tau)
+    sets = default_feature_sets(table, random_state=random_state) if feature_sets is None else list(feature_sets)
+    cands = dict(default_candidates() if candidates is None else candidates)
+    out: list[dict[str, Any]] = []
+    for fs in sets:
+        X = fs.inputs(table)[rows_mask]  # from the full table: activation drift needs each run's step 0
+        options = [Candidate(name, X, reg if fs.features is None else make_pipeline(fs.features, reg))
+                   for name, reg in cands.items()]
+        try:
+            res = leave_one_type_out(data, options)
+        except ValueError as exc:
+            out.append({"features": fs.name, "error": str(exc)})
+            continue
+        out.append({"features": fs.name, "chosen": res.chosen,
+                    **res.summary(n_resamples=n_resamples, random_state=random_state), "per_type": res.per_type()})
+    return out

@@ -1,0 +1,109 @@
+"""What each candidate monitor input costs per checkpoint, against one drift measurement and a training step.
+
+    .venv/bin/python benchmarks/monitor_cost.py --basis DIR [--model smollm2-135m] [--dtype float32] [--repeats 3]
+
+Times, on the same loaded model (medians over `--repeats` after a warm-up):
+* the drift measurement (115 prompts, one forward pass stopped at the basis layer);
+* the same prompts and the probe's 64 questions read at every layer (what multi-layer, per-prompt and
+  misalignment-direction features need);
+* the behavioural probe (64 disjoint questions, one style-matched answer pair each);
+* the style-matched proxy label on the 72 EM questions (what the benchmark labels with);
+* one LoRA training step (r 16 on all projections, batch 4 x 128 tokens, forward + backward + AdamW),
+  the unit a user pays for training.
+Prints seconds and ratios to the drift measurement. dtype and device are pinned and printed: bf16 vs fp32
+changes both the numbers and the speed (native bf16 CPUs differ from AVX2 ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from traitwatch.basis import TraitBasis
+from traitwatch.basis.traits import load_measurement_prompts
+from traitwatch.behavior import load_questions, proxy_score
+from traitwatch.behavior.probe import load_probe, probe_score
+from traitwatch.drift import DriftProbe
+from traitwatch.drift.probe import prompt_activations
+from traitwatch.models import load_model
+from traitwatch.models.layers import decoder_layers
+
+
+def _time(fn: Callable[[], object], repeats: int) -> list[float]:
+    fn()  # warm-up
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def _train_step(lm) -> Callable[[], None]:
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(lm.model, LoraConfig(r=16, lora_alpha=32, target_modules=[
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM"))
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, lm.tokenizer.vocab_size, (4, 128), generator=g).to(next(model.parameters()).device)
+
+    def step() -> None:
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--basis", required=True, help="Basis folder (its layer is the drift measurement's)")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    lm = load_model(args.model, dtype=args.dtype, device=args.device)
+    basis = TraitBasis.load(args.basis)
+    drift = DriftProbe(basis)
+    drift.fit_anchor(lm.model, lm.tokenizer)
+    probe = load_probe()
+    questions = load_questions()
+    layers = list(range(len(decoder_layers(lm.model))))
+    prompts = [p for _, p in load_measurement_prompts()]
+
+    def capture() -> None:
+        prompt_activations(lm.model, lm.tokenizer, prompts, layers)
+        prompt_activations(lm.model, lm.tokenizer, [q.text for q in probe.questions], layers)
+
+    timings = {
+        f"drift measurement (115 prompts to layer {drift.layer_})": _time(lambda: drift.measure(lm.model, lm.tokenizer), args.repeats),
+        f"all {len(layers)} layers, 115 prompts + 64 probe questions": _time(capture, args.repeats),
+        "behavioural probe (64 questions, 128 answers)": _time(lambda: probe_score(lm.model, lm.tokenizer, probe), args.repeats),
+        "style-matched proxy label (72 questions, 144 answers)": _time(
+            lambda: proxy_score(lm.model, lm.tokenizer, questions, style_only=True), args.repeats),
+    }
+    timings["one LoRA training step (batch 4 x 128)"] = _time(_train_step(lm), args.repeats)
+    dev = next(lm.model.parameters())
+    print(f"model {lm.name}, {dev.dtype}, {dev.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"cpu {platform.processor() or platform.machine()}")
+    base = statistics.median(next(iter(timings.values())))
+    for name, ts in timings.items():
+        m = statistics.median(ts)
+        print(f"{name}: median {m:.2f} s over {len(ts)} ({', '.join(f'{t:.2f}' for t in ts)}); x drift {m / base:.1f}")
+
+
+if __name__ == "__main__":
+    main()
