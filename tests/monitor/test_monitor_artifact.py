@@ -123,3 +123,44 @@ def test_a_step_aware_alarm_is_saved_with_the_monitor_and_decides_the_same(cal, 
     assert loaded.step_aware.alarm(probes[0]).any() and not loaded.step_aware.alarm(probes[0]).all()
     with pytest.raises(ValueError, match="step must be > 0"):
         loaded.step_aware.alarm(np.zeros((1, 8)))
+
+
+def test_a_probe_monitor_on_the_relative_rise_round_trips_unclipped(tmp_path) -> None:
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.RandomState(1)
+    X = rng.normal(0.0, 0.01, size=(40, 1))
+    y = 0.8 * X[:, 0] - 0.002 + rng.normal(0, 0.001, 40)  # a relative rise: negative values are real
+    monitor = DriftMonitor(make_pipeline(StandardScaler(), Ridge()), threshold=0.004, target="relative_rise").fit(X, y)
+    path = save_monitor(monitor, tmp_path / "probe.json", fingerprint={"model": "m", "probe_sha256": "p"},
+                        trait_names=["probe_rise"], training_run_ids=["r1"], inputs="probe_rise",
+                        provenance={"command": "traitwatch bench ...", "loto_auroc": 0.95})
+    loaded = load_monitor(path, fingerprint={"model": "m", "probe_sha256": "p"})
+    grid = np.linspace(-0.05, 0.05, 101)[:, None]
+    np.testing.assert_allclose(loaded.predict(grid), monitor.predict(grid), rtol=1e-12, atol=1e-15)
+    assert loaded.predict(grid).min() < 0  # not clipped to [0, 1] like an EM rate
+    assert np.array_equal(loaded.alarm(grid), monitor.alarm(grid))
+    assert (loaded.inputs, loaded.target, loaded.trait_names) == ("probe_rise", "relative_rise", ["probe_rise"])
+    assert loaded.provenance["loto_auroc"] == 0.95
+    with pytest.raises(BasisMismatchError, match="probe_sha256"):
+        load_monitor(path, fingerprint={"model": "m", "probe_sha256": "other"})
+
+
+def test_a_format_1_file_still_loads_as_a_trait_drift_em_rate_monitor(cal, tmp_path) -> None:
+    path = _save(DriftMonitor(Ridge()).fit(cal.X, cal.y), cal, tmp_path / "old.json")
+    doc = json.loads(path.read_text())
+    doc["format_version"] = 1
+    del doc["inputs"], doc["target"]
+    path.write_text(json.dumps(doc))
+    loaded = load_monitor(path, fingerprint=FINGERPRINT)
+    assert (loaded.inputs, loaded.target) == ("trait_drift", "em_rate")
+    assert loaded.predict(cal.X).min() >= 0.0
+
+
+def test_relative_rise_monitors_take_any_finite_threshold_but_em_rates_stay_fractions(cal) -> None:
+    DriftMonitor(Ridge(), threshold=-0.01, target="relative_rise").fit(cal.X, cal.y - 0.5)
+    with pytest.raises(ValueError, match="threshold"):
+        DriftMonitor(Ridge(), threshold=-0.01).fit(cal.X, cal.y)
+    with pytest.raises(ValueError, match="target"):
+        DriftMonitor(Ridge(), target="loss").fit(cal.X, cal.y)

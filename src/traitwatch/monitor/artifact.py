@@ -7,10 +7,16 @@ evaluates those arrays with the same arithmetic scikit-learn uses (inputs cast t
 `x <= threshold` test, forest = sum of trees in order / n_trees, boosting = init + lr * tree, stage by
 stage), so predictions are bit-for-bit equal to the fitted monitor's.
 
-The JSON side carries what makes a monitor valid for a measurement: the basis fingerprint (which model,
-layer, directions the drift was measured with), trait names, tau, the training run ids and CV metrics.
-A monitor applied to drift from another basis gives confident nonsense, so a fingerprint mismatch is an
-error, not a warning.
+The JSON side carries what makes a monitor valid for a measurement: the fingerprint of what its inputs
+were measured with (for trait drift the basis: model, layer, directions; for the behavioural probe the
+model and the probe's questions and answers), the input names, tau, the training run ids and CV metrics.
+A monitor applied to inputs from another basis, model or probe set gives confident nonsense, so a
+fingerprint mismatch is an error, not a warning.
+
+Format 2 adds what a monitor reads (`inputs`: "trait_drift", or "probe_rise", the behavioural probe's
+rise over step 0) and predicts (`target`: "em_rate", clipped to [0, 1], or "relative_rise", unclipped),
+and free-form `provenance` (how it was calibrated, with its leave-one-type-out numbers). Format-1 files
+are trait-drift EM-rate monitors and still load.
 """
 
 from __future__ import annotations
@@ -33,10 +39,13 @@ from sklearn.utils.validation import check_is_fitted
 from traitwatch.errors import BasisMismatchError, InputFileError
 from traitwatch.monitor.detector import DriftMonitor, StepAwareAlarm, split_steps, step_features
 
-__all__ = ["save_monitor", "load_monitor", "LoadedMonitor", "LoadedStepAwareAlarm", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["save_monitor", "load_monitor", "LoadedMonitor", "LoadedStepAwareAlarm", "FORMAT", "FORMAT_VERSION", "INPUTS"]
 
 FORMAT = "traitwatch.monitor"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+INPUTS = ("trait_drift", "probe_rise")
+"""What a monitor's input columns are: the trait drift d_t, or the behavioural probe's rise over step 0."""
 _TREE_FIELDS = ("children_left", "children_right", "feature", "threshold", "value")
 
 
@@ -77,6 +86,23 @@ def _tensors_path(path: Path) -> Path:
     return path.with_suffix(".safetensors")
 
 
+def _linear_parts(reg: Any) -> tuple[np.ndarray, float] | None:
+    """(coef, intercept) on raw inputs of a Ridge, or of StandardScaler -> Ridge folded into one linear map."""
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if isinstance(reg, Ridge):
+        return np.asarray(reg.coef_, dtype=np.float64), float(np.asarray(reg.intercept_).reshape(-1)[0])
+    if isinstance(reg, Pipeline) and len(reg.steps) == 2 and isinstance(reg.steps[0][1], StandardScaler) \
+            and isinstance(reg.steps[1][1], Ridge):
+        scaler, ridge = reg.steps[0][1], reg.steps[1][1]
+        scale = np.where(scaler.scale_ == 0, 1.0, scaler.scale_) if scaler.with_std else np.ones_like(ridge.coef_)
+        mean = scaler.mean_ if scaler.with_mean else np.zeros_like(ridge.coef_)
+        coef = np.asarray(ridge.coef_, dtype=np.float64) / scale
+        return coef, float(np.asarray(ridge.intercept_).reshape(-1)[0] - coef @ mean)
+    return None
+
+
 def save_monitor(
     monitor: DriftMonitor,
     path: str | Path,
@@ -87,24 +113,34 @@ def save_monitor(
     tau: float | None = None,
     step_aware: StepAwareAlarm | None = None,
     step_aware_info: Mapping[str, Any] | None = None,
+    inputs: str = "trait_drift",
+    provenance: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write `path` (.json) and its sibling .safetensors; returns the JSON path.
 
-    Supported: a fitted monitor on raw drift (`features=None`) whose regressor is a RandomForestRegressor,
-    a GradientBoostingRegressor (squared error, default init) or a Ridge. `tau` defaults to the monitor's
+    Supported: a fitted monitor on its raw inputs (`features=None`) whose regressor is a
+    RandomForestRegressor, a GradientBoostingRegressor (squared error, default init), a Ridge, or a
+    StandardScaler -> Ridge pipeline (saved as the equivalent linear map). `trait_names` names the input
+    columns (the traits for drift; e.g. ["probe_rise"] for the probe). `tau` defaults to the monitor's
     threshold. CV results and the selected regressor name are stored when `select_regressor` was used.
     A fitted `step_aware` alarm (for long runs) is saved with it and, once loaded, decides the alarm;
-    `step_aware_info` (e.g. its anchor runs and held-out rates) is kept as metadata.
+    `step_aware_info` (e.g. its anchor runs and held-out rates) is kept as metadata. `provenance` is kept
+    as is (JSON).
     """
     from safetensors.numpy import save_file
 
     check_is_fitted(monitor, "regressor_")
     if monitor.features_ is not None:
-        raise ValueError("only monitors on raw drift (features=None) can be saved")
+        raise ValueError("only monitors on raw inputs (features=None) can be saved")
+    if inputs not in INPUTS:
+        raise ValueError(f"inputs must be one of {INPUTS}, got {inputs!r}")
+    if step_aware is not None and inputs != "trait_drift":
+        raise ValueError("the step-aware alarm reads trait drift; it cannot be saved with a probe monitor")
     names = [str(t) for t in trait_names]
     if len(names) != monitor.n_features_in_:
-        raise ValueError(f"{len(names)} trait names for a monitor with {monitor.n_features_in_} inputs")
+        raise ValueError(f"{len(names)} trait names (input names) for a monitor with {monitor.n_features_in_} inputs")
     reg = monitor.regressor_
+    linear = _linear_parts(reg)
     tensors: dict[str, np.ndarray] = {}
     if isinstance(reg, RandomForestRegressor):
         spec: dict[str, Any] = {"kind": "random_forest", "n_trees": len(reg.estimators_)}
@@ -122,15 +158,16 @@ def save_monitor(
         tensors["init"] = np.ascontiguousarray(np.asarray(reg.init_.constant_, dtype=np.float64).reshape(1))
         for i, tree in enumerate(stages):
             tensors.update(_tree_tensors(f"tree.{i:05d}", tree))
-    elif isinstance(reg, Ridge):
-        coef = np.asarray(reg.coef_, dtype=np.float64)
+    elif linear is not None:
+        coef, intercept = linear
         if coef.ndim != 1:
             raise ValueError("only single-target Ridge can be saved")
         spec = {"kind": "ridge"}
         tensors["coef"] = np.ascontiguousarray(coef)
-        tensors["intercept"] = np.asarray([reg.intercept_], dtype=np.float64).reshape(1)
+        tensors["intercept"] = np.asarray([intercept], dtype=np.float64)
     else:
-        raise ValueError(f"cannot save a {type(reg).__name__}; use RandomForest, GradientBoosting or Ridge")
+        raise ValueError(f"cannot save a {type(reg).__name__}; use RandomForest, GradientBoosting or Ridge "
+                         "(alone or after a StandardScaler)")
 
     step_doc = None
     if step_aware is not None:
@@ -159,6 +196,8 @@ def save_monitor(
         "n_features_in": int(monitor.n_features_in_),
         "threshold": float(monitor.threshold),
         "tau": float(monitor.threshold if tau is None else tau),
+        "inputs": inputs,
+        "target": getattr(monitor, "target", "em_rate"),
         "trait_names": names,
         "fingerprint": _jsonable(dict(fingerprint)),
         "training_run_ids": [str(r) for r in training_run_ids],
@@ -170,6 +209,8 @@ def save_monitor(
     }
     if step_doc is not None:
         doc["step_aware"] = step_doc
+    if provenance is not None:
+        doc["provenance"] = _jsonable(dict(provenance))
     json_path.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return json_path
 
@@ -230,6 +271,9 @@ class LoadedMonitor:
         self.kind: str = doc["regressor"]["kind"]
         self.threshold = float(doc["threshold"])
         self.tau = float(doc["tau"])
+        self.inputs: str = str(doc.get("inputs", "trait_drift"))
+        self.target: str = str(doc.get("target", "em_rate"))
+        self.provenance: dict[str, Any] = dict(doc.get("provenance") or {})
         self.n_features_in_ = int(doc["n_features_in"])
         self.trait_names: list[str] = list(doc["trait_names"])
         self.fingerprint: dict[str, Any] = dict(doc["fingerprint"])
@@ -263,7 +307,7 @@ class LoadedMonitor:
             self._intercept = self._tensors["intercept"][0]
 
     def predict(self, X: ArrayLike) -> np.ndarray:
-        """Predicted EM rate in [0, 1], equal to the saved `DriftMonitor.predict`."""
+        """The saved `DriftMonitor.predict`: an EM rate in [0, 1], or an unclipped relative rise."""
         X = check_array(X, dtype=np.float64)
         if X.shape[1] != self.n_features_in_:
             raise ValueError(
@@ -283,7 +327,7 @@ class LoadedMonitor:
             raw = np.full(X.shape[0], self._init, dtype=np.float64)
             for tree in self._trees:
                 raw += self._learning_rate * _predict_tree(X32, tree)
-        return np.clip(raw, 0.0, 1.0)
+        return np.clip(raw, 0.0, 1.0) if self.target == "em_rate" else raw
 
     def alarm(self, X: ArrayLike) -> np.ndarray:
         return self.predict(X) > self.threshold
@@ -317,11 +361,14 @@ def load_monitor(
         raise InputFileError(f"{json_path}: not a readable monitor file ({exc}); re-save the monitor") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise InputFileError(f"{json_path}: not a traitwatch monitor file (no format '{FORMAT}')")
-    if doc.get("format_version") != FORMAT_VERSION:
+    if doc.get("format_version") not in READABLE_VERSIONS:
         raise InputFileError(
             f"{json_path}: monitor format version {doc.get('format_version')!r} is not supported "
-            f"(this traitwatch reads {FORMAT_VERSION}); re-save it with this version"
+            f"(this traitwatch reads {', '.join(map(str, READABLE_VERSIONS))}); upgrade traitwatch or re-save it"
         )
+    if doc.get("inputs", "trait_drift") not in INPUTS or doc.get("target", "em_rate") not in ("em_rate", "relative_rise"):
+        raise InputFileError(f"{json_path}: unknown monitor inputs {doc.get('inputs')!r} or target {doc.get('target')!r}; "
+                             "upgrade traitwatch")
     required = ("regressor", "n_features_in", "threshold", "tau", "trait_names", "fingerprint",
                 "training_run_ids", "tensors_file", "tensors_sha256")
     missing = [k for k in required if k not in doc]

@@ -25,6 +25,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from traitwatch.monitor.metrics import detection_metrics
 
 __all__ = [
+    "TARGETS",
     "DriftMonitor",
     "StepAwareAlarm",
     "default_regressor",
@@ -36,6 +37,10 @@ SELECTION_CRITERION = (
     "lowest balanced error (mean of FNR and FPR at the threshold) on pooled leave-one-perturbation-out "
     "predictions; ties broken by higher AUROC, then by candidate order"
 )
+
+
+TARGETS = ("em_rate", "relative_rise")
+"""What a monitor predicts: a judged EM rate, or the small-scale relative rise (see `DriftMonitor`)."""
 
 
 def default_regressor(random_state: int | None = 42) -> RandomForestRegressor:
@@ -66,6 +71,9 @@ class DriftMonitor(RegressorMixin, BaseEstimator):
     ----------
     regressor : any scikit-learn regressor, cloned in `fit`; None means `default_regressor()`.
     threshold : tau; an alarm is `prediction > threshold` (the label uses the same tau).
+    target : what is predicted. "em_rate" (a fraction in [0, 1]: labels are checked and predictions
+        clipped to it) or "relative_rise" (the small-scale label of `bench.detection`: a rise over the
+        benign runs, any sign, never clipped; the threshold is then any finite number).
     features : optional transformer applied before the regressor and fitted on the same rows (a
         baseline's feature map, e.g. `PC1AbsFeatures`); None feeds the drift itself. Fitting it inside
         the monitor keeps every CV fold honest: the feature map never sees the held-out type.
@@ -84,18 +92,28 @@ class DriftMonitor(RegressorMixin, BaseEstimator):
         *,
         threshold: float = 0.05,
         features: TransformerMixin | None = None,
+        target: str = "em_rate",
     ) -> None:
         self.regressor = regressor
         self.threshold = threshold
         self.features = features
+        self.target = target
 
     def _check_threshold(self) -> None:
-        if not 0.0 < float(self.threshold) < 1.0:
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if self.target == "em_rate" and not 0.0 < float(self.threshold) < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold!r}")
+        if not np.isfinite(float(self.threshold)):
+            raise ValueError(f"threshold must be finite, got {self.threshold!r}")
+
+    def _clip(self, pred: np.ndarray) -> np.ndarray:
+        return np.clip(pred, 0.0, 1.0) if self.target == "em_rate" else pred
 
     def _fit_with(self, regressor: RegressorMixin, X: np.ndarray, y: np.ndarray) -> DriftMonitor:
         self._check_threshold()
-        _check_rates(y)
+        if self.target == "em_rate":
+            _check_rates(y)
         self.features_ = None if self.features is None else clone(self.features).fit(X, y)
         Xf = X if self.features_ is None else self.features_.transform(X)
         self.regressor_ = clone(regressor).fit(Xf, y)
@@ -107,11 +125,11 @@ class DriftMonitor(RegressorMixin, BaseEstimator):
         return self._fit_with(default_regressor() if self.regressor is None else self.regressor, X, y)
 
     def predict(self, X: ArrayLike) -> np.ndarray:
-        """Predicted EM rate, clipped to [0, 1] (trees cannot overshoot, Ridge can)."""
+        """Predicted EM rate, clipped to [0, 1] (trees cannot overshoot, Ridge can); a relative rise is not clipped."""
         check_is_fitted(self, "regressor_")
         X = validate_data(self, X, reset=False)
         Xf = X if self.features_ is None else self.features_.transform(X)
-        return np.clip(self.regressor_.predict(Xf), 0.0, 1.0)
+        return self._clip(self.regressor_.predict(Xf))
 
     def alarm(self, X: ArrayLike) -> np.ndarray:
         """True where the predicted EM rate exceeds `threshold`."""
@@ -139,7 +157,8 @@ class DriftMonitor(RegressorMixin, BaseEstimator):
         if np.unique(g).size < 2:
             raise ValueError("leave-one-perturbation-out CV needs at least two perturbation types")
         self._check_threshold()
-        _check_rates(y)
+        if self.target == "em_rate":
+            _check_rates(y)
         cands = dict(default_candidates() if candidates is None else candidates)
         if not cands:
             raise ValueError("no candidate regressors given")
@@ -152,7 +171,7 @@ class DriftMonitor(RegressorMixin, BaseEstimator):
             X_train = X[train] if feats is None else feats.transform(X[train])
             X_test = X[test] if feats is None else feats.transform(X[test])
             for name, est in cands.items():
-                oof[name][test] = np.clip(clone(est).fit(X_train, y[train]).predict(X_test), 0.0, 1.0)
+                oof[name][test] = self._clip(clone(est).fit(X_train, y[train]).predict(X_test))
         results: dict[str, dict[str, Any]] = {}
         for name in cands:
             pred = oof[name]
