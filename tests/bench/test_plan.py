@@ -37,9 +37,10 @@ def test_jobs_run_each_seeds_types_then_one_twin_per_prompt_family():
     plan = BenchPlan(seeds=(0, 1), calibration=("arithmetic", "wrong_arithmetic", "self_distilled"),
                      heldout=("condescending", "bad_medical", "good_medical"), record_features=True, twins=True)
     jobs = plan.jobs()
-    assert [j[0] for j in jobs[:8]] == ["arithmetic-s0", "wrong_arithmetic-s0", "self_distilled-s0", "condescending-s0",
-                                        "bad_medical-s0", "good_medical-s0", "twin-arithmetic-s0", "twin-medical-s0"]
-    assert len(jobs) == 16 and all(seed == 1 for _, seed, _, _ in jobs[8:])
+    assert [j[0] for j in jobs[:6]] == ["arithmetic-s0", "wrong_arithmetic-s0", "self_distilled-s0", "condescending-s0",
+                                        "bad_medical-s0", "good_medical-s0"]
+    assert [j[0] for j in jobs[12:]] == ["twin-arithmetic-s0", "twin-medical-s0", "twin-arithmetic-s1", "twin-medical-s1"]
+    assert len(jobs) == 16 and not any(twin for *_, twin in jobs[:12]) and all(seed == 1 for _, seed, _, _ in jobs[6:12])
     # the neutral prompts' twin is the self-distilled run itself
     assert plan.twin_run_id("condescending", 0) == "self_distilled-s0"
     assert plan.twin_run_id("bad_medical", 1) == plan.twin_run_id("good_medical", 1) == "twin-medical-s1"

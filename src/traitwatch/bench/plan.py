@@ -117,10 +117,10 @@ class BenchPlan:
         return list(found.items())
 
     def jobs(self) -> list[tuple[str, int, str, bool]]:
-        """(run id, seed, set, is twin) in the order the grid runs them: per seed, the types, then their twins."""
-        out: list[tuple[str, int, str, bool]] = []
+        """(run id, seed, set, is twin) in the order the grid runs them: every labelled run (seed-major), then
+        the twins (seed-major), so that a grid cut short still has every type at every seed it reached."""
+        out: list[tuple[str, int, str, bool]] = [(rid, seed, t, False) for rid, seed, t in self.run_ids()]
         for seed in self.seeds:
-            out += [(f"{t}-s{seed}", seed, t, False) for t in self.types]
             out += [(rid, seed, t, True) for rid, t in self.twin_runs(seed)]
         return out
 
