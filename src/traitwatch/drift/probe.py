@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from traitwatch.basis.basis import Anchor, TraitBasis
 from traitwatch.basis.traits import load_measurement_prompts, prompts_hash
-from traitwatch.capture.activations import extract_activations
+from traitwatch.capture.activations import count_forward_passes, extract_activations
 from traitwatch.errors import BasisMismatchError
 from traitwatch.models.chat import encode_chat
 from traitwatch.models.layers import decoder_layers, fingerprint, unwrap_model
@@ -112,8 +112,13 @@ class DriftProbe:
         *,
         indices: Sequence[int] | None = None,
         progress: Callable[[int], None] | None = None,
+        forward_passes: int | None = None,
     ) -> Projection:
-        """Per-prompt projections at the measurement layer (optionally only some prompts)."""
+        """Per-prompt projections at the measurement layer (optionally only some prompts).
+
+        `forward_passes`: make exactly this many forward passes (see `count_forward_passes`), so the
+        processes of a sharded model (FSDP, ZeRO-3) run the same all-gathers whatever their share.
+        """
         inner = unwrap_model(model)
         hidden = self.basis.hidden_size
         if len(decoder_layers(inner)) != self.basis.model.num_layers:
@@ -121,11 +126,9 @@ class DriftProbe:
                 f"The trait basis was built on {self.basis.model.name} ({self.basis.model.num_layers} layers); "
                 f"this model has {len(decoder_layers(inner))}: extract a basis for it."
             )
-        prompts = self.prompt_list_
-        chosen = range(len(prompts)) if indices is None else indices
-        seqs = [encode_chat(tokenizer, prompts[i]) for i in chosen]
+        seqs = self._encode(tokenizer, indices)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        if not seqs:
+        if not seqs and not forward_passes:
             return Projection(torch.empty((0, len(self.basis.trait_names))), torch.empty(0))
         acts = extract_activations(
             inner,
@@ -135,12 +138,22 @@ class DriftProbe:
             batch_size=self.batch_size,
             pad_token_id=pad,
             progress=progress,
+            forward_passes=forward_passes,
         )[self.layer_]
         if acts.shape[1] != hidden:
             raise BasisMismatchError(
                 f"The trait basis has hidden size {hidden} but the model's is {acts.shape[1]}: extract a basis for it."
             )
         return Projection(acts @ self.basis.matrix(self.layer_).T, acts.norm(dim=1), acts.mean(dim=0))
+
+    def _encode(self, tokenizer: PreTrainedTokenizerBase, indices: Sequence[int] | None) -> list[list[int]]:
+        prompts = self.prompt_list_
+        return [encode_chat(tokenizer, prompts[i]) for i in (range(len(prompts)) if indices is None else indices)]
+
+    def count_forward_passes(self, tokenizer: PreTrainedTokenizerBase, indices: Sequence[int] | None = None) -> int:
+        """The forward passes `project` makes for these prompts (tokenizing only, no model)."""
+        return count_forward_passes(self._encode(tokenizer, indices), position=self.basis.position,  # type: ignore[arg-type]
+                                    batch_size=self.batch_size)
 
     def fit_anchor(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, *, name: str = "") -> DriftProbe:
         """Record the step-0 reference from the (base) model; returns self."""

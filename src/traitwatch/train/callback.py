@@ -37,7 +37,10 @@ wrong trajectory. Steps already in the store up to the resumed step are not meas
 replaces a row measured twice anyway); a resumed cadence step that is missing is measured at once.
 
 Distributed training: see `traitwatch.train.distributed`. Each rank projects a share of the prompts,
-the shares are gathered, and every rank computes the same drift, prediction and decision.
+the shares are gathered, and every rank computes the same drift, prediction and decision. Every rank
+makes the same forward passes (the same count, through the same blocks: `lockstep_passes`), because
+under FSDP2 or ZeRO-3 each pass all-gathers parameters, and every rank runs the same tensor code
+around them (the LoRA norm of the stored extras included: on sharded LoRA weights it communicates).
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ from traitwatch.drift.probe import DriftMeasurement, DriftProbe, Projection
 from traitwatch.errors import TraitwatchError
 from traitwatch.models.layers import unwrap_model
 from traitwatch.store import RunStore
-from traitwatch.train.distributed import broadcast_from_zero, gather_projection
+from traitwatch.train.distributed import broadcast_from_zero, gather_projection, lockstep_passes
 
 if TYPE_CHECKING:
     from traitwatch.basis.basis import TraitBasis
@@ -497,8 +500,10 @@ class TraitWatchCallback(TrainerCallback):
         self._last_step = step
         self.history_.append(record)
         ctx = self._ctx
+        # Every rank: on FSDP-sharded LoRA weights the norm's matmuls communicate, so rank 0 alone would hang.
+        extras = training_extras(state, model)
         if ctx.store is not None:
-            stored_extra: dict[str, Any] = {**training_extras(state, model), **dict(extra or {})}
+            stored_extra: dict[str, Any] = {**extras, **dict(extra or {})}
             if m.mean_activation is not None:  # the activation-space baselines' input (monitor.baselines)
                 stored_extra["mean_activation"] = [float(v) for v in m.mean_activation]
             if predicted is not None:
@@ -520,10 +525,14 @@ class TraitWatchCallback(TrainerCallback):
         assert ctx.tokenizer is not None
         tokenizer = ctx.tokenizer
 
-        def project(indices: list[int] | None) -> Projection:
-            return self.probe_.project(inner, tokenizer, indices=indices)
+        n_prompts = len(self.probe_.prompt_list_)
+        passes = lockstep_passes(lambda share: self.probe_.count_forward_passes(tokenizer, share), n_prompts,
+                                 ctx.world_size)
 
-        return gather_projection(project, len(self.probe_.prompt_list_), ctx.rank, ctx.world_size)
+        def project(indices: list[int] | None) -> Projection:
+            return self.probe_.project(inner, tokenizer, indices=indices, forward_passes=passes)
+
+        return gather_projection(project, n_prompts, ctx.rank, ctx.world_size)
 
     def _predict(self, m: DriftMeasurement, step: int) -> tuple[float | None, bool]:
         if self.monitor is None or step == 0:
