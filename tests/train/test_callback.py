@@ -225,17 +225,43 @@ def test_bad_actions_and_monitor_are_refused(basis):
         _watch(basis, None, monitor=object())
 
 
-def test_resumed_lora_run_without_stored_anchor_uses_the_adapter_disabled_base(basis, tmp_path):
-    out = tmp_path / "out"
+def _anchored_basis(basis, dtype):
+    """The session basis with a step-0 anchor of the 8 test prompts measured on tiny-random in `dtype`."""
+    import copy
+
+    from traitwatch.models import build_tiny_random
+
+    if dtype is None:
+        return basis
+    model, tok = build_tiny_random(dtype=dtype)
+    anchored = copy.copy(basis)
+    anchored.anchor = DriftProbe(basis, prompts=PROMPTS).fit_anchor(model, tok).anchor_
+    return anchored
+
+
+def _train_then_resume(basis, out, *, first_steps, last_steps, lora=True):
+    """A run of `first_steps` (checkpoint at its end), then a new callback on a Trainer resuming from it.
+
+    No store: the resumed callback must find its anchor elsewhere. Returns (first, second, resume).
+    """
+    kw = {"save_steps": first_steps, "lora": lora, **({} if lora else {"lr": 1e-3})}
     first = _watch(basis, None, every_n_steps=2)
-    trainer = tiny_trainer(out, [first], max_steps=4, save_steps=4)
+    trainer = tiny_trainer(out, [first], max_steps=first_steps, **kw)
     first.attach(trainer)
     trainer.train()
     second = _watch(basis, None, every_n_steps=2)
-    resumed = tiny_trainer(out, [second], max_steps=6, save_steps=4)
+    resumed = tiny_trainer(out, [second], max_steps=last_steps, **kw)
     second.attach(resumed)
-    resumed.train(resume_from_checkpoint=str(out / "checkpoint-4"))
-    assert second.anchor_source_ == "adapter disabled"
+    return first, second, lambda: resumed.train(resume_from_checkpoint=str(out / f"checkpoint-{first_steps}"))
+
+
+@pytest.mark.parametrize("anchor_dtype", [None, torch.bfloat16], ids=["no-basis-anchor", "bf16-basis-anchor"])
+def test_resumed_lora_run_without_a_fitting_anchor_uses_the_adapter_disabled_base(basis, tmp_path, anchor_dtype):
+    """Without a stored anchor, and with no basis anchor or one measured in bf16 (the model runs in fp32)."""
+    first, second, resume = _train_then_resume(_anchored_basis(basis, anchor_dtype), tmp_path / "out",
+                                               first_steps=4, last_steps=6)
+    resume()
+    assert second.anchor_source_ == "adapter disabled" and second.probe_.anchor_.precision == ("float32", "cpu")
     torch.testing.assert_close(second.probe_.anchor_.projections, first.probe_.anchor_.projections, atol=1e-5, rtol=0)
     # no store says step 4 was recorded, so the checkpoint's step is measured on resume: the same model
     # (checkpoint-4) against the same anchor gives the first run's step-4 drift, not zero
@@ -247,16 +273,21 @@ def test_resumed_lora_run_without_stored_anchor_uses_the_adapter_disabled_base(b
 def test_resumed_full_finetune_without_any_anchor_is_refused(basis, tmp_path):
     from traitwatch.train import AnchorError
 
-    out = tmp_path / "out"
-    first = _watch(basis, None, every_n_steps=2)
-    trainer = tiny_trainer(out, [first], max_steps=2, save_steps=2, lora=False, lr=1e-3)
-    first.attach(trainer)
-    trainer.train()
-    second = _watch(basis, None, every_n_steps=2)
-    resumed = tiny_trainer(out, [second], max_steps=4, save_steps=2, lora=False, lr=1e-3)
-    second.attach(resumed)
+    _, _, resume = _train_then_resume(basis, tmp_path / "out", first_steps=2, last_steps=4, lora=False)
     with pytest.raises(AnchorError, match="resumed at step 2"):
-        resumed.train(resume_from_checkpoint=str(out / "checkpoint-2"))
+        resume()
+
+
+def test_resumed_full_finetune_with_an_anchor_of_another_dtype_is_refused_with_the_fix(basis, tmp_path):
+    from traitwatch.train import AnchorError
+
+    _, _, resume = _train_then_resume(_anchored_basis(basis, torch.bfloat16), tmp_path / "out",
+                                      first_steps=2, last_steps=4, lora=False)
+    with pytest.raises(AnchorError) as info:
+        resume()
+    message = str(info.value)
+    assert "the basis anchor (bfloat16 on cpu)" in message and "(float32 on cpu)" in message
+    assert "fit_anchor(base_model, tokenizer)" in message and "--dtype float32" in message
 
 
 def test_run_id_of_another_model_is_refused_before_training(basis, tmp_path):
@@ -299,3 +330,29 @@ def test_from_basis_loads_a_monitor_of_this_basis_and_refuses_another(basis_dir,
     assert watch.monitor is not None and watch.monitor.threshold == 0.05
     with pytest.raises(BasisMismatchError, match="another basis"):
         TraitWatchCallback.from_basis(basis_dir, monitor=other)
+
+
+def test_a_basis_anchor_of_another_dtype_is_replaced_by_the_live_base(basis, tmp_path, caplog):
+    bf16 = _anchored_basis(basis, torch.bfloat16)
+    watch = _watch(bf16, tmp_path / "tw.db", every_n_steps=2)
+    trainer = tiny_trainer(tmp_path / "out", [watch], max_steps=2)  # fp32
+    watch.attach(trainer)
+    with caplog.at_level(logging.WARNING, logger="traitwatch.train.callback"):
+        trainer.train()
+    assert watch.anchor_source_ == "measured" and watch.probe_.anchor_.precision == ("float32", "cpu")
+    assert "the basis anchor (bfloat16 on cpu)" in caplog.text
+    assert watch.history_[0].drift_norm == 0.0  # the fp32 base against itself
+    with RunStore(tmp_path / "tw.db") as store:
+        stored = store.measurements("r")[0].extra["anchor"]
+    assert (stored["source"], stored["dtype"], stored["device"]) == ("measured", "float32", "cpu")
+    # what using the bf16 anchor would have reported at step 0: precision noise as drift
+    live = DriftProbe(bf16, prompts=PROMPTS)
+    live.anchor_ = bf16.anchor
+    fp32_model = tiny_trainer(tmp_path / "ref", [], max_steps=1).model
+    assert live.measure(fp32_model, trainer.processing_class).norm > 1e-5
+
+    fits = _watch(_anchored_basis(basis, torch.float32), None, every_n_steps=2)
+    trainer = tiny_trainer(tmp_path / "out2", [fits], max_steps=2)
+    fits.attach(trainer)
+    trainer.train()
+    assert fits.anchor_source_ == "basis"

@@ -7,6 +7,10 @@
 The probe is estimator-like: parameters in `__init__`, the step-0 reference (`anchor_`) learned by
 `fit_anchor` or taken from the basis, then `measure` any number of times. It only reads the model,
 so it can run inside a training loop on the live model.
+
+An anchor is only valid for a model that runs in the precision it was measured in (`Anchor.dtype`,
+`Anchor.device`): `anchor_from_basis(precision)` skips a basis anchor of another precision, so the
+caller re-anchors on the base model instead of reporting precision noise as drift.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from transformers import PreTrainedTokenizerBase
 
 from traitwatch.basis.basis import Anchor, TraitBasis
 from traitwatch.basis.traits import load_measurement_prompts, prompts_hash
-from traitwatch.capture.activations import count_forward_passes, extract_activations
+from traitwatch.capture.activations import count_forward_passes, extract_activations, residual_precision
 from traitwatch.errors import BasisMismatchError
 from traitwatch.models.chat import encode_chat
 from traitwatch.models.layers import decoder_layers, fingerprint, unwrap_model
@@ -155,11 +159,22 @@ class DriftProbe:
         return count_forward_passes(self._encode(tokenizer, indices), position=self.basis.position,  # type: ignore[arg-type]
                                     batch_size=self.batch_size)
 
+    def precision(self, model: nn.Module) -> tuple[str, str]:
+        """(dtype, device type) the model computes the measurement layer in; one one-token pass."""
+        return residual_precision(model, self.layer_)
+
     def fit_anchor(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, *, name: str = "") -> DriftProbe:
-        """Record the step-0 reference from the (base) model; returns self."""
+        """Record the step-0 reference from the (base) model, with its precision; returns self."""
         proj = self.project(model, tokenizer)
-        self.anchor_ = Anchor(self.layer_, self.prompts_hash_, proj.projections, proj.norms, name)
+        dtype, device = self.precision(model)
+        self.anchor_ = Anchor(self.layer_, self.prompts_hash_, proj.projections, proj.norms, name, dtype, device)
         return self
+
+    def anchor_fits(self, anchor: Anchor | None, precision: tuple[str, str] | None = None) -> bool:
+        """True if `anchor` was measured at this layer with these prompts (and, given one, in `precision`)."""
+        if anchor is None or anchor.layer != self.layer_ or anchor.prompts_hash != self.prompts_hash_:
+            return False
+        return precision is None or anchor.precision == tuple(precision)
 
     def use_anchor(self, anchor: Anchor) -> DriftProbe:
         """Adopt a stored anchor, refusing one made at another layer or with other prompts."""
@@ -171,11 +186,14 @@ class DriftProbe:
         self.anchor_ = anchor
         return self
 
-    def anchor_from_basis(self) -> bool:
-        """Use the basis's stored anchor when it fits this probe; True if it did."""
-        a = self.basis.anchor
-        if a is not None and a.layer == self.layer_ and a.prompts_hash == self.prompts_hash_:
-            self.anchor_ = a
+    def anchor_from_basis(self, precision: tuple[str, str] | None = None) -> bool:
+        """Use the basis's stored anchor when it fits this probe; True if it did.
+
+        With `precision` (the model's `self.precision(model)`), an anchor measured in another dtype or
+        on another device type, or in an unrecorded one, does not fit.
+        """
+        if self.anchor_fits(self.basis.anchor, precision):
+            self.anchor_ = self.basis.anchor
             return True
         return False
 
