@@ -164,3 +164,6 @@ def test_residual_precision_reads_the_dtype_the_layer_runs_in():
     m32.train()
     assert residual_precision(m32, 3) == ("float32", "cpu") and m32.training  # mode given back
     assert residual_precision(m16, 3) == ("bfloat16", "cpu")
+    # fp32 weights under bf16 autocast (Trainer bf16=True): bf16 matmuls, fp32 residual, other numbers than either
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert residual_precision(m32, 3) == ("float32 (autocast bfloat16)", "cpu")

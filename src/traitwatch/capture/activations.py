@@ -362,16 +362,25 @@ def residual_precision(model: nn.Module, layer: int, *, token_id: int = 0) -> tu
     """(dtype, device type) the residual stream at `layer` is computed in, e.g. ("bfloat16", "cuda").
 
     Read from one token's pass, not from the parameters: under FSDP2 mixed precision the weights are
-    stored in fp32 and all-gathered in bf16 for the forward pass. Drift is compared against a step-0 anchor,
-    which is only valid when it was computed in the same precision (the same model in bf16 and fp32
-    differ by a quarter of a short finetune's drift). One pass, like any other, on every process.
+    stored in fp32 and all-gathered in bf16 for the forward pass; and a model prepared by the Trainer
+    with `bf16=True` (TRL's default) runs its forward under autocast, whose bf16 matmuls leave an fp32
+    residual stream: that is reported as "float32 (autocast bfloat16)". Drift is compared against a
+    step-0 anchor, which is only valid when it was computed in the same precision (the same model in
+    bf16 and fp32 differ by a quarter of a short finetune's drift). One pass, like any other, on every
+    process.
     """
     inner = unwrap_model(model)
     layer = check_layers(inner, [layer])[0]
-    seen: list[Tensor] = []
+    seen: list[str] = []
 
     def hook(_module: nn.Module, _inputs: object, output: object) -> None:
-        seen.append(output[0] if isinstance(output, tuple) else output)  # type: ignore[arg-type]
+        hidden = output[0] if isinstance(output, tuple) else output
+        assert isinstance(hidden, Tensor)
+        kind = hidden.device.type
+        dtype = str(hidden.dtype).removeprefix("torch.")
+        if torch.is_autocast_enabled(kind):
+            dtype += f" (autocast {str(torch.get_autocast_dtype(kind)).removeprefix('torch.')})"
+        seen.extend([dtype, kind])
         raise _StopForward
 
     was_training = inner.training
@@ -384,5 +393,4 @@ def residual_precision(model: nn.Module, layer: int, *, token_id: int = 0) -> tu
     finally:
         handle.remove()
         inner.train(was_training)
-    hidden = seen[0]
-    return str(hidden.dtype).removeprefix("torch."), hidden.device.type
+    return seen[0], seen[1]

@@ -148,7 +148,8 @@ class DriftProbe:
             raise BasisMismatchError(
                 f"The trait basis has hidden size {hidden} but the model's is {acts.shape[1]}: extract a basis for it."
             )
-        return Projection(acts @ self.basis.matrix(self.layer_).T, acts.norm(dim=1), acts.mean(dim=0))
+        with torch.autocast("cpu", enabled=False):  # fp32 arithmetic even when called under the caller's autocast
+            return Projection(acts @ self.basis.matrix(self.layer_).T, acts.norm(dim=1), acts.mean(dim=0))
 
     def _encode(self, tokenizer: PreTrainedTokenizerBase, indices: Sequence[int] | None) -> list[list[int]]:
         prompts = self.prompt_list_
@@ -201,8 +202,9 @@ class DriftProbe:
         """Drift of already-computed projections (e.g. gathered from several processes)."""
         if self.anchor_ is None:
             raise BasisMismatchError("No step-0 anchor: call fit_anchor() on the base model first.")
-        p = projection.projections.mean(dim=0)
-        d = (p - self.anchor_.p0) / self.anchor_.scale
+        with torch.autocast("cpu", enabled=False):
+            p = projection.projections.float().mean(dim=0)
+            d = (p - self.anchor_.p0.float()) / self.anchor_.scale
         return DriftMeasurement(
             trait_names=list(self.basis.trait_names),
             drift=d.numpy().astype(np.float64),

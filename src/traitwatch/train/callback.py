@@ -503,12 +503,7 @@ class TraitWatchCallback(TrainerCallback):
             actions=actions,
             wall_time_s=time.perf_counter() - start,
         )
-        assert self.trainer is not None
-        # Trainer.log resets control.should_log (CallbackHandler.on_log), which would drop the Trainer's
-        # own loss logging for this step: keep the flag as DefaultFlowCallback set it.
-        should_log = control.should_log
-        self.trainer.log(record.log_dict())
-        control.should_log = self.trainer.control.should_log = should_log
+        self._log(record, control)
         self._last_step = step
         self.history_.append(record)
         ctx = self._ctx
@@ -530,6 +525,23 @@ class TraitWatchCallback(TrainerCallback):
         if alarm:
             self._act(record, control)
         return record
+
+    def _log(self, record: DriftRecord, control: TrainerControl) -> None:
+        """Send the scalars through the base `Trainer.log`, to `log_history` and every `report_to` tracker.
+
+        The base method, not the trainer's own: subclasses such as TRL's `SFTTrainer` add their running
+        metrics (entropy, token accuracy) to whatever is logged and then clear them, so logging through
+        the override would move those into our row and shorten their next averaging window.
+        """
+        from transformers import Trainer
+
+        assert self.trainer is not None
+        log = Trainer.log if isinstance(self.trainer, Trainer) else type(self.trainer).log
+        # Trainer.log resets control.should_log (CallbackHandler.on_log), which would drop the Trainer's
+        # own loss logging for this step: keep the flag as DefaultFlowCallback set it.
+        should_log = control.should_log
+        log(self.trainer, record.log_dict())
+        control.should_log = self.trainer.control.should_log = should_log
 
     def _project(self, model: nn.Module) -> Projection:
         ctx = self._ctx
