@@ -356,3 +356,66 @@ def test_a_basis_anchor_of_another_dtype_is_replaced_by_the_live_base(basis, tmp
     fits.attach(trainer)
     trainer.train()
     assert fits.anchor_source_ == "basis"
+
+
+class StateSpy(TrainerCallback):
+    """Registered after the drift callback: the model's training state right after each measured step."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, tuple[bool, bool, bool]] = {}
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.seen[state.global_step] = (model.training, model.is_gradient_checkpointing, model.config.use_cache)
+
+
+def _without_cache(model):
+    model.config.use_cache = False  # what users set for gradient checkpointing
+    return model
+
+
+def test_gradient_checkpointing_model_is_measured_and_keeps_its_training_state(basis, tmp_path):
+    plain = _watch(basis, None, every_n_steps=2)
+    trainer = tiny_trainer(tmp_path / "plain", [plain], max_steps=4)
+    plain.attach(trainer)
+    trainer.train()
+
+    watch, spy = _watch(basis, None, every_n_steps=2), StateSpy()
+    trainer = tiny_trainer(tmp_path / "gc", [watch, spy], max_steps=4, wrap=_without_cache,
+                           training_args={"gradient_checkpointing": True})
+    watch.attach(trainer)
+    trainer.train()
+    # measured at the same steps to the same drift (checkpointing recomputes the same activations)
+    assert [r.step for r in watch.history_] == [0, 2, 4] and watch.history_[-1].drift_norm > 0.01
+    for a, b in zip(plain.history_, watch.history_, strict=True):
+        assert b.drift == pytest.approx(a.drift, abs=1e-6)
+    # after each measurement: train mode, checkpointing still on, the cache still off for training
+    assert spy.seen[2] == spy.seen[4] == (True, True, False)
+
+
+@pytest.mark.parametrize("how", ["trainer-torch_compile", "user-torch.compile"])
+def test_compiled_model_is_measured_without_recompiling_it(basis, tmp_path, how):
+    """Dynamo's `eager` backend: graph capture and guards (what hooks could disturb) without code generation."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    options = ({"training_args": {"torch_compile": True, "torch_compile_backend": "eager"}} if how.startswith("trainer")
+               else {"wrap": lambda model: torch.compile(model, backend="eager")})
+    eager = _watch(basis, None, every_n_steps=2)
+    trainer = tiny_trainer(tmp_path / "eager", [eager], max_steps=4)
+    eager.attach(trainer)
+    trainer.train()
+
+    torch._dynamo.reset()  # both runs compile from scratch: their compilations can be compared
+    counters.clear()
+    tiny_trainer(tmp_path / "unwatched", [], max_steps=4, **options).train()
+    graphs = dict(counters["stats"])
+    torch._dynamo.reset()
+    counters.clear()
+    watch = _watch(basis, None, every_n_steps=2)
+    trainer = tiny_trainer(tmp_path / "compiled", [watch], max_steps=4, **options)
+    watch.attach(trainer)
+    trainer.train()
+    assert type(trainer.model_wrapped).__name__ == "OptimizedModule"
+    assert graphs["unique_graphs"] >= 1 and dict(counters["stats"]) == graphs  # measuring added no (re)compilation
+    for a, b in zip(eager.history_, watch.history_, strict=True):
+        assert (b.step, b.drift) == (a.step, pytest.approx(a.drift, abs=1e-6))
