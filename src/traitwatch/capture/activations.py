@@ -366,7 +366,7 @@ def residual_precision(model: nn.Module, layer: int, *, token_id: int = 0) -> tu
     with `bf16=True` (TRL's default) runs its forward under autocast, whose bf16 matmuls leave an fp32
     residual stream: that is reported as "float32 (autocast bfloat16)". Drift is compared against a
     step-0 anchor, which is only valid when it was computed in the same precision (the same model in
-    bf16 and fp32 differ by a quarter of a short finetune's drift). One pass, like any other, on every
+    bf16 and fp32 is ||d|| = 0.0011 apart on smollm2-135m). One pass, like any other, on every
     process.
     """
     inner = unwrap_model(model)

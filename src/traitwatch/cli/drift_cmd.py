@@ -34,7 +34,7 @@ def anchored_probe(basis: TraitBasis, lm: LoadedModel, *, layer: int | None = No
     """A probe with its step-0 anchor: from the basis when it fits, else measured on the base model.
 
     The basis anchor fits only if it was measured in the precision this model runs in: the same
-    model in bf16 and fp32 differs by a quarter of a short finetune's drift. With an adapter loaded,
+    model in bf16 and fp32 is ||d|| = 0.0011 apart (smollm2-135m). With an adapter loaded,
     the base model is the same weights with the adapter disabled, so no second model is loaded;
     otherwise the base model is loaded in this model's dtype and on its device.
     """
