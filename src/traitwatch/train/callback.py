@@ -22,19 +22,20 @@ Where the numbers go:
 The step-0 anchor, and resuming. Drift is measured against the *base* model's step-0 projections
 (p_0, N). A fresh run uses the given or the basis's stored anchor when it fits this probe (same
 layer, prompt set and precision), else measures the live model in `on_train_begin` (for LoRA the
-freshly initialised adapter is a no-op, so the live model is the base). A resumed run (Trainer `resume_from_checkpoint`,
-`global_step > 0`) must not re-anchor on an already trained model, so the anchor is persisted in the
-store itself, in the step-0 measurement's `extra["anchor"]`: per-prompt norms, layer, prompt hash and
-source, plus the per-prompt projections when the anchor did not come from this pass (a measured
-anchor's projections are the row's own `per_prompt` array, not stored twice). A store row is used rather
-than a side file because the store is the one thing a resumed run must find anyway (the run id's
-trajectory lives there) and each write is one committed transaction, so the anchor can never be half
-written. On resume the stored anchor is read by rank 0, broadcast, and adopted (one measured at
-another layer or with other prompts is refused, `DriftProbe.use_anchor`). Without a stored anchor
-of the model's precision the fallbacks are the given, then the basis anchor, then (PEFT) the live
-model with its adapter disabled, which is exactly the base; a full finetune with neither is an error rather than a silently
-wrong trajectory. Steps already in the store up to the resumed step are not measured again (the store
-replaces a row measured twice anyway); a resumed cadence step that is missing is measured at once.
+freshly initialised adapter is a no-op, so the live model is the base). A resumed run (Trainer
+`resume_from_checkpoint`, `global_step > 0`) must not re-anchor on an already trained model, so the
+anchor is persisted in the store itself, in the step-0 measurement's `extra["anchor"]`: per-prompt
+norms, layer, prompt hash, precision and source, plus the per-prompt projections when the anchor did
+not come from this pass (a measured anchor's projections are the row's own `per_prompt` array, not
+stored twice). A store row is used rather than a side file because the store is the one thing a
+resumed run must find anyway (the run id's trajectory lives there) and each write is one committed
+transaction, so the anchor can never be half written. On resume the stored anchor is read by rank 0,
+broadcast, and adopted (one measured at another layer or with other prompts is refused,
+`DriftProbe.use_anchor`). Without a stored anchor of the model's precision the fallbacks are the
+given, then the basis anchor, then (PEFT) the live model with its adapter disabled, which is exactly
+the base; a full finetune with none of them is an error rather than a silently wrong trajectory.
+Steps already in the store up to the resumed step are not measured again (the store replaces a row
+measured twice anyway); a resumed cadence step that is missing is measured at once.
 
 Precision. An anchor is only used on a model that computes the measurement layer in the dtype and
 on the device type it was measured in (`Anchor.dtype`/`device`, read from a one-token pass, so FSDP
@@ -693,6 +694,9 @@ class TraitWatchCallback(TrainerCallback):
             with inner.disable_adapter():  # LoRA off = exactly the base model
                 return self._project(inner), "adapter disabled"
         dtype, device = precision
+        # select-layer anchors a plain dtype; an autocast precision is reproduced by fitting under torch.autocast
+        basis_fix = "" if " " in dtype else (
+            f"; for the basis: `traitwatch select-layer --basis BASIS --set {self.probe_.layer_} --dtype {dtype}`")
         why = (f"{' and '.join(skipped)} was measured in another precision than the model runs in now ({dtype} on "
                f"{device}), which would put precision noise into the drift" if skipped else
                f"its step-0 anchor is not in the store and the basis has none for layer {self.probe_.layer_}")
@@ -700,8 +704,7 @@ class TraitWatchCallback(TrainerCallback):
             f"Run {self._ctx.run_id!r} resumed at step {step} but {why}; a fully finetuned model has no base left "
             "to measure, and measuring this trained model as step 0 would be wrong. Resume in the precision the "
             f"anchor was measured in, restart the run from step 0, or anchor the base model in {dtype} on {device} "
-            "and pass that probe (`DriftProbe(basis).fit_anchor(base_model, tokenizer)`; for the basis: "
-            f"`traitwatch select-layer --basis BASIS --set {self.probe_.layer_} --dtype {dtype}`)."
+            f"and pass that probe (`DriftProbe(basis).fit_anchor(base_model, tokenizer)`{basis_fix})."
         )
 
     def _new_anchor(self, base: Projection, precision: tuple[str, str]) -> Anchor:
