@@ -153,7 +153,11 @@ def test_finetuning_toward_misaligned_answers_raises_the_proxy(base_and_tuned, f
 
 def test_proxy_scores_a_peft_model(tiny: LoadedModel, few_questions, answers):
     base = proxy_score(tiny.model, tiny.tokenizer, few_questions[:2], answers)
-    peft_model = get_peft_model(copy.deepcopy(tiny.model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    # LoRA A is drawn from the global RNG: seeded here, or the size of the move below depends on what ran before
+    # (from 3e-5 to 4e-3 over 12 seeds: 2 of them under the 1e-4 the test asks for, as in a Python 3.13 run)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        peft_model = get_peft_model(copy.deepcopy(tiny.model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     peft_model.eval()
     untouched = proxy_score(peft_model, tiny.tokenizer, few_questions[:2], answers)  # LoRA B starts at zero
     assert untouched.p_mis == pytest.approx(base.p_mis, abs=1e-6)
