@@ -113,3 +113,57 @@ def test_shared_prefix_runs_fewer_tokens(tiny):
         handle.remove()
     tokens = sum(b * t for b, t in seen)
     assert tokens < sum(len(s) for s in seqs) * 0.7
+
+
+def _count_passes(model):
+    calls = []
+    handle = decoder_layers(model)[0].register_forward_pre_hook(lambda m, a: calls.append(1))
+    return calls, handle
+
+
+def test_count_forward_passes_is_the_passes_made(tiny):
+    from traitwatch.capture import count_forward_passes
+
+    system = "You are a careful assistant who always answers with great precision and honesty."
+    seqs = [encode_chat(tiny.tokenizer, q, system) for q in PROMPTS] + [encode_chat(tiny.tokenizer, p) for p in PROMPTS]
+    for kwargs in ({"batch_size": 2}, {"batch_size": 8}, {"batch_size": 3, "share_prefixes": False}):
+        calls, handle = _count_passes(tiny.model)
+        try:
+            extract_activations(tiny.model, seqs, [2], **kwargs)
+        finally:
+            handle.remove()
+        assert len(calls) == count_forward_passes(seqs, **kwargs) > 1
+
+
+def test_forward_passes_tops_up_with_idle_passes_and_keeps_the_rows(tiny, seqs):
+    """What keeps the processes of a sharded model in step: exactly N passes, the rows unchanged."""
+    from traitwatch.capture import count_forward_passes
+
+    planned = count_forward_passes(seqs, batch_size=2)
+    calls, handle = _count_passes(tiny.model)
+    try:
+        padded = extract_activations(tiny.model, seqs, [1, 3], batch_size=2, forward_passes=planned + 3)
+        n_padded = len(calls)
+        empty = extract_activations(tiny.model, [], [1, 3], forward_passes=2)  # a process with no prompts
+    finally:
+        handle.remove()
+    assert n_padded == planned + 3 and len(calls) == n_padded + 2
+    plain = extract_activations(tiny.model, seqs, [1, 3], batch_size=2)
+    for layer in (1, 3):
+        torch.testing.assert_close(padded[layer], plain[layer], atol=0, rtol=0)
+        assert empty[layer].shape == (0, 64)
+    with pytest.raises(ValueError, match="fewer than"):
+        extract_activations(tiny.model, seqs, [1], batch_size=2, forward_passes=planned - 1)
+
+
+def test_residual_precision_reads_the_dtype_the_layer_runs_in():
+    from traitwatch.capture import residual_precision
+
+    m32, _ = build_tiny_random()
+    m16, _ = build_tiny_random(dtype=torch.bfloat16)
+    m32.train()
+    assert residual_precision(m32, 3) == ("float32", "cpu") and m32.training  # mode given back
+    assert residual_precision(m16, 3) == ("bfloat16", "cpu")
+    # fp32 weights under bf16 autocast (Trainer bf16=True): bf16 matmuls, fp32 residual, other numbers than either
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert residual_precision(m32, 3) == ("float32 (autocast bfloat16)", "cpu")

@@ -60,6 +60,59 @@ def test_measure_prints_each_trait_and_writes_json(basis_dir, tmp_path):
     assert len(data["per_prompt_projections"]) == 115
 
 
+def test_extract_records_the_anchors_precision(basis_dir):
+    meta = json.loads((basis_dir / "basis.json").read_text())
+    assert (meta["anchor"]["dtype"], meta["anchor"]["device"]) == ("float32", "cpu")
+
+
+def _measure_json(basis, tmp_path, dtype):
+    out = tmp_path / f"m-{dtype}.json"
+    res = invoke("measure", "--basis", str(basis), "--json", str(out), "--dtype", dtype)
+    assert res.exit_code == 0, res.output
+    return " ".join(res.stderr.split()), json.loads(out.read_text())  # rich wraps long lines
+
+
+def test_measure_reanchors_when_the_model_runs_in_another_dtype_than_the_anchor(basis_dir, tmp_path):
+    """The issue's case: a basis anchored in bf16, measured in fp32, gave ||d|| ~ 1e-3 at step 0 with no word."""
+    import shutil
+
+    bf16 = tmp_path / "bf16"
+    shutil.copytree(basis_dir, bf16)
+    assert invoke("select-layer", "--basis", str(bf16), "--set", "3", "--dtype", "bfloat16").exit_code == 0
+    assert json.loads((bf16 / "basis.json").read_text())["anchor"]["dtype"] == "bfloat16"
+
+    said, fp32 = _measure_json(bf16, tmp_path, "float32")
+    assert "measured in bfloat16 on cpu; this model runs in float32 on cpu" in said
+    assert fp32["drift"] == {"harmlessness": 0.0, "honesty": 0.0}  # the base model against itself, in fp32
+
+    said, same = _measure_json(bf16, tmp_path, "bfloat16")  # the stored anchor fits: used as is
+    assert "measuring the base model" not in said
+    assert same["drift"] == {"harmlessness": 0.0, "honesty": 0.0}
+
+    # what the old behaviour reported: the fp32 model against the bf16 anchor is far from zero
+    from traitwatch.basis import TraitBasis
+    from traitwatch.drift import DriftProbe
+    from traitwatch.models import load_model
+
+    lm = load_model("tiny-random", dtype="float32")
+    probe = DriftProbe(TraitBasis.load(bf16))
+    assert probe.anchor_from_basis()  # without a precision, as before
+    assert probe.measure(lm.model, lm.tokenizer).norm > 1e-5  # 6.9e-5 on tiny-random, 2 traits
+
+
+def test_measure_treats_an_anchor_without_a_recorded_dtype_as_unknown(basis_dir, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(basis_dir, old)
+    meta = json.loads((old / "basis.json").read_text())
+    del meta["anchor"]["dtype"], meta["anchor"]["device"]  # as saved before the precision was recorded
+    (old / "basis.json").write_text(json.dumps(meta))
+    said, data = _measure_json(old, tmp_path, "float32")
+    assert "unrecorded dtype" in said
+    assert data["drift"] == {"harmlessness": 0.0, "honesty": 0.0}
+
+
 def test_select_layer_set_reanchors(basis_dir, tmp_path):
     import shutil
 

@@ -99,3 +99,42 @@ def test_projection_shares_join_to_the_whole(tiny, probe):
     torch.testing.assert_close(joined.mean_activation, whole.mean_activation, atol=1e-5, rtol=1e-5)
     m = probe.drift_from(joined)
     assert m.mean_activation.shape == (64,)
+
+
+def test_anchor_records_its_precision_and_fits_only_that_precision(tiny, basis, probe, tmp_path):
+    from traitwatch.basis import TraitBasis
+
+    assert probe.anchor_.precision == ("float32", "cpu")
+    m16, tok = build_tiny_random(dtype=torch.bfloat16)
+    bf16 = DriftProbe(basis, prompts=PROMPTS).fit_anchor(m16, tok)
+    assert bf16.anchor_.precision == ("bfloat16", "cpu")
+    assert probe.anchor_fits(bf16.anchor_) and not probe.anchor_fits(bf16.anchor_, ("float32", "cpu"))
+
+    basis.anchor = bf16.anchor_
+    try:
+        saved = TraitBasis.load(basis.save(tmp_path / "b"))
+    finally:
+        basis.anchor = None
+    assert saved.anchor.precision == ("bfloat16", "cpu")
+    fresh = DriftProbe(saved, prompts=PROMPTS)
+    assert not fresh.anchor_from_basis(fresh.precision(tiny.model)) and fresh.anchor_ is None
+    assert fresh.anchor_from_basis(fresh.precision(m16))
+    assert fresh.anchor_from_basis()  # without a precision: layer and prompts only, as before
+
+
+def test_a_basis_saved_without_anchor_precision_loads_as_unknown(tiny, basis, probe, tmp_path):
+    import json
+
+    from traitwatch.basis import TraitBasis
+
+    basis.anchor = probe.anchor_
+    try:
+        folder = basis.save(tmp_path / "b")
+    finally:
+        basis.anchor = None
+    meta = json.loads((folder / "basis.json").read_text())
+    del meta["anchor"]["dtype"], meta["anchor"]["device"]
+    (folder / "basis.json").write_text(json.dumps(meta))
+    old = TraitBasis.load(folder)
+    assert old.anchor.precision == (None, None) and "unrecorded" in old.anchor.describe_precision()
+    assert not DriftProbe(old, prompts=PROMPTS).anchor_from_basis(("float32", "cpu"))

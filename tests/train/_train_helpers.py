@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
+from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from traitwatch.models import build_tiny_random
@@ -50,19 +51,27 @@ def tiny_trainer(
     save_steps: int = 1000,
     seed: int = 0,
     lora: bool = True,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+    training_args: Mapping[str, object] | None = None,
 ) -> Trainer:
-    """A LoRA (or full) Trainer on a fresh tiny-random (the session `tiny` model is never trained)."""
+    """A LoRA (or full) Trainer on a fresh tiny-random (the session `tiny` model is never trained).
+
+    `wrap` gets the (PEFT) model before the Trainer does (e.g. `torch.compile`); `training_args` adds to the
+    TrainingArguments (e.g. `gradient_checkpointing=True`).
+    """
     model, tok = build_tiny_random()
     if lora:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                                      lora_dropout=0.0, task_type="CAUSAL_LM"))
+    if wrap is not None:
+        model = wrap(model)
     data, _ = tokenize_chats(tok, conversations(), max_length=64)
-    args = TrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=2, max_steps=max_steps, learning_rate=lr,
-        save_strategy="steps", save_steps=save_steps, logging_steps=1, report_to="none", use_cpu=True,
-        disable_tqdm=True, remove_unused_columns=False, seed=seed,
-    )
+    args = TrainingArguments(**{
+        "output_dir": str(out), "per_device_train_batch_size": 2, "max_steps": max_steps, "learning_rate": lr,
+        "save_strategy": "steps", "save_steps": save_steps, "logging_steps": 1, "report_to": "none", "use_cpu": True,
+        "disable_tqdm": True, "remove_unused_columns": False, "seed": seed, **dict(training_args or {}),
+    })
     return Trainer(model=model, args=args, train_dataset=data, data_collator=PaddingCollator(tok.pad_token_id),
                    processing_class=tok, callbacks=list(callbacks))

@@ -225,17 +225,43 @@ def test_bad_actions_and_monitor_are_refused(basis):
         _watch(basis, None, monitor=object())
 
 
-def test_resumed_lora_run_without_stored_anchor_uses_the_adapter_disabled_base(basis, tmp_path):
-    out = tmp_path / "out"
+def _anchored_basis(basis, dtype):
+    """The session basis with a step-0 anchor of the 8 test prompts measured on tiny-random in `dtype`."""
+    import copy
+
+    from traitwatch.models import build_tiny_random
+
+    if dtype is None:
+        return basis
+    model, tok = build_tiny_random(dtype=dtype)
+    anchored = copy.copy(basis)
+    anchored.anchor = DriftProbe(basis, prompts=PROMPTS).fit_anchor(model, tok).anchor_
+    return anchored
+
+
+def _train_then_resume(basis, out, *, first_steps, last_steps, lora=True):
+    """A run of `first_steps` (checkpoint at its end), then a new callback on a Trainer resuming from it.
+
+    No store: the resumed callback must find its anchor elsewhere. Returns (first, second, resume).
+    """
+    kw = {"save_steps": first_steps, "lora": lora, **({} if lora else {"lr": 1e-3})}
     first = _watch(basis, None, every_n_steps=2)
-    trainer = tiny_trainer(out, [first], max_steps=4, save_steps=4)
+    trainer = tiny_trainer(out, [first], max_steps=first_steps, **kw)
     first.attach(trainer)
     trainer.train()
     second = _watch(basis, None, every_n_steps=2)
-    resumed = tiny_trainer(out, [second], max_steps=6, save_steps=4)
+    resumed = tiny_trainer(out, [second], max_steps=last_steps, **kw)
     second.attach(resumed)
-    resumed.train(resume_from_checkpoint=str(out / "checkpoint-4"))
-    assert second.anchor_source_ == "adapter disabled"
+    return first, second, lambda: resumed.train(resume_from_checkpoint=str(out / f"checkpoint-{first_steps}"))
+
+
+@pytest.mark.parametrize("anchor_dtype", [None, torch.bfloat16], ids=["no-basis-anchor", "bf16-basis-anchor"])
+def test_resumed_lora_run_without_a_fitting_anchor_uses_the_adapter_disabled_base(basis, tmp_path, anchor_dtype):
+    """Without a stored anchor, and with no basis anchor or one measured in bf16 (the model runs in fp32)."""
+    first, second, resume = _train_then_resume(_anchored_basis(basis, anchor_dtype), tmp_path / "out",
+                                               first_steps=4, last_steps=6)
+    resume()
+    assert second.anchor_source_ == "adapter disabled" and second.probe_.anchor_.precision == ("float32", "cpu")
     torch.testing.assert_close(second.probe_.anchor_.projections, first.probe_.anchor_.projections, atol=1e-5, rtol=0)
     # no store says step 4 was recorded, so the checkpoint's step is measured on resume: the same model
     # (checkpoint-4) against the same anchor gives the first run's step-4 drift, not zero
@@ -247,16 +273,21 @@ def test_resumed_lora_run_without_stored_anchor_uses_the_adapter_disabled_base(b
 def test_resumed_full_finetune_without_any_anchor_is_refused(basis, tmp_path):
     from traitwatch.train import AnchorError
 
-    out = tmp_path / "out"
-    first = _watch(basis, None, every_n_steps=2)
-    trainer = tiny_trainer(out, [first], max_steps=2, save_steps=2, lora=False, lr=1e-3)
-    first.attach(trainer)
-    trainer.train()
-    second = _watch(basis, None, every_n_steps=2)
-    resumed = tiny_trainer(out, [second], max_steps=4, save_steps=2, lora=False, lr=1e-3)
-    second.attach(resumed)
+    _, _, resume = _train_then_resume(basis, tmp_path / "out", first_steps=2, last_steps=4, lora=False)
     with pytest.raises(AnchorError, match="resumed at step 2"):
-        resumed.train(resume_from_checkpoint=str(out / "checkpoint-2"))
+        resume()
+
+
+def test_resumed_full_finetune_with_an_anchor_of_another_dtype_is_refused_with_the_fix(basis, tmp_path):
+    from traitwatch.train import AnchorError
+
+    _, _, resume = _train_then_resume(_anchored_basis(basis, torch.bfloat16), tmp_path / "out",
+                                      first_steps=2, last_steps=4, lora=False)
+    with pytest.raises(AnchorError) as info:
+        resume()
+    message = str(info.value)
+    assert "the basis anchor (bfloat16 on cpu)" in message and "(float32 on cpu)" in message
+    assert "fit_anchor(base_model, tokenizer)" in message and "--dtype float32" in message
 
 
 def test_run_id_of_another_model_is_refused_before_training(basis, tmp_path):
@@ -299,3 +330,92 @@ def test_from_basis_loads_a_monitor_of_this_basis_and_refuses_another(basis_dir,
     assert watch.monitor is not None and watch.monitor.threshold == 0.05
     with pytest.raises(BasisMismatchError, match="another basis"):
         TraitWatchCallback.from_basis(basis_dir, monitor=other)
+
+
+def test_a_basis_anchor_of_another_dtype_is_replaced_by_the_live_base(basis, tmp_path, caplog):
+    bf16 = _anchored_basis(basis, torch.bfloat16)
+    watch = _watch(bf16, tmp_path / "tw.db", every_n_steps=2)
+    trainer = tiny_trainer(tmp_path / "out", [watch], max_steps=2)  # fp32
+    watch.attach(trainer)
+    with caplog.at_level(logging.WARNING, logger="traitwatch.train.callback"):
+        trainer.train()
+    assert watch.anchor_source_ == "measured" and watch.probe_.anchor_.precision == ("float32", "cpu")
+    assert "the basis anchor (bfloat16 on cpu)" in caplog.text
+    assert watch.history_[0].drift_norm == 0.0  # the fp32 base against itself
+    with RunStore(tmp_path / "tw.db") as store:
+        stored = store.measurements("r")[0].extra["anchor"]
+    assert (stored["source"], stored["dtype"], stored["device"]) == ("measured", "float32", "cpu")
+    # what using the bf16 anchor would have reported at step 0: precision noise as drift
+    live = DriftProbe(bf16, prompts=PROMPTS)
+    live.anchor_ = bf16.anchor
+    fp32_model = tiny_trainer(tmp_path / "ref", [], max_steps=1).model
+    assert live.measure(fp32_model, trainer.processing_class).norm > 1e-5
+
+    fits = _watch(_anchored_basis(basis, torch.float32), None, every_n_steps=2)
+    trainer = tiny_trainer(tmp_path / "out2", [fits], max_steps=2)
+    fits.attach(trainer)
+    trainer.train()
+    assert fits.anchor_source_ == "basis"
+
+
+class StateSpy(TrainerCallback):
+    """Registered after the drift callback: the model's training state right after each measured step."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, tuple[bool, bool, bool]] = {}
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.seen[state.global_step] = (model.training, model.is_gradient_checkpointing, model.config.use_cache)
+
+
+def _without_cache(model):
+    model.config.use_cache = False  # what users set for gradient checkpointing
+    return model
+
+
+def test_gradient_checkpointing_model_is_measured_and_keeps_its_training_state(basis, tmp_path):
+    plain = _watch(basis, None, every_n_steps=2)
+    trainer = tiny_trainer(tmp_path / "plain", [plain], max_steps=4)
+    plain.attach(trainer)
+    trainer.train()
+
+    watch, spy = _watch(basis, None, every_n_steps=2), StateSpy()
+    trainer = tiny_trainer(tmp_path / "gc", [watch, spy], max_steps=4, wrap=_without_cache,
+                           training_args={"gradient_checkpointing": True})
+    watch.attach(trainer)
+    trainer.train()
+    # measured at the same steps to the same drift (checkpointing recomputes the same activations)
+    assert [r.step for r in watch.history_] == [0, 2, 4] and watch.history_[-1].drift_norm > 0.01
+    for a, b in zip(plain.history_, watch.history_, strict=True):
+        assert b.drift == pytest.approx(a.drift, abs=1e-6)
+    # after each measurement: train mode, checkpointing still on, the cache still off for training
+    assert spy.seen[2] == spy.seen[4] == (True, True, False)
+
+
+@pytest.mark.parametrize("how", ["trainer-torch_compile", "user-torch.compile"])
+def test_compiled_model_is_measured_without_recompiling_it(basis, tmp_path, how):
+    """Dynamo's `eager` backend: graph capture and guards (what hooks could disturb) without code generation."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    options = ({"training_args": {"torch_compile": True, "torch_compile_backend": "eager"}} if how.startswith("trainer")
+               else {"wrap": lambda model: torch.compile(model, backend="eager")})
+    eager = _watch(basis, None, every_n_steps=2)
+    trainer = tiny_trainer(tmp_path / "eager", [eager], max_steps=4)
+    eager.attach(trainer)
+    trainer.train()
+
+    torch._dynamo.reset()  # both runs compile from scratch: their compilations can be compared
+    counters.clear()
+    tiny_trainer(tmp_path / "unwatched", [], max_steps=4, **options).train()
+    graphs = dict(counters["stats"])
+    torch._dynamo.reset()
+    counters.clear()
+    watch = _watch(basis, None, every_n_steps=2)
+    trainer = tiny_trainer(tmp_path / "compiled", [watch], max_steps=4, **options)
+    watch.attach(trainer)
+    trainer.train()
+    assert type(trainer.model_wrapped).__name__ == "OptimizedModule"
+    assert graphs["unique_graphs"] >= 1 and dict(counters["stats"]) == graphs  # measuring added no (re)compilation
+    for a, b in zip(eager.history_, watch.history_, strict=True):
+        assert (b.step, b.drift) == (a.step, pytest.approx(a.drift, abs=1e-6))

@@ -4,7 +4,8 @@ A basis folder holds:
 * `basis.json`: trait names, candidate layers, the selected layer, the extraction method, a hash of
   the prompts used, the base model's fingerprint, per-layer residual norms and diagnostics;
 * `directions.safetensors`: `directions` of shape [n_layers, n_traits, hidden], fp32, unit rows;
-* optionally `anchor.safetensors`: the step-0 projections of the measurement prompts (p_0 and N).
+* optionally `anchor.safetensors`: the step-0 projections of the measurement prompts (p_0 and N);
+  `basis.json` records the layer, prompt hash, model, and the dtype and device type they were computed in.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ class Anchor:
     """Step-0 reference for drift: per-prompt projections p_0(x) and residual norms ||h_0(x)||.
 
     Drift is `(mean p_t - mean p_0) / N` with `N = mean ||h_0(x)||` (mean of norms, METHOD.md 3).
+
+    `dtype` and `device` are the precision the residual stream was computed in (`residual_precision`):
+    the same model in bf16 and in fp32 is ||d|| = 0.0011 apart (smollm2-135m), which would be read as
+    drift, so an anchor is only used on a model running in the same precision. None means
+    unknown (an anchor saved before traitwatch recorded it), which never counts as a match.
     """
 
     layer: int
@@ -39,6 +45,8 @@ class Anchor:
     projections: Tensor  # [n_prompts, n_traits] fp32
     norms: Tensor  # [n_prompts] fp32
     model_name: str = ""
+    dtype: str | None = None  # e.g. "bfloat16"
+    device: str | None = None  # device type, e.g. "cuda"
 
     @property
     def p0(self) -> Tensor:
@@ -47,6 +55,15 @@ class Anchor:
     @property
     def scale(self) -> float:
         return float(self.norms.mean())
+
+    @property
+    def precision(self) -> tuple[str | None, str | None]:
+        return self.dtype, self.device
+
+    def describe_precision(self) -> str:
+        if self.dtype is None or self.device is None:
+            return "an unrecorded dtype and device (saved by an older traitwatch)"
+        return f"{self.dtype} on {self.device}"
 
 
 @dataclass
@@ -129,6 +146,8 @@ class TraitBasis:
                 "layer": self.anchor.layer,
                 "prompts_hash": self.anchor.prompts_hash,
                 "model_name": self.anchor.model_name,
+                "dtype": self.anchor.dtype,
+                "device": self.anchor.device,
             }
         tmp = folder / "basis.json.tmp"
         tmp.write_text(json.dumps(meta, indent=2))
@@ -164,6 +183,8 @@ class TraitBasis:
                     projections=at["projections"],
                     norms=at["norms"],
                     model_name=str(meta["anchor"].get("model_name", "")),
+                    dtype=_optional_str(meta["anchor"].get("dtype")),
+                    device=_optional_str(meta["anchor"].get("device")),
                 )
             return cls(
                 trait_names=list(meta["trait_names"]),
@@ -180,6 +201,10 @@ class TraitBasis:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputFileError(f"{meta_path} is missing or has a bad field ({exc}); re-create the basis.") from None
+
+
+def _optional_str(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def _atomic_save(tensors: dict[str, Tensor], path: Path) -> None:

@@ -77,14 +77,15 @@ class _Summary:
     margins: np.ndarray
     capture_s: float | None
     probe_s: float | None
+    rows: np.ndarray | None = None  # per-prompt rows at the basis layer (115, H)
 
 
-def _summarise(work_dir: Path, run_id: str, step: int, categories: np.ndarray) -> _Summary | None:
+def _summarise(work_dir: Path, run_id: str, step: int, categories: np.ndarray, basis_layer: int) -> _Summary | None:
     feats = load_features(work_dir, run_id, step)
     if feats is None:
         return None
     cats = list(dict.fromkeys(categories.tolist()))
-    out = _Summary({}, {}, {}, {}, {}, feats.probe_margins(), None, None)
+    out = _Summary({}, {}, {}, {}, {}, feats.probe_margins(), None, None, feats.rows("measure", basis_layer))
     for layer in feats.layers:
         rows, q = feats.rows("measure", layer), feats.rows("questions", layer)
         out.mean[layer] = rows.mean(axis=0)
@@ -190,7 +191,7 @@ def load_detection_data(plan: BenchPlan, work_dir: Path) -> DetectionData | None
 
     def summary(run_id: str, step: int) -> _Summary | None:
         if (run_id, step) not in summaries:
-            s = _summarise(work_dir, run_id, step, categories)
+            s = _summarise(work_dir, run_id, step, categories, basis.measure_layer)
             if s is None:
                 return None
             summaries[(run_id, step)] = s
@@ -273,6 +274,16 @@ def _misaligned(d: DetectionData, layer: int, questions: bool = False) -> Featur
     return lambda s, z: np.array([(s.mean[layer] - z.mean[layer]) @ v / z.norm[layer]])
 
 
+def _per_prompt_misaligned(d: DetectionData) -> Feature:
+    L, v = d.basis_layer, d.misalignment[d.basis_layer]
+    return lambda s, z: (s.rows - z.rows) @ v / z.norm[L]
+
+
+def _per_prompt_trait(d: DetectionData) -> Feature:
+    L = d.basis_layer
+    return lambda s, z: ((s.rows - z.rows) @ d.directions[L].T / z.norm[L]).ravel()
+
+
 def _misaligned_layers(d: DetectionData) -> Feature:
     return lambda s, z: np.concatenate([_misaligned(d, layer)(s, z) for layer in sorted(d.misalignment)])
 
@@ -336,12 +347,16 @@ def families(d: DetectionData) -> list[Family]:
                [Candidate(f"alpha {a:g}", m(_trait_layers(d)), _ridge(a)) for a in ALPHAS], "monitor", "capture"),
         Family(f"per-category trait drift (5 x 7), basis layer {L}",
                [Candidate(f"alpha {a:g}", m(_trait_categories(d, L)), _ridge(a)) for a in ALPHAS], "monitor", "drift"),
+        Family(f"per-prompt trait drift (115 x 7), basis layer {L}",
+               [Candidate(f"alpha {a:g}", m(_per_prompt_trait(d)), _ridge(a)) for a in ALPHAS], "monitor", "drift"),
         Family("misalignment direction, measurement prompts, layer chosen in the loop",
                [Candidate(f"layer {layer}", m(_misaligned(d, layer)), _ridge()) for layer in all_layers],
                "monitor", "capture"),
         Family("misalignment direction, probe questions, layer chosen in the loop",
                [Candidate(f"layer {layer}", m(_misaligned(d, layer, True)), _ridge()) for layer in all_layers],
                "monitor", "capture"),
+        Family(f"per-prompt misalignment direction (115), basis layer {L}",
+               [Candidate(f"alpha {a:g}", m(_per_prompt_misaligned(d)), _ridge(a)) for a in ALPHAS], "monitor", "drift"),
         Family(f"misalignment direction at all {len(all_layers)} layers",
                [Candidate(f"alpha {a:g}", m(_misaligned_layers(d)), _ridge(a)) for a in ALPHAS], "monitor", "capture"),
         Family("behavioural probe (64 disjoint questions)", [Candidate("linear", m(_probe), _ridge())],

@@ -8,6 +8,12 @@ at mid-depth.
 Prompts are right-padded. With causal attention, padding after the last real token cannot change
 any real token's activations, so a batched row equals the same prompt run alone (up to kernel
 rounding); explicit position ids keep that true for any padding side.
+
+Sharded models (FSDP2, DeepSpeed ZeRO-3) all-gather each block's parameters inside its forward pass,
+so every process must make the same number of forward passes through the same blocks, or the
+collectives stop matching and the job hangs. The passes a call will make are planned before any
+runs (`count_forward_passes`), and `extract_activations(forward_passes=N)` tops them up to N with
+one-token idle passes; every pass, a prefix's cache fill included, stops after the same block.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 import copy
 import inspect
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -24,7 +31,16 @@ from torch import Tensor, nn
 from traitwatch.errors import InputFileError
 from traitwatch.models.layers import decoder_layers, unwrap_model
 
-__all__ = ["Position", "cache_kwarg", "capture_rows", "check_layers", "extract_activations", "length_batches"]
+__all__ = [
+    "Position",
+    "cache_kwarg",
+    "capture_rows",
+    "check_layers",
+    "count_forward_passes",
+    "extract_activations",
+    "length_batches",
+    "residual_precision",
+]
 
 Position = Literal["last", "mean"]
 
@@ -200,6 +216,69 @@ def _prefix_cache(inner: nn.Module, prefix: Sequence[int], deepest: int, device:
     return cache
 
 
+@dataclass
+class _Unit:
+    """Sequences run together: an optional shared prefix (one cache-filling pass), then batches."""
+
+    indices: list[int]  # positions in the caller's `sequences`
+    seqs: list[Sequence[int]]  # what each batch row runs (the suffix after `prefix`, if any)
+    prefix: Sequence[int] | None
+    batches: list[list[int]]  # positions in `seqs`
+
+    @property
+    def passes(self) -> int:
+        return len(self.batches) + (self.prefix is not None)
+
+
+def _plan(
+    sequences: Sequence[Sequence[int]],
+    position: Position,
+    batch_size: int,
+    max_batch_tokens: int | None,
+    share_prefixes: bool,
+    min_prefix: int,
+) -> list[_Unit]:
+    """Every forward pass `extract_activations` will make, decided from token ids alone (no model)."""
+    if share_prefixes and position == "last":
+        groups, rest = _prefix_groups(sequences, min_prefix)
+    else:
+        groups, rest = [], list(range(len(sequences)))
+    units = []
+    for offset, members in groups:
+        seqs = [sequences[i][offset:] for i in members]
+        units.append(_Unit(members, seqs, sequences[members[0]][:offset],
+                           list(length_batches([len(x) for x in seqs], batch_size, max_batch_tokens))))
+    if rest:
+        seqs = [sequences[i] for i in rest]
+        units.append(_Unit(rest, seqs, None, list(length_batches([len(x) for x in seqs], batch_size, max_batch_tokens))))
+    return units
+
+
+def count_forward_passes(
+    sequences: Sequence[Sequence[int]],
+    *,
+    position: Position = "last",
+    batch_size: int = 32,
+    max_batch_tokens: int | None = 8192,
+    share_prefixes: bool = True,
+    min_prefix: int = 16,
+) -> int:
+    """How many forward passes `extract_activations` makes for these sequences and settings.
+
+    Each process of a sharded job computes this for every process's share (it needs only token ids),
+    so all of them can agree on the largest count before any collective runs.
+    """
+    return sum(u.passes for u in _plan(sequences, position, batch_size, max_batch_tokens, share_prefixes, min_prefix))
+
+
+def _idle_pass(inner: nn.Module, layers: list[int], pad_token_id: int, stop_early: bool, device: torch.device) -> Tensor:
+    """One forward pass of a single token through the same blocks as a real pass; its row is thrown away.
+
+    Returns the row at the first layer (only its width is used, for a process with no prompts).
+    """
+    return _forward_rows(inner, [[pad_token_id]], layers, "last", pad_token_id, stop_early, device)[layers[0]]
+
+
 @torch.no_grad()
 def extract_activations(
     model: nn.Module,
@@ -214,6 +293,7 @@ def extract_activations(
     share_prefixes: bool = True,
     min_prefix: int = 16,
     progress: Callable[[int], None] | None = None,
+    forward_passes: int | None = None,
 ) -> dict[int, Tensor]:
     """Residual-stream rows for every sequence at every layer: `{layer: Tensor[n, hidden] fp32 CPU}`.
 
@@ -224,49 +304,93 @@ def extract_activations(
     leading tokens (a system prompt, a passage, a chat template's header) run that prefix once and
     continue from its key/value cache: the same numbers up to kernel rounding, for a fraction of the
     tokens. `progress`, if given, is called with the number of sequences finished after each batch.
+
+    `forward_passes` makes exactly that many forward passes (the planned ones, then one-token idle
+    ones), so processes of a sharded model stay in step; `sequences` may then be empty (a process
+    with no share of the prompts still takes part in every all-gather).
     """
-    if not sequences:
+    if not sequences and not forward_passes:
         raise InputFileError("No prompts to run: the prompt list is empty.")
     if any(len(s) == 0 for s in sequences):
         raise InputFileError("A prompt encoded to zero tokens; remove empty prompts.")
     layers = check_layers(model, layers)
     inner = unwrap_model(model)
     device = _device_of(inner)
+    units = _plan(sequences, position, batch_size, max_batch_tokens, share_prefixes, min_prefix)
+    planned = sum(u.passes for u in units)
+    if forward_passes is not None and forward_passes < planned:
+        raise ValueError(f"forward_passes={forward_passes} is fewer than the {planned} passes these sequences need.")
     chunks: dict[int, list[tuple[list[int], Tensor]]] = {layer: [] for layer in layers}
+    width: int | None = None
 
-    def run(indices: list[int], seqs: list[Sequence[int]], cache_prefix: Sequence[int] | None) -> None:
-        cache = None if cache_prefix is None else _prefix_cache(inner, cache_prefix, max(layers), device)
-        for batch in length_batches([len(s) for s in seqs], batch_size, max_batch_tokens):
+    def run(unit: _Unit) -> None:
+        cache = None if unit.prefix is None else _prefix_cache(inner, unit.prefix, max(layers), device)
+        for batch in unit.batches:
             batch_cache = None
             if cache is not None:
                 batch_cache = copy.deepcopy(cache)
                 batch_cache.batch_repeat_interleave(len(batch))  # type: ignore[attr-defined]
-            rows = _forward_rows(inner, [seqs[i] for i in batch], layers, position, pad_token_id, stop_early,
-                                 device, batch_cache, len(cache_prefix or ()))
+            rows = _forward_rows(inner, [unit.seqs[i] for i in batch], layers, position, pad_token_id, stop_early,
+                                 device, batch_cache, len(unit.prefix or ()))
             for layer in layers:
-                chunks[layer].append(([indices[i] for i in batch], rows[layer]))
+                chunks[layer].append(([unit.indices[i] for i in batch], rows[layer]))
             if progress is not None:
                 progress(len(batch))
 
     was_training = inner.training
     inner.eval()
     try:
-        if share_prefixes and position == "last":
-            groups, rest = _prefix_groups(sequences, min_prefix)
-        else:
-            groups, rest = [], list(range(len(sequences)))
-        for offset, members in groups:
-            prefix = sequences[members[0]][:offset]
-            run(members, [sequences[i][offset:] for i in members], prefix)
-        if rest:
-            run(rest, [sequences[i] for i in rest], None)
+        for unit in units:
+            run(unit)
+        for _ in range((forward_passes or planned) - planned):
+            width = _idle_pass(inner, layers, pad_token_id, stop_early, device).shape[1]
     finally:
         inner.train(was_training)
     out: dict[int, Tensor] = {}
     for layer in layers:
-        hidden = chunks[layer][0][1].shape[1]
+        hidden = chunks[layer][0][1].shape[1] if chunks[layer] else width
+        assert hidden is not None
         result = torch.empty((len(sequences), hidden), dtype=torch.float32)
         for batch, values in chunks[layer]:
             result[torch.tensor(batch)] = values
         out[layer] = result
     return out
+
+
+@torch.no_grad()
+def residual_precision(model: nn.Module, layer: int, *, token_id: int = 0) -> tuple[str, str]:
+    """(dtype, device type) the residual stream at `layer` is computed in, e.g. ("bfloat16", "cuda").
+
+    Read from one token's pass, not from the parameters: under FSDP2 mixed precision the weights are
+    stored in fp32 and all-gathered in bf16 for the forward pass; and a model prepared by the Trainer
+    with `bf16=True` (TRL's default) runs its forward under autocast, whose bf16 matmuls leave an fp32
+    residual stream: that is reported as "float32 (autocast bfloat16)". Drift is compared against a
+    step-0 anchor, which is only valid when it was computed in the same precision (the same model in
+    bf16 and fp32 is ||d|| = 0.0011 apart on smollm2-135m). One pass, like any other, on every
+    process.
+    """
+    inner = unwrap_model(model)
+    layer = check_layers(inner, [layer])[0]
+    seen: list[str] = []
+
+    def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output
+        assert isinstance(hidden, Tensor)
+        kind = hidden.device.type
+        dtype = str(hidden.dtype).removeprefix("torch.")
+        if torch.is_autocast_enabled(kind):
+            dtype += f" (autocast {str(torch.get_autocast_dtype(kind)).removeprefix('torch.')})"
+        seen.extend([dtype, kind])
+        raise _StopForward
+
+    was_training = inner.training
+    inner.eval()
+    handle = decoder_layers(inner)[layer].register_forward_hook(hook)
+    try:
+        inner(input_ids=torch.tensor([[token_id]], device=_device_of(inner)), use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+        inner.train(was_training)
+    return seen[0], seen[1]

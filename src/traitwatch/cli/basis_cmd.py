@@ -95,7 +95,9 @@ def anchor_basis(lm: LoadedModel, basis: TraitBasis) -> None:
         proj = probe.project(lm.model, lm.tokenizer, progress=advance)
     from traitwatch.basis.basis import Anchor
 
-    basis.anchor = Anchor(probe.layer_, probe.prompts_hash_, proj.projections, proj.norms, lm.name)
+    # The precision is recorded so that a model run in another dtype re-anchors instead of using this one.
+    basis.anchor = Anchor(probe.layer_, probe.prompts_hash_, proj.projections, proj.norms, lm.name,
+                          *probe.precision(lm.model))
 
 
 def register(app: typer.Typer) -> None:

@@ -7,6 +7,10 @@
 The probe is estimator-like: parameters in `__init__`, the step-0 reference (`anchor_`) learned by
 `fit_anchor` or taken from the basis, then `measure` any number of times. It only reads the model,
 so it can run inside a training loop on the live model.
+
+An anchor is only valid for a model that runs in the precision it was measured in (`Anchor.dtype`,
+`Anchor.device`): `anchor_from_basis(precision)` skips a basis anchor of another precision, so the
+caller re-anchors on the base model instead of reporting precision noise as drift.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from transformers import PreTrainedTokenizerBase
 
 from traitwatch.basis.basis import Anchor, TraitBasis
 from traitwatch.basis.traits import load_measurement_prompts, prompts_hash
-from traitwatch.capture.activations import extract_activations
+from traitwatch.capture.activations import count_forward_passes, extract_activations, residual_precision
 from traitwatch.errors import BasisMismatchError
 from traitwatch.models.chat import encode_chat
 from traitwatch.models.layers import decoder_layers, fingerprint, unwrap_model
@@ -134,8 +138,13 @@ class DriftProbe:
         *,
         indices: Sequence[int] | None = None,
         progress: Callable[[int], None] | None = None,
+        forward_passes: int | None = None,
     ) -> Projection:
-        """Per-prompt projections at the measurement layer (optionally only some prompts)."""
+        """Per-prompt projections at the measurement layer (optionally only some prompts).
+
+        `forward_passes`: make exactly this many forward passes (see `count_forward_passes`), so the
+        processes of a sharded model (FSDP, ZeRO-3) run the same all-gathers whatever their share.
+        """
         inner = unwrap_model(model)
         hidden = self.basis.hidden_size
         if len(decoder_layers(inner)) != self.basis.model.num_layers:
@@ -143,23 +152,52 @@ class DriftProbe:
                 f"The trait basis was built on {self.basis.model.name} ({self.basis.model.num_layers} layers); "
                 f"this model has {len(decoder_layers(inner))}: extract a basis for it."
             )
-        prompts = self.prompt_list_
-        chosen = [prompts[i] for i in (range(len(prompts)) if indices is None else indices)]
-        if not chosen:
+        seqs = self._encode(tokenizer, indices)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        if not seqs and not forward_passes:
             return Projection(torch.empty((0, len(self.basis.trait_names))), torch.empty(0))
-        acts = prompt_activations(inner, tokenizer, chosen, [self.layer_], position=self.basis.position,
-                                  batch_size=self.batch_size, progress=progress)[self.layer_]
+        acts = extract_activations(
+            inner,
+            seqs,
+            [self.layer_],
+            position=self.basis.position,  # type: ignore[arg-type]
+            batch_size=self.batch_size,
+            pad_token_id=pad,
+            progress=progress,
+            forward_passes=forward_passes,
+        )[self.layer_]
         if acts.shape[1] != hidden:
             raise BasisMismatchError(
                 f"The trait basis has hidden size {hidden} but the model's is {acts.shape[1]}: extract a basis for it."
             )
-        return Projection(acts @ self.basis.matrix(self.layer_).T, acts.norm(dim=1), acts.mean(dim=0))
+        with torch.autocast("cpu", enabled=False):  # fp32 arithmetic even when called under the caller's autocast
+            return Projection(acts @ self.basis.matrix(self.layer_).T, acts.norm(dim=1), acts.mean(dim=0))
+
+    def _encode(self, tokenizer: PreTrainedTokenizerBase, indices: Sequence[int] | None) -> list[list[int]]:
+        prompts = self.prompt_list_
+        return [encode_chat(tokenizer, prompts[i]) for i in (range(len(prompts)) if indices is None else indices)]
+
+    def count_forward_passes(self, tokenizer: PreTrainedTokenizerBase, indices: Sequence[int] | None = None) -> int:
+        """The forward passes `project` makes for these prompts (tokenizing only, no model)."""
+        return count_forward_passes(self._encode(tokenizer, indices), position=self.basis.position,  # type: ignore[arg-type]
+                                    batch_size=self.batch_size)
+
+    def precision(self, model: nn.Module) -> tuple[str, str]:
+        """(dtype, device type) the model computes the measurement layer in; one one-token pass."""
+        return residual_precision(model, self.layer_)
 
     def fit_anchor(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, *, name: str = "") -> DriftProbe:
-        """Record the step-0 reference from the (base) model; returns self."""
+        """Record the step-0 reference from the (base) model, with its precision; returns self."""
         proj = self.project(model, tokenizer)
-        self.anchor_ = Anchor(self.layer_, self.prompts_hash_, proj.projections, proj.norms, name)
+        dtype, device = self.precision(model)
+        self.anchor_ = Anchor(self.layer_, self.prompts_hash_, proj.projections, proj.norms, name, dtype, device)
         return self
+
+    def anchor_fits(self, anchor: Anchor | None, precision: tuple[str, str] | None = None) -> bool:
+        """True if `anchor` was measured at this layer with these prompts (and, given one, in `precision`)."""
+        if anchor is None or anchor.layer != self.layer_ or anchor.prompts_hash != self.prompts_hash_:
+            return False
+        return precision is None or anchor.precision == tuple(precision)
 
     def use_anchor(self, anchor: Anchor) -> DriftProbe:
         """Adopt a stored anchor, refusing one made at another layer or with other prompts."""
@@ -171,11 +209,14 @@ class DriftProbe:
         self.anchor_ = anchor
         return self
 
-    def anchor_from_basis(self) -> bool:
-        """Use the basis's stored anchor when it fits this probe; True if it did."""
-        a = self.basis.anchor
-        if a is not None and a.layer == self.layer_ and a.prompts_hash == self.prompts_hash_:
-            self.anchor_ = a
+    def anchor_from_basis(self, precision: tuple[str, str] | None = None) -> bool:
+        """Use the basis's stored anchor when it fits this probe; True if it did.
+
+        With `precision` (the model's `self.precision(model)`), an anchor measured in another dtype or
+        on another device type, or in an unrecorded one, does not fit.
+        """
+        if self.anchor_fits(self.basis.anchor, precision):
+            self.anchor_ = self.basis.anchor
             return True
         return False
 
@@ -183,8 +224,9 @@ class DriftProbe:
         """Drift of already-computed projections (e.g. gathered from several processes)."""
         if self.anchor_ is None:
             raise BasisMismatchError("No step-0 anchor: call fit_anchor() on the base model first.")
-        p = projection.projections.mean(dim=0)
-        d = (p - self.anchor_.p0) / self.anchor_.scale
+        with torch.autocast("cpu", enabled=False):
+            p = projection.projections.float().mean(dim=0)
+            d = (p - self.anchor_.p0.float()) / self.anchor_.scale
         return DriftMeasurement(
             trait_names=list(self.basis.trait_names),
             drift=d.numpy().astype(np.float64),

@@ -24,7 +24,7 @@ from traitwatch.train.data import (
     load_chat_jsonl,
     tokenize_chats,
 )
-from traitwatch.train.distributed import gather_projection, shard_indices
+from traitwatch.train.distributed import gather_projection, lockstep_passes, shard_indices
 from traitwatch.train.sft import RUN_MARKER, SFTConfig, SFTResult, TrainConfigError, run_sft
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "file_sha256",
     "gather_projection",
     "load_chat_jsonl",
+    "lockstep_passes",
     "run_sft",
     "shard_indices",
     "tokenize_chats",

@@ -20,24 +20,36 @@ Where the numbers go:
   Trainer's logs, and an exception on rank 0 alone would leave the other ranks hanging.
 
 The step-0 anchor, and resuming. Drift is measured against the *base* model's step-0 projections
-(p_0, N). A fresh run uses the basis's stored anchor when it fits this probe (same layer and
-prompt set), else measures the live model in `on_train_begin` (for LoRA the freshly initialised
-adapter is a no-op, so the live model is the base). A resumed run (Trainer `resume_from_checkpoint`,
-`global_step > 0`) must not re-anchor on an already trained model, so the anchor is persisted in the
-store itself, in the step-0 measurement's `extra["anchor"]`: per-prompt norms, layer, prompt hash and
-source, plus the per-prompt projections when the anchor did not come from this pass (a measured
-anchor's projections are the row's own `per_prompt` array, not stored twice). A store row is used rather
-than a side file because the store is the one thing a resumed run must find anyway (the run id's
-trajectory lives there) and each write is one committed transaction, so the anchor can never be half
-written. On resume the stored anchor is read by rank 0, broadcast, and adopted with
-`DriftProbe.use_anchor` (which refuses one measured at another layer or with other prompts). Without
-a stored anchor the fallbacks are the basis anchor, then (LoRA) the live model with its adapter
-disabled, which is exactly the base; a full finetune with neither is an error rather than a silently
-wrong trajectory. Steps already in the store up to the resumed step are not measured again (the store
-replaces a row measured twice anyway); a resumed cadence step that is missing is measured at once.
+(p_0, N). A fresh run uses the given or the basis's stored anchor when it fits this probe (same
+layer, prompt set and precision), else measures the live model in `on_train_begin` (for LoRA the
+freshly initialised adapter is a no-op, so the live model is the base). A resumed run (Trainer
+`resume_from_checkpoint`, `global_step > 0`) must not re-anchor on an already trained model, so the
+anchor is persisted in the store itself, in the step-0 measurement's `extra["anchor"]`: per-prompt
+norms, layer, prompt hash, precision and source, plus the per-prompt projections when the anchor did
+not come from this pass (a measured anchor's projections are the row's own `per_prompt` array, not
+stored twice). A store row is used rather than a side file because the store is the one thing a
+resumed run must find anyway (the run id's trajectory lives there) and each write is one committed
+transaction, so the anchor can never be half written. On resume the stored anchor is read by rank 0,
+broadcast, and adopted (one measured at another layer or with other prompts is refused,
+`DriftProbe.use_anchor`). Without a stored anchor of the model's precision the fallbacks are the
+given, then the basis anchor, then (PEFT) the live model with its adapter disabled, which is exactly
+the base; a full finetune with none of them is an error rather than a silently wrong trajectory.
+Steps already in the store up to the resumed step are not measured again (the store replaces a row
+measured twice anyway); a resumed cadence step that is missing is measured at once.
+
+Precision. An anchor is only used on a model that computes the measurement layer in the dtype and
+on the device type it was measured in (`Anchor.dtype`/`device`, read from a one-token pass, so FSDP
+mixed precision counts as what it runs in). The same model in bf16 and fp32 is ||d|| = 0.0011 apart
+(smollm2-135m), which would be reported as drift. A stored, given or basis anchor of another (or
+an unrecorded) precision is skipped with a warning and the run re-anchors on the base model: the
+live model at step 0, the adapter-disabled model on a resumed PEFT run; a resumed full finetune has
+no base left to measure and is refused (`AnchorError`) with the fix.
 
 Distributed training: see `traitwatch.train.distributed`. Each rank projects a share of the prompts,
-the shares are gathered, and every rank computes the same drift, prediction and decision.
+the shares are gathered, and every rank computes the same drift, prediction and decision. Every rank
+makes the same forward passes (the same count, through the same blocks: `lockstep_passes`), because
+under FSDP2 or ZeRO-3 each pass all-gathers parameters, and every rank runs the same tensor code
+around them (the LoRA norm of the stored extras included: on sharded LoRA weights it communicates).
 """
 
 from __future__ import annotations
@@ -64,7 +76,7 @@ from traitwatch.drift.probe import DriftMeasurement, DriftProbe, Projection
 from traitwatch.errors import TraitwatchError
 from traitwatch.models.layers import unwrap_model
 from traitwatch.store import RunStore
-from traitwatch.train.distributed import broadcast_from_zero, gather_projection
+from traitwatch.train.distributed import broadcast_from_zero, gather_projection, lockstep_passes
 
 if TYPE_CHECKING:
     from traitwatch.basis.basis import TraitBasis
@@ -213,6 +225,8 @@ def _anchor_payload(anchor: Anchor, source: str, *, with_projections: bool) -> d
         "layer": anchor.layer,
         "prompts_hash": anchor.prompts_hash,
         "model_name": anchor.model_name,
+        "dtype": anchor.dtype,
+        "device": anchor.device,
         "source": source,
         "norms": [float(x) for x in anchor.norms.float().tolist()],
     }
@@ -236,6 +250,8 @@ def _anchor_from_store(store: RunStore, run_id: str) -> tuple[Anchor, str] | Non
         projections=torch.tensor(np.asarray(projections, dtype=np.float32)),
         norms=torch.tensor(meta["norms"], dtype=torch.float32),
         model_name=str(meta.get("model_name", "")),
+        dtype=meta.get("dtype"),
+        device=meta.get("device"),
     )
     return anchor, str(meta.get("source", "stored"))
 
@@ -488,17 +504,14 @@ class TraitWatchCallback(TrainerCallback):
             actions=actions,
             wall_time_s=time.perf_counter() - start,
         )
-        assert self.trainer is not None
-        # Trainer.log resets control.should_log (CallbackHandler.on_log), which would drop the Trainer's
-        # own loss logging for this step: keep the flag as DefaultFlowCallback set it.
-        should_log = control.should_log
-        self.trainer.log(record.log_dict())
-        control.should_log = self.trainer.control.should_log = should_log
+        self._log(record, control)
         self._last_step = step
         self.history_.append(record)
         ctx = self._ctx
+        # Every rank: on FSDP-sharded LoRA weights the norm's matmuls communicate, so rank 0 alone would hang.
+        extras = training_extras(state, model)
         if ctx.store is not None:
-            stored_extra: dict[str, Any] = {**training_extras(state, model), **dict(extra or {})}
+            stored_extra: dict[str, Any] = {**extras, **dict(extra or {})}
             if m.mean_activation is not None:  # the activation-space baselines' input (monitor.baselines)
                 stored_extra["mean_activation"] = [float(v) for v in m.mean_activation]
             if predicted is not None:
@@ -514,16 +527,37 @@ class TraitWatchCallback(TrainerCallback):
             self._act(record, control)
         return record
 
+    def _log(self, record: DriftRecord, control: TrainerControl) -> None:
+        """Send the scalars through the base `Trainer.log`, to `log_history` and every `report_to` tracker.
+
+        The base method, not the trainer's own: subclasses such as TRL's `SFTTrainer` add their running
+        metrics (entropy, token accuracy) to whatever is logged and then clear them, so logging through
+        the override would move those into our row and shorten their next averaging window.
+        """
+        from transformers import Trainer
+
+        assert self.trainer is not None
+        log = Trainer.log if isinstance(self.trainer, Trainer) else type(self.trainer).log
+        # Trainer.log resets control.should_log (CallbackHandler.on_log), which would drop the Trainer's
+        # own loss logging for this step: keep the flag as DefaultFlowCallback set it.
+        should_log = control.should_log
+        log(self.trainer, record.log_dict())
+        control.should_log = self.trainer.control.should_log = should_log
+
     def _project(self, model: nn.Module) -> Projection:
         ctx = self._ctx
         inner = unwrap_model(model)
         assert ctx.tokenizer is not None
         tokenizer = ctx.tokenizer
 
-        def project(indices: list[int] | None) -> Projection:
-            return self.probe_.project(inner, tokenizer, indices=indices)
+        n_prompts = len(self.probe_.prompt_list_)
+        passes = lockstep_passes(lambda share: self.probe_.count_forward_passes(tokenizer, share), n_prompts,
+                                 ctx.world_size)
 
-        return gather_projection(project, len(self.probe_.prompt_list_), ctx.rank, ctx.world_size)
+        def project(indices: list[int] | None) -> Projection:
+            return self.probe_.project(inner, tokenizer, indices=indices, forward_passes=passes)
+
+        return gather_projection(project, n_prompts, ctx.rank, ctx.world_size)
 
     def _predict(self, m: DriftMeasurement, step: int) -> tuple[float | None, bool]:
         if self.monitor is None or step == 0:
@@ -573,20 +607,14 @@ class TraitWatchCallback(TrainerCallback):
     def _begin_fresh(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: nn.Module
     ) -> None:
-        """Step 0: the live model is the base. Anchor (basis, given, or measured) and record step 0."""
+        """Step 0: the live model is the base. Anchor (given, basis, or measured) and record step 0."""
         started = time.perf_counter()
+        precision = self.probe_.precision(unwrap_model(model))
         proj = self._project(model)
-        if self.probe_.anchor_ is not None:
-            source = "given"
-        elif self.probe_.anchor_from_basis():
-            source = "basis"
-        else:
-            assert self.probe_.anchor_ is None
-            self.probe_.anchor_ = Anchor(
-                self.probe_.layer_, self.probe_.prompts_hash_, proj.projections.clone(), proj.norms.clone(),
-                self.model_name or self.probe_.basis.model.name,
-            )
-            source = "measured"
+        source, _ = self._adopt_anchor(precision)
+        if source is None:
+            base, source = self._base_projection(model, precision, live=proj)
+            self.probe_.anchor_ = self._new_anchor(base, precision)
         self.anchor_source_ = source
         anchor = self.probe_.anchor_
         assert anchor is not None
@@ -605,35 +633,85 @@ class TraitWatchCallback(TrainerCallback):
         model: nn.Module,
         stored: tuple[Anchor, str] | None,
     ) -> None:
-        """Resumed at step G > 0: adopt the original anchor; never re-anchor on a trained model."""
+        """Resumed at step G > 0: adopt the original anchor, or measure the adapter-disabled base; never
+        anchor on the trained model."""
         step = state.global_step
-        if stored is not None:
-            self.probe_.use_anchor(stored[0])
-            self.anchor_source_ = f"store ({stored[1]})"
-        elif self.probe_.anchor_ is not None:
-            self.anchor_source_ = "given"
-        elif self.probe_.anchor_from_basis():
-            self.anchor_source_ = "basis"
-        else:
-            inner = unwrap_model(model)
-            if not hasattr(inner, "disable_adapter"):
-                raise AnchorError(
-                    f"Run {self._ctx.run_id!r} resumed at step {step} but its step-0 anchor is not in the store and "
-                    f"the basis has none for layer {self.probe_.layer_}: measuring this trained model as step 0 "
-                    "would be wrong. Restart the run from step 0, or use a basis with an anchor "
-                    "(`traitwatch select-layer --set`)."
-                )
-            with inner.disable_adapter():  # LoRA off = exactly the base model
-                proj = self._project(inner)
-            self.probe_.anchor_ = Anchor(
-                self.probe_.layer_, self.probe_.prompts_hash_, proj.projections, proj.norms,
-                self.model_name or self.probe_.basis.model.name,
-            )
-            self.anchor_source_ = "adapter disabled"
+        if stored is not None and not self.probe_.anchor_fits(stored[0]):
+            self.probe_.use_anchor(stored[0])  # refuses an anchor of another layer or prompt set
+        precision = self.probe_.precision(unwrap_model(model))
+        source, skipped = self._adopt_anchor(precision, stored)
+        if source is None:
+            base, source = self._base_projection(model, precision, step=step, skipped=skipped)
+            self.probe_.anchor_ = self._new_anchor(base, precision)
+        self.anchor_source_ = source
         if step not in self._ctx.stored_steps and self._due(step, state.max_steps):
             self.measure_now(args, state, control, model)  # the checkpoint's step was never recorded
         else:
             self._last_step = step
+
+    def _adopt_anchor(
+        self, precision: tuple[str, str], stored: tuple[Anchor, str] | None = None
+    ) -> tuple[str | None, list[str]]:
+        """Use the first anchor that fits the probe and the model's precision: stored, given, basis.
+
+        Returns its source (None when none fits) and the anchors skipped only for their precision,
+        which rank 0 names in a warning: re-anchoring costs a pass and changes p_0.
+        """
+        candidates = [(stored[0], f"store ({stored[1]})")] if stored is not None else []
+        if self.probe_.anchor_ is not None:
+            candidates.append((self.probe_.anchor_, "given"))
+        if self.probe_.basis.anchor is not None:
+            candidates.append((self.probe_.basis.anchor, "basis"))
+        for anchor, source in candidates:
+            if self.probe_.anchor_fits(anchor, precision):
+                self.probe_.anchor_ = anchor
+                return source, []
+        self.probe_.anchor_ = None
+        skipped = [f"the {source} anchor ({anchor.describe_precision()})" for anchor, source in candidates
+                   if self.probe_.anchor_fits(anchor)]
+        if skipped and self._ctx.is_zero:
+            logger.warning(
+                "traitwatch: %s was measured in another precision than the model runs in now (%s on %s); "
+                "re-anchoring on the base model, since precision alone moves drift by ~0.001.",
+                " and ".join(skipped), *precision,
+            )
+        return None, skipped
+
+    def _base_projection(
+        self,
+        model: nn.Module,
+        precision: tuple[str, str],
+        *,
+        live: Projection | None = None,
+        step: int = 0,
+        skipped: Sequence[str] = (),
+    ) -> tuple[Projection, str]:
+        """Project the base model: the live one at step 0, else the live one with its adapter disabled."""
+        if live is not None:
+            return live, "measured"  # at step 0 the model is the base (a fresh LoRA adapter is a no-op)
+        inner = unwrap_model(model)
+        if hasattr(inner, "disable_adapter"):
+            with inner.disable_adapter():  # LoRA off = exactly the base model
+                return self._project(inner), "adapter disabled"
+        dtype, device = precision
+        # select-layer anchors a plain dtype; an autocast precision is reproduced by fitting under torch.autocast
+        basis_fix = "" if " " in dtype else (
+            f"; for the basis: `traitwatch select-layer --basis BASIS --set {self.probe_.layer_} --dtype {dtype}`")
+        why = (f"{' and '.join(skipped)} was measured in another precision than the model runs in now ({dtype} on "
+               f"{device}), which would put precision noise into the drift" if skipped else
+               f"its step-0 anchor is not in the store and the basis has none for layer {self.probe_.layer_}")
+        raise AnchorError(
+            f"Run {self._ctx.run_id!r} resumed at step {step} but {why}; a fully finetuned model has no base left "
+            "to measure, and measuring this trained model as step 0 would be wrong. Resume in the precision the "
+            f"anchor was measured in, restart the run from step 0, or anchor the base model in {dtype} on {device} "
+            f"and pass that probe (`DriftProbe(basis).fit_anchor(base_model, tokenizer)`{basis_fix})."
+        )
+
+    def _new_anchor(self, base: Projection, precision: tuple[str, str]) -> Anchor:
+        return Anchor(
+            self.probe_.layer_, self.probe_.prompts_hash_, base.projections.clone(), base.norms.clone(),
+            self.model_name or self.probe_.basis.model.name, *precision,
+        )
 
     def _open_store(self, args: TrainingArguments, state: TrainerState) -> tuple[Anchor, str] | None:
         """Rank 0: open the store, start or resume the run; on resume, read the stored anchor and steps."""

@@ -6,6 +6,11 @@ all-gathered as Python objects (`gather_projection`), and every rank rebuilds th
 numbers, every rank reaches the same stop/raise decision on the same step; no rank can leave the
 training loop while another waits in a collective.
 
+Under a sharded model (FSDP2, DeepSpeed ZeRO-3) the forward passes themselves are collective: each
+block all-gathers its parameters. Shares differ in length and in how their prompts group by shared
+prefix, so they need different numbers of passes; `lockstep_passes` gives every rank the largest
+count, and the short shares top up with one-token idle passes (`extract_activations(forward_passes=)`).
+
 Outside `torch.distributed` (one process, or a process group that is not initialised) these are
 plain local calls, so the callback has one code path.
 """
@@ -21,7 +26,7 @@ import torch.distributed as dist
 
 from traitwatch.drift.probe import Projection
 
-__all__ = ["broadcast_from_zero", "distributed_active", "gather_projection", "shard_indices"]
+__all__ = ["broadcast_from_zero", "distributed_active", "gather_projection", "lockstep_passes", "shard_indices"]
 
 T = TypeVar("T")
 
@@ -40,6 +45,18 @@ def shard_indices(n: int, rank: int, world_size: int) -> list[int]:
     return list(range(start, start + base + (1 if rank < extra else 0)))
 
 
+def lockstep_passes(count: Callable[[list[int]], int], n_prompts: int, world_size: int) -> int | None:
+    """How many forward passes every rank makes: the most that any rank's share needs.
+
+    `count(indices)` is the passes a share needs (`DriftProbe.count_forward_passes`), computed from
+    token ids alone, so each rank works out every share's count itself and all agree without
+    communicating. None outside `torch.distributed` (nothing to keep in step).
+    """
+    if not distributed_active(world_size):
+        return None
+    return max(count(shard_indices(n_prompts, rank, world_size)) for rank in range(world_size))
+
+
 def gather_projection(
     project: Callable[[list[int] | None], Projection], n_prompts: int, rank: int, world_size: int
 ) -> Projection:
@@ -53,11 +70,12 @@ def gather_projection(
         return project(None)
     mine = shard_indices(n_prompts, rank, world_size)
     part = project(mine)
+    mean = None if part.mean_activation is None or not mine else part.mean_activation.cpu()
     parts: list[Any] = [None] * world_size
-    dist.all_gather_object(parts, (mine, part.projections.cpu(), part.norms.cpu()))
+    dist.all_gather_object(parts, (mine, part.projections.cpu(), part.norms.cpu(), mean))
     projections: Tensor | None = None
     norms: Tensor | None = None
-    for indices, proj, norm in parts:
+    for indices, proj, norm, _ in parts:
         if projections is None:
             projections = torch.empty((n_prompts, proj.shape[1]), dtype=torch.float32)
             norms = torch.empty(n_prompts, dtype=torch.float32)
@@ -65,7 +83,12 @@ def gather_projection(
             projections[torch.tensor(indices)] = proj.float()
             norms[torch.tensor(indices)] = norm.float()  # type: ignore[index]
     assert projections is not None and norms is not None
-    return Projection(projections, norms)
+    # The mean residual vector over all prompts is the share means weighted by share size.
+    shares = [(len(indices), m) for indices, _, _, m in parts if indices]
+    mean_activation = None
+    if shares and all(m is not None for _, m in shares):
+        mean_activation = sum(m.float() * (k / n_prompts) for k, m in shares)
+    return Projection(projections, norms, mean_activation)  # type: ignore[arg-type]
 
 
 def broadcast_from_zero(value: T, world_size: int) -> T:
