@@ -18,6 +18,8 @@ that over the aligned ones, on the base model (cf. the convergent EM direction o
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,6 +46,13 @@ class ProbeSet:
     answers: Mapping[str, ProxyAnswers]
     categories: Mapping[str, str]
     source: str
+
+    @property
+    def sha256(self) -> str:
+        """What a monitor calibrated on this probe must be scored with: the questions and both answers."""
+        rows = [[q.id, q.text, q.system, self.answers[q.id].style_aligned, self.answers[q.id].style_misaligned]
+                for q in self.questions]
+        return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def _record(entry: Any, index: int, source: str) -> tuple[Question, ProxyAnswers, str]:

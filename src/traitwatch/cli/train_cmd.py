@@ -41,14 +41,19 @@ def drift_table(records: list[DriftRecord], title: str = "Trait drift") -> Table
     for name in traits:
         table.add_column(name, justify="right")
     table.add_column("||d||", justify="right")
+    with_probe = any(r.probe_rise is not None for r in records)
+    if with_probe:
+        table.add_column("probe rise", justify="right")
     with_monitor = any(r.predicted_em is not None for r in records)
     if with_monitor:
-        table.add_column("pred. EM", justify="right")
+        table.add_column("prediction", justify="right")
         table.add_column("alarm")
     for r in records[-_MAX_ROWS:]:
         cells = [str(r.step), *[f"{r.drift[t]:+.4f}" for t in traits], f"{r.drift_norm:.4f}"]
+        if with_probe:
+            cells.append("" if r.probe_rise is None else f"{r.probe_rise:+.4f}")
         if with_monitor:
-            pred = "" if r.predicted_em is None else f"{r.predicted_em:.3f}"
+            pred = "" if r.predicted_em is None else f"{r.predicted_em:+.4f}"
             cells += [pred, f"[red]{'+'.join(r.actions)}[/]" if r.alarm else ""]
         table.add_row(*cells)
     return table
@@ -83,6 +88,8 @@ def register(app: typer.Typer) -> None:
         every_n_steps: Annotated[int, typer.Option("--every", min=1, help="Measure drift every N optimizer steps.")] = 10,
         save_steps: Annotated[int | None, typer.Option(min=1, help="Checkpoint every N steps (default: --every).")] = None,
         monitor: Annotated[Path | None, typer.Option(help="Calibrated monitor (.json) for alarms.")] = None,
+        probe: Annotated[bool, typer.Option("--probe", help="Also score the behavioural probe at every measurement "
+                                            "(on by itself when the monitor reads it).")] = False,
         on_alarm: Annotated[str, typer.Option(help=f"Alarm actions, comma-separated: {', '.join(ALARM_ACTIONS)}.")] = "warn,mark",
         measure_batch_size: Annotated[int, typer.Option(min=1)] = 32,
         report_to: Annotated[str, typer.Option(help="Trainer integrations (wandb, tensorboard, ...), or none.")] = "none",
@@ -106,7 +113,7 @@ def register(app: typer.Typer) -> None:
             n_samples=n_samples, seed=seed, response_only=response_only, every_n_steps=every_n_steps,
             save_steps=save_steps, monitor=monitor, on_alarm=actions,  # type: ignore[arg-type]
             measure_batch_size=measure_batch_size, device=device, dtype=dtype,
-            report_to=report_to, resume=resume,
+            report_to=report_to, resume=resume, behavior_probe=probe,
         )
         records: list[DriftRecord] = []
         title = f"Trait drift of {config.resolved_run_id()} ({model_name})"

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -340,12 +340,13 @@ def _normalise(value: Any) -> Any:
 def load_monitor(
     path: str | Path,
     *,
-    fingerprint: Mapping[str, Any] | None = None,
+    fingerprint: Mapping[str, Any] | Callable[[str], Mapping[str, Any]] | None = None,
     trait_names: Sequence[str] | None = None,
 ) -> LoadedMonitor:
     """Read a monitor written by `save_monitor`, checking it against the caller's basis.
 
-    `fingerprint` (the current basis's fingerprint dict) must equal the stored one field by field, and
+    `fingerprint` (the current basis's fingerprint dict, or a function of the monitor's `inputs` giving the
+    fingerprint of what would measure them) must equal the stored one field by field, and
     `trait_names`, if given, must match in order; otherwise `BasisMismatchError` names the file and the
     first mismatching field. A missing, corrupt or inconsistent file pair raises `InputFileError`.
     """
@@ -378,6 +379,8 @@ def load_monitor(
     if missing or kind not in ("random_forest", "gradient_boosting", "ridge"):
         raise InputFileError(f"{json_path}: monitor file is incomplete (missing or bad: {missing or ['regressor']})")
 
+    if callable(fingerprint):  # what the inputs were measured with depends on what the monitor reads
+        fingerprint = fingerprint(str(doc.get("inputs", "trait_drift")))
     if fingerprint is not None:
         given, stored = _normalise(dict(fingerprint)), doc["fingerprint"]
         for key in sorted(set(given) | set(stored)):

@@ -80,6 +80,7 @@ from traitwatch.train.distributed import broadcast_from_zero, gather_projection,
 
 if TYPE_CHECKING:
     from traitwatch.basis.basis import TraitBasis
+    from traitwatch.behavior.probe import ProbeSet
     from transformers import Trainer
 
 __all__ = [
@@ -91,6 +92,8 @@ __all__ = [
     "DriftRecord",
     "TraitWatchCallback",
     "basis_fingerprint",
+    "load_watch_monitor",
+    "monitor_fingerprint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -150,11 +153,16 @@ class DriftRecord:
     alarm: bool = False
     actions: tuple[str, ...] = ()
     wall_time_s: float = 0.0
+    probe: float | None = None  # the behavioural probe, when measured
+    probe_rise: float | None = None  # ... minus its step-0 value
 
     def log_dict(self) -> dict[str, float]:
         """The scalars sent through `Trainer.log` (plain floats: trackers drop anything else)."""
         logs = {f"{LOG_PREFIX}{name}": float(value) for name, value in self.drift.items()}
         logs[f"{LOG_PREFIX}drift_norm"] = float(self.drift_norm)
+        if self.probe is not None and self.probe_rise is not None:
+            logs[f"{LOG_PREFIX}probe"] = float(self.probe)
+            logs[f"{LOG_PREFIX}probe_rise"] = float(self.probe_rise)
         if self.predicted_em is not None:
             logs[f"{LOG_PREFIX}predicted_em"] = float(self.predicted_em)
             logs[f"{LOG_PREFIX}alarm"] = float(self.alarm)
@@ -215,6 +223,37 @@ def basis_fingerprint(probe: DriftProbe) -> dict[str, Any]:
     }
 
 
+def monitor_fingerprint(inputs: str, probe: DriftProbe, behavior_probe: ProbeSet | None = None) -> dict[str, Any]:
+    """What a monitor reading `inputs` must have been calibrated with, for this basis (and probe set).
+
+    Trait drift: the basis fingerprint (model, layer, directions, prompts). The behavioural probe: the
+    model and the probe set's hash (the probe reads no basis, but its log-probs are the model's own).
+    """
+    if inputs == "probe_rise":
+        from traitwatch.behavior.probe import load_probe
+
+        probe_set = behavior_probe if behavior_probe is not None else load_probe()
+        return {"model": probe.basis.model.to_dict(), "probe_sha256": probe_set.sha256}
+    return basis_fingerprint(probe)
+
+
+def load_watch_monitor(path: str | os.PathLike[str], probe: DriftProbe,
+                       behavior_probe: ProbeSet | None = None) -> AlarmMonitor:
+    """A saved monitor, checked against what this callback would measure its inputs with."""
+    from traitwatch.monitor import load_monitor
+
+    def expected(inputs: str) -> dict[str, Any]:
+        return monitor_fingerprint(inputs, probe, behavior_probe)
+
+    monitor = load_monitor(path, fingerprint=expected)
+    if monitor.inputs == "trait_drift" and monitor.trait_names != list(probe.basis.trait_names):
+        from traitwatch.errors import BasisMismatchError
+
+        raise BasisMismatchError(f"{path}: monitor traits {monitor.trait_names} differ from the basis's "
+                                 f"{list(probe.basis.trait_names)}; measure with the monitor's basis")
+    return monitor  # type: ignore[return-value]
+
+
 def _anchor_payload(anchor: Anchor, source: str, *, with_projections: bool) -> dict[str, Any]:
     """JSON for the step-0 row's `extra["anchor"]`; float32 values survive the JSON round trip exactly.
 
@@ -268,6 +307,7 @@ class _Context:
     owns_store: bool = False
     run_id: str = ""
     stored_steps: set[int] = field(default_factory=set)
+    stored_probe0: float | None = None  # a resumed run's step-0 behavioural probe, from the store
 
 
 class TraitWatchCallback(TrainerCallback):
@@ -293,7 +333,14 @@ class TraitWatchCallback(TrainerCallback):
         Extra `start_run` fields (`dataset`, `seed`, `hyperparameters`) for runs this callback starts.
     monitor:
         Optional calibrated monitor (`AlarmMonitor`). It is consulted from step 1 on: step 0 is the
-        base model itself, outside what a detector calibrated on step > 0 checkpoints has seen.
+        base model itself, outside what a detector calibrated on step > 0 checkpoints has seen. A
+        monitor whose `inputs` is "probe_rise" reads the behavioural probe instead of the drift.
+    behavior_probe:
+        Also score the behavioural probe (`traitwatch.behavior.probe`: 64 questions with style-matched
+        aligned/misaligned answers, disjoint from the EM evaluation questions) at every measurement:
+        True for the packaged set, or a `ProbeSet`. On by itself when the monitor reads it. Logged as
+        `traitwatch/probe` and `traitwatch/probe_rise` (its rise over step 0). Every rank scores all
+        questions (the same forward passes on every rank, so sharded models stay in step).
     every_n_steps:
         Cadence in optimizer steps (METHOD.md 3: 10).
     on_alarm:
@@ -316,6 +363,7 @@ class TraitWatchCallback(TrainerCallback):
         every_n_steps: int = 10,
         on_alarm: Sequence[AlarmAction] = ("warn", "mark"),
         reporter: Callable[[DriftRecord], None] | None = None,
+        behavior_probe: ProbeSet | bool | None = None,
     ) -> None:
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
@@ -335,7 +383,12 @@ class TraitWatchCallback(TrainerCallback):
         self.every_n_steps = every_n_steps
         self.on_alarm = tuple(on_alarm)
         self.reporter = reporter
+        self.behavior_probe = behavior_probe
+        if getattr(monitor, "inputs", "trait_drift") == "probe_rise" and behavior_probe is False:
+            raise ValueError("the monitor reads the behavioural probe: behavior_probe=False would leave it without input")
         self.probe_: DriftProbe = probe  # the working copy of the current run, with its anchor
+        self.probe_set_: ProbeSet | None = None  # the behavioural probe scored in this run, if any
+        self.probe0_: float | None = None  # its step-0 (base model) value
         self.history_: list[DriftRecord] = []
         self.anchor_source_: str | None = None
         self.stopped_by_alarm_: bool = False
@@ -355,23 +408,24 @@ class TraitWatchCallback(TrainerCallback):
         on_alarm: Sequence[AlarmAction] = ("warn", "mark"),
         reporter: Callable[[DriftRecord], None] | None = None,
         batch_size: int = 32,
+        behavior_probe: ProbeSet | bool | None = None,
     ) -> TraitWatchCallback:
         """The two-line set-up: a callback from a basis folder (and a saved monitor file, if any).
 
         `TraitWatchCallback.from_basis("my-basis", store="traitwatch.db").attach(trainer)`.
-        A monitor file is checked against the basis's fingerprint when loaded.
+        A monitor file is checked when loaded against what would measure its inputs: the basis's
+        fingerprint for a drift monitor, the basis's model and the probe set for a probe monitor.
         """
         from traitwatch.basis.basis import TraitBasis as _TraitBasis
 
         loaded = basis if isinstance(basis, _TraitBasis) else _TraitBasis.load(basis)
         probe = DriftProbe(loaded, batch_size=batch_size)
         if monitor is not None and not isinstance(monitor, AlarmMonitor):
-            from traitwatch.monitor import load_monitor
-
-            monitor = load_monitor(monitor, fingerprint=basis_fingerprint(probe), trait_names=loaded.trait_names)
+            given = behavior_probe if not isinstance(behavior_probe, bool) else None
+            monitor = load_watch_monitor(monitor, probe, given)
         return cls(
             probe, store=store, run_id=run_id, monitor=monitor,  # type: ignore[arg-type]
-            every_n_steps=every_n_steps, on_alarm=on_alarm, reporter=reporter,
+            every_n_steps=every_n_steps, on_alarm=on_alarm, reporter=reporter, behavior_probe=behavior_probe,
         )
 
     def attach(self, trainer: Trainer) -> TraitWatchCallback:
@@ -415,6 +469,7 @@ class TraitWatchCallback(TrainerCallback):
             run_id=self.run_id or args.run_name or Path(args.output_dir or "run").name,
         )
         self._ctx = ctx
+        self.probe_set_, self.probe0_ = self._resolve_behavior_probe(), None
         self.history_ = []
         self.stopped_by_alarm_ = False
         self.store_errors_ = []
@@ -429,11 +484,12 @@ class TraitWatchCallback(TrainerCallback):
                 failure = exc
         # Only rank 0 may read the store; every rank needs the same anchor, step list and verdict
         # (a rank-0-only exception would leave the other ranks waiting in the next collective).
-        stored, steps, failure = broadcast_from_zero((stored, sorted(ctx.stored_steps), failure), ctx.world_size)
+        stored, steps, probe0, failure = broadcast_from_zero(
+            (stored, sorted(ctx.stored_steps), ctx.stored_probe0, failure), ctx.world_size)
         if failure is not None:
             self._close_store()
             raise failure
-        ctx.stored_steps = set(steps)
+        ctx.stored_steps, ctx.stored_probe0 = set(steps), probe0
 
         if state.global_step == 0:
             self._begin_fresh(args, state, control, model)
@@ -484,16 +540,22 @@ class TraitWatchCallback(TrainerCallback):
         extra: Mapping[str, Any] | None = None,
         projection: Projection | None = None,
         started: float | None = None,
+        probe_value: float | None = None,
     ) -> DriftRecord:
         """Measure at `state.global_step`, log, store and act on an alarm. Every rank must call it.
 
-        `projection` (with `started`, its `time.perf_counter()` start) reuses a pass already made.
+        `projection` (with `started`, its `time.perf_counter()` start) and `probe_value` reuse
+        measurements already made at this step.
         """
         start = time.perf_counter() if started is None else started
         step = state.global_step
         proj = self._project(model) if projection is None else projection
         m = self.probe_.drift_from(proj)
-        predicted, alarm = self._predict(m, step)
+        probe = rise = None
+        if self.probe_set_ is not None:
+            probe = self._behavior(model) if probe_value is None else probe_value
+            rise = probe - self.probe0_ if self.probe0_ is not None else None
+        predicted, alarm = self._predict(m, step, rise)
         actions = self._actions(alarm)
         record = DriftRecord(
             step=step,
@@ -503,6 +565,8 @@ class TraitWatchCallback(TrainerCallback):
             alarm=alarm,
             actions=actions,
             wall_time_s=time.perf_counter() - start,
+            probe=probe,
+            probe_rise=rise,
         )
         self._log(record, control)
         self._last_step = step
@@ -515,7 +579,10 @@ class TraitWatchCallback(TrainerCallback):
             if m.mean_activation is not None:  # the activation-space baselines' input (monitor.baselines)
                 stored_extra["mean_activation"] = [float(v) for v in m.mean_activation]
             if predicted is not None:
-                stored_extra.update(predicted_em=predicted, alarm=alarm, threshold=self._threshold())
+                stored_extra.update(predicted_em=predicted, alarm=alarm, threshold=self._threshold(),
+                                    prediction=self._prediction_name())
+            if probe is not None:
+                stored_extra.update(probe=probe, probe_rise=rise)
             stored_extra["world_size"] = ctx.world_size
             self._store_write(f"the step-{step} measurement", lambda store: store.add_measurement(
                 ctx.run_id, step, record.drift, record.drift_norm, per_prompt=m.projections,
@@ -559,10 +626,15 @@ class TraitWatchCallback(TrainerCallback):
 
         return gather_projection(project, n_prompts, ctx.rank, ctx.world_size)
 
-    def _predict(self, m: DriftMeasurement, step: int) -> tuple[float | None, bool]:
+    def _predict(self, m: DriftMeasurement, step: int, probe_rise: float | None = None) -> tuple[float | None, bool]:
         if self.monitor is None or step == 0:
             return None, False
-        predicted = float(np.asarray(self.monitor.predict(m.drift[None, :])).reshape(-1)[0])
+        if getattr(self.monitor, "inputs", "trait_drift") == "probe_rise":
+            assert probe_rise is not None  # on_train_begin scored the probe's step 0
+            X = np.array([[probe_rise]])
+        else:
+            X = m.drift[None, :]
+        predicted = float(np.asarray(self.monitor.predict(X)).reshape(-1)[0])
         step_aware = getattr(self.monitor, "step_aware", None)
         if step_aware is not None:  # is this much drift unusual for this many steps?
             return predicted, bool(np.asarray(step_aware.alarm(np.append(m.drift, step)[None, :])).reshape(-1)[0])
@@ -570,6 +642,43 @@ class TraitWatchCallback(TrainerCallback):
 
     def _threshold(self) -> float:
         return float(self.monitor.threshold) if self.monitor is not None else float("nan")
+
+    def _prediction_name(self) -> str:
+        """What the monitor predicts, for messages: a relative rise is not an EM rate."""
+        return ("predicted rise of the EM proxy over benign finetuning"
+                if getattr(self.monitor, "target", "em_rate") == "relative_rise" else "predicted EM rate")
+
+    # -- the behavioural probe ----------------------------------------------------------------------
+
+    def _resolve_behavior_probe(self) -> ProbeSet | None:
+        """The probe set this run scores: the given one, the packaged one when asked or when the monitor reads it."""
+        from traitwatch.behavior.probe import ProbeSet as _ProbeSet
+        from traitwatch.behavior.probe import load_probe
+
+        if isinstance(self.behavior_probe, _ProbeSet):
+            return self.behavior_probe
+        if self.behavior_probe or getattr(self.monitor, "inputs", "trait_drift") == "probe_rise":
+            return load_probe()
+        return None
+
+    def _behavior(self, model: nn.Module) -> float:
+        """The probe on the live model. Every rank scores every question: the same forward passes everywhere."""
+        from traitwatch.behavior.probe import probe_score
+
+        assert self.probe_set_ is not None and self._ctx.tokenizer is not None
+        return probe_score(unwrap_model(model), self._ctx.tokenizer, self.probe_set_).style_p_mis
+
+    def _behavior_base(self, model: nn.Module, step: int) -> float:
+        """A resumed run's step-0 probe: stored, else the adapter-disabled model; a full finetune has no base."""
+        if self._ctx.stored_probe0 is not None:
+            return self._ctx.stored_probe0
+        inner = unwrap_model(model)
+        if hasattr(inner, "disable_adapter"):
+            with inner.disable_adapter():  # LoRA off = exactly the base model
+                return self._behavior(inner)
+        raise AnchorError(
+            f"Run {self._ctx.run_id!r} resumed at step {step} with the behavioural probe on, but the store has no "
+            "step-0 probe value and a fully finetuned model has no base left to score; restart the run from step 0.")
 
     def _actions(self, alarm: bool) -> tuple[str, ...]:
         return self.on_alarm if alarm else ()
@@ -581,7 +690,7 @@ class TraitWatchCallback(TrainerCallback):
         why = ("; the step-aware alarm fired" if getattr(self.monitor, "step_aware", None) is not None
                else f" > threshold {threshold:.3f}")
         message = (
-            f"traitwatch: drift alarm at step {record.step}: predicted EM rate {record.predicted_em:.3f}{why} "
+            f"traitwatch: drift alarm at step {record.step}: {self._prediction_name()} {record.predicted_em:.4f}{why} "
             f"(||d|| = {record.drift_norm:.4f}); actions: {', '.join(record.actions)}"
         )
         if "warn" in record.actions and ctx.is_zero:
@@ -618,10 +727,13 @@ class TraitWatchCallback(TrainerCallback):
         self.anchor_source_ = source
         anchor = self.probe_.anchor_
         assert anchor is not None
-        # Persist the anchor with the step-0 row, so a resumed run measures against this same p_0 and N.
-        # A measured anchor *is* this pass, whose projections are the row's per-prompt array already.
+        if self.probe_set_ is not None:
+            self.probe0_ = self._behavior(model)  # the live model is the base at step 0
+        # Persist the anchor with the step-0 row, so a resumed run measures against this same p_0 and N
+        # (and the step-0 probe, as the row's `probe`). A measured anchor *is* this pass, whose projections
+        # are the row's per-prompt array already.
         self.measure_now(
-            args, state, control, model, projection=proj, started=started,
+            args, state, control, model, projection=proj, started=started, probe_value=self.probe0_,
             extra={"anchor": _anchor_payload(anchor, source, with_projections=source != "measured")},
         )
 
@@ -644,6 +756,8 @@ class TraitWatchCallback(TrainerCallback):
             base, source = self._base_projection(model, precision, step=step, skipped=skipped)
             self.probe_.anchor_ = self._new_anchor(base, precision)
         self.anchor_source_ = source
+        if self.probe_set_ is not None:
+            self.probe0_ = self._behavior_base(model, step)
         if step not in self._ctx.stored_steps and self._due(step, state.max_steps):
             self.measure_now(args, state, control, model)  # the checkpoint's step was never recorded
         else:
@@ -730,7 +844,11 @@ class TraitWatchCallback(TrainerCallback):
         )
         if state.global_step == 0:
             return None
-        ctx.stored_steps = {m.step for m in ctx.store.measurements(ctx.run_id, per_prompt=False)}
+        rows = ctx.store.measurements(ctx.run_id, per_prompt=False)
+        ctx.stored_steps = {m.step for m in rows}
+        step0 = next((m for m in rows if m.step == 0), None)
+        if step0 is not None and step0.extra and step0.extra.get("probe") is not None:
+            ctx.stored_probe0 = float(step0.extra["probe"])
         return _anchor_from_store(ctx.store, ctx.run_id)
 
     def _store_write(self, what: str, write: Callable[[RunStore], object]) -> None:

@@ -40,7 +40,7 @@ from traitwatch.train.callback import (
     DriftAlarmError,
     DriftRecord,
     TraitWatchCallback,
-    basis_fingerprint,
+    load_watch_monitor,
 )
 from traitwatch.train.data import DataStats, OverLength, PaddingCollator, file_sha256, load_chat_jsonl, tokenize_chats
 
@@ -84,6 +84,7 @@ class SFTConfig:
     save_total_limit: int | None = None
     monitor: Path | None = None
     on_alarm: tuple[AlarmAction, ...] = ("warn", "mark")
+    behavior_probe: bool = False  # also score the behavioural probe at every measurement (on when the monitor reads it)
     measure_batch_size: int = 32
     device: str | None = None
     dtype: str = "auto"
@@ -237,11 +238,10 @@ def run_sft(
     probe = DriftProbe(basis, batch_size=config.measure_batch_size)
     probe.check_model(lm.model, lm.tokenizer, lm.name)
     if monitor is None and config.monitor is not None:
-        from traitwatch.monitor import load_monitor
-
-        # The monitor was calibrated on runs recorded with this callback, so it carries their basis
-        # fingerprint (model, layer, directions hash, prompts): drift from any other basis is refused.
-        monitor = load_monitor(config.monitor, fingerprint=basis_fingerprint(probe), trait_names=basis.trait_names)
+        # The monitor was calibrated on runs recorded with this callback, so it carries the fingerprint of
+        # what measured its inputs (a drift monitor: model, layer, directions hash, prompts; a probe monitor:
+        # model and probe set): inputs from anything else are refused.
+        monitor = load_watch_monitor(config.monitor, probe)
 
     dataset, stats = tokenize_chats(
         lm.tokenizer, conversations, max_length=config.max_length, response_only=config.response_only,
@@ -319,6 +319,7 @@ def run_sft(
         every_n_steps=config.every_n_steps,
         on_alarm=config.on_alarm,
         reporter=reporter,
+        behavior_probe=config.behavior_probe or None,
     )
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
     trainer = Trainer(
