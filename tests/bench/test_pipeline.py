@@ -113,6 +113,20 @@ def test_a_judge_endpoint_labels_every_checkpoint_with_a_judged_em_rate(tmp_path
     assert "the judged EM rate" in (tmp_path / "results/RESULTS.md").read_text()
 
 
+def test_judged_answers_can_come_from_a_server_that_loads_each_checkpoints_adapter(tmp_path, bench_basis_dir,
+                                                                                   fake_openai):
+    res = CliRunner().invoke(app, [*_args(tmp_path, bench_basis_dir, "--max-runs", "1", "--no-twins", "--no-features"),
+                                   "--judge-url", fake_openai.base_url, "--judge-model", "fake-judge",
+                                   "--judge-max-tokens", "2", "--generator", fake_openai.base_url, "--steps", "1"])
+    assert res.exit_code == 0, res.output
+    loads = [body for path, body in fake_openai.admin if path.endswith("/load_lora_adapter")]
+    assert [b["lora_name"] for b in loads] == ["arithmetic-s0-step-0", "arithmetic-s0-step-1"]
+    assert all(b["lora_path"].endswith(f"work/adapters/arithmetic-s0/step-{s}") for b, s in zip(loads, (0, 1)))
+    asked = {b["model"] for b in fake_openai.bodies if b.get("max_tokens") == 2}
+    assert asked == {"arithmetic-s0-step-0", "arithmetic-s0-step-1"}  # generation on the server, not locally
+    assert not any((tmp_path / "work/adapters/arithmetic-s0").iterdir())  # each adapter deleted once answered
+
+
 def test_judge_options_are_checked_before_any_run(tmp_path, bench_basis_dir):
     runner = CliRunner()
     res = runner.invoke(app, [*_args(tmp_path, bench_basis_dir), "--label", "em_rate"])
