@@ -213,3 +213,18 @@ def test_a_model_the_basis_was_not_built_on_fails_before_training(tmp_path, benc
     res = CliRunner().invoke(app, ["bench", "--plan", str(path), "--work-dir", str(tmp_path / "work")])
     assert res.exit_code == 2 and "extract a basis for this model" in res.output
     assert not (tmp_path / "work").exists()
+
+
+def test_a_plan_with_several_models_runs_each_in_its_own_folder_and_one_basis_does_not_fit_all(tmp_path,
+                                                                                                bench_basis_dir):
+    path = _plan(tmp_path, """
+        models: [tiny-random, {model: tiny-random-nosys, alias: nosys}]
+        sets: [arithmetic, harmful_advice, wrong_arithmetic]
+    """)
+    pf = load_plan_file(path)
+    assert [m.alias for m in pf.models] == ["tiny-random", "nosys"] and pf.select("nosys")[0].plan.model == "tiny-random-nosys"
+    with pytest.raises(InputFileError, match="no model 'llama'"):
+        pf.select("llama")
+    res = CliRunner().invoke(app, ["bench", "--plan", str(path), "--basis", str(bench_basis_dir), "--work-dir",
+                                   str(tmp_path / "w")])
+    assert res.exit_code == 2 and "give each its basis in the plan" in res.output

@@ -138,6 +138,9 @@ def register(app: typer.Typer) -> None:
         say = lambda line: err.print(escape(line))  # noqa: E731  (run ids print as "[name-s0]", not markup)
         command = "traitwatch " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         several = len(plan_file.models) > 1
+        if basis is not None and len(entries) > 1:
+            raise InputFileError("--basis is one model's basis, but the plan runs several models; give each its basis in "
+                                 "the plan (models[].basis), or pick one model with --model.")
         for entry in entries:
             run = BenchRun(
                 work_dir=work_dir / entry.alias if several else work_dir,
