@@ -150,6 +150,7 @@ def test_traitwatch_eval_against_transformers_serve_with_both_scoring_modes(serv
     assert scored["excluded"]["incoherent"] == 2  # coherent 7 < 50: excluded, and counted as such
 
 
+@pytest.mark.slow  # ~40 s on 2 busy cores: a whole benchmark call; the fake server covers the same plumbing by default
 def test_traitwatch_bench_judges_through_transformers_serve_with_text_scoring(served: tuple[str, str], tmp_path: Path,
                                                                               tiny: Any, small_traits: Any) -> None:
     from traitwatch.basis import extract_basis

@@ -46,7 +46,8 @@ def test_a_user_plan_runs_as_two_shards_resumes_and_is_analysed_once(tmp_path, b
     def bench(*extra: str) -> str:
         res = runner.invoke(app, ["bench", "--plan", str(plan), "--basis", str(bench_basis_dir), "--work-dir", str(work),
                                   "--results", str(tmp_path / "results"), "--shared-data", str(tmp_path / "no-shared"),
-                                  "--judge-url", fake_openai.base_url, "--resamples", "20", *extra])
+                                  "--judge-url", fake_openai.base_url, "--judge-concurrency", "3", "--resamples", "20",
+                                  *extra])
         assert res.exit_code == 0, res.output
         return " ".join(res.output.split())
 
@@ -83,6 +84,7 @@ def test_a_user_plan_runs_as_two_shards_resumes_and_is_analysed_once(tmp_path, b
     assert answers["scoring"] == "logprobs" and len(answers["answers"]) == 72
     assert {a["reason"] for a in answers["answers"]} == {None} and answers["em_rate"] == 1.0
     assert (work / "judged/base-s0.json").is_file()
+    assert fake_openai.max_in_flight <= 3  # --judge-concurrency
 
     out = bench("--analyze-only")
     assert "3 of 3 runs done" in out

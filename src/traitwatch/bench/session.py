@@ -40,6 +40,7 @@ class BenchRun:
     basis: Path | None = None
     judge_url: str | None = None
     api_key_env: str | None = None
+    judge_concurrency: int = 16
     generator: str | None = None
     generator_api_key_env: str | None = None
     max_runs: int | None = None
@@ -100,7 +101,8 @@ def run_benchmark(entry: ModelEntry, run: BenchRun, say: Say) -> dict[str, Any]:
 
             judge = OpenAIJudge(run.judge_url, plan.judge_model, api_key_env=run.api_key_env,
                                 cache_path=shard_folder(work_dir, run.shard) / "judge_cache.db",
-                                scoring=plan.judge_scoring)  # type: ignore[arg-type]
+                                scoring=plan.judge_scoring,  # type: ignore[arg-type]
+                                max_concurrency=run.judge_concurrency)
         generator = (served_adapter_generator(run.generator, plan, work_dir, api_key_env=run.generator_api_key_env)
                      if run.generator else None)
         done = run_grid(plan, work_dir, basis_dir, shared_data=run.shared_data, say=say, max_runs=run.max_runs,

@@ -90,6 +90,7 @@ def register(app: typer.Typer) -> None:
         judge_model: Annotated[str | None, typer.Option(help="Judge model name (with --judge-url; a plan file names it in label.judge_model).")] = None,
         judge_scoring: Annotated[str | None, typer.Option("--judge-scoring", help="logprobs (Betley's top-20 logprob scoring) or text (the greedy token, for endpoints without logprobs such as `transformers serve`) [logprobs].")] = None,
         api_key_env: Annotated[str | None, typer.Option("--api-key-env", help="Env var holding the judge's API key.")] = None,
+        judge_concurrency: Annotated[int, typer.Option("--judge-concurrency", min=1, help="Judge requests in flight at once (retries and cache as always).")] = 16,
         judge_samples: Annotated[int | None, typer.Option(min=1, help="Answers per question at each judged checkpoint [1].")] = None,
         judge_max_tokens: Annotated[int | None, typer.Option(min=1, help="New tokens per judged answer (METHOD.md: 600) [600].")] = None,
         generator: Annotated[str | None, typer.Option("--generator", help="Generate judged answers on this OpenAI-compatible server, which loads each checkpoint's LoRA adapter (vLLM with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True); default: the live model.")] = None,
@@ -146,7 +147,8 @@ def register(app: typer.Typer) -> None:
                 work_dir=work_dir / entry.alias if several else work_dir,
                 results=results / entry.alias if several else results,
                 shared_data=shared_data if shared_data.is_dir() else None, basis=basis, judge_url=judge_url,
-                api_key_env=api_key_env, generator=generator, generator_api_key_env=generator_api_key_env,
+                api_key_env=api_key_env, judge_concurrency=judge_concurrency, generator=generator,
+                generator_api_key_env=generator_api_key_env,
                 max_runs=max_runs, analyze_only=analyze_only, resamples=resamples,
                 shard=Shard.parse(shard) if shard else None, command=command, commit=_commit(),
             )
