@@ -178,6 +178,14 @@ def test_sets_and_bases_are_checked_before_any_training(tmp_path, bench_basis_di
         check_ready(no_twins, shared_data=tmp_path)
     res = CliRunner().invoke(app, ["bench", "--plan", str(path), "--work-dir", str(tmp_path / "work")])
     assert res.exit_code == 2 and "a twin needs one" in res.output and not (tmp_path / "work").exists()
+    small = ModelEntry(entry.alias, BenchPlan(**{**_kwargs(entry.plan), "twins": False, "n_examples": 1000,
+                                                 "loto_types": ("multi", "insecure_code")}))
+    with pytest.raises(InputFileError, match="insecure_code.*only 200 rows"):  # the bundled sample is no stand-in here
+        check_ready(small, shared_data=None)
+    small = ModelEntry(entry.alias, BenchPlan(**{**_kwargs(small.plan), "n_examples": 100}))
+    assert check_ready(small, shared_data=None) == [
+        "Set 'multi' has 3 rows, fewer than n_examples 100: each run trains on all of them (fewer steps than planned "
+        "when the plan counts epochs)."]
     check_basis_fits(bench_basis_dir, "tiny-random")
     check_basis_fits(bench_basis_dir, "tiny-random-nosys")  # same sizes and vocabulary: a copy is fine
 

@@ -335,30 +335,43 @@ def load_plan_file(spec: str | Path, *, check_files: bool = True) -> PlanFile:
                     missing=tuple(missing), description=str(top.get("description") or "").strip())
 
 
-def check_ready(entry: ModelEntry, *, shared_data: Path | None, basis: Path | None = None) -> None:
+def check_ready(entry: ModelEntry, *, shared_data: Path | None, basis: Path | None = None) -> list[str]:
     """Fail before any training on what would fail later: unreadable sets, missing shared files, a foreign basis.
 
     User sets are read in full (each row a chat conversation; single-turn when the plan trains twins), the
     shared-data sets must be in `shared_data`, and a given basis must fit the model (`BasisMismatchError`).
+    Returns notes for what will run but differently from what the plan suggests (a set with fewer rows than
+    `n_examples` trains on all of them, for fewer steps than the dry run counted).
     """
     from traitwatch.bench.sets import _read_jsonl, twin_prompts
     from traitwatch.train.data import load_chat_jsonl
 
     plan = entry.plan
+    notes: list[str] = []
     for name in plan.types:
         spec = plan.set_spec(name)
         if spec.path is not None:
-            load_chat_jsonl(spec.path)  # one-line errors naming the file and line
+            rows = len(load_chat_jsonl(spec.path))  # one-line errors naming the file and line
             if plan.twins:
                 twin_prompts(_read_jsonl(Path(spec.path)), f"{name} ({spec.path})")
-        elif spec.shared_path is not None and name != "insecure_code":  # insecure_code has a bundled sample
-            found = shared_data is not None and (Path(shared_data) / spec.shared_path).is_file()
-            if not found:
-                raise InputFileError(f"Set {name!r} needs {spec.shared_path} under the shared data folder ({shared_data}); "
-                                     f"pass --shared-data with the folder that holds it, or drop {name!r} from the plan.")
+            if rows < plan.n_examples:
+                notes.append(f"Set {name!r} has {rows} rows, fewer than n_examples {plan.n_examples}: each run trains on "
+                             "all of them (fewer steps than planned when the plan counts epochs).")
+            continue
+        if spec.shared_path is None:
+            continue
+        found = shared_data is not None and (Path(shared_data) / spec.shared_path).is_file()
+        if found:
+            continue
+        if name == "insecure_code" and plan.n_examples <= 200:
+            continue  # the bundled 200-row sample (MIT) stands in
+        raise InputFileError(f"Set {name!r} needs {spec.shared_path} under the shared data folder ({shared_data})"
+                             + (" (the bundled sample has only 200 rows)" if name == "insecure_code" else "")
+                             + f"; pass --shared-data with the folder that holds it, or drop {name!r} from the plan.")
     basis = basis or entry.basis
     if basis is not None:
         check_basis_fits(basis, plan.model)
+    return notes
 
 
 def check_basis_fits(basis: Path, model: str) -> None:

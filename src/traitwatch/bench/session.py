@@ -87,7 +87,8 @@ def run_benchmark(entry: ModelEntry, run: BenchRun, say: Say) -> dict[str, Any]:
     work_dir = run.work_dir
     _check_judge(entry, run)
     if not run.analyze_only:
-        check_ready(entry, shared_data=run.shared_data, basis=run.basis)
+        for note in check_ready(entry, shared_data=run.shared_data, basis=run.basis):
+            say(f"note: {note}")
     t0 = time.perf_counter()
     with work_lock(work_dir):
         plan.pin(work_dir)
