@@ -3,7 +3,7 @@
 Why: a calibration grid for a 7-9B model is tens of GPU hours and ~10^5 judge calls; a typo in a plan (an
 extra seed, a checkpoint every step) multiplies that. The dry run counts exactly what the runner will do
 from the plan alone (runs, optimizer steps, labelled checkpoints, judge calls) and turns the counts into
-tokens, GPU hours and judge cost under the stated assumptions of `bench/plans/throughput.yaml`.
+tokens, GPU hours and judge cost under the stated assumptions of `bench/data/throughput.yaml`.
 
 Counting rules (the runner's, `BenchPlan.jobs` / `labelled_steps`):
 
@@ -43,8 +43,8 @@ N_QUESTIONS = 72  # the Betley questions every judged checkpoint answers (METHOD
 
 
 def load_throughput() -> dict[str, Any]:
-    """The assumptions file shipped in `bench/plans/throughput.yaml`."""
-    text = resources.files("traitwatch.bench").joinpath("plans/throughput.yaml").read_text(encoding="utf-8")
+    """The assumptions file shipped in `bench/data/throughput.yaml`."""
+    text = resources.files("traitwatch.bench").joinpath("data/throughput.yaml").read_text(encoding="utf-8")
     return yaml.safe_load(text)
 
 
@@ -152,7 +152,7 @@ class DryRun:
         if self.missing:
             L.append("Files the plan names that are not there yet (fill them in before running): " + "; ".join(self.missing))
         a = self.assumptions
-        L.append(f"Assumptions (bench/plans/throughput.yaml): training at {a['training_mfu']:.0%} MFU, "
+        L.append(f"Assumptions (bench/data/throughput.yaml): training at {a['training_mfu']:.0%} MFU, "
                  f"{a['flops_per_token_lora']}N FLOPs per token for LoRA ({a['flops_per_token_full']}N full), decoding at "
                  f"{a['decode_bandwidth_utilisation']:.0%} of HBM bandwidth with a {1000 * a['decode_step_overhead_s']:.0f} ms "
                  f"per-step floor, {a['chars_per_token']} characters per token for prompts; every example at max_length and "
