@@ -41,7 +41,8 @@ CLI's defaults; unknown keys are errors, so a typo is never ignored):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ from traitwatch.bench.plan import ALL_PROJECTIONS, BenchPlan
 from traitwatch.bench.sets import PERTURBATION_SETS
 from traitwatch.errors import BasisMismatchError, InputFileError, TraitwatchError
 
-__all__ = ["ModelEntry", "PlanFile", "check_ready", "load_plan_file", "shipped_plans"]
+__all__ = ["ModelEntry", "PlanFile", "check_basis_fits", "check_ready", "load_plan_file", "resolve_plan", "shipped_plans"]
 
 _TOP = {"name", "description", "models", "basis", "sets", "split", "recipe", "numerics", "label", "seeds", "features",
         "twins", "gen_tokens"}
@@ -333,6 +334,34 @@ def load_plan_file(spec: str | Path, *, check_files: bool = True) -> PlanFile:
         raise InputFileError(f"{source}: two models share an alias ({', '.join(aliases)}); give each an `alias`.")
     return PlanFile(name=str(top.get("name") or path.stem), source=str(path), models=tuple(entries),
                     missing=tuple(missing), description=str(top.get("description") or "").strip())
+
+
+def resolve_plan(
+    spec: str | Path | None,
+    overrides: Mapping[str, Any],
+    *,
+    check_files: bool = True,
+    option_names: Mapping[str, str] | None = None,
+) -> tuple[PlanFile, tuple[ModelEntry, ...]]:
+    """The plan one `traitwatch bench` call runs, and the model entries it runs.
+
+    With a plan file (`spec`), the file is the whole plan: `overrides` (BenchPlan fields, None where not given)
+    may only pick one of its models (`model`); any other given value is refused, naming its option
+    (`option_names`), since the plan would then have two answers to one question. Without a plan file the
+    overrides apply to the shipped plan `small-cpu`, so the command line's defaults are that plan.
+    """
+    names = option_names or {}
+    given = {k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items() if v is not None and v != []}
+    if spec is not None:
+        clash = [names.get(k, k) for k in given if k != "model"]
+        if clash:
+            raise InputFileError(f"{', '.join(clash)} {'is' if len(clash) == 1 else 'are'} part of the plan {spec}; "
+                                 "edit the plan file instead (or drop --plan).")
+        plan_file = load_plan_file(spec, check_files=check_files)
+        return plan_file, plan_file.select(given.get("model"))
+    plan = replace(load_plan_file("small-cpu").models[0].plan, **given)
+    entry = ModelEntry(alias=plan.model, plan=plan)
+    return PlanFile(name="(command-line options)", source="traitwatch bench options", models=(entry,)), (entry,)
 
 
 def check_ready(entry: ModelEntry, *, shared_data: Path | None, basis: Path | None = None) -> list[str]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -34,30 +33,6 @@ def _commit() -> str:
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-def _entries(plan_spec: str | None, flags: dict[str, Any], *, dry_run: bool) -> tuple[Any, tuple[Any, ...]]:
-    """(plan file or None, the model entries to run) from --plan, or from the plan options."""
-    from traitwatch.bench.plan_file import ModelEntry, PlanFile, load_plan_file
-
-    given = {k: v for k, v in flags.items() if v is not None}
-    if plan_spec is not None:
-        clash = [_PLAN_OPTIONS[k] for k in given if k != "model"]
-        if clash:
-            raise InputFileError(f"{', '.join(clash)} {'is' if len(clash) == 1 else 'are'} part of the plan {plan_spec}; "
-                                 "edit the plan file instead (or drop --plan).")
-        pf = load_plan_file(plan_spec, check_files=not dry_run)
-        return pf, pf.select(given.get("model"))
-    if "seeds" in given:
-        given["seeds"] = tuple(range(given["seeds"]))
-    for key in ("calibration", "heldout", "target_modules"):
-        if key in given:
-            given[key] = tuple(given[key]) if given[key] else None
-    given = {k: v for k, v in given.items() if v is not None}
-    # The options' defaults are the shipped plan small-cpu, so the two can never drift apart.
-    plan = dataclasses.replace(load_plan_file("small-cpu").models[0].plan, **given)
-    entry = ModelEntry(alias=plan.model, plan=plan)
-    return PlanFile(name="(command-line options)", source="traitwatch bench options", models=(entry,)), (entry,)
 
 
 def register(app: typer.Typer) -> None:
@@ -112,6 +87,7 @@ def register(app: typer.Typer) -> None:
         import torch
 
         from traitwatch.behavior.judge import judge_scoring_mode
+        from traitwatch.bench.plan_file import resolve_plan
         from traitwatch.bench.session import BenchRun, run_benchmark
         from traitwatch.bench.shards import Shard
 
@@ -127,7 +103,9 @@ def register(app: typer.Typer) -> None:
                  "gen_tokens": gen_tokens, "label": label, "judge_model": judge_model, "judge_samples": judge_samples,
                  "judge_max_tokens": judge_max_tokens, "judge_scoring": judge_scoring, "record_features": features,
                  "twins": twins, "device": device, "dtype": dtype}
-        plan_file, entries = _entries(plan, flags, dry_run=dry_run)
+        if flags["seeds"] is not None:
+            flags["seeds"] = tuple(range(flags["seeds"]))  # --seeds N means seeds 0..N-1
+        plan_file, entries = resolve_plan(plan, flags, check_files=not dry_run, option_names=_PLAN_OPTIONS)
         if dry_run:
             from traitwatch.bench.dry_run import dry_run as count
 
