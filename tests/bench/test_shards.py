@@ -63,3 +63,30 @@ def test_gathering_copies_finished_runs_once_and_leaves_running_ones(tmp_path):
         assert [m.drift_norm for m in store.measurements("b-s0")] == [0.0, 0.5]
         assert [b.value for b in store.behavior("a-s0")] == [0.25]
         assert store.get_run("a-s0").hyperparameters == {"x": 0.25}
+
+
+def _hold_lock(work_dir, log, hold_s):  # in a child process
+    import time
+
+    from traitwatch.bench.shards import work_lock
+
+    with work_lock(work_dir):
+        with open(log, "a") as fh:
+            fh.write("in\n")
+        time.sleep(hold_s)
+        with open(log, "a") as fh:
+            fh.write("out\n")
+
+
+def test_the_work_lock_lets_one_process_prepare_at_a_time(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")  # the child only takes a lock and writes a line
+    log = tmp_path / "log"
+    procs = [ctx.Process(target=_hold_lock, args=(tmp_path, log, 0.5)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert log.read_text().split() == ["in", "out", "in", "out"]  # never both inside
