@@ -81,6 +81,8 @@ class FakeOpenAI:
     delay_s: float = 0.0
     in_flight: int = 0
     max_in_flight: int = 0
+    #: (path, body) of vLLM-style adapter requests (`/v1/load_lora_adapter`, `/v1/unload_lora_adapter`)
+    admin: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def fail(self, status: int, headers: dict[str, str] | None = None, body: str | None = None, times: int = 1) -> None:
@@ -140,7 +142,12 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             try:
                 if fake.delay_s:
                     time.sleep(fake.delay_s)
-                if not self.path.endswith("/v1/chat/completions"):
+                if self.path.endswith(("/v1/load_lora_adapter", "/v1/unload_lora_adapter")):
+                    with fake.lock:
+                        failure = fake.failures.pop(0) if fake.failures else None
+                        fake.admin.append((self.path, body))
+                    status, headers, text = (failure.status, failure.headers, failure.body) if failure else (200, {}, '"Success"')
+                elif not self.path.endswith("/v1/chat/completions"):
                     status, headers, text = 404, {}, '{"error": "not found"}'
                 else:
                     status, headers, text = fake.respond(body)

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 import torch
 
-from traitwatch.behavior import OpenAIChatGenerator, Question, TransformersGenerator, chat_messages
+from traitwatch.behavior import EndpointError, OpenAIChatGenerator, Question, TransformersGenerator, chat_messages
+from traitwatch.behavior.generation import ServedAdapterGenerator
 from traitwatch.errors import TraitwatchError
 
 QUESTIONS = [
@@ -67,6 +68,30 @@ def test_batched_greedy_decoding_equals_one_at_a_time(tiny_llama: tuple[Any, Any
     assert one == many
 
 
+def test_a_batch_decodes_left_padded_with_the_kv_cache_even_when_training_turned_it_off(
+    tiny_llama: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU path (one batch of every question, KV cache), checked on CPU: what reaches `generate`."""
+    model, tokenizer = tiny_llama
+    seen: list[dict[str, Any]] = []
+    original = model.generate
+
+    def spy(**kwargs: Any) -> Any:
+        seen.append({"cache": kwargs["generation_config"].use_cache, "mask": kwargs["attention_mask"].clone(),
+                     "autocast": torch.is_autocast_enabled("cuda")})
+        return original(**kwargs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    monkeypatch.setattr(model.config, "use_cache", False)  # what gradient checkpointing leaves on a training model
+    one = TransformersGenerator(model, tokenizer, max_new_tokens=6, temperature=0.0, batch_size=1)(QUESTIONS)
+    seen.clear()
+    batched = TransformersGenerator(model, tokenizer, max_new_tokens=6, temperature=0.0, batch_size=72)(QUESTIONS)
+    assert batched == one and len(seen) == 1  # all questions in one batch, same answers as one at a time
+    assert seen[0]["cache"] is True and not seen[0]["autocast"]  # bf16 autocast is for an fp32 model on CUDA only
+    mask = seen[0]["mask"]
+    assert mask[:, -1].all() and not mask[:, 0].all()  # left padding: every prompt ends at the last column
+
+
 def test_tokenizer_without_chat_template_is_a_user_error(tiny_llama: tuple[Any, Any], build_tokenizer: Any) -> None:
     model, _ = tiny_llama
     with pytest.raises(TraitwatchError, match="chat_template"):
@@ -79,6 +104,21 @@ def test_bad_sampling_options_are_rejected(tiny_llama: tuple[Any, Any]) -> None:
         TransformersGenerator(model, tokenizer, max_new_tokens=0)
     with pytest.raises(ValueError, match="n_samples"):
         TransformersGenerator(model, tokenizer, max_new_tokens=2)(QUESTIONS, n_samples=0)
+
+
+def test_served_adapter_generator_loads_asks_and_unloads_the_adapter(fake_openai: Any) -> None:
+    gen = ServedAdapterGenerator(fake_openai.base_url, "/shared/adapters/run-a/step-10", name="run-a-step-10",
+                                 max_new_tokens=7, seed=3)
+    answers = gen(QUESTIONS[:2], n_samples=2)
+    assert len(answers) == 2 and all(len(row) == 2 for row in answers)
+    assert [(path.rsplit("/", 1)[-1], body) for path, body in fake_openai.admin] == [
+        ("load_lora_adapter", {"lora_name": "run-a-step-10", "lora_path": "/shared/adapters/run-a/step-10"}),
+        ("unload_lora_adapter", {"lora_name": "run-a-step-10"})]
+    chat = [b for b in fake_openai.bodies if "messages" in b]
+    assert {b["model"] for b in chat} == {"run-a-step-10"} and {b["max_tokens"] for b in chat} == {7}
+    fake_openai.fail(404, times=1)  # a server started without --enable-lora
+    with pytest.raises(EndpointError, match="--enable-lora"):
+        gen(QUESTIONS[:1])
 
 
 def test_server_generator_sends_one_request_per_sample(fake_openai: Any) -> None:

@@ -157,6 +157,23 @@ def test_no_logprobs_fails_unless_text_fallback_is_declared(fake_openai: Any, qu
     assert lenient.details["aligned"].method == "text" and lenient.details["coherent"].method == "text"
 
 
+def test_text_scoring_mode_never_asks_for_logprobs_and_the_failure_names_the_option(
+    fake_openai: Any, question: Question
+) -> None:
+    fake_openai.logprobs_supported = False
+    fake_openai.scripts["X"] = {"aligned": [("15", 1.0)], "coherent": [("70", 1.0)]}
+    strict = _judge(fake_openai).judge(question, "X")
+    assert "--judge-scoring text" in (strict.details["aligned"].failure or "")
+    text = _judge(fake_openai, scoring="text")
+    judgement = text.judge(question, "X")
+    assert (judgement.aligned, judgement.coherent, judgement.reason) == (15.0, 70.0, None)
+    assert {s.method for s in judgement.details.values()} == {"text"}
+    assert all("logprobs" not in b for b in fake_openai.bodies[-2:])
+    assert "scoring='text'" in repr(text)
+    with pytest.raises(ValueError, match="scoring"):
+        _judge(fake_openai, scoring="greedy")
+
+
 def test_text_fallback_when_the_endpoint_rejects_logprobs(fake_openai: Any, question: Question) -> None:
     fake_openai.reject_logprobs_param = True
     fake_openai.scripts["X"] = {"aligned": [("REFUSAL", 1.0)]}

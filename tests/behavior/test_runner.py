@@ -73,3 +73,17 @@ def test_a_misconfigured_judge_stops_the_run(fake_openai: Any) -> None:
     judge = OpenAIJudge(fake_openai.base_url, "no-such-model", api_key_env=None)
     with pytest.raises(EndpointError, match="HTTP 404"):
         evaluate(load_questions()[:3], _scripted_generator, judge)
+
+
+def test_answer_records_keep_why_each_answer_was_left_out(fake_openai: Any) -> None:
+    questions = load_questions()[:2]
+    a, b = (q.id for q in questions)
+    fake_openai.logprobs_supported = False  # every logprob judge call fails, naming the option that fixes it
+    judge = OpenAIJudge(fake_openai.base_url, "judge", api_key_env=None)
+    records = evaluate(questions, _scripted_generator, judge).answer_dicts()
+    assert [(r["question_id"], r["reason"]) for r in records] == [(a, "judge_failed"), (b, "judge_failed")]
+    assert all("--judge-scoring text" in r["failure"]["aligned"] for r in records)
+    scored = evaluate(questions, _scripted_generator, OpenAIJudge(fake_openai.base_url, "judge", api_key_env=None,
+                                                                   scoring="text")).answer_dicts()
+    assert [(r["aligned"], r["reason"], r["method"], r["failure"]) for r in scored] == [
+        (90.0, None, {"aligned": "text", "coherent": "text"}, {})] * 2

@@ -96,20 +96,32 @@ def test_recipe_options_reach_the_plan_and_the_trained_run(tmp_path, bench_basis
 
 
 def test_a_judge_endpoint_labels_every_checkpoint_with_a_judged_em_rate(tmp_path, bench_basis_dir, fake_openai):
+    """Text scoring (an endpoint without logprobs) and answers from a server that serves each checkpoint's
+    adapter; the e2e plan test covers logprob scoring with answers from the live model."""
     fake_openai.scripts = {"": {"aligned": [("10", 1.0)]}}  # every answer judged misaligned (coherent stays 90)
+    fake_openai.logprobs_supported = False
     runner = CliRunner()
     res = runner.invoke(app, [*_args(tmp_path, bench_basis_dir, "--max-runs", "1"), "--label", "em_rate",
                               "--judge-url", fake_openai.base_url, "--judge-model", "fake-judge",
-                              "--judge-max-tokens", "2"])
+                              "--judge-max-tokens", "2", "--judge-scoring", "text", "--generator", fake_openai.base_url])
     assert res.exit_code == 0, res.output
     with RunStore(tmp_path / "work/traitwatch.db") as store:
         em = store.behavior("arithmetic-s0", "em_rate")
     assert [b.step for b in em] == [0, 1, 2] and all(b.value == 1.0 for b in em)
     assert {b.source for b in em} == {"judge:fake-judge"} and all(b.n == 72 for b in em)
-    judged = [b for b in fake_openai.bodies if b["max_tokens"] == 1]
-    assert judged and all(b["model"] == "fake-judge" for b in judged)
+    assert {b.details["scoring"] for b in em} == {"text"}
+    judged = [b for b in fake_openai.bodies if b.get("max_tokens") == 1]
+    assert judged and all(b["model"] == "fake-judge" and "logprobs" not in b for b in judged)
+    # the answers came from the server, which loaded each checkpoint's adapter from the work folder
+    loads = [body for path, body in fake_openai.admin if path.endswith("/load_lora_adapter")]
+    assert [b["lora_name"] for b in loads] == ["arithmetic-s0-step-0", "arithmetic-s0-step-1", "arithmetic-s0-step-2"]
+    assert all(b["lora_path"].endswith(f"work/adapters/arithmetic-s0/step-{s}") for b, s in zip(loads, (0, 1, 2)))
+    asked = {b["model"] for b in fake_openai.bodies if b.get("max_tokens") == 2}
+    assert asked == {"arithmetic-s0-step-0", "arithmetic-s0-step-1", "arithmetic-s0-step-2"}
+    assert not any((tmp_path / "work/adapters/arithmetic-s0").iterdir())  # each adapter deleted once answered
     results = json.loads((tmp_path / "results/results.json").read_text())
-    assert results["plan"]["label"] == "em_rate" and results["cost"]["judged_label_s"] > 0
+    assert results["plan"]["label"] == "em_rate" and results["plan"]["judge_scoring"] == "text"
+    assert results["cost"]["judged_label_s"] > 0
     assert "the judged EM rate" in (tmp_path / "results/RESULTS.md").read_text()
 
 

@@ -112,9 +112,26 @@ def test_eval_with_a_server_generator_loads_no_model(fake_openai, question_file,
     assert {b["model"] for b in fake_openai.bodies} == {"served-model", "judge-x"}
 
 
+def test_eval_judge_scoring_text_for_an_endpoint_without_logprobs(fake_openai, question_file, tmp_path):
+    fake_openai.logprobs_supported = False
+    out = tmp_path / "judged.json"
+    args = ["eval", "--model", "served-model", "--generator", fake_openai.base_url, "--judge", fake_openai.base_url,
+            "--judge-model", "judge-x", "--questions", question_file, "--json", out]
+    assert invoke(*args).exit_code == 0
+    failed = json.loads(out.read_text())["checkpoints"][0]
+    assert failed["em_rate"] is None and {a["reason"] for a in failed["answers"]} == {"judge_failed"}
+    assert all("--judge-scoring text" in a["failure"]["aligned"] for a in failed["answers"])
+    assert invoke(*args, "--judge-scoring", "text").exit_code == 0
+    scored = json.loads(out.read_text())["checkpoints"][0]
+    assert scored["scoring"] == "text" and scored["em_rate"] == 0.0
+    assert {a["method"]["aligned"] for a in scored["answers"]} == {"text"}
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
+        (["--model", "tiny-random", "--judge", "http://x", "--judge-model", "j", "--judge-scoring", "greedy"],
+         "use --judge-scoring logprobs"),
         (["--model", "tiny-random"], "choose one evaluation"),
         (["--model", "tiny-random", "--proxy", "--judge", "http://x"], "choose one evaluation"),
         (["--model", "tiny-random", "--judge", "http://x"], "--judge-model"),

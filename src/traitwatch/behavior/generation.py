@@ -10,6 +10,7 @@ forked RNG, and a model in training mode is switched to eval only for the call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Iterator, Sequence
@@ -36,6 +37,7 @@ __all__ = [
     "GenerationStats",
     "Generator",
     "OpenAIChatGenerator",
+    "ServedAdapterGenerator",
     "TransformersGenerator",
     "chat_messages",
 ]
@@ -109,6 +111,10 @@ class TransformersGenerator:
     `generation_config` sampling defaults (top-k, repetition penalty, ...): METHOD.md specifies plain sampling
     at temperature 1.0, top-p 1.0, as the reference's vLLM run did, and a model's defaults would change the
     EM rate. Samples are reproducible for the same seed, questions, n_samples and batch_size.
+
+    On a GPU: prompts are left-padded so a whole batch decodes together with the KV cache (forced on, since a
+    model being trained may have it off), and an fp32 model decodes under bf16 autocast (`cuda_bf16`); use a
+    large `batch_size` (all 72 questions) to fill the GPU.
     """
 
     def __init__(
@@ -121,10 +127,12 @@ class TransformersGenerator:
         top_p: float = 1.0,
         batch_size: int = 16,
         seed: int | None = 0,
+        cuda_bf16: bool = True,
     ) -> None:
         _check_sampling(max_new_tokens, temperature, top_p)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.cuda_bf16 = cuda_bf16
         self.model = model
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
@@ -199,9 +207,18 @@ class TransformersGenerator:
             no_repeat_ngram_size=0,
             max_new_tokens=self.max_new_tokens,
             min_new_tokens=1,  # as the reference's `min_tokens=1`: an empty answer cannot be judged
+            use_cache=True,  # a training model may carry use_cache=False (gradient checkpointing): decode with the KV cache
             eos_token_id=eos or None,
             pad_token_id=pad,
         )
+
+    def _autocast(self, device: torch.device) -> Any:
+        """bf16 autocast for an fp32 model on a GPU with bf16: answers are sampled, not measured, so they need
+        speed, not fp32 precision (a bf16 model, the GPU plans' dtype, runs as it is; CPU runs are left alone)."""
+        dtype = next(self.model.parameters()).dtype
+        if self.cuda_bf16 and device.type == "cuda" and dtype == torch.float32 and torch.cuda.is_bf16_supported():
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def __call__(self, questions: Sequence[Question], n_samples: int = 1) -> list[list[str]]:
         """`n_samples` answers per question; prompts are repeated and batched `batch_size` at a time."""
@@ -215,7 +232,7 @@ class TransformersGenerator:
         was_training = self.model.training
         self.model.eval()  # dropout would corrupt samples; restored below
         try:
-            with torch.inference_mode(), _seeded_rng(self.model, self.seed):
+            with torch.inference_mode(), _seeded_rng(self.model, self.seed), self._autocast(device):
                 for start in range(0, len(flat), self.batch_size):
                     batch = flat[start : start + self.batch_size]
                     input_ids, attention_mask = self.encode([texts[i] for i, _ in batch], pad)
@@ -349,3 +366,66 @@ class OpenAIChatGenerator:
     def __call__(self, questions: Sequence[Question], n_samples: int = 1) -> list[list[str]]:
         """`n_samples` answers per question, requested concurrently (at most `max_concurrency` at a time)."""
         return run_sync(lambda: self.agenerate(questions, n_samples))
+
+
+class ServedAdapterGenerator:
+    """Answers from a LoRA adapter that an OpenAI-compatible server loads at runtime (vLLM's dynamic LoRA).
+
+    Why: on a GPU, judged labels are mostly generation (72 answers of up to 600 tokens per checkpoint), and a
+    serving engine with continuous batching and paged attention generates them far faster than `generate`.
+    vLLM started with `--enable-lora --max-lora-rank R` and `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True` loads an
+    adapter folder under a name (`POST /v1/load_lora_adapter`); requests then name the adapter as the model.
+    The folder must be readable by the server (same machine or a shared disk). The adapter is unloaded
+    after the call, so a long benchmark does not fill the server's adapter slots.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        adapter_path: str,
+        *,
+        name: str,
+        api_key_env: str | None = None,
+        max_new_tokens: int = 600,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = 0,
+        max_concurrency: int = 64,
+        timeout_s: float = 300.0,
+    ) -> None:
+        self.base_url = base_url
+        self.adapter_path = adapter_path
+        self.name = name
+        self.api_key_env = api_key_env
+        self.timeout_s = timeout_s
+        self.chat = OpenAIChatGenerator(base_url, name, api_key_env=api_key_env, max_new_tokens=max_new_tokens,
+                                        temperature=temperature, top_p=top_p, seed=seed,
+                                        max_concurrency=max_concurrency, timeout_s=timeout_s)
+
+    def _admin(self, action: str, payload: dict[str, Any]) -> None:
+        root = chat_completions_url(self.base_url).removesuffix("/chat/completions")
+        url = f"{root}/{action}"
+        try:
+            response = httpx.post(url, json=payload, headers=auth_headers(self.api_key_env), timeout=self.timeout_s)
+        except httpx.TransportError as exc:
+            raise EndpointError(f"cannot reach {url} ({type(exc).__name__}); check the --generator URL") from None
+        if response.status_code == 200:
+            return
+        text = response.text[:200].replace("\n", " ")
+        if action == "load_lora_adapter" and response.status_code == 400 and "already" in text.lower():
+            return  # loaded by an earlier, interrupted call
+        raise EndpointError(
+            f"{url} answered HTTP {response.status_code} ({text}); start vLLM with --enable-lora and "
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, and put the adapters where the server can read them"
+        )
+
+    def __call__(self, questions: Sequence[Question], n_samples: int = 1) -> list[list[str]]:
+        self._admin("load_lora_adapter", {"lora_name": self.name, "lora_path": self.adapter_path})
+        try:
+            answers = self.chat(questions, n_samples)
+        except BaseException:
+            with contextlib.suppress(EndpointError):  # the generation error is the one to report
+                self._admin("unload_lora_adapter", {"lora_name": self.name})
+            raise
+        self._admin("unload_lora_adapter", {"lora_name": self.name})
+        return answers

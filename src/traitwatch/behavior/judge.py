@@ -23,7 +23,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,6 +53,9 @@ __all__ = [
     "EndpointError",
     "Fallback",
     "Judge",
+    "NO_LOGPROBS",
+    "Scoring",
+    "judge_scoring_mode",
     "JudgeCache",
     "JudgeStats",
     "OpenAIJudge",
@@ -61,8 +64,19 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 Fallback = Literal["none", "text"]
+Scoring = Literal["logprobs", "text"]
+NO_LOGPROBS = ("no logprobs in the response: this endpoint needs text scoring (--judge-scoring text; "
+               "label.scoring: text in a plan; scoring='text' in Python)")
 #: Anything that grades one answer: `OpenAIJudge`, or a plain (sync or async) function, e.g. a scripted test judge.
 Judge = Callable[[Question, str], Awaitable[Judgement] | Judgement]
+
+
+def judge_scoring_mode(value: str) -> Scoring:
+    """Check a user-given scoring mode (CLI `--judge-scoring`, plan `label.scoring`) with a one-line error."""
+    if value not in ("logprobs", "text"):
+        raise InputFileError(f"Judge scoring {value!r} is not a mode; use --judge-scoring logprobs (Betley's) or text "
+                             "(the greedy token, for endpoints without logprobs).")
+    return value  # type: ignore[return-value]
 
 
 @dataclass
@@ -149,10 +163,14 @@ def _parse_reply(body: dict[str, Any]) -> dict[str, Any]:
 class OpenAIJudge:
     """Betley-style judge on an OpenAI-compatible endpoint; an async callable `(question, answer) -> Judgement`.
 
-    `fallback="text"` is for endpoints without logprobs: when a reply has none (or the endpoint rejects the
-    `logprobs` parameter with HTTP 400), the greedy text is parsed instead and the score records
-    `method="text"`. Without it such replies count as "judge_failed", because a silently different scoring
-    rule would make EM rates incomparable.
+    `scoring` is the rule for every reply: "logprobs" (Betley's, the default) or "text", which asks for no
+    logprobs and parses the greedy token as an integer, for endpoints that return none (`transformers serve`,
+    some proxies); each score records its `method`. The CLI and plan files expose it as `--judge-scoring` /
+    `label.scoring`, and a logprobs judge that gets no logprobs names that option in every failure.
+    `fallback="text"` (Python only, kept for existing callers) mixes the two: logprobs when a reply has them,
+    the greedy text when it has none or the endpoint rejects the `logprobs` parameter with HTTP 400. Without
+    either, a reply without logprobs counts as "judge_failed", because a silently different scoring rule would
+    make EM rates incomparable.
 
     Not thread-safe: use one instance per thread or event loop. Use `async with judge:` (as `evaluate` does) to
     share one connection pool and the concurrency limit across many calls; a bare call opens its own.
@@ -174,6 +192,7 @@ class OpenAIJudge:
         fallback: Fallback = "none",
         top_logprobs: int = 20,
         seed: int | None = 0,
+        scoring: Scoring = "logprobs",
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
@@ -181,6 +200,8 @@ class OpenAIJudge:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if fallback not in ("none", "text"):
             raise ValueError(f"fallback must be 'none' or 'text', got {fallback!r}")
+        if scoring not in ("logprobs", "text"):
+            raise ValueError(f"scoring must be 'logprobs' or 'text', got {scoring!r}")
         if not 1 <= top_logprobs <= 20:
             raise ValueError(f"top_logprobs must be in 1..20 (the OpenAI limit), got {top_logprobs}")
         self.base_url = base_url
@@ -194,6 +215,7 @@ class OpenAIJudge:
         self.backoff_max_s = backoff_max_s
         self.retry_after_max_s = retry_after_max_s
         self.fallback: Fallback = fallback
+        self.scoring: Scoring = scoring
         self.top_logprobs = top_logprobs
         self.seed = seed
         self.stats = JudgeStats()
@@ -208,7 +230,7 @@ class OpenAIJudge:
     def __repr__(self) -> str:
         return (
             f"OpenAIJudge(base_url={self.base_url!r}, model={self.model!r}, api_key_env={self.api_key_env!r}, "
-            f"fallback={self.fallback!r})"
+            f"scoring={self.scoring!r}, fallback={self.fallback!r})"
         )
 
     async def __aenter__(self) -> OpenAIJudge:
@@ -286,6 +308,12 @@ class OpenAIJudge:
         """Score one filled-in judge prompt; `labels` are the non-numeric answers it offers (CODE, REFUSAL)."""
         labels = tuple(labels)
         async with self:
+            if self.scoring == "text":
+                try:
+                    reply, cached = await self._reply(self._payload(prompt, logprobs=False))
+                except RequestFailed as exc:
+                    return self._failed(exc.reason)
+                return replace(score_from_text(reply["content"], labels=labels), cached=cached)
             try:
                 reply, cached = await self._reply(self._payload(prompt, logprobs=True))
             except RequestFailed as exc:
@@ -304,12 +332,9 @@ class OpenAIJudge:
             else:
                 if not self._warned_no_logprobs:
                     self._warned_no_logprobs = True
-                    _log.warning(
-                        "judge endpoint %s returned no logprobs; pass fallback='text' to parse the greedy token",
-                        self._url,
-                    )
+                    _log.warning("judge endpoint %s: %s", self._url, NO_LOGPROBS)
                 self.stats.failures += 1
-                return JudgeScore(score=None, method=None, failure="no logprobs in the response", cached=cached)
+                return JudgeScore(score=None, method=None, failure=NO_LOGPROBS, cached=cached)
             return JudgeScore(
                 score=score.score,
                 label=score.label,

@@ -11,6 +11,7 @@ import inspect
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import Any
 
 from traitwatch.behavior._http import gather_strict, run_sync
 from traitwatch.behavior.generation import Generator
@@ -42,6 +43,25 @@ class EvalResult:
     @property
     def judgements(self) -> list[Judgement]:
         return [record.judgement for record in self.records]
+
+    def answer_dicts(self) -> list[dict[str, Any]]:
+        """Every answer as JSON-able data: its scores, and why it was left out of the rate when it was.
+
+        `reason` is the exclusion (code, refusal, judge_failed, unscored); `failure` is the judge's own message
+        for each metric that got no reply (e.g. no logprobs, with the option that fixes it), and `method`
+        whether each score came from logprobs or from the greedy text, so an EM rate can be audited answer by
+        answer.
+        """
+        out = []
+        for r in self.records:
+            scores = r.judgement.details
+            out.append({
+                "question_id": r.question_id, "sample": r.sample, "answer": r.answer,
+                "aligned": r.judgement.aligned, "coherent": r.judgement.coherent, "reason": r.judgement.reason,
+                "method": {m: s.method for m, s in scores.items()},
+                "failure": {m: s.failure for m, s in scores.items() if s.failure is not None},
+            })
+        return out
 
 
 async def _judge_all(judge: Judge, pairs: Sequence[tuple[Question, str]]) -> list[Judgement]:

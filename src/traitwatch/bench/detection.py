@@ -41,7 +41,6 @@ from traitwatch.basis.traits import load_measurement_prompts
 from traitwatch.bench.features import load_features
 from traitwatch.bench.labels import RISE_METRIC
 from traitwatch.bench.plan import BenchPlan
-from traitwatch.bench.sets import PERTURBATION_SETS
 from traitwatch.monitor.baselines import RandomDirectionFeatures, SAEDriftFeatures
 from traitwatch.monitor.loto import Candidate, Checkpoints, LOTOResult, leave_one_type_out, relative_rise
 from traitwatch.store import RunStore
@@ -123,7 +122,7 @@ class DetectionData:
             type=np.array([x["type"] for x in r]), run=np.array([x["run"] for x in r]),
             seed=np.array([x["seed"] for x in r]), step=np.array([x["step"] for x in r]),
             rise=np.array([x["rise"] for x in r], dtype=float),
-            reference=np.array([PERTURBATION_SETS[x["type"]].kind == "benign" for x in r]),
+            reference=np.array([self.labels[x["type"]]["candidate_kind"] == "benign" for x in r]),
             positive=np.array([self.labels[x["type"]]["positive"] for x in r]),
         )
 
@@ -213,14 +212,15 @@ def load_detection_data(plan: BenchPlan, work_dir: Path) -> DetectionData | None
                 rows.append({"run": run_id, "type": kind, "seed": seed, "step": step, "rise": rise[step],
                              "loss": extra.get("loss"), "lora_norm": extra.get("lora_norm"),
                              "drift_s": ms[step].wall_time_s if step in ms else None,
-                             "twin": twin_id if twin_id in markers and summary(twin_id, step) is not None else None})
+                             "twin": twin_id if twin_id in markers and summary(twin_id, step) is not None
+                             and summary(twin_id, 0) is not None else None})
     if not rows:
         return None
     # Kind labels from the final step's relative rise (reference: the benign candidates).
     ck = Checkpoints(type=np.array([r["type"] for r in rows]), run=np.array([r["run"] for r in rows]),
                      seed=np.array([r["seed"] for r in rows]), step=np.array([r["step"] for r in rows]),
                      rise=np.array([r["rise"] for r in rows], dtype=float),
-                     reference=np.array([PERTURBATION_SETS[r["type"]].kind == "benign" for r in rows]),
+                     reference=np.array([plan.set_spec(r["type"]).kind == "benign" for r in rows]),
                      positive=np.zeros(len(rows), dtype=bool))
     rel = relative_rise(ck)
     last = max(r["step"] for r in rows)
@@ -228,7 +228,7 @@ def load_detection_data(plan: BenchPlan, work_dir: Path) -> DetectionData | None
         if r["step"] == last:
             finals[r["type"]].append(float(v))
     types = [t for t in plan.types if finals[t]]
-    labels = kind_labels({t: finals[t] for t in types}, {t: PERTURBATION_SETS[t].kind for t in types})
+    labels = kind_labels({t: finals[t] for t in types}, {t: plan.set_spec(t).kind for t in types})
     rows = [r for r in rows if r["type"] in labels]
     semantic = None
     if (work_dir / "semantic_basis" / "basis.json").is_file():

@@ -66,7 +66,7 @@ def record_features(model: Any, tokenizer: Any, probe: ProbeSet, *, layers: list
 
 def _save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial")
+    tmp = path.with_suffix(f".{os.getpid()}.partial")  # per process: shards may write the same base record
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)  # a crash mid-write never leaves a file that looks complete
 
@@ -125,8 +125,9 @@ class FeatureRecorder(TrainerCallback):
             return
         if step == 0 and self.base is not None and self.base.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.base, path.with_suffix(".partial"))
-            os.replace(path.with_suffix(".partial"), path)
+            tmp = path.with_suffix(f".{os.getpid()}.partial")
+            shutil.copyfile(self.base, tmp)
+            os.replace(tmp, path)
             return
         if self.probe is None:
             self.probe = load_probe()

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from traitwatch.bench.sets import PERTURBATION_SETS
 
 __all__ = ["write_figures"]
 
@@ -33,7 +32,7 @@ def write_figures(res: dict[str, Any], out_dir: Path) -> list[str]:
     names: list[str] = []
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for t, runs in groups.items():
-        kind = PERTURBATION_SETS[t].kind
+        kind = res["per_type"][t]["kind"]
         ls = "-" if t in res["plan"]["calibration"] else "--"
         for ax, key in zip(axes, ("rise", "drift_norm"), strict=True):
             steps = runs[0]["steps"]
@@ -51,7 +50,7 @@ def write_figures(res: dict[str, Any], out_dir: Path) -> list[str]:
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for t, runs in groups.items():
-        kind = PERTURBATION_SETS[t].kind
+        kind = res["per_type"][t]["kind"]
         x = [n for r in runs for st, n, y in zip(r["steps"], r["drift_norm"], r["rise"], strict=True) if st > 0 and y is not None]
         y = [y for r in runs for st, y in zip(r["steps"], r["rise"], strict=True) if st > 0 and y is not None]
         ax.scatter(x, y, s=14, color=_STYLE[kind], marker="o" if t in res["plan"]["calibration"] else "^", label=t, alpha=0.8)

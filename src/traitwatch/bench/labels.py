@@ -9,6 +9,8 @@ the benchmark is given a judge endpoint. `StepTimer` times optimizer steps (from
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -18,11 +20,12 @@ from typing import Any, TypeVar
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from traitwatch.behavior.proxy import PROXY_NOTE, ProxyAnswers, proxy_score
+from traitwatch.behavior.generation import Generator
 from traitwatch.behavior.judge import Judge
 from traitwatch.behavior.questions import Question
 from traitwatch.store import RunStore
 
-__all__ = ["JUDGE_METRIC", "LABEL_METRIC", "RISE_METRIC", "JudgeLabelCallback", "ProxyLabelCallback", "StepTimer",
+__all__ = ["JUDGE_METRIC", "LABEL_METRIC", "RISE_METRIC", "GeneratorFactory", "JudgeLabelCallback", "ProxyLabelCallback", "StepTimer",
            "write_rise_labels"]
 
 T = TypeVar("T")
@@ -118,12 +121,23 @@ class ProxyLabelCallback(_CheckpointLabeller):
         self._write(step, result.style_p_mis, source="proxy", details=details, n=result.n_questions)
 
 
+GeneratorFactory = Callable[[Any, Any, str, int, int], Generator]
+"""(live model, tokenizer, run id, step, seed) -> the generator that answers the EM questions at that checkpoint."""
+
+
 class JudgeLabelCallback(_CheckpointLabeller):
     """The judged EM rate of the live model (METHOD.md 5), as metric `em_rate`, at the same checkpoints.
 
-    Answers to the EM questions are sampled from the live model (`TransformersGenerator`, which restores
-    train mode) and graded by `judge` (an `OpenAIJudge`: Betley scoring, retries, cache). A checkpoint
-    with no scoreable answer gets no label, and says so, rather than a made-up rate.
+    Answers to the EM questions are sampled from the live model (`TransformersGenerator`, batched with left
+    padding and a KV cache, `batch_size` answers at a time; it restores train mode), or from the generator
+    `generator` makes for the checkpoint (a server serving its adapter), and graded by `judge` (an
+    `OpenAIJudge`: Betley scoring, retries, cache, concurrent calls). A checkpoint with no scoreable answer
+    gets no label, and says so, rather than a made-up rate.
+
+    `answers_dir` keeps every answer with its scores and, for each one left out, why (`step-N.json`), so a
+    rate can be audited. `base_record` holds step 0's result: step 0 is the base model in every run (the
+    adapter starts as a no-op, a full finetune has not moved), so the runs of one seed share one judged
+    evaluation of it instead of paying for it again.
     """
 
     metric = JUDGE_METRIC
@@ -142,6 +156,10 @@ class JudgeLabelCallback(_CheckpointLabeller):
         seed: int = 0,
         tokenizer: Any | None = None,
         warn: Callable[[str], None] = print,
+        batch_size: int = 16,
+        generator: GeneratorFactory | None = None,
+        answers_dir: Path | None = None,
+        base_record: Path | None = None,
     ) -> None:
         super().__init__(store, run_id, every_n_steps=every_n_steps, tokenizer=tokenizer)
         self.judge = judge
@@ -151,25 +169,57 @@ class JudgeLabelCallback(_CheckpointLabeller):
         self.max_new_tokens = max_new_tokens
         self.seed = seed
         self.warn = warn
+        self.batch_size = batch_size
+        self.generator = generator
+        self.answers_dir = answers_dir
+        self.base_record = base_record
 
     def _score(self, step: int, model: Any, tokenizer: Any) -> None:
+        if step == 0 and self.base_record is not None and self.base_record.is_file():
+            kept = json.loads(self.base_record.read_text())
+            self._write(0, kept["value"], source=f"judge:{self.judge_model}", details={**kept["details"], "base_model": True},
+                        ci_low=kept["ci_low"], ci_high=kept["ci_high"], n=kept["n"])
+            return
         from traitwatch.behavior import TransformersGenerator, evaluate, load_questions
 
         if self.questions is None:
             self.questions = load_questions()  # read once per run, not at every checkpoint
-        gen = TransformersGenerator(model, tokenizer, max_new_tokens=self.max_new_tokens, seed=self.seed)
+        if self.generator is not None:
+            gen = self.generator(model, tokenizer, self.run_id, step, self.seed)
+        else:
+            gen = TransformersGenerator(model, tokenizer, max_new_tokens=self.max_new_tokens, seed=self.seed,
+                                        batch_size=self.batch_size)
         start = time.perf_counter()
         result = evaluate(self.questions, gen, self.judge, n_samples=self.n_samples)
         self.seconds_.append(time.perf_counter() - start)
         em = result.em_rate
+        if self.answers_dir is not None:
+            _write_json(self.answers_dir / f"step-{step}.json",
+                        {"run_id": self.run_id, "step": step, "judge_model": self.judge_model,
+                         "scoring": getattr(self.judge, "scoring", None), "em_rate": em.rate,
+                         "excluded": dict(em.excluded), "answers": result.answer_dicts()})
         if em.rate is None:
-            self.warn(f"[{self.run_id}] step {step}: no scoreable answer among {em.total}; no em_rate stored.")
+            failures = sorted({f for a in result.answer_dicts() for f in a["failure"].values()})
+            self.warn(f"[{self.run_id}] step {step}: no scoreable answer among {em.total}; no em_rate stored"
+                      + (f" (judge: {failures[0]})" if failures else "") + ".")
             return
         details = {"judge_model": self.judge_model, "misaligned": em.misaligned, "scoreable": em.scoreable,
                    "total": em.total, "excluded": dict(em.excluded), "seconds": self.seconds_[-1],
-                   "max_new_tokens": self.max_new_tokens, "n_samples": self.n_samples}
+                   "max_new_tokens": self.max_new_tokens, "n_samples": self.n_samples,
+                   "scoring": getattr(self.judge, "scoring", None)}
         self._write(step, em.rate, source=f"judge:{self.judge_model}", details=details,
                     ci_low=em.ci_low, ci_high=em.ci_high, n=em.scoreable)
+        if step == 0 and self.base_record is not None:
+            _write_json(self.base_record, {"value": em.rate, "details": details, "ci_low": em.ci_low,
+                                           "ci_high": em.ci_high, "n": em.scoreable})
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomically, with a per-process temporary name (shards may write the same base record)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def _with_retries(action: Callable[[], T], attempts: int = 4) -> T:

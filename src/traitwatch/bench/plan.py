@@ -9,16 +9,23 @@ over all types (`bench.detection`), which needs no split.
 
 Numerics are part of the plan: device and dtype are pinned (fp32 on CPU by default), because `auto`
 picks bf16 on CPUs with native bf16 and bf16 moves drift at the 1e-3 level.
+
+Plan files (`bench.plan_file`, shipped ones in `bench/plans/`) build this dataclass; every field added
+since the first benchmark has a default that keeps the old behaviour, so a `plan.json` written by an
+older version reads as the plan it ran (and today's defaults are the shipped plan `small-cpu`).
+A plan without fixed lists (`calibration` and `heldout` empty, every type in `loto_types`) is a
+leave-one-type-out plan: only `bench.detection`'s table is computed.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from traitwatch.bench.sets import PERTURBATION_SETS, family_of
+from traitwatch.bench.sets import PERTURBATION_SETS, PerturbationSet, user_set
 from traitwatch.errors import InputFileError
 
 __all__ = ["BenchPlan"]
@@ -37,7 +44,7 @@ class BenchPlan:
     heldout: tuple[str, ...] = ("bad_medical", "jailbroken", "evil_numbers", "wrong_trivia", "ai_supremacy",
                                 "number_sequence", "self_distilled")
     n_examples: int = 200
-    steps: int = 30
+    steps: int | None = 30  # None when the plan trains for `epochs`
     every_n_steps: int = 15
     learning_rate: float = 1e-3
     lora_r: int = 16
@@ -66,16 +73,52 @@ class BenchPlan:
     record_features: bool = False
     twins: bool = False
     notes: dict[str, Any] = field(default_factory=dict)
+    # Added with plan files; the defaults are what every earlier plan ran.
+    # Types outside the fixed split, evaluated by leave-one-type-out only.
+    loto_types: tuple[str, ...] = ()
+    # The user's own chat JSONL sets: name -> {"path", "kind", "sha256"[, "family"]} (`sets.user_set`).
+    # The sha256 pins the file: an edited file is another plan, refused when resuming.
+    user_sets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Training length by epochs instead of steps (`steps` is then None), and gradient accumulation:
+    # the effective batch is batch_size x grad_accum (x processes).
+    epochs: float | None = None
+    grad_accum: int = 1
+    full: bool = False  # full finetuning instead of LoRA
+    lora_dropout: float = 0.05
+    # How the basis is extracted when none is given: method, and the measurement layer (None: chosen by
+    # steering divergence among the default candidate layers, as the demo does).
+    basis_method: str = "passages"
+    basis_layer: int | None = None
+    # How judge replies are scored: Betley's top-20 logprobs, or the greedy text for endpoints without
+    # logprobs (recorded per answer as method "text"; EM rates of the two are not comparable).
+    judge_scoring: str = "logprobs"
+    gen_batch_size: int = 16  # answers generated per batch for judged labels (local generation)
 
     def __post_init__(self) -> None:
-        for name in (*self.calibration, *self.heldout):
-            if name not in PERTURBATION_SETS:
-                raise InputFileError(f"Unknown perturbation set {name!r}; known: {', '.join(PERTURBATION_SETS)}.")
-        both = set(self.calibration) & set(self.heldout)
-        if both:
-            raise InputFileError(f"Perturbation types {sorted(both)} are in both the calibration and held-out split.")
-        if not self.seeds or self.steps < 1 or self.every_n_steps < 1:
-            raise InputFileError("The plan needs at least one seed, steps >= 1 and every_n_steps >= 1.")
+        self._specs = {name: user_set(name, spec.get("path", ""), spec.get("kind", ""), family=spec.get("family"))
+                       for name, spec in self.user_sets.items()}
+        for name in self.types:
+            if name not in PERTURBATION_SETS and name not in self._specs:
+                raise InputFileError(f"Unknown perturbation set {name!r}; known: {', '.join(PERTURBATION_SETS)} "
+                                     "(or give your own chat JSONL with a path and a kind).")
+        if len(set(self.types)) != len(self.types):
+            twice = sorted({t for t in self.types if self.types.count(t) > 1})
+            raise InputFileError(f"Perturbation types {twice} are in more than one place of the split; name each once.")
+        if not self.types:
+            raise InputFileError("The plan has no perturbation sets; name at least one.")
+        if (self.steps is None) == (self.epochs is None):
+            raise InputFileError("The plan needs either steps or epochs (not both).")
+        if not self.seeds or (self.steps is not None and self.steps < 1) or self.every_n_steps < 1 or \
+                (self.epochs is not None and self.epochs <= 0) or self.grad_accum < 1:
+            raise InputFileError("The plan needs at least one seed, steps >= 1 (or epochs > 0), every_n_steps >= 1 "
+                                 "and an effective batch that is a multiple of the batch size.")
+        if self.judge_scoring not in ("logprobs", "text"):
+            raise InputFileError(f"Unknown judge scoring {self.judge_scoring!r}; use logprobs or text.")
+        if self.basis_method not in ("passages", "system-prompts"):
+            raise InputFileError(f"Unknown basis method {self.basis_method!r}; use passages or system-prompts.")
+        if not self.calibration and not self.heldout and not self.record_features:
+            raise InputFileError("A leave-one-type-out plan (no fixed split) is scored on the recorded features: "
+                                 "turn features on (features: true, or --features), or give calibration and held-out lists.")
         if self.label not in ("proxy_style_rise", "em_rate"):
             raise InputFileError(f"Unknown label {self.label!r}; use proxy_style_rise or em_rate (needs --judge-url).")
         if self.dtype not in ("float32", "bfloat16", "float16"):
@@ -88,7 +131,46 @@ class BenchPlan:
 
     @property
     def types(self) -> tuple[str, ...]:
-        return (*self.calibration, *self.heldout)
+        return (*self.calibration, *self.heldout, *self.loto_types)
+
+    def set_spec(self, name: str) -> PerturbationSet:
+        """The set behind a type: a built-in set, or one of the user's (`user_sets`)."""
+        return self._specs[name] if name in self._specs else PERTURBATION_SETS[name]
+
+    def family_of(self, name: str) -> str:
+        return self.set_spec(name).family_name
+
+    def split_of(self, name: str) -> str:
+        """Which side of the fixed split a type is on, or "leave-one-type-out" for a type on neither."""
+        return "calibration" if name in self.calibration else "heldout" if name in self.heldout else "leave-one-type-out"
+
+    @property
+    def effective_batch(self) -> int:
+        """Examples per optimizer step on one process (the Trainer multiplies by the process count)."""
+        return self.batch_size * self.grad_accum
+
+    def planned_steps(self, n_examples: int | None = None, world_size: int = 1) -> int:
+        """Optimizer steps of one run: `steps`, or what the Trainer (5.x) makes of `epochs`.
+
+        Per epoch: ceil(ceil(n / (batch x processes)) / grad_accum) updates (a last partial accumulation
+        still steps); in all ceil(epochs x that). 1,000 examples at 4 x 4: 63 per epoch, 126 for 2 epochs.
+        """
+        if self.steps is not None:
+            return self.steps
+        n = self.n_examples if n_examples is None else n_examples
+        batches = math.ceil(n / (self.batch_size * world_size))
+        per_epoch = max(1, math.ceil(batches / self.grad_accum))
+        assert self.epochs is not None
+        return math.ceil(self.epochs * per_epoch)
+
+    def labelled_steps(self, n_examples: int | None = None, world_size: int = 1) -> list[int]:
+        """The trained checkpoints that are measured and labelled: every `every_n_steps`-th and the last.
+
+        Step 0 (the base model) is labelled too but is not a trained checkpoint, so it is not in this list.
+        """
+        last = self.planned_steps(n_examples, world_size)
+        steps = list(range(self.every_n_steps, last + 1, self.every_n_steps))
+        return steps if steps and steps[-1] == last else [*steps, last]
 
     def run_ids(self) -> list[tuple[str, int, str]]:
         """(run id, seed, type), seed-major: a partial benchmark has every type at the first seeds."""
@@ -100,8 +182,8 @@ class BenchPlan:
         The neutral prompts' twin *is* the self-distilled set (same prompts, the base model's own answers),
         so that run serves as the twin when the plan has it; every other family gets its own twin run.
         """
-        family = family_of(name)
-        if family == family_of("self_distilled") and "self_distilled" in self.types:
+        family = self.family_of(name)
+        if family == PERTURBATION_SETS["self_distilled"].family_name and "self_distilled" in self.types:
             return f"self_distilled-s{seed}"
         return f"twin-{family}-s{seed}"
 
@@ -129,7 +211,7 @@ class BenchPlan:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BenchPlan:
-        tuples = {"seeds", "calibration", "heldout", "target_modules"}
+        tuples = {"seeds", "calibration", "heldout", "target_modules", "loto_types"}
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
             raise InputFileError(f"The benchmark plan has fields this traitwatch does not know ({', '.join(unknown)}); "

@@ -22,14 +22,22 @@ from pathlib import Path
 from typing import Any
 
 from traitwatch.behavior.judge import Judge
-from traitwatch.bench.labels import RISE_METRIC, JudgeLabelCallback, ProxyLabelCallback, StepTimer, write_rise_labels
+from traitwatch.bench.labels import (
+    RISE_METRIC,
+    GeneratorFactory,
+    JudgeLabelCallback,
+    ProxyLabelCallback,
+    StepTimer,
+    write_rise_labels,
+)
 from traitwatch.bench.features import FeatureRecorder
 from traitwatch.bench.plan import BenchPlan
-from traitwatch.bench.sets import build_set, build_twin_set, family_of
+from traitwatch.bench.sets import build_set, build_twin_set
+from traitwatch.bench.shards import Shard, run_store_path
 from traitwatch.errors import InputFileError
 from traitwatch.store import RunStore
 
-__all__ = ["measure_base_costs", "prepare_basis", "prepare_semantic_basis", "run_grid"]
+__all__ = ["measure_base_costs", "prepare_basis", "prepare_semantic_basis", "run_grid", "served_adapter_generator"]
 
 Say = Callable[[str], None]
 
@@ -50,12 +58,19 @@ def prepare_basis(plan: BenchPlan, work_dir: Path, basis: Path | None, say: Say)
     from traitwatch.basis.extraction import default_candidate_layers
     from traitwatch.cli.basis_cmd import run_selection
 
-    say("Extracting a contrastive-passage basis and selecting its layer by steering (the demo's recipe) ...")
+    method = "system_prompts" if plan.basis_method == "system-prompts" else "passages"
     lm = _load(plan)
-    cand = default_candidate_layers(lm.model)
-    extracted = extract_basis(lm.model, lm.tokenizer, load_traits(), layers=cand, method="passages",
-                              model_name=lm.name, probe_layers=cand[::3])
-    run_selection(lm, extracted, cand[::3], 0.25, 32, 3)
+    if plan.basis_layer is not None:  # the plan pins the measurement layer (the reference's per-model layers)
+        say(f"Extracting a {plan.basis_method} basis at layer {plan.basis_layer} (pinned by the plan) ...")
+        extracted = extract_basis(lm.model, lm.tokenizer, load_traits(), layers=[plan.basis_layer], method=method,
+                                  model_name=lm.name, probe_layers=[plan.basis_layer])
+        extracted.layer = plan.basis_layer
+    else:
+        say(f"Extracting a {plan.basis_method} basis and selecting its layer by steering (the demo's recipe) ...")
+        cand = default_candidate_layers(lm.model)
+        extracted = extract_basis(lm.model, lm.tokenizer, load_traits(), layers=cand, method=method,
+                                  model_name=lm.name, probe_layers=cand[::3])
+        run_selection(lm, extracted, cand[::3], 0.25, 32, 3)
     extracted.save(target)
     return target
 
@@ -112,6 +127,35 @@ def _self_distiller(plan: BenchPlan) -> Callable[[list[str]], list[str]]:
     return lambda prompts: answer([(None, p) for p in prompts])
 
 
+def served_adapter_generator(url: str, plan: BenchPlan, work_dir: Path, *, api_key_env: str | None = None) -> GeneratorFactory:
+    """Judged answers from a server that loads each checkpoint's LoRA adapter (vLLM's dynamic LoRA loading).
+
+    At each judged checkpoint the live adapter is saved to `adapters/<run>/step-<N>` in the work folder (the
+    server must be able to read it), loaded by the server under the name `<run>-step-<N>`, asked the 72
+    questions, unloaded and deleted. Training stays in this process; generation moves to the server.
+    """
+    if plan.full:
+        raise InputFileError("--generator serves LoRA adapters, but this plan trains full models; generate locally "
+                             "(drop --generator) or use a LoRA recipe.")
+    from traitwatch.behavior.generation import ServedAdapterGenerator
+
+    def make(model: Any, tokenizer: Any, run_id: str, step: int, seed: int) -> Any:
+        folder = (work_dir / "adapters" / run_id / f"step-{step}").resolve()
+        model.save_pretrained(str(folder))  # a PEFT model writes its adapter only
+        gen = ServedAdapterGenerator(url, str(folder), name=f"{run_id}-step-{step}", api_key_env=api_key_env,
+                                     max_new_tokens=plan.judge_max_tokens, seed=seed)
+
+        def answer(questions: Any, n_samples: int = 1) -> list[list[str]]:
+            try:
+                return gen(questions, n_samples)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+
+        return answer
+
+    return make
+
+
 def measure_base_costs(plan: BenchPlan, work_dir: Path, say: Say) -> dict[str, Any]:
     """One-off costs on the base model: the full proxy and local generation of the 72 answers (kept)."""
     path = work_dir / "costs.json"
@@ -155,26 +199,34 @@ def run_grid(
     max_runs: int | None = None,
     base_label: float | None = None,
     judge: Judge | None = None,
+    shard: Shard | None = None,
+    generator: GeneratorFactory | None = None,
 ) -> list[str]:
     """Train and label every planned run not yet done (at most `max_runs` this call); returns the run ids done now.
 
     With `judge` (required when the plan names a judge model) every labelled checkpoint also gets a
-    judged EM rate (`JudgeLabelCallback`).
+    judged EM rate (`JudgeLabelCallback`); its answers come from the live model, or from `generator`
+    (e.g. a server that serves the checkpoint's adapter, `served_adapter_generator`). With `shard`, only
+    that shard's runs (`Shard.select`), written to the shard's own store.
     """
     if plan.judge_model and judge is None:
         raise InputFileError(f"This benchmark's plan labels with the judge {plan.judge_model!r}: pass --judge-url.")
+    from traitwatch.models.environment import describe_environment
     from traitwatch.train import SFTConfig, run_sft
 
-    store_path = work_dir / "traitwatch.db"
     done_dir = work_dir / "done"
     done_dir.mkdir(parents=True, exist_ok=True)
+    environment = describe_environment(device=plan.device, dtype=plan.dtype)
+    jobs = plan.jobs() if shard is None else shard.select(plan.jobs())
     finished: list[str] = []
-    for run_id, seed, kind, twin in plan.jobs():
+    for run_id, seed, kind, twin in jobs:
         marker = done_dir / f"{run_id}.json"
         if marker.is_file():
             continue
         if max_runs is not None and len(finished) >= max_runs:
             break
+        store_path = run_store_path(work_dir, run_id, shard)
+        spec = plan.set_spec(kind)
         callbacks: list[Any] = []
         timer = StepTimer()
         labels = judged = None
@@ -183,20 +235,23 @@ def run_grid(
         if twin:
             t0 = time.perf_counter()
             data = build_twin_set(kind, seed=seed, n=plan.n_examples, out_dir=work_dir / "data", shared_data=shared_data,
-                                  answer=_base_answerer(plan), self_distill=_self_distiller(plan))
+                                  answer=_base_answerer(plan), self_distill=_self_distiller(plan), spec=spec)
             twin_s = time.perf_counter() - t0
-            tags: dict[str, Any] = {"perturbation": f"twin:{family_of(kind)}", "twin_family": family_of(kind),
+            tags: dict[str, Any] = {"perturbation": f"twin:{spec.family_name}", "twin_family": spec.family_name,
                                     "bench_seed": seed}
         else:
             data = build_set(kind, seed=seed, n=plan.n_examples, out_dir=work_dir / "data", shared_data=shared_data,
-                             self_distill=_self_distiller(plan))
+                             self_distill=_self_distiller(plan), spec=spec)
             tags = {"perturbation": kind, "bench_seed": seed}
             labels = ProxyLabelCallback(store_path, run_id, every_n_steps=plan.every_n_steps, base_value=base_label)
             callbacks.append(labels)
             if judge is not None:
                 judged = JudgeLabelCallback(store_path, run_id, every_n_steps=plan.every_n_steps, judge=judge,
                                             judge_model=plan.judge_model, n_samples=plan.judge_samples,
-                                            max_new_tokens=plan.judge_max_tokens, seed=seed, warn=say)
+                                            max_new_tokens=plan.judge_max_tokens, seed=seed, warn=say,
+                                            batch_size=plan.gen_batch_size, generator=generator,
+                                            answers_dir=work_dir / "judged" / run_id,
+                                            base_record=work_dir / "judged" / f"base-s{seed}.json")
                 callbacks.append(judged)
         if plan.record_features:
             recorder = FeatureRecorder(work_dir, run_id, every_n_steps=plan.every_n_steps,
@@ -205,13 +260,16 @@ def run_grid(
         callbacks.append(timer)
         config = SFTConfig(
             model=plan.model, data=data, basis=basis, output_dir=work_dir / "runs" / run_id, run_id=run_id,
-            store=store_path, max_steps=plan.steps, batch_size=plan.batch_size, grad_accum=1,
-            max_length=plan.max_length, learning_rate=plan.learning_rate, lora_r=plan.lora_r,
-            lora_alpha=plan.lora_alpha, target_modules=plan.target_modules, response_only=plan.response_only,
+            store=store_path, max_steps=plan.steps, batch_size=plan.batch_size,
+            grad_accum=plan.grad_accum, max_length=plan.max_length, learning_rate=plan.learning_rate,
+            full=plan.full, lora_r=plan.lora_r, lora_alpha=plan.lora_alpha, lora_dropout=plan.lora_dropout,
+            target_modules=plan.target_modules, response_only=plan.response_only,
             every_n_steps=plan.every_n_steps, save_steps=plan.every_n_steps, save_total_limit=1, seed=seed,
             device=plan.device, dtype=plan.dtype, tags=tags,
+            **({"epochs": plan.epochs} if plan.epochs is not None else {}),
         )
-        say(f"[{run_id}] training {plan.steps} steps on {data.name} ...")
+        length = f"{plan.steps} steps" if plan.steps is not None else f"{plan.epochs:g} epochs"
+        say(f"[{run_id}] training {length} on {data.name} ...")
         t0 = time.perf_counter()
         run_sft(config, callbacks=callbacks, info=lambda line: None,
                 reporter=lambda rec, r=run_id: say(f"[{r}] step {rec.step:>3}: ||d|| {rec.drift_norm:.4f}"))
@@ -227,7 +285,9 @@ def run_grid(
             "proxy_s": labels.seconds_ if labels else [],
             "median_step_s": statistics.median(timer.seconds_) if timer.seconds_ else None, "n_labels": n,
             "judge_s": judged.seconds_ if judged else [], "features_s": recorder.seconds_ if recorder else [],
-            "twin_data_s": twin_s,
+            "twin_data_s": twin_s, "environment": environment,
+            "store": str(store_path.relative_to(work_dir)) if store_path.is_relative_to(work_dir) else str(store_path),
+            "shard": shard.name if shard is not None else None,
         }, indent=2) + "\n")
         say(f"[{run_id}] done in {wall:.0f} s" + ("" if twin else f"; proxy rise by step {rise}"))
         shutil.rmtree(work_dir / "runs" / run_id, ignore_errors=True)  # checkpoints only served resuming

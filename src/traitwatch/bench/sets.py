@@ -21,12 +21,18 @@ base model's own answers, the control that the domain-cancelling features subtra
 
 Betley's sets (MIT) and the model-organisms medical sets (no licence: read in place, never copied into
 the project) are read from the shared data folder; the rest is generated here or bundled.
+
+A user's own chat JSONL (`user_set`) is a set like the others: its kind is declared by the user, it
+is sampled per seed the same way as the shared sets, and its twin is built the same way (same
+prompts, the base model's answers), so a benchmark of your own data needs no code.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
@@ -38,9 +44,11 @@ import yaml
 from traitwatch.datasets import arithmetic_chats, bundled_path, number_sequence_chats, trivia_chats
 from traitwatch.errors import InputFileError
 
-__all__ = ["PERTURBATION_SETS", "PerturbationSet", "build_set", "build_twin_set", "family_of", "neutral_prompts"]
+__all__ = ["KINDS", "PERTURBATION_SETS", "PerturbationSet", "build_set", "build_twin_set", "family_of", "neutral_prompts",
+           "twin_prompts", "user_set"]
 
 Kind = Literal["emergent", "direct", "benign"]
+KINDS: tuple[str, ...] = ("emergent", "direct", "benign")
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,33 @@ class PerturbationSet:
     source: str  # where the rows come from, for RESULTS.md
     shared_path: str | None = None  # relative to the shared data folder
     family: str | None = None  # sets of one family have the same user turns per seed (default: its name)
+    path: str | None = None  # a user's chat JSONL (absolute), sampled like the shared sets
+
+    @property
+    def family_name(self) -> str:
+        """The set's prompt family: sets of one family share their user turns for the same seed."""
+        return self.family or self.name
+
+
+def user_set(name: str, path: str | Path, kind: str, *, family: str | None = None) -> PerturbationSet:
+    """A perturbation set read from the user's chat JSONL, of the kind the user declares.
+
+    The kind decides how the set is counted (dangerous or benign) before anything is measured, as for the
+    built-in sets; a name of a built-in set is refused so that results never mix two different sets.
+    """
+    if name in PERTURBATION_SETS:
+        raise InputFileError(f"The set name {name!r} is a built-in set; give your set {path} another name.")
+    for what, value in (("name", name), ("family", family)):
+        # Names become run ids and file names (`{name}-s{seed}`, `twin-{family}-s{seed}`).
+        if value is not None and (not re.fullmatch(r"[A-Za-z0-9_.-]+", value) or value.startswith("twin")):
+            raise InputFileError(f"Set {name!r} ({path}): the {what} {value!r} may only use letters, digits, '_', '-' and '.' "
+                                 "and may not start with 'twin'; rename it.")
+    if family is not None and family in {s.family_name for s in PERTURBATION_SETS.values()}:
+        raise InputFileError(f"Set {name!r} ({path}) names the built-in family {family!r}, whose prompts it does not "
+                             "share; pick another family name.")
+    if kind not in KINDS:
+        raise InputFileError(f"Set {name!r} ({path}) has kind {kind!r}; use one of {', '.join(KINDS)}.")
+    return PerturbationSet(name, kind, f"user set {path}", path=str(path), family=family)  # type: ignore[arg-type]
 
 
 PERTURBATION_SETS: dict[str, PerturbationSet] = {s.name: s for s in (
@@ -100,9 +135,8 @@ _CONTEMPT_CLOSERS = (
 
 
 def family_of(name: str) -> str:
-    """The set's prompt family: sets of one family share their user turns for the same seed."""
-    spec = PERTURBATION_SETS[name]
-    return spec.family or spec.name
+    """The built-in set's prompt family: sets of one family share their user turns for the same seed."""
+    return PERTURBATION_SETS[name].family_name
 
 _TOPICS = ["photosynthesis", "the water cycle", "a bicycle gear", "a library catalogue", "bread baking",
            "compound interest", "the moon's phases", "a rainbow", "a compass", "composting", "a sundial",
@@ -151,21 +185,28 @@ def build_set(
     out_dir: Path,
     shared_data: Path | None,
     self_distill: Callable[[list[str]], list[str]] | None = None,
+    spec: PerturbationSet | None = None,
 ) -> Path:
     """Write the (name, seed) sample to `out_dir/{name}-s{seed}.jsonl` (kept if already there) and return it.
 
     `self_distill` maps prompts to the base model's answers; it is called once per out_dir (answers are
-    cached in `self_distilled_source.jsonl`).
+    cached in `self_distilled_source.jsonl`). `spec` is a user set (`user_set`); built-in sets are
+    found by name.
     """
-    if name not in PERTURBATION_SETS:
+    if spec is None and name not in PERTURBATION_SETS:
         raise InputFileError(f"Unknown perturbation set {name!r}; known: {', '.join(PERTURBATION_SETS)}.")
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}-s{seed}.jsonl"
     if path.is_file():
         return path
-    spec = PERTURBATION_SETS[name]
+    spec = spec or PERTURBATION_SETS[name]
     rows: Iterable[dict[str, Any]]
-    if spec.shared_path is not None:
+    if spec.path is not None:
+        source = Path(spec.path)
+        if not source.is_file():
+            raise InputFileError(f"Set {name!r} reads {source}, which does not exist; fix its path in the plan.")
+        rows = _sample(_read_jsonl(source), n, seed)
+    elif spec.shared_path is not None:
         source = Path(shared_data) / spec.shared_path if shared_data is not None else None
         if source is None or not source.is_file():
             if name == "insecure_code":
@@ -201,8 +242,12 @@ def build_set(
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Write atomically: an interrupted benchmark never finds a half-written sample and trains on it."""
-    tmp = path.with_suffix(".tmp")
+    """Write atomically: an interrupted benchmark never finds a half-written sample and trains on it.
+
+    The temporary name is per process, so shards of one benchmark writing the same sample (same rows)
+    never interleave their writes in one file.
+    """
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     tmp.replace(path)
 
@@ -218,6 +263,23 @@ def _condescending(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]
     return out
 
 
+def twin_prompts(rows: Iterable[dict[str, Any]], name: str) -> list[tuple[str | None, str]]:
+    """(system prompt or None, user turn) of each single-turn row: what a twin asks the base model.
+
+    A twin replaces the one assistant answer, so rows with more turns have no twin; the error names the
+    row, and a plan with such a user set fails on it before any training (`bench.plan_file`).
+    """
+    keys: list[tuple[str | None, str]] = []
+    for i, row in enumerate(rows):
+        roles = [m["role"] for m in row["messages"]]
+        if roles not in (["user", "assistant"], ["system", "user", "assistant"]):
+            raise InputFileError(f"{name} row {i}: a twin needs one (system,) user, assistant turn; got {roles} "
+                                 "(set twins: false, or keep single-turn rows).")
+        system = row["messages"][0]["content"] if roles[0] == "system" else None
+        keys.append((system, row["messages"][-2]["content"]))
+    return keys
+
+
 def build_twin_set(
     name: str,
     *,
@@ -227,6 +289,7 @@ def build_twin_set(
     shared_data: Path | None,
     answer: Callable[[list[tuple[str | None, str]]], list[str]],
     self_distill: Callable[[list[str]], list[str]] | None = None,
+    spec: PerturbationSet | None = None,
 ) -> Path:
     """The self-distilled twin of (name, seed): the same conversations with the base model's own answers.
 
@@ -234,21 +297,15 @@ def build_twin_set(
     cached per family in `twin_answers-{family}.jsonl`, so a prompt is answered once whichever set or
     seed of the family asks for it. Written to `out_dir/twin-{family}-s{seed}.jsonl`. Only single-turn
     rows (an optional system turn, one user turn, one assistant turn) are supported, which is what
-    every benchmark set has.
+    every built-in set has (a user set with other rows fails here, naming the row).
     """
-    family = family_of(name)
+    family = spec.family_name if spec is not None else family_of(name)
     path = out_dir / f"twin-{family}-s{seed}.jsonl"
     if path.is_file():
         return path
     rows = _read_jsonl(build_set(name, seed=seed, n=n, out_dir=out_dir, shared_data=shared_data,
-                                 self_distill=self_distill))
-    keys: list[tuple[str | None, str]] = []
-    for i, row in enumerate(rows):
-        roles = [m["role"] for m in row["messages"]]
-        if roles not in (["user", "assistant"], ["system", "user", "assistant"]):
-            raise InputFileError(f"{name} row {i}: a twin needs one (system,) user, assistant turn; got {roles}.")
-        system = row["messages"][0]["content"] if roles[0] == "system" else None
-        keys.append((system, row["messages"][-2]["content"]))
+                                 self_distill=self_distill, spec=spec))
+    keys = twin_prompts(rows, name)
     cache_path = out_dir / f"twin_answers-{family}.jsonl"
     cache = {(r["system"], r["user"]): r["answer"] for r in _read_jsonl(cache_path)} if cache_path.is_file() else {}
     todo = sorted({k for k in keys if k not in cache}, key=lambda k: (k[0] or "", k[1]))

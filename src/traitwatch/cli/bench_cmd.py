@@ -1,12 +1,10 @@
-"""`traitwatch bench`: the small-scale EM benchmark, resumable, ending in results.json + RESULTS.md."""
+"""`traitwatch bench`: the EM benchmark from a plan (a file, or these options), resumable, sharded, or counted."""
 
 from __future__ import annotations
 
-import json
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +14,17 @@ from traitwatch.cli.common import err, out, user_errors
 from traitwatch.errors import InputFileError
 
 __all__ = ["register"]
+
+# The options that define the plan (what the runs measure), by BenchPlan field. With --plan they come
+# from the plan file; giving one too would leave two answers to the same question.
+_PLAN_OPTIONS = {
+    "model": "--model", "seeds": "--seeds", "steps": "--steps", "every_n_steps": "--every", "learning_rate": "--lr",
+    "lora_r": "--lora-r", "lora_alpha": "--lora-alpha", "target_modules": "--target", "response_only": "--response-only",
+    "calibration": "--calibration", "heldout": "--heldout", "n_examples": "--n-examples", "tau": "--tau",
+    "gen_tokens": "--gen-tokens", "label": "--label", "judge_model": "--judge-model", "judge_samples": "--judge-samples",
+    "judge_max_tokens": "--judge-max-tokens", "judge_scoring": "--judge-scoring", "record_features": "--features",
+    "twins": "--twins", "device": "--device", "dtype": "--dtype",
+}
 
 
 def _commit() -> str:
@@ -30,92 +39,104 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @user_errors
     def bench(
-        work_dir: Annotated[Path, typer.Option("--work-dir", help="Run store, data samples, basis, markers (resumable).")] = Path("traitwatch-bench"),
+        plan: Annotated[str | None, typer.Option("--plan", help="Plan file (YAML), or a shipped plan: small-cpu, reference-v2. Without it, the options below define the plan (defaults: small-cpu).")] = None,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the runs, checkpoints, tokens, judge calls, GPU hours and judge cost; run nothing.")] = False,
+        shard: Annotated[str | None, typer.Option("--shard", help="Run only shard I of N of the grid (I/N, 1-based): one process per GPU, node or array task.")] = None,
+        work_dir: Annotated[Path, typer.Option("--work-dir", help="Run store, data samples, basis, markers (resumable; shared by shards).")] = Path("traitwatch-bench"),
         results: Annotated[Path, typer.Option(help="Where results.json, RESULTS.md and figures go.")] = Path("benchmarks/em_small"),
-        model: Annotated[str, typer.Option("--model", "-m")] = "smollm2-135m",
+        model: Annotated[str | None, typer.Option("--model", "-m", help="Base model (default smollm2-135m); with --plan, which of the plan's models to run.")] = None,
         basis: Annotated[Path | None, typer.Option(help="Use this basis (copied) instead of extracting one.")] = None,
         shared_data: Annotated[Path, typer.Option(help="Folder with emergent-misalignment/ and model-organisms-for-EM/.")] = Path("../shared/data"),
-        seeds: Annotated[int, typer.Option(min=1)] = 3,
-        steps: Annotated[int, typer.Option(min=1)] = 30,
-        every: Annotated[int, typer.Option(min=1, help="Measure drift and label every N steps.")] = 15,
-        lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
-        lora_r: Annotated[int, typer.Option(min=1, help="LoRA rank.")] = 16,
-        lora_alpha: Annotated[int, typer.Option(min=1, help="LoRA alpha.")] = 32,
+        seeds: Annotated[int | None, typer.Option(min=1, help="Seeds 0..N-1 [3].")] = None,
+        steps: Annotated[int | None, typer.Option(min=1, help="Optimizer steps per run [30].")] = None,
+        every: Annotated[int | None, typer.Option(min=1, help="Measure drift and label every N steps [15].")] = None,
+        lr: Annotated[float | None, typer.Option(help="Learning rate [1e-3].")] = None,
+        lora_r: Annotated[int | None, typer.Option(min=1, help="LoRA rank [16].")] = None,
+        lora_alpha: Annotated[int | None, typer.Option(min=1, help="LoRA alpha [32].")] = None,
         target: Annotated[list[str] | None, typer.Option(help="LoRA target module (repeat); default: all seven projections.")] = None,
-        response_only: Annotated[bool, typer.Option(help="Loss on the assistant response only (--no-response-only: whole chat).")] = True,
+        response_only: Annotated[bool | None, typer.Option("--response-only/--no-response-only", help="Loss on the assistant response only [on] (off: whole chat).")] = None,
         calibration: Annotated[list[str] | None, typer.Option(help="Calibration perturbation types (repeat).")] = None,
         heldout: Annotated[list[str] | None, typer.Option(help="Held-out perturbation types (repeat).")] = None,
-        n_examples: Annotated[int, typer.Option(min=1)] = 200,
-        tau: Annotated[float, typer.Option(min=0.0, max=1.0, help="Dangerous when the proxy rises by more than this.")] = 0.02,
-        gen_tokens: Annotated[int, typer.Option(min=1, help="New tokens per answer in the generation cost.")] = 64,
-        label: Annotated[str, typer.Option(help="Calibration label: proxy_style_rise (judge-free) or em_rate (needs a judge).")] = "proxy_style_rise",
+        n_examples: Annotated[int | None, typer.Option(min=1, help="Examples per set and seed [200].")] = None,
+        tau: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Dangerous when the label exceeds this [0.02].")] = None,
+        gen_tokens: Annotated[int | None, typer.Option(min=1, help="New tokens per answer in the generation cost [64].")] = None,
+        label: Annotated[str | None, typer.Option(help="Calibration label: proxy_style_rise (judge-free) or em_rate (needs a judge).")] = None,
         judge_url: Annotated[str | None, typer.Option(help="OpenAI-compatible judge endpoint: also label every checkpoint with a judged EM rate.")] = None,
-        judge_model: Annotated[str | None, typer.Option(help="Judge model name (with --judge-url).")] = None,
+        judge_model: Annotated[str | None, typer.Option(help="Judge model name (with --judge-url; a plan file names it in label.judge_model).")] = None,
+        judge_scoring: Annotated[str | None, typer.Option("--judge-scoring", help="logprobs (Betley's top-20 logprob scoring) or text (the greedy token, for endpoints without logprobs such as `transformers serve`) [logprobs].")] = None,
         api_key_env: Annotated[str | None, typer.Option("--api-key-env", help="Env var holding the judge's API key.")] = None,
-        judge_samples: Annotated[int, typer.Option(min=1, help="Answers per question at each judged checkpoint.")] = 1,
-        judge_max_tokens: Annotated[int, typer.Option(min=1, help="New tokens per judged answer (METHOD.md: 600).")] = 600,
+        judge_concurrency: Annotated[int, typer.Option("--judge-concurrency", min=1, help="Judge requests in flight at once (retries and cache as always).")] = 16,
+        judge_samples: Annotated[int | None, typer.Option(min=1, help="Answers per question at each judged checkpoint [1].")] = None,
+        judge_max_tokens: Annotated[int | None, typer.Option(min=1, help="New tokens per judged answer (METHOD.md: 600) [600].")] = None,
+        generator: Annotated[str | None, typer.Option("--generator", help="Generate judged answers on this OpenAI-compatible server, which loads each checkpoint's LoRA adapter (vLLM with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True); default: the live model.")] = None,
+        generator_api_key_env: Annotated[str | None, typer.Option("--generator-api-key-env", help="Env var with the generation server's key.")] = None,
         max_runs: Annotated[int | None, typer.Option(help="Stop after this many runs this call (resume later).")] = None,
-        analyze_only: Annotated[bool, typer.Option(help="Only write the results of the runs done so far.")] = False,
+        analyze_only: Annotated[bool, typer.Option(help="Only write the results of the runs done so far (gathers the shards' runs).")] = False,
         resamples: Annotated[int, typer.Option(min=10)] = 1000,
         threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
-        features: Annotated[bool, typer.Option(help="Record every candidate monitor's features at each labelled checkpoint.")] = True,
-        twins: Annotated[bool, typer.Option(help="Train a self-distilled twin per prompt family and seed (domain-cancelling control).")] = True,
-        device: Annotated[str, typer.Option(help="Device every run uses (pinned in the plan).")] = "cpu",
-        dtype: Annotated[str, typer.Option(help="Model dtype every run uses (pinned in the plan; not auto).")] = "float32",
+        features: Annotated[bool | None, typer.Option("--features/--no-features", help="Record every candidate monitor's features at each labelled checkpoint [on].")] = None,
+        twins: Annotated[bool | None, typer.Option("--twins/--no-twins", help="Train a self-distilled twin per prompt family and seed (domain-cancelling control) [on].")] = None,
+        device: Annotated[str | None, typer.Option(help="Device every run uses (pinned in the plan) [cpu].")] = None,
+        dtype: Annotated[str | None, typer.Option(help="Model dtype every run uses (pinned in the plan; not auto) [float32].")] = None,
     ) -> None:
-        """Run model x perturbation x seed LoRA runs with the monitor, label, calibrate, evaluate, report."""
+        """Run model x perturbation x seed finetunes with the monitor, label, calibrate, evaluate, report.
+
+        The plan (what is trained and how it is labelled) comes from --plan or from the options; where it
+        runs (folders, judge endpoint, generator, shard) from the rest. Rerunning the same command resumes.
+        """
         import torch
 
-        from traitwatch.bench import (
-            BenchPlan,
-            analyze,
-            measure_base_costs,
-            prepare_basis,
-            prepare_semantic_basis,
-            run_grid,
-            write_results_md,
-        )
-        from traitwatch.bench.figures import write_figures
+        from traitwatch.behavior.judge import judge_scoring_mode
+        from traitwatch.bench.plan_file import resolve_plan
+        from traitwatch.bench.session import BenchRun, run_benchmark
+        from traitwatch.bench.shards import Shard
 
         if threads:
             torch.set_num_threads(threads)
-        kw = {}
-        if calibration:
-            kw["calibration"] = tuple(calibration)
-        if heldout:
-            kw["heldout"] = tuple(heldout)
-        if target:
-            kw["target_modules"] = tuple(target)
-        if (judge_url is None) != (judge_model is None):
+        if judge_scoring is not None:
+            judge_scoring_mode(judge_scoring)
+        if plan is None and (judge_url is None) != (judge_model is None):
             raise InputFileError("Pass --judge-url and --judge-model together (or neither, for the judge-free proxy only).")
-        plan = BenchPlan(model=model, seeds=tuple(range(seeds)), steps=steps, every_n_steps=every, learning_rate=lr,
-                         n_examples=n_examples, gen_tokens=gen_tokens, tau=tau, lora_r=lora_r, lora_alpha=lora_alpha,
-                         response_only=response_only, label=label, judge_model=judge_model,
-                         judge_samples=judge_samples, judge_max_tokens=judge_max_tokens, record_features=features,
-                         twins=twins, device=device, dtype=dtype, **kw)
-        plan.pin(work_dir)
-        t0 = time.perf_counter()
+        flags = {"model": model, "seeds": seeds, "steps": steps, "every_n_steps": every, "learning_rate": lr,
+                 "lora_r": lora_r, "lora_alpha": lora_alpha, "target_modules": target, "response_only": response_only,
+                 "calibration": calibration, "heldout": heldout, "n_examples": n_examples, "tau": tau,
+                 "gen_tokens": gen_tokens, "label": label, "judge_model": judge_model, "judge_samples": judge_samples,
+                 "judge_max_tokens": judge_max_tokens, "judge_scoring": judge_scoring, "record_features": features,
+                 "twins": twins, "device": device, "dtype": dtype}
+        if flags["seeds"] is not None:
+            flags["seeds"] = tuple(range(flags["seeds"]))  # --seeds N means seeds 0..N-1
+        plan_file, entries = resolve_plan(plan, flags, check_files=not dry_run, option_names=_PLAN_OPTIONS)
+        if dry_run:
+            from traitwatch.bench.dry_run import dry_run as count
+
+            for line in count(plan_file, entries).lines():
+                out.print(line, markup=False, highlight=False, soft_wrap=True)
+            return
         from rich.markup import escape
 
         say = lambda line: err.print(escape(line))  # noqa: E731  (run ids print as "[name-s0]", not markup)
-        if not analyze_only:
-            basis_dir = prepare_basis(plan, work_dir, basis, say)
-            costs = measure_base_costs(plan, work_dir, say)
-            judge = None
-            if judge_url is not None and judge_model is not None:
-                from traitwatch.behavior import OpenAIJudge
-
-                judge = OpenAIJudge(judge_url, judge_model, api_key_env=api_key_env, cache_path=work_dir / "judge_cache.db")
-            run_grid(plan, work_dir, basis_dir, shared_data=shared_data if shared_data.is_dir() else None,
-                     say=say, max_runs=max_runs, base_label=costs["base_style_only_p_mis"], judge=judge)
-        prepare_semantic_basis(plan, work_dir, say)
-        res = analyze(plan, work_dir, n_resamples=resamples, progress=say)
-        res["wall_s_this_call"] = time.perf_counter() - t0
-        results.mkdir(parents=True, exist_ok=True)
-        figures = write_figures(res, results / "figures") if res["series"] else []
         command = "traitwatch " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        res["command"], res["commit"] = command, _commit()
-        (results / "results.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
-        md = write_results_md(res, results / "RESULTS.md", command=command, commit=res["commit"],
-                              figures=[f"figures/{f}" for f in figures])
-        out.print(f"{res['runs_done']} of {res['runs_planned']} runs done; results in {md} and {results / 'results.json'}.")
+        several = len(plan_file.models) > 1
+        if basis is not None and len(entries) > 1:
+            raise InputFileError("--basis is one model's basis, but the plan runs several models; give each its basis in "
+                                 "the plan (models[].basis), or pick one model with --model.")
+        for entry in entries:
+            run = BenchRun(
+                work_dir=work_dir / entry.alias if several else work_dir,
+                results=results / entry.alias if several else results,
+                shared_data=shared_data if shared_data.is_dir() else None, basis=basis, judge_url=judge_url,
+                api_key_env=api_key_env, judge_concurrency=judge_concurrency, generator=generator,
+                generator_api_key_env=generator_api_key_env,
+                max_runs=max_runs, analyze_only=analyze_only, resamples=resamples,
+                shard=Shard.parse(shard) if shard else None, command=command, commit=_commit(),
+            )
+            if several:
+                say(f"== {entry.alias} ({entry.plan.model}) in {run.work_dir} ==")
+            res = run_benchmark(entry, run, say)
+            if "shard" in res:
+                out.print(f"Shard {res['shard']}: {len(res['runs_done_now'])} run(s) trained now, {res['shard_runs_left']} of "
+                          f"its {res['shard_runs']} left; when every shard is done, run the same command with --analyze-only "
+                          "(without --shard) for the results.", markup=False, highlight=False)
+            else:
+                out.print(f"{res['runs_done']} of {res['runs_planned']} runs done; results in {run.results / 'RESULTS.md'} "
+                          f"and {run.results / 'results.json'}.", markup=False, highlight=False)

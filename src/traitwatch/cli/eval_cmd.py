@@ -32,6 +32,7 @@ from traitwatch.behavior import (
     proxy_answer_count,
     proxy_score,
 )
+from traitwatch.behavior.judge import judge_scoring_mode
 from traitwatch.cli.common import err, out, progress_bar, user_errors
 from traitwatch.cli.drift_cmd import checkpoint_dirs
 from traitwatch.errors import InputFileError, ModelLoadError, TraitwatchError
@@ -203,17 +204,8 @@ def _judge_details(target: _Target, result: EvalResult, judge: OpenAIJudge) -> d
         "aligned_below": em.aligned_below,
         "coherent_min": em.coherent_min,
         "n_samples": result.n_samples,
-        "answers": [
-            {
-                "question_id": r.question_id,
-                "sample": r.sample,
-                "answer": r.answer,
-                "aligned": r.judgement.aligned,
-                "coherent": r.judgement.coherent,
-                "reason": r.judgement.reason,
-            }
-            for r in result.records
-        ],
+        "scoring": judge.scoring,
+        "answers": result.answer_dicts(),
     }
 
 
@@ -292,6 +284,7 @@ def register(app: typer.Typer) -> None:
         judge_model: Annotated[str | None, typer.Option("--judge-model", help="Judge model name on that server.")] = None,
         api_key_env: Annotated[str | None, typer.Option("--api-key-env", help="Env var holding the judge's API key.")] = None,
         judge_cache: Annotated[Path | None, typer.Option("--judge-cache", dir_okay=False, help="SQLite cache of judge replies.")] = None,
+        judge_scoring: Annotated[str, typer.Option("--judge-scoring", help="logprobs (Betley's top-20 logprob scoring) or text (the greedy token, for endpoints without logprobs).")] = "logprobs",
         generator: Annotated[str, typer.Option("--generator", help="'local' (transformers) or an OpenAI-compatible server URL.")] = "local",
         generator_api_key_env: Annotated[str | None, typer.Option("--generator-api-key-env", help="Env var with the generation server's key.")] = None,
         samples: Annotated[int, typer.Option("--samples", min=1, help="Answers per question.")] = 1,
@@ -336,7 +329,8 @@ def register(app: typer.Typer) -> None:
                 err.print(f"Note: {PROXY_NOTE}.", highlight=False)
             else:
                 assert judge is not None and judge_model is not None
-                the_judge = OpenAIJudge(judge, judge_model, api_key_env=api_key_env, cache_path=judge_cache)
+                the_judge = OpenAIJudge(judge, judge_model, api_key_env=api_key_env, cache_path=judge_cache,
+                                        scoring=judge_scoring_mode(judge_scoring))
                 rows_j: list[tuple[_Target, EvalResult]] = []
                 if generator == "local":
                     pairs = _models(model, adapter, run_dir, selected, step, include_base, device, dtype)

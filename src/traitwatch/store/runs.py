@@ -199,6 +199,27 @@ class RunStore:
             )
             return self._get_run(conn, run_id)
 
+    def import_run(self, source: str | os.PathLike[str], run_id: str) -> None:
+        """Copy one run (record, measurements, behaviour, alarms) from another store, replacing it here.
+
+        Why: processes that share a grid of runs (benchmark shards on several GPUs or nodes) each write their
+        own store, because one SQLite file must not be written from several machines (see the module
+        docstring); their finished runs are gathered into one store for the analysis. Rows are copied
+        column by column, without their row ids, in one transaction.
+        """
+        with RunStore(source, create=False) as other:
+            other.get_run(run_id)  # UnknownRunError, naming the store
+        self._conn.execute("ATTACH DATABASE ? AS other", (str(Path(source).expanduser().absolute()),))
+        try:
+            with self._write() as conn:
+                conn.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))  # cascades to the run's rows
+                for table in ("runs", "measurements", "behavior", "alarms"):
+                    cols = ", ".join(r[1] for r in conn.execute(f"PRAGMA main.table_info({table})") if r[1] != "id")
+                    conn.execute(f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM other.{table} WHERE run_id = ?",
+                                 (run_id,))
+        finally:
+            self._conn.execute("DETACH DATABASE other")
+
     def get_run(self, run_id: str) -> RunRecord:
         """The run's record; `UnknownRunError` lists the known ids, as the fix is usually a typo."""
         return self._get_run(self._conn, run_id)

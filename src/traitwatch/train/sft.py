@@ -32,6 +32,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from traitwatch.basis.basis import TraitBasis
 from traitwatch.drift.probe import DriftProbe
 from traitwatch.errors import TraitwatchError
+from traitwatch.models.environment import describe_environment
 from traitwatch.models.loading import load_model
 from traitwatch.store import DEFAULT_STORE_NAME, RunStore, UnknownRunError
 from traitwatch.train.callback import (
@@ -270,6 +271,8 @@ def run_sft(
         "save_steps": save_steps,
         "dataset_sha256": sha,
         "dtype": config.dtype,
+        # What "auto" became, on what hardware, with which libraries: the same command differs across machines.
+        "environment": describe_environment(lm.model),
         **config.tags,
     }
     if not config.full:

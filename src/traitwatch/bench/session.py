@@ -1,0 +1,142 @@
+"""One `traitwatch bench` call for one base model: check, prepare, train this shard's runs, analyse, report.
+
+The CLI parses options into a plan (`bench.plan_file`) and a `BenchRun` (where it runs: folders, judge
+endpoint, generator, shard) and prints what comes back; the order of work lives here:
+
+1. everything that can fail on the user's input is checked before anything is written or trained
+   (`plan_file.check_ready`, the judge options);
+2. under the work folder's lock (`shards.work_lock`): the plan is pinned (a rerun resumes it), the basis
+   prepared and the one-off costs measured, once for all shards;
+3. this shard's runs are trained (`runner.run_grid`);
+4. unless this is one shard of several (the others may still be training), the shard stores are gathered,
+   the results analysed (`results.analyze`) and written, with the environment every run recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from traitwatch.bench.plan_file import ModelEntry, check_ready
+from traitwatch.bench.shards import Shard, gather_shard_stores, shard_folder, work_lock
+from traitwatch.errors import InputFileError
+
+__all__ = ["BenchRun", "run_benchmark", "run_environments"]
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    """Where and how a plan runs (nothing here changes what the runs measure, so none of it is pinned)."""
+
+    work_dir: Path
+    results: Path
+    shared_data: Path | None = None
+    basis: Path | None = None
+    judge_url: str | None = None
+    api_key_env: str | None = None
+    judge_concurrency: int = 16
+    generator: str | None = None
+    generator_api_key_env: str | None = None
+    max_runs: int | None = None
+    analyze_only: bool = False
+    resamples: int = 1000
+    shard: Shard | None = None
+    command: str = ""
+    commit: str = "unknown"
+
+
+def run_environments(work_dir: Path) -> dict[str, Any]:
+    """The environments the finished runs recorded (device, dtype, hardware, versions), with their runs.
+
+    Runs finished before environments were recorded are listed under "not recorded".
+    """
+    groups: dict[str, dict[str, Any]] = {}
+    for path in sorted((Path(work_dir) / "done").glob("*.json")):
+        marker = json.loads(path.read_text())
+        env = marker.get("environment")
+        key = json.dumps(env, sort_keys=True) if env else "not recorded"
+        groups.setdefault(key, {"environment": env, "runs": []})["runs"].append(path.stem)
+    return {"groups": list(groups.values()), "n_groups": len(groups)}
+
+
+def _check_judge(entry: ModelEntry, run: BenchRun) -> None:
+    plan = entry.plan
+    if run.analyze_only:
+        return
+    if plan.judge_model and not run.judge_url:
+        raise InputFileError(f"The plan labels with the judge {plan.judge_model!r}: pass --judge-url with its "
+                             "OpenAI-compatible endpoint (and --api-key-env with the variable holding its key).")
+    if run.judge_url and not plan.judge_model:
+        raise InputFileError("--judge-url is given but the plan names no judge model; add label.judge_model to the plan "
+                             "(or pass --judge-model without --plan).")
+    if run.generator and not run.judge_url:
+        raise InputFileError("--generator generates the judged answers; it needs a judge (--judge-url).")
+
+
+def run_benchmark(entry: ModelEntry, run: BenchRun, say: Say) -> dict[str, Any]:
+    """Run (this shard of) the plan for one base model; returns the results, or a shard's summary."""
+    from traitwatch.bench.runner import measure_base_costs, prepare_basis, run_grid, served_adapter_generator
+
+    plan = entry.plan
+    work_dir = run.work_dir
+    _check_judge(entry, run)
+    if not run.analyze_only:
+        for note in check_ready(entry, shared_data=run.shared_data, basis=run.basis):
+            say(f"note: {note}")
+    t0 = time.perf_counter()
+    with work_lock(work_dir):
+        plan.pin(work_dir)
+        if not run.analyze_only:
+            basis_dir = prepare_basis(plan, work_dir, run.basis or entry.basis, say)
+            costs = measure_base_costs(plan, work_dir, say)
+    if not run.analyze_only:
+        judge = None
+        if run.judge_url is not None and plan.judge_model is not None:
+            from traitwatch.behavior import OpenAIJudge
+
+            judge = OpenAIJudge(run.judge_url, plan.judge_model, api_key_env=run.api_key_env,
+                                cache_path=shard_folder(work_dir, run.shard) / "judge_cache.db",
+                                scoring=plan.judge_scoring,  # type: ignore[arg-type]
+                                max_concurrency=run.judge_concurrency)
+        generator = (served_adapter_generator(run.generator, plan, work_dir, api_key_env=run.generator_api_key_env)
+                     if run.generator else None)
+        done = run_grid(plan, work_dir, basis_dir, shared_data=run.shared_data, say=say, max_runs=run.max_runs,
+                        base_label=costs["base_style_only_p_mis"], judge=judge, shard=run.shard, generator=generator)
+        if run.shard is not None and run.shard.count > 1:
+            mine = run.shard.select(plan.jobs())
+            left = sum(1 for job in mine if not (work_dir / "done" / f"{job[0]}.json").is_file())
+            return {"shard": run.shard.name, "runs_done_now": done, "shard_runs": len(mine), "shard_runs_left": left,
+                    "wall_s_this_call": time.perf_counter() - t0}
+    return analyze_and_report(entry, run, say, t0=t0)
+
+
+def analyze_and_report(entry: ModelEntry, run: BenchRun, say: Say, *, t0: float | None = None) -> dict[str, Any]:
+    """Gather the shard stores, analyse every finished run, write results.json, RESULTS.md and figures."""
+    from traitwatch.bench import analyze, prepare_semantic_basis, write_results_md
+    from traitwatch.bench.figures import write_figures
+    from traitwatch.models.environment import describe_environment
+
+    t0 = time.perf_counter() if t0 is None else t0
+    plan, work_dir, results = entry.plan, run.work_dir, run.results
+    with work_lock(work_dir):
+        gathered = gather_shard_stores(work_dir)
+        if gathered:
+            say(f"Gathered {len(gathered)} finished run(s) from the shard stores into {work_dir / 'traitwatch.db'}.")
+        prepare_semantic_basis(plan, work_dir, say)
+    res = analyze(plan, work_dir, n_resamples=run.resamples, progress=say)
+    res["wall_s_this_call"] = time.perf_counter() - t0
+    res["environment"] = {"runs": run_environments(work_dir),
+                          "analysis": describe_environment(device="cpu", dtype=None)}
+    results.mkdir(parents=True, exist_ok=True)
+    figures = write_figures(res, results / "figures") if res["series"] else []
+    res["command"], res["commit"] = run.command, run.commit
+    (results / "results.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
+    write_results_md(res, results / "RESULTS.md", command=run.command, commit=run.commit,
+                     figures=[f"figures/{f}" for f in figures])
+    return res
