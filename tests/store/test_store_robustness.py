@@ -176,3 +176,32 @@ def test_sigkill_inside_a_write_transaction_loses_only_that_write(db_path: Path)
         store.add_measurement("crash", 3, {f"t{i}": 3 + i / 10 for i in range(7)}, 3.0,
                               per_prompt=np.full((64, 7), 3, dtype=np.float32))
     assert _check_consistent(db_path) == 3
+
+
+def test_a_transient_disk_io_error_on_open_is_retried(tmp_path, monkeypatch):
+    """Another process closing the last WAL connection while this one opens: seen as a one-off "disk I/O error"."""
+    import sqlite3
+
+    from traitwatch.store import RunStore, schema
+
+    real = schema._configure
+    calls = []
+
+    def flaky(conn, path, busy_timeout_s):
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(conn, path, busy_timeout_s)
+
+    monkeypatch.setattr(schema, "_configure", flaky)
+    with RunStore(tmp_path / "tw.db") as store:
+        store.start_run("r", model="m")
+    assert len(calls) == 2
+
+    def broken(conn, path, busy_timeout_s):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(schema, "_configure", broken)
+    monkeypatch.setattr(schema.time, "sleep", lambda s: None)
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        RunStore(tmp_path / "tw.db")

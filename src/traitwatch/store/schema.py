@@ -7,6 +7,7 @@ from a newer traitwatch, not locked for too long) live in one place.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -173,13 +174,26 @@ def connect(path: Path, *, busy_timeout_s: float, create: bool) -> sqlite3.Conne
         if not create:
             raise InputFileError(f"No run store at {path}; pass --store with the .db file written during training")
         path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
-    try:
-        _configure(conn, path, busy_timeout_s)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+    for attempt in range(_OPEN_ATTEMPTS):
+        conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
+        try:
+            _configure(conn, path, busy_timeout_s)
+            return conn
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            # Seen twice in long benchmarks: "disk I/O error" on the WAL pragma when another process closed
+            # the last connection (and removed the -wal/-shm files) just as this one opened. It clears on a
+            # second try; a store that really cannot be read fails every attempt and is reported as before.
+            if "disk I/O error" not in str(exc) or attempt == _OPEN_ATTEMPTS - 1:
+                raise
+            time.sleep(0.2 * 2**attempt)
+        except BaseException:
+            conn.close()
+            raise
+    raise AssertionError("unreachable")
+
+
+_OPEN_ATTEMPTS = 5
 
 
 def _configure(conn: sqlite3.Connection, path: Path, busy_timeout_s: float) -> None:
