@@ -7,6 +7,7 @@ import json
 from typer.testing import CliRunner
 
 import numpy as np
+import pytest
 
 from traitwatch.basis import SEMANTIC_TRAITS, TraitBasis
 from traitwatch.bench.features import load_features
@@ -44,6 +45,10 @@ def test_bench_runs_end_to_end_and_resumes(tmp_path, bench_basis_dir):
             steps = [m.step for m in store.measurements(run.run_id, per_prompt=False)]
             assert steps == [0, 1, 2]
             labelled = sorted(b.step for b in store.behavior(run.run_id, "proxy_style_p_mis"))
+            for b in store.behavior(run.run_id, "proxy_style_p_mis"):
+                if b.step > 0:  # per-question margins kept with the label (for its reliability check)
+                    margins = np.array(list(b.details["margins"].values()))
+                    assert margins.size == 72 and np.mean(1 / (1 + np.exp(-margins))) == pytest.approx(b.value)
             rises = {b.step: b.value for b in store.behavior(run.run_id, "proxy_style_rise")}
             assert labelled == steps and rises[0] == 0.0
             extra = store.measurements(run.run_id, per_prompt=False)[-1].extra

@@ -117,7 +117,10 @@ class ProxyLabelCallback(_CheckpointLabeller):
         start = time.perf_counter()
         result = proxy_score(model, tokenizer, self.questions, self.answers, style_only=True)
         self.seconds_.append(time.perf_counter() - start)
-        details = {"note": PROXY_NOTE, "seconds": self.seconds_[-1], "n_answers": result.n_answers}
+        # Per-question margins (misaligned minus aligned mean-token log-prob), so the label's reliability can
+        # be checked afterwards (split halves of the questions, which questions move).
+        margins = {q.question_id: q.style_misaligned_logprob - q.style_aligned_logprob for q in result.per_question}
+        details = {"note": PROXY_NOTE, "seconds": self.seconds_[-1], "n_answers": result.n_answers, "margins": margins}
         self._write(step, result.style_p_mis, source="proxy", details=details, n=result.n_questions)
 
 
