@@ -39,7 +39,7 @@ from sklearn.preprocessing import StandardScaler
 
 from traitwatch.basis.traits import load_measurement_prompts
 from traitwatch.bench.features import load_features
-from traitwatch.bench.labels import RISE_METRIC
+from traitwatch.bench.labels import LABEL_METRIC, RISE_METRIC
 from traitwatch.bench.plan import BenchPlan
 from traitwatch.monitor.baselines import RandomDirectionFeatures, SAEDriftFeatures
 from traitwatch.monitor.loto import Candidate, Checkpoints, LOTOResult, leave_one_type_out, relative_rise
@@ -203,6 +203,7 @@ def load_detection_data(plan: BenchPlan, work_dir: Path) -> DetectionData | None
             if run_id not in markers:
                 continue
             rise = {b.step: b.value for b in store.behavior(run_id, RISE_METRIC)}
+            margins = {b.step: (b.details or {}).get("margins") for b in store.behavior(run_id, LABEL_METRIC)}
             ms = {m.step: m for m in store.measurements(run_id, per_prompt=False)}
             twin_id = plan.twin_run_id(kind, seed)
             for step in sorted(rise):
@@ -210,6 +211,7 @@ def load_detection_data(plan: BenchPlan, work_dir: Path) -> DetectionData | None
                     continue
                 extra = ms[step].extra if step in ms else {}
                 rows.append({"run": run_id, "type": kind, "seed": seed, "step": step, "rise": rise[step],
+                             "label_margins": margins.get(step),
                              "loss": extra.get("loss"), "lora_norm": extra.get("lora_norm"),
                              "drift_s": ms[step].wall_time_s if step in ms else None,
                              "twin": twin_id if twin_id in markers and summary(twin_id, step) is not None
@@ -419,6 +421,95 @@ def costs(d: DetectionData) -> dict[str, Any]:
     }
 
 
+def base_label_margins(plan: BenchPlan, work_dir: Path) -> dict[str, float]:
+    """The label's per-question margins on the base model (step 0 of every run), computed once and kept."""
+    path = Path(work_dir) / "base_label_margins.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    from traitwatch.behavior import proxy_score
+    from traitwatch.models import load_model
+
+    lm = load_model(plan.model, device=plan.device, dtype=plan.dtype)  # type: ignore[arg-type]
+    result = proxy_score(lm.model, lm.tokenizer, style_only=True)
+    margins = {q.question_id: q.style_misaligned_logprob - q.style_aligned_logprob for q in result.per_question}
+    path.write_text(json.dumps(margins, indent=1) + "\n")
+    return margins
+
+
+def _relative(data: Checkpoints, rise: np.ndarray) -> np.ndarray:
+    return relative_rise(Checkpoints(data.type, data.run, data.seed, data.step, rise, data.reference, data.positive))
+
+
+def _half_rises(margins_t: np.ndarray, margins_0: np.ndarray, halves: list[np.ndarray]) -> list[np.ndarray]:
+    """Rise of the mean sigmoid(margin) over each question subset: rows x questions in, one array per subset."""
+    return [_sigmoid(margins_t[:, h]).mean(axis=1) - _sigmoid(margins_0[:, h]).mean(axis=1) for h in halves]
+
+
+def _split_half(data: Checkpoints, margins_t: np.ndarray, margins_0: np.ndarray, rows: np.ndarray,
+                n_splits: int = 200, seed: int = 0) -> dict[str, float]:
+    """Mean Spearman, over random halves of the questions, between the halves' relative rises (and Spearman-Brown)."""
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(seed)
+    n_q = margins_t.shape[1]
+    rs = []
+    for _ in range(n_splits):
+        perm = rng.permutation(n_q)
+        a, b = _half_rises(margins_t, margins_0, [perm[: n_q // 2], perm[n_q // 2:]])
+        ra, rb = _relative(data, a)[rows], _relative(data, b)[rows]
+        rs.append(float(spearmanr(ra, rb)[0]))
+    r = float(np.mean(rs))
+    return {"half_vs_half_spearman": r, "spearman_brown": 2 * r / (1 + r) if r > -1 else float("nan"),
+            "n_questions": int(n_q), "n_checkpoints": int(rows.size)}
+
+
+def label_replication(d: DetectionData, base_margins: dict[str, float]) -> dict[str, Any]:
+    """Is the label's rise a property of the model, or of its 72 questions? Three checks, label-side only.
+
+    * split-half reliability of the label and of the probe (random halves of each question set);
+    * agreement of the label with the probe (64 other questions written the same way) across checkpoints
+      and across types' mean relative rise;
+    * which emergent candidates the probe would call emergent-risk by the same Welch test.
+    Rows: emergent candidates and benign types (the positive controls are left out: their shift is large
+    and would make any two measures agree).
+    """
+    from scipy.stats import spearmanr
+
+    data = d.checkpoints()
+    keep = np.array([d.labels[t]["candidate_kind"] != "direct" for t in data.type])
+    probe_t = np.vstack([d.summaries[(r["run"], r["step"])].margins for r in d.rows])
+    probe_0 = np.vstack([d.summaries[(r["run"], 0)].margins for r in d.rows])
+    probe_rel = _relative(data, _half_rises(probe_t, probe_0, [np.arange(probe_t.shape[1])])[0])
+    label_rel = relative_rise(data)
+    out: dict[str, Any] = {
+        "probe_split_half": _split_half(data, probe_t, probe_0, np.flatnonzero(keep)),
+        "label_vs_probe_checkpoints": float(spearmanr(label_rel[keep], probe_rel[keep])[0]),
+    }
+    types = [t for t in dict.fromkeys(data.type.tolist()) if d.labels[t]["candidate_kind"] != "direct"]
+    label_means = [float(label_rel[data.type == t].mean()) for t in types]
+    probe_means = [float(probe_rel[data.type == t].mean()) for t in types]
+    out["label_vs_probe_types"] = float(spearmanr(label_means, probe_means)[0]) if len(types) > 2 else None
+    last = data.step == data.step.max()
+    finals = {t: [float(v) for v in probe_rel[(data.type == t) & last]] for t in dict.fromkeys(data.type.tolist())}
+    probe_labels = kind_labels(finals, {t: d.labels[t]["candidate_kind"] for t in finals})
+    out["per_type"] = {t: {"label_relative_rise": lm, "probe_relative_rise": pm,
+                           "probe_minus_benign": probe_labels[t]["minus_benign"], "probe_welch_p": probe_labels[t]["welch_p"],
+                           "probe_calls_it_dangerous": probe_labels[t]["positive"],
+                           "label_calls_it_dangerous": d.labels[t]["positive"]}
+                       for t, lm, pm in zip(types, label_means, probe_means, strict=True)}
+    ids = sorted(base_margins)
+    with_margins = np.array([r["label_margins"] is not None for r in d.rows]) & keep
+    if with_margins.sum() >= 6:
+        idx = np.flatnonzero(with_margins)
+        label_t = np.vstack([[d.rows[i]["label_margins"][q] for q in ids] for i in idx])
+        label_0 = np.tile([base_margins[q] for q in ids], (idx.size, 1))
+        sub = Checkpoints(*(getattr(data, f)[idx] for f in ("type", "run", "seed", "step", "rise", "reference", "positive")))
+        out["label_split_half"] = _split_half(sub, label_t, label_0, np.arange(idx.size))
+    else:
+        out["label_split_half"] = None
+    return out
+
+
 def analyze_detection(plan: BenchPlan, work_dir: Path, *, n_resamples: int = 1000,
                       progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The leave-one-type-out table: per family and for the default monitor; per type; labels; costs."""
@@ -457,6 +548,7 @@ def analyze_detection(plan: BenchPlan, work_dir: Path, *, n_resamples: int = 100
     rel = relative_rise(data)
     return {
         "labels": d.labels,
+        "replication": label_replication(d, base_label_margins(plan, work_dir)),
         "checkpoints": {"n": len(data), "runs": int(np.unique(data.run).size), "types": types,
                         "positive": int(data.positive.sum())},
         "rows": rows,
