@@ -45,8 +45,8 @@ def test_absent_or_null_extras_become_nan_gaps(store):
     assert np.isnan(s.loss[2:]).all() and np.isfinite(s.loss[:2]).all()
     assert s.verdicts()[2:4] == ("no prediction", "no prediction")
     text = _texts(s)
-    assert "predicted EM rate is missing (NaN) at 2 of 5" in text
-    assert "training loss is missing at 3 of 5" in text
+    assert "predicted EM rate is missing (NaN) at 2 of 4 trained" in text
+    assert "training loss is missing at 3 of 4 trained" in text
     assert "only proxy metrics" in text
 
 
@@ -81,3 +81,15 @@ def test_nan_drift_gives_no_prediction_and_a_note():
     assert s.verdicts() == ("ok", "no prediction", "alarm")
     text = _texts(s)
     assert "1 of 6 trait-drift values are missing" in text and "drift norm is missing (NaN) at 1 of 3" in text
+
+
+def test_step_0_without_a_loss_or_a_prediction_is_not_a_gap():
+    """The base model has no training loss and is never predicted: the notes list only what a user can act on."""
+    s = RunSeries(run_id="r", steps=np.array([0, 10, 20]), traits=("a",), drift=np.zeros((3, 1)), norms=np.zeros(3),
+                  predicted_em=np.array([math.nan, 0.1, 0.2]), threshold=0.5, loss=np.array([math.nan, 1.0, 0.9]))
+    assert not [n for n in s.all_notes() if n.topic in ("loss", "em") and "missing" in n.text]
+    gap = RunSeries(run_id="g", steps=np.array([0, 10, 20]), traits=("a",), drift=np.zeros((3, 1)), norms=np.zeros(3),
+                    predicted_em=np.array([math.nan, math.nan, 0.2]), threshold=0.5, loss=np.array([math.nan, 1.0, math.nan]))
+    texts = [n.text for n in gap.all_notes()]
+    assert any("predicted EM rate is missing (NaN) at 1 of 2 trained" in t for t in texts)
+    assert any("training loss is missing at 1 of 2 trained" in t for t in texts)

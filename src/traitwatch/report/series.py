@@ -201,12 +201,14 @@ class RunSeries:
                 notes.append(Note("em", f"Run {rid}: no predicted EM rate (trained without a monitor); pass "
                                         "--monitor MONITOR.json to predict it from the stored drift."))
         else:
-            bad = _count_nan(self.predicted_em)
-            if bad == self.n:
-                notes.append(Note("em", f"Run {rid}: predicted EM rate is missing (NaN) at every checkpoint."))
+            # Step 0 is the base model: nothing is trained, so no loss and no prediction there is normal, not a gap.
+            trained = np.asarray(self.steps) > 0
+            bad, n_trained = _count_nan(self.predicted_em[trained]), int(trained.sum())
+            if n_trained and bad == n_trained:
+                notes.append(Note("em", f"Run {rid}: predicted EM rate is missing (NaN) at every trained checkpoint."))
             elif bad:
-                notes.append(Note("em", f"Run {rid}: predicted EM rate is missing (NaN) at {bad} of {self.n} "
-                                        "checkpoints (gaps; verdict 'no prediction')."))
+                notes.append(Note("em", f"Run {rid}: predicted EM rate is missing (NaN) at {bad} of {n_trained} "
+                                        "trained checkpoints (gaps; verdict 'no prediction')."))
             if self.threshold is None:
                 notes.append(Note("em", f"Run {rid}: no alarm threshold (tau) is known, so no verdicts."))
         if not self.behavior:
@@ -214,8 +216,8 @@ class RunSeries:
                                     "store): the EM figure shows predictions only."))
         else:
             if all(b.is_proxy for b in self.behavior):
-                notes.append(Note("em", f"Run {rid}: only proxy metrics were measured ({PROXY_LABEL}); no "
-                                        "judged EM rate."))
+                notes.append(Note("em", f"Run {rid}: only proxy metrics were measured ({PROXY_LABEL}); for a judged "
+                                        "EM rate, label its checkpoints with `traitwatch eval --judge URL`."))
             for b in self.behavior:
                 bad = _count_nan(b.values)
                 if bad:
@@ -224,12 +226,13 @@ class RunSeries:
         if self.loss is None:
             notes.append(Note("loss", f"Run {rid}: no training loss stored (no 'loss' in the measurements' extra)."))
         else:
-            bad = _count_nan(self.loss)
-            if bad == self.n:
-                notes.append(Note("loss", f"Run {rid}: training loss is missing (NaN) at every checkpoint."))
+            trained = np.asarray(self.steps) > 0
+            bad, n_trained = _count_nan(self.loss[trained]), int(trained.sum())
+            if n_trained and bad == n_trained:
+                notes.append(Note("loss", f"Run {rid}: training loss is missing (NaN) at every trained checkpoint."))
             elif bad:
-                notes.append(Note("loss", f"Run {rid}: training loss is missing at {bad} of {self.n} checkpoints "
-                                          "(gaps)."))
+                notes.append(Note("loss", f"Run {rid}: training loss is missing at {bad} of {n_trained} trained "
+                                          "checkpoints (gaps)."))
         return notes
 
     def notes_about(self, *topics: NoteTopic) -> list[str]:
