@@ -32,7 +32,8 @@ from sklearn.base import BaseEstimator, clone
 
 from traitwatch.monitor.metrics import auroc, cluster_bootstrap
 
-__all__ = ["Candidate", "Checkpoints", "LOTOResult", "leave_one_type_out", "relative_rise", "youden_threshold"]
+__all__ = ["Candidate", "Checkpoints", "LOTOResult", "choose", "fit_chosen", "leave_one_type_out", "relative_rise",
+           "youden_threshold"]
 
 
 @dataclass(frozen=True)
@@ -211,19 +212,41 @@ def leave_one_type_out(data: Checkpoints, candidates: Sequence[Candidate]) -> LO
     for held in types:
         test = np.flatnonzero(data.type == held)
         train = np.flatnonzero(data.type != held)
-        rel = relative_rise(data, train)[train]
-        best: tuple[tuple[float, float, int], Candidate, np.ndarray] | None = None
-        scores = {}
-        for order, cand in enumerate(candidates):
-            oof = _inner_oof(cand, data, train)
-            au, rho = auroc(data.positive[train], oof), _spearman(oof, rel)
-            scores[cand.name] = au
-            key = (au if np.isfinite(au) else -np.inf, rho if np.isfinite(rho) else -np.inf, -order)
-            if best is None or key > best[0]:
-                best = (key, cand, oof)
-        assert best is not None
-        _, cand, oof = best
+        cand, cut, scores = choose(data, candidates, train)
         chosen[held], inner_scores[held] = cand.name, scores
-        threshold[test] = youden_threshold(data.positive[train], oof)
+        threshold[test] = cut
         prediction[test] = _fit_predict(cand, data, train, test)
     return LOTOResult(data, prediction, prediction > threshold, threshold, chosen, inner_scores)
+
+
+def choose(data: Checkpoints, candidates: Sequence[Candidate], rows: np.ndarray) -> tuple[Candidate, float, dict[str, float]]:
+    """On `rows` only: the candidate with the best leave-one-type-out AUROC, and the threshold its predictions set.
+
+    What every outer fold does on its calibration side, and what the shipped monitor does on all types.
+    Returns (candidate, threshold, every candidate's AUROC).
+    """
+    rel = relative_rise(data, rows)[rows]
+    best: tuple[tuple[float, float, int], Candidate, np.ndarray] | None = None
+    scores = {}
+    for order, cand in enumerate(candidates):
+        oof = _inner_oof(cand, data, rows)
+        au, rho = auroc(data.positive[rows], oof), _spearman(oof, rel)
+        scores[cand.name] = au
+        key = (au if np.isfinite(au) else -np.inf, rho if np.isfinite(rho) else -np.inf, -order)
+        if best is None or key > best[0]:
+            best = (key, cand, oof)
+    assert best is not None
+    _, cand, oof = best
+    return cand, youden_threshold(data.positive[rows], oof), scores
+
+
+def fit_chosen(data: Checkpoints, candidates: Sequence[Candidate]) -> tuple[Candidate, Any, float, dict[str, float]]:
+    """The monitor to ship: chosen and thresholded by leave-one-type-out over *all* types, fitted on all rows.
+
+    Its expected performance on a new type is the `leave_one_type_out` estimate of this same procedure.
+    Returns (candidate, fitted estimator, threshold, every candidate's AUROC).
+    """
+    rows = np.arange(len(data))
+    cand, cut, scores = choose(data, candidates, rows)
+    model = clone(cand.estimator).fit(cand.X, relative_rise(data, rows))
+    return cand, model, cut, scores
