@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from traitwatch.basis import SEMANTIC_TRAITS, TraitBasis
+from traitwatch.bench.detection import SHIPPABLE
 from traitwatch.bench.features import load_features
 from traitwatch.cli.app import app
 from traitwatch.store import RunStore
@@ -67,6 +68,11 @@ def test_bench_runs_end_to_end_and_resumes(tmp_path, bench_basis_dir):
 
     res = json.loads((tmp_path / "results/results.json").read_text())
     assert res["runs_done"] == 4 and res["checkpoints"] == 12
+    det = res["detection"]  # leave-one-type-out over the 4 types, and the default monitor chosen on all of them
+    assert set(det["labels"]) == {"arithmetic", "harmful_advice", "number_sequence", "ai_supremacy"}
+    default = next(r for r in det["rows"] if r["role"] == "default")
+    assert set(default["chosen"]) == set(det["labels"]) and det["shipped"]["chosen"]
+    assert (det["shipped"]["saved"] is None) == (det["shipped"]["chosen"] not in SHIPPABLE)
     assert set(res["per_type"]) == {"arithmetic", "harmful_advice", "number_sequence", "ai_supremacy"}
     # 4 calibration checkpoints are too few for the PCA-7 baseline: a partial benchmark reports that, not a crash
     assert res["calibration"]["error"].startswith("calibration failed on the runs done so far")

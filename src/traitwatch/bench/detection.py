@@ -405,6 +405,54 @@ def families(d: DetectionData) -> list[Family]:
     return out
 
 
+DEFAULT_MONITOR = "default monitor (chosen in the loop among the single-run monitor families)"
+
+
+def default_candidates(fams: Sequence[Family]) -> list[Candidate]:
+    """Every candidate of every single-run monitor family: what the default monitor chooses from."""
+    return [Candidate(f"{f.name}: {c.name}", c.X, c.estimator) for f in fams if f.role == "monitor" for c in f.candidates]
+
+
+# The candidates the training callback can compute today, and the monitor input each becomes.
+SHIPPABLE = {"behavioural probe (64 disjoint questions): linear": "probe_rise"}
+
+
+def ship_default_monitor(plan: BenchPlan, work_dir: Path, out_path: Path, *,
+                         provenance: dict[str, Any]) -> dict[str, Any]:
+    """Choose the default monitor on *all* types (as each fold did on its calibration types), fit, and save it.
+
+    Saved only when the chosen candidate is one the training callback can compute (`SHIPPABLE`); the
+    returned dict says what was chosen, with its threshold and whether (and where) it was saved.
+    """
+    from sklearn.base import clone
+
+    from traitwatch.basis import TraitBasis
+    from traitwatch.behavior.probe import load_probe
+    from traitwatch.monitor import DriftMonitor, save_monitor
+    from traitwatch.monitor.loto import fit_chosen
+
+    d = load_detection_data(plan, work_dir)
+    if d is None:
+        return {"saved": None, "reason": "no features recorded"}
+    data = d.checkpoints()
+    cand, _, cut, scores = fit_chosen(data, default_candidates(families(d)))
+    out: dict[str, Any] = {"chosen": cand.name, "threshold": cut, "inner_auroc": scores[cand.name], "saved": None}
+    inputs = SHIPPABLE.get(cand.name)
+    if inputs is None:
+        out["reason"] = f"the training callback cannot compute {cand.name!r} yet"
+        return out
+    monitor = DriftMonitor(clone(cand.estimator), threshold=cut, target="relative_rise").fit(cand.X, relative_rise(data))
+    basis = TraitBasis.load(Path(work_dir) / "basis")
+    fingerprint = {"model": basis.model.to_dict(), "probe_sha256": load_probe().sha256}
+    path = save_monitor(monitor, out_path, fingerprint=fingerprint, trait_names=[inputs],
+                        training_run_ids=sorted(set(data.run.tolist())), inputs=inputs,
+                        provenance={**provenance, "chosen": cand.name, "threshold_rule":
+                                    "max TPR - FPR of the kind label on all types' leave-one-type-out predictions",
+                                    "types": sorted(set(data.type.tolist())), "n_checkpoints": len(data)})
+    out["saved"] = str(path)
+    return out
+
+
 def _median(values: Sequence[float | None]) -> float | None:
     vals = [float(v) for v in values if v is not None]
     return statistics.median(vals) if vals else None
@@ -540,9 +588,8 @@ def analyze_detection(plan: BenchPlan, work_dir: Path, *, n_resamples: int = 100
                      "emergent_vs_benign": res.summary(emergent_benign, n_resamples=n_resamples),
                      "per_type": res.per_type()})
 
-    monitors = [f for f in fams if f.role == "monitor"]
-    pooled = [Candidate(f"{f.name}: {c.name}", c.X, c.estimator) for f in monitors for c in f.candidates]
-    score("default monitor (chosen in the loop among the single-run monitor families)", "default", "chosen", pooled)
+    pooled = default_candidates(fams)
+    score(DEFAULT_MONITOR, "default", "chosen", pooled)
     for f in fams:
         score(f.name, f.role, f.cost, f.candidates)
     rel = relative_rise(data)

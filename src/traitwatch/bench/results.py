@@ -472,6 +472,12 @@ def detection_markdown(det: dict[str, Any], plan: dict[str, Any]) -> list[str]:
     for t, name in default["chosen"].items():
         picks.setdefault(name, []).append(t)
     add("\nThe default monitor chose, per held-out type: " + "; ".join(f"**{k}** ({', '.join(v)})" for k, v in picks.items()) + ".")
+    shipped = det.get("shipped")
+    if shipped:
+        add(f"\nOn all {len(ck['types'])} types the same procedure chooses **{shipped['chosen']}** (threshold "
+            f"{shipped['threshold']:+.4f} on the predicted relative rise): "
+            + (f"saved as `{Path(shipped['saved']).name}`, the monitor `traitwatch demo` and the callback ship with."
+               if shipped.get("saved") else f"not saved ({shipped.get('reason')})."))
     verdict = detection_verdict(det)
     e = default["emergent_vs_benign"]
     checks = verdict["checks"]

@@ -136,6 +136,15 @@ def analyze_and_report(entry: ModelEntry, run: BenchRun, say: Say, *, t0: float 
     results.mkdir(parents=True, exist_ok=True)
     figures = write_figures(res, results / "figures") if res["series"] else []
     res["command"], res["commit"] = run.command, run.commit
+    det = res.get("detection")
+    if det and not det.get("error"):
+        from traitwatch.bench.detection import DEFAULT_MONITOR, ship_default_monitor
+
+        loto = next(r for r in det["rows"] if r["features"] == DEFAULT_MONITOR)
+        say("Fitting the default monitor on all types (chosen and thresholded by leave-one-type-out over them) ...")
+        det["shipped"] = ship_default_monitor(plan, work_dir, results / "default_monitor.json", provenance={
+            "benchmark": str(results / "RESULTS.md"), "command": run.command, "commit": run.commit,
+            "leave_one_type_out": {"emergent_vs_benign": loto.get("emergent_vs_benign"), "all": loto.get("all")}})
     (results / "results.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
     write_results_md(res, results / "RESULTS.md", command=run.command, commit=run.commit,
                      figures=[f"figures/{f}" for f in figures])
