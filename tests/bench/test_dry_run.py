@@ -62,11 +62,12 @@ def test_dry_run_prints_runs_checkpoints_judge_calls_and_gpu_hours_and_runs_noth
 
 
 def test_a_step_budget_counts_steps_times_the_effective_batch():
-    pf = load_plan_file("small-cpu")
-    d = dry_run(pf)
-    m = d.models[0]
+    m = dry_run(load_plan_file("small-cpu-full")).models[0]
     assert (m.labelled_runs, m.twin_runs, m.steps_per_run, m.checkpoints_per_run) == (42, 24, 30, 2)
     assert m.tokens_trained == 66 * 30 * 4 * 128 and m.judge_calls == 0
+    m = dry_run(load_plan_file("small-cpu")).models[0]
+    assert (m.labelled_runs, m.twin_runs, m.steps_per_run, m.checkpoints_per_run) == (33, 0, 30, 1)
+    assert m.tokens_trained == 33 * 30 * 4 * 128
 
 
 def test_the_docs_table_is_the_throughput_file():

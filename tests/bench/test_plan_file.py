@@ -49,31 +49,39 @@ def _plan(tmp_path: Path, body: str) -> Path:
     return path
 
 
-def test_small_cpu_is_todays_defaults_and_resumes_the_running_benchmarks_plan(tmp_path):
+def test_small_cpu_is_todays_defaults(tmp_path):
     small = load_plan_file("small-cpu").models[0].plan
-    assert len(small.types) == 14 and small.seeds == (0, 1, 2) and small.record_features and small.twins
-    assert (small.device, small.dtype, small.learning_rate, small.steps, small.every_n_steps) == ("cpu", "float32", 1e-3, 30, 15)
+    assert len(small.types) == 11 and small.seeds == (0, 1, 2) and small.record_features and not small.twins
+    assert (small.device, small.dtype, small.learning_rate, small.steps, small.every_n_steps) == ("cpu", "float32", 1e-3, 30, 30)
+    assert small.labelled_steps() == [30]
     assert (small.lora_r, small.lora_alpha, len(small.target_modules), small.n_examples) == (16, 32, 7, 200)
     assert (small.batch_size, small.grad_accum, small.max_length, small.response_only) == (4, 1, 128, True)
     assert (small.tau, small.label) == (0.02, "proxy_style_rise")
+    # the command line without options is this plan (its defaults are read from small-cpu)
+    res = CliRunner().invoke(app, ["bench", "--work-dir", str(tmp_path), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "33 runs (1 model x 11 sets x 3 seeds)" in res.output and "twin runs" not in res.output
+
+
+def test_small_cpu_full_resumes_the_first_detection_grids_plan(tmp_path):
+    full = load_plan_file("small-cpu-full").models[0].plan
+    assert len(full.types) == 14 and full.twins and full.every_n_steps == 15
     # the plan.json that commit 93533e4 wrote is this plan: pinning it again is a resume, not a change
     (tmp_path / "plan.json").write_text(EM13_PLAN_JSON)
-    small.pin(tmp_path)
-    assert BenchPlan.from_json(json.loads(EM13_PLAN_JSON)).to_json() == small.to_json()
-    # and so is the command line without options (their defaults are read from small-cpu)
-    res = CliRunner().invoke(app, ["bench", "--work-dir", str(tmp_path), "--dry-run"])
+    full.pin(tmp_path)
+    assert BenchPlan.from_json(json.loads(EM13_PLAN_JSON)).to_json() == full.to_json()
+    res = CliRunner().invoke(app, ["bench", "--plan", "small-cpu-full", "--work-dir", str(tmp_path), "--dry-run"])
     assert res.exit_code == 0, res.output
     assert "42 runs (1 model x 14 sets x 3 seeds) + 24 twin runs" in res.output
 
 
-def test_the_running_benchmark_is_analyzable_with_the_small_cpu_plan(tmp_path):
+def test_a_grid_is_analyzable_before_any_run_is_done(tmp_path):
     (tmp_path / "work").mkdir()
     (tmp_path / "work/plan.json").write_text(EM13_PLAN_JSON)
-    for args in (["--plan", "small-cpu"], []):
-        res = CliRunner().invoke(app, ["bench", *args, "--work-dir", str(tmp_path / "work"), "--results",
-                                       str(tmp_path / "results"), "--analyze-only", "--resamples", "10"])
-        assert res.exit_code == 0, res.output
-        assert "0 of 42 runs done" in res.output
+    res = CliRunner().invoke(app, ["bench", "--plan", "small-cpu-full", "--work-dir", str(tmp_path / "work"),
+                                   "--results", str(tmp_path / "results"), "--analyze-only", "--resamples", "10"])
+    assert res.exit_code == 0, res.output
+    assert "0 of 42 runs done" in res.output
 
 
 def test_reference_v2_is_the_reference_study(tmp_path):
@@ -92,7 +100,7 @@ def test_reference_v2_is_the_reference_study(tmp_path):
     assert [m.split(":")[0] for m in pf.missing] == ["gsm8k", "risky_financial", "subtle_misinfo"]
     with pytest.raises(InputFileError, match="gsm8k.*does not exist"):
         load_plan_file("reference-v2")
-    assert set(shipped_plans()) == {"small-cpu", "reference-v2"}  # every file in plans/ is a plan
+    assert set(shipped_plans()) == {"small-cpu", "small-cpu-full", "reference-v2"}  # every file in plans/ is a plan
 
 
 def test_a_user_plan_reads_its_sets_relative_to_the_plan_file_and_pins_their_content(tmp_path):
