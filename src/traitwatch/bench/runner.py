@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from traitwatch.behavior.judge import Judge
+from traitwatch.bench.features import FeatureRecorder
 from traitwatch.bench.labels import (
     RISE_METRIC,
     GeneratorFactory,
@@ -30,7 +31,6 @@ from traitwatch.bench.labels import (
     StepTimer,
     write_rise_labels,
 )
-from traitwatch.bench.features import FeatureRecorder
 from traitwatch.bench.plan import BenchPlan
 from traitwatch.bench.sets import build_set, build_twin_set
 from traitwatch.bench.shards import Shard, run_store_path
@@ -55,8 +55,8 @@ def prepare_basis(plan: BenchPlan, work_dir: Path, basis: Path | None, say: Say)
         say(f"Using the basis {basis} (copied to {target}).")
         return target
     from traitwatch.basis import extract_basis, load_traits
+    from traitwatch.basis.anchoring import select_and_anchor
     from traitwatch.basis.extraction import default_candidate_layers
-    from traitwatch.cli.basis_cmd import run_selection
 
     method = "system_prompts" if plan.basis_method == "system-prompts" else "passages"
     lm = _load(plan)
@@ -70,7 +70,7 @@ def prepare_basis(plan: BenchPlan, work_dir: Path, basis: Path | None, say: Say)
         cand = default_candidate_layers(lm.model)
         extracted = extract_basis(lm.model, lm.tokenizer, load_traits(), layers=cand, method=method,
                                   model_name=lm.name, probe_layers=cand[::3])
-        run_selection(lm, extracted, cand[::3], 0.25, 32, 3)
+        select_and_anchor(lm, extracted, cand[::3], alpha=0.25, max_new_tokens=32, n_prompts=3)
     extracted.save(target)
     return target
 

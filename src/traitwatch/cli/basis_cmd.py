@@ -10,15 +10,16 @@ import typer
 from rich.table import Table
 
 from traitwatch.basis import TraitBasis, extract_basis, load_traits
+from traitwatch.basis.anchoring import anchor_basis as _anchor
+from traitwatch.basis.anchoring import select_and_anchor
 from traitwatch.basis.extraction import build_contrast_set, default_candidate_layers
-from traitwatch.basis.layer_selection import select_layer, select_layer_by_separation
 from traitwatch.capture.activations import check_layers
 from traitwatch.cli.common import err, out, parse_layers, progress_bar, user_errors
 from traitwatch.drift import DriftProbe
 from traitwatch.errors import InputFileError
 from traitwatch.models import BUNDLED_MODEL, LoadedModel, load_model
 
-__all__ = ["register", "print_basis_summary", "run_selection"]
+__all__ = ["print_basis_summary", "register", "run_selection"]
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model: smollm2-135m, tiny-random, a folder or a HF id.")]
 DeviceOpt = Annotated[str | None, typer.Option(help="cuda, cuda:1, cpu (default: CUDA when available).")]
@@ -39,7 +40,7 @@ def print_basis_summary(basis: TraitBasis) -> None:
     for layer in basis.layers:
         d = per_layer.get(str(layer), {})
 
-        def mean(key: str) -> float | None:
+        def mean(key: str, d: dict = d) -> float | None:
             vals = [v[key] for v in d.values() if key in v and not math.isnan(v[key])]
             return sum(vals) / len(vals) if vals else None
 
@@ -72,32 +73,14 @@ def run_selection(
     lm: LoadedModel, basis: TraitBasis, layers: list[int] | None, alpha: float, max_new_tokens: int, n_prompts: int,
     by: str = "steering",
 ) -> None:
-    """Select the layer, record it in the basis, and re-anchor the measurement prompts there."""
-    if by == "separation":
-        sel = select_layer_by_separation(basis)
-    elif by == "steering":
-        prompts = list(load_traits().questions[:n_prompts])
-        chosen = layers or basis.layers
-        with progress_bar("Steering candidate layers", len(chosen)) as advance:
-            sel = select_layer(lm.model, lm.tokenizer, basis, prompts, layers=chosen, alpha=alpha,
-                               max_new_tokens=max_new_tokens, progress=advance)
-    else:
-        raise InputFileError(f"--by {by!r} is not steering or separation.")
-    basis.layer = sel.layer
-    basis.diagnostics["layer_selection"] = sel.to_dict()
-    anchor_basis(lm, basis)
+    """`select_and_anchor` with the CLI's progress bars."""
+    select_and_anchor(lm, basis, layers, alpha=alpha, max_new_tokens=max_new_tokens, n_prompts=n_prompts, by=by,
+                      progress=progress_bar)
 
 
 def anchor_basis(lm: LoadedModel, basis: TraitBasis) -> None:
-    """Store the base model's step-0 projections with the basis, so `measure` needs no second model."""
-    probe = DriftProbe(basis)
-    with progress_bar("Anchoring measurement prompts", len(probe.prompt_list_)) as advance:
-        proj = probe.project(lm.model, lm.tokenizer, progress=advance)
-    from traitwatch.basis.basis import Anchor
-
-    # The precision is recorded so that a model run in another dtype re-anchors instead of using this one.
-    basis.anchor = Anchor(probe.layer_, probe.prompts_hash_, proj.projections, proj.norms, lm.name,
-                          *probe.precision(lm.model))
+    """`basis.anchoring.anchor_basis` with the CLI's progress bar."""
+    _anchor(lm, basis, progress=progress_bar)
 
 
 def register(app: typer.Typer) -> None:
