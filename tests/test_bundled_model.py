@@ -34,3 +34,19 @@ def test_demo_extracts_selects_and_measures(tmp_path):
     strict = [d["auroc_strict"] for d in basis.diagnostics["per_layer"]["21"].values()]
     assert sum(strict) / len(strict) > 0.9
     assert "zero by construction" in res.stdout
+    # the alarm path: both runs trained with the probe and the shipped monitor, the final checkpoints labelled
+    from traitwatch.bench.labels import RISE_METRIC
+    from traitwatch.monitor.shipped import shipped_monitor_path
+    from traitwatch.store import RunStore
+
+    assert "Monitor: prediction against its threshold" in res.stdout
+    with RunStore(tmp_path / "traitwatch.db", create=False) as store:
+        for run_id in ("demo-insecure_code", "demo-arithmetic"):
+            steps = [m.step for m in store.measurements(run_id)]
+            assert steps == [0, 15, 30], steps
+            assert [b.step for b in store.behavior(run_id, RISE_METRIC)] == [0, 30]
+            last = store.measurements(run_id)[-1]
+            assert last.extra.get("probe_rise") is not None
+            if shipped_monitor_path("smollm2-135m") is not None:
+                assert last.extra.get("predicted_em") is not None
+    assert (tmp_path / "report.html").is_file()

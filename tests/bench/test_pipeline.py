@@ -13,6 +13,7 @@ from traitwatch.basis import SEMANTIC_TRAITS, TraitBasis
 from traitwatch.bench.detection import SHIPPABLE
 from traitwatch.bench.features import load_features
 from traitwatch.cli.app import app
+from traitwatch.monitor import load_monitor
 from traitwatch.store import RunStore
 
 
@@ -73,6 +74,12 @@ def test_bench_runs_end_to_end_and_resumes(tmp_path, bench_basis_dir):
     default = next(r for r in det["rows"] if r["role"] == "default")
     assert set(default["chosen"]) == set(det["labels"]) and det["shipped"]["chosen"]
     assert (det["shipped"]["saved"] is None) == (det["shipped"]["chosen"] not in SHIPPABLE)
+    # a monitor the callback can run is always saved: the default, or the best computable one for the demo
+    shipped = det["shipped"]["saved"] or det["shipped"]["demo"]["saved"]
+    mon = load_monitor(shipped)
+    assert mon.inputs == "probe_rise" and mon.target == "relative_rise"
+    assert mon.provenance["role"].startswith("default" if det["shipped"]["saved"] else "demo")
+    assert set(mon.provenance["types"]) == set(det["labels"]) and "auroc" in mon.provenance["leave_one_type_out"]["emergent_vs_benign"]
     assert set(res["per_type"]) == {"arithmetic", "harmful_advice", "number_sequence", "ai_supremacy"}
     # 4 calibration checkpoints are too few for the PCA-7 baseline: a partial benchmark reports that, not a crash
     assert res["calibration"]["error"].startswith("calibration failed on the runs done so far")

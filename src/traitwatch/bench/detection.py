@@ -418,29 +418,51 @@ SHIPPABLE = {"behavioural probe (64 disjoint questions): linear": "probe_rise"}
 
 
 def ship_default_monitor(plan: BenchPlan, work_dir: Path, out_path: Path, *,
-                         provenance: dict[str, Any]) -> dict[str, Any]:
+                         provenance: dict[str, Any], rows: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """Choose the default monitor on *all* types (as each fold did on its calibration types), fit, and save it.
 
-    Saved only when the chosen candidate is one the training callback can compute (`SHIPPABLE`); the
-    returned dict says what was chosen, with its threshold and whether (and where) it was saved.
+    Saved only when the chosen candidate is one the training callback can compute (`SHIPPABLE`). When it is
+    not, the best candidate the callback *can* compute is chosen the same way among those alone and saved beside
+    it as `demo_monitor.json`, its provenance saying so and carrying its own family's leave-one-type-out row
+    (from `rows`), so that the demo can still show the alarm path without claiming to be the default. The
+    returned dict says what was chosen, with its threshold and whether (and where) each was saved.
     """
-    from sklearn.base import clone
-
-    from traitwatch.basis import TraitBasis
-    from traitwatch.behavior.probe import load_probe
-    from traitwatch.monitor import DriftMonitor, save_monitor
     from traitwatch.monitor.loto import fit_chosen
 
     d = load_detection_data(plan, work_dir)
     if d is None:
         return {"saved": None, "reason": "no features recorded"}
     data = d.checkpoints()
-    cand, _, cut, scores = fit_chosen(data, default_candidates(families(d)))
+    fams = families(d)
+    cand, _, cut, scores = fit_chosen(data, default_candidates(fams))
     out: dict[str, Any] = {"chosen": cand.name, "threshold": cut, "inner_auroc": scores[cand.name], "saved": None}
-    inputs = SHIPPABLE.get(cand.name)
-    if inputs is None:
-        out["reason"] = f"the training callback cannot compute {cand.name!r} yet"
+    if cand.name in SHIPPABLE:
+        out["saved"] = _save_candidate(cand, cut, data, work_dir, out_path, {**provenance, "role": "default"})
         return out
+    out["reason"] = f"the training callback cannot compute {cand.name!r} yet"
+    shippable = [c for c in default_candidates(fams) if c.name in SHIPPABLE]
+    if shippable:
+        alt, _, alt_cut, alt_scores = fit_chosen(data, shippable)
+        family = alt.name.split(": ")[0]
+        row = next((r for r in rows if r.get("features") == family), {})
+        out["demo"] = {"chosen": alt.name, "threshold": alt_cut, "inner_auroc": alt_scores[alt.name]}
+        out["demo"]["saved"] = _save_candidate(alt, alt_cut, data, work_dir, out_path.with_name("demo_monitor.json"), {
+            **provenance, "role": f"demo: the best monitor the training callback can compute; the benchmark's own "
+                                  f"choice, {cand.name!r}, cannot be computed during training yet",
+            "leave_one_type_out": {"emergent_vs_benign": row.get("emergent_vs_benign"), "all": row.get("all")}})
+    return out
+
+
+def _save_candidate(cand: Candidate, cut: float, data: Checkpoints, work_dir: Path, out_path: Path,
+                    provenance: dict[str, Any]) -> str:
+    """Fit `cand` on all checkpoints against the relative rise and save it as a monitor the callback reads."""
+    from sklearn.base import clone
+
+    from traitwatch.basis import TraitBasis
+    from traitwatch.behavior.probe import load_probe
+    from traitwatch.monitor import DriftMonitor, save_monitor
+
+    inputs = SHIPPABLE[cand.name]
     monitor = DriftMonitor(clone(cand.estimator), threshold=cut, target="relative_rise").fit(cand.X, relative_rise(data))
     basis = TraitBasis.load(Path(work_dir) / "basis")
     fingerprint = {"model": basis.model.to_dict(), "probe_sha256": load_probe().sha256}
@@ -449,8 +471,7 @@ def ship_default_monitor(plan: BenchPlan, work_dir: Path, out_path: Path, *,
                         provenance={**provenance, "chosen": cand.name, "threshold_rule":
                                     "max TPR - FPR of the kind label on all types' leave-one-type-out predictions",
                                     "types": sorted(set(data.type.tolist())), "n_checkpoints": len(data)})
-    out["saved"] = str(path)
-    return out
+    return str(path)
 
 
 def _median(values: Sequence[float | None]) -> float | None:

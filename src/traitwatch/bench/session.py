@@ -144,7 +144,8 @@ def analyze_and_report(entry: ModelEntry, run: BenchRun, say: Say, *, t0: float 
         say("Fitting the default monitor on all types (chosen and thresholded by leave-one-type-out over them) ...")
         det["shipped"] = ship_default_monitor(plan, work_dir, results / "default_monitor.json", provenance={
             "benchmark": str(results / "RESULTS.md"), "command": run.command, "commit": run.commit,
-            "leave_one_type_out": {"emergent_vs_benign": loto.get("emergent_vs_benign"), "all": loto.get("all")}})
+            "leave_one_type_out": {"emergent_vs_benign": loto.get("emergent_vs_benign"), "all": loto.get("all")}},
+            rows=det["rows"])
     (results / "results.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
     write_results_md(res, results / "RESULTS.md", command=run.command, commit=run.commit,
                      figures=[f"figures/{f}" for f in figures])
