@@ -91,7 +91,12 @@ def _describe_monitor(path: Path) -> str:
     if loto:
         text += (f", where on unseen types it scored AUROC {loto.get('auroc', float('nan')):.2f}, FNR "
                  f"{100 * loto.get('fnr', float('nan')):.0f}%, FPR {100 * loto.get('fpr', float('nan')):.0f}%")
-    return text + f" (see {prov.get('benchmark', 'benchmarks/em_small/RESULTS.md')})."
+    text += f" (see {prov.get('benchmark', 'benchmarks/em_small/RESULTS.md')})."
+    role = str(prov.get("role", "default"))
+    if role != "default":
+        text += (f" It ships to show the alarm path, not as a validated detector ({role}); no monitor reached the "
+                 "benchmark's goal on this model.")
+    return text
 
 
 def _train_pair(out_dir: Path, basis_dir: Path, model: str, steps: int, every: int, monitor: Path | None,
