@@ -156,7 +156,7 @@ def test_twin_runs_train_on_the_same_prompts_record_features_and_are_not_types(t
     args = ["bench", "--model", "tiny-random", "--basis", str(bench_basis_dir), "--work-dir", str(tmp_path / "work"),
             "--results", str(tmp_path / "results"), "--seeds", "1", "--steps", "1", "--every", "1",
             "--calibration", "arithmetic", "--heldout", "wrong_arithmetic", "--n-examples", "8", "--gen-tokens", "2",
-            "--resamples", "20", "--shared-data", str(tmp_path / "no-shared")]
+            "--resamples", "20", "--shared-data", str(tmp_path / "no-shared"), "--twins"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "2 of 2 runs done" in res.output

@@ -12,7 +12,8 @@ picks bf16 on CPUs with native bf16 and bf16 moves drift at the 1e-3 level.
 
 Plan files (`bench.plan_file`, shipped ones in `bench/plans/`) build this dataclass; every field added
 since the first benchmark has a default that keeps the old behaviour, so a `plan.json` written by an
-older version reads as the plan it ran (and today's defaults are the shipped plan `small-cpu`).
+older version reads as the plan it ran. The command line's defaults are read from the shipped plan
+`small-cpu`, not from these field defaults (which are `small-cpu-full`'s lists and cadence).
 A plan without fixed lists (`calibration` and `heldout` empty, every type in `loto_types`) is a
 leave-one-type-out plan: only `bench.detection`'s table is computed.
 """

@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @user_errors
     def bench(
-        plan: Annotated[str | None, typer.Option("--plan", help="Plan file (YAML), or a shipped plan: small-cpu, reference-v2. Without it, the options below define the plan (defaults: small-cpu).")] = None,
+        plan: Annotated[str | None, typer.Option("--plan", help="Plan file (YAML), or a shipped plan: small-cpu, small-cpu-full, reference-v2. Without it, the options below define the plan (defaults: small-cpu).")] = None,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the runs, checkpoints, tokens, judge calls, GPU hours and judge cost; run nothing.")] = False,
         shard: Annotated[str | None, typer.Option("--shard", help="Run only shard I of N of the grid (I/N, 1-based): one process per GPU, node or array task.")] = None,
         work_dir: Annotated[Path, typer.Option("--work-dir", help="Run store, data samples, basis, markers (resumable; shared by shards).")] = Path("traitwatch-bench"),
