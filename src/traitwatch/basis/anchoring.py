@@ -53,9 +53,8 @@ def anchor_basis(lm: Any, basis: TraitBasis, *, progress: Progress = _silent) ->
     The precision is recorded so that a model run in another dtype or on another device re-anchors instead of
     using this anchor (precision alone moves drift by ~1e-3).
     """
-    from traitwatch.drift import (
-        DriftProbe,  # drift imports basis: import here, not at module load
-    )
+    # traitwatch.drift imports traitwatch.basis: import it here, not at module load
+    from traitwatch.drift import DriftProbe
 
     probe = DriftProbe(basis)
     with progress("Anchoring measurement prompts", len(probe.prompt_list_)) as advance:

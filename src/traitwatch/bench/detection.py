@@ -433,14 +433,14 @@ def ship_default_monitor(plan: BenchPlan, work_dir: Path, out_path: Path, *,
     if d is None:
         return {"saved": None, "reason": "no features recorded"}
     data = d.checkpoints()
-    fams = families(d)
-    cand, _, cut, scores = fit_chosen(data, default_candidates(fams))
+    candidates = default_candidates(families(d))
+    cand, _, cut, scores = fit_chosen(data, candidates)
     out: dict[str, Any] = {"chosen": cand.name, "threshold": cut, "inner_auroc": scores[cand.name], "saved": None}
     if cand.name in SHIPPABLE:
         out["saved"] = _save_candidate(cand, cut, data, work_dir, out_path, {**provenance, "role": "default"})
         return out
     out["reason"] = f"the training callback cannot compute {cand.name!r} yet"
-    shippable = [c for c in default_candidates(fams) if c.name in SHIPPABLE]
+    shippable = [c for c in candidates if c.name in SHIPPABLE]
     if shippable:
         alt, _, alt_cut, alt_scores = fit_chosen(data, shippable)
         family = alt.name.split(": ")[0]
