@@ -26,7 +26,7 @@ import json
 import math
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -421,20 +421,21 @@ def ship_default_monitor(plan: BenchPlan, work_dir: Path, out_path: Path, *,
                          provenance: dict[str, Any], rows: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """Choose the default monitor on *all* types (as each fold did on its calibration types), fit, and save it.
 
+    (`monitor.loto.choose` on every row, then a `DriftMonitor` fitted on all of them, as `fit_chosen` does.)
     Saved only when the chosen candidate is one the training callback can compute (`SHIPPABLE`). When it is
     not, the best candidate the callback *can* compute is chosen the same way among those alone and saved beside
     it as `demo_monitor.json`, its provenance saying so and carrying its own family's leave-one-type-out row
     (from `rows`), so that the demo can still show the alarm path without claiming to be the default. The
     returned dict says what was chosen, with its threshold and whether (and where) each was saved.
     """
-    from traitwatch.monitor.loto import fit_chosen
+    from traitwatch.monitor.loto import choose
 
     d = load_detection_data(plan, work_dir)
     if d is None:
         return {"saved": None, "reason": "no features recorded"}
     data = d.checkpoints()
-    candidates = default_candidates(families(d))
-    cand, _, cut, scores = fit_chosen(data, candidates)
+    candidates, every_row = default_candidates(families(d)), np.arange(len(data))
+    cand, cut, scores = choose(data, candidates, every_row)
     out: dict[str, Any] = {"chosen": cand.name, "threshold": cut, "inner_auroc": scores[cand.name], "saved": None}
     if cand.name in SHIPPABLE:
         out["saved"] = _save_candidate(cand, cut, data, work_dir, out_path, {**provenance, "role": "default"})
@@ -442,7 +443,7 @@ def ship_default_monitor(plan: BenchPlan, work_dir: Path, out_path: Path, *,
     out["reason"] = f"the training callback cannot compute {cand.name!r} yet"
     shippable = [c for c in candidates if c.name in SHIPPABLE]
     if shippable:
-        alt, _, alt_cut, alt_scores = fit_chosen(data, shippable)
+        alt, alt_cut, alt_scores = choose(data, shippable, every_row)
         family = alt.name.split(": ")[0]
         row = next((r for r in rows if r.get("features") == family), {})
         out["demo"] = {"chosen": alt.name, "threshold": alt_cut, "inner_auroc": alt_scores[alt.name]}
@@ -506,7 +507,7 @@ def base_label_margins(plan: BenchPlan, work_dir: Path) -> dict[str, float]:
 
 
 def _relative(data: Checkpoints, rise: np.ndarray) -> np.ndarray:
-    return relative_rise(Checkpoints(data.type, data.run, data.seed, data.step, rise, data.reference, data.positive))
+    return relative_rise(replace(data, rise=rise))
 
 
 def _half_rises(margins_t: np.ndarray, margins_0: np.ndarray, halves: list[np.ndarray]) -> list[np.ndarray]:

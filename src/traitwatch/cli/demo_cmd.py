@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -79,10 +79,7 @@ def register(app: typer.Typer) -> None:
         out.print(f"Total: {time.perf_counter() - t0:.0f} s.")
 
 
-def _describe_monitor(path: Path) -> str:
-    from traitwatch.monitor import load_monitor
-
-    mon = load_monitor(path)
+def _describe_monitor(path: Path, mon: Any) -> str:
     prov = mon.provenance
     loto = (prov.get("leave_one_type_out") or {}).get("emergent_vs_benign") or {}
     what = "the behavioural probe's rise" if mon.inputs == "probe_rise" else "the trait drift"
@@ -121,8 +118,9 @@ def _train_pair(out_dir: Path, basis_dir: Path, model: str, steps: int, every: i
     if monitor is not None:
         from traitwatch.monitor import load_monitor
 
-        threshold = load_monitor(monitor).threshold
-        err.print(_describe_monitor(monitor))
+        loaded = load_monitor(monitor)
+        threshold = loaded.threshold
+        err.print(_describe_monitor(monitor, loaded))
     else:
         err.print(f"No monitor ships for {model}: the runs are measured, not judged (calibrate one: "
                   "docs/calibrate-your-model.md).")
