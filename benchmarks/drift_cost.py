@@ -16,7 +16,6 @@ import time
 import torch
 
 from traitwatch.basis import TraitBasis
-from traitwatch.basis.basis import Anchor
 from traitwatch.capture.activations import length_batches
 from traitwatch.drift import DriftProbe
 from traitwatch.models import encode_chat, fingerprint, load_model
@@ -65,7 +64,7 @@ def main() -> None:
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
 
     proj = probe.project(lm.model, lm.tokenizer)  # warm-up, and the anchor
-    probe.anchor_ = Anchor(probe.layer_, probe.prompts_hash_, proj.projections, proj.norms)
+    probe.anchor_ = probe.anchor_from(proj, probe.precision(lm.model), name=lm.name)
     _plain_forward(lm.model, seqs, pad, args.batch_size)
 
     t_measure, t_plain = [], []

@@ -1,4 +1,6 @@
-"""Shared fixtures: the tiny random model, a small trait set, and a local OpenAI-compatible server.
+"""Shared fixtures: the tiny random model, a small trait set, a local OpenAI-compatible server, and the
+synthetic calibration world (one split into calibration and held-out runs) the monitor and calibration
+tests fit on.
 
 `fake_openai` is a real HTTP server on 127.0.0.1 (port 0) in a thread, implementing the subset of
 `/v1/chat/completions` the judge and the server generator use, with scripted logprob distributions,
@@ -20,8 +22,16 @@ from typing import Any
 import pytest
 import torch
 
+from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
+from sklearn.linear_model import Ridge
+
 from traitwatch.basis import TraitSet, load_traits
+from traitwatch.calibration.synthetic import make_synthetic_split
+from traitwatch.calibration.table import CheckpointTable
 from traitwatch.models import LoadedModel, load_model
+
+# Every test runs under the guard that no package code opens a store's files outside SQLite.
+pytest_plugins = ["_store_guard"]
 
 # Tests never touch the network: huggingface_hub and PEFT read this before any lookup.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -192,3 +202,29 @@ def fake_openai(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def split() -> tuple:
+    """The synthetic world and its calibration and held-out runs (tests/report overrides it with a smaller one)."""
+    return make_synthetic_split(random_state=0)
+
+
+@pytest.fixture(scope="session")
+def cal(split: tuple) -> CheckpointTable:
+    return split[1].subset(split[1].step > 0)
+
+
+@pytest.fixture(scope="session")
+def held(split: tuple) -> CheckpointTable:
+    return split[2].subset(split[2].step > 0)
+
+
+@pytest.fixture()
+def fast_candidates() -> dict:
+    """Smaller versions of the three reference regressors, so CV-heavy tests stay fast."""
+    return {
+        "RF": RandomForestRegressor(n_estimators=20, max_depth=5, min_samples_leaf=5, random_state=0),
+        "GBR": GradientBoostingRegressor(n_estimators=30, max_depth=3, learning_rate=0.1, random_state=0),
+        "Ridge": Ridge(alpha=1.0),
+    }

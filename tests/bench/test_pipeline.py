@@ -178,3 +178,51 @@ def test_twin_runs_train_on_the_same_prompts_record_features_and_are_not_types(t
     np.testing.assert_array_equal(load_features(work, "twin-arithmetic-s0", 0).rows("measure", 2), base.rows("measure", 2))
     results = json.loads((tmp_path / "results/results.json").read_text())
     assert set(results["per_type"]) == {"arithmetic", "wrong_arithmetic"}
+
+
+def test_a_label_that_cannot_be_stored_fails_the_run_and_a_rerun_redoes_it(tmp_path, bench_basis_dir, monkeypatch):
+    """A label write that fails, or a label missing at the end, fails the run loudly: no done marker, and the
+    next call trains it again."""
+    from traitwatch.bench import BenchPlan
+    from traitwatch.bench.labels import ProxyLabelCallback
+    from traitwatch.bench.runner import run_grid
+    from traitwatch.store import StoreIOError, StoreWriteError
+
+    plan = BenchPlan(model="tiny-random", seeds=(0,), calibration=("arithmetic",), heldout=(), n_examples=8, steps=2,
+                     every_n_steps=1, learning_rate=1e-2)
+    work = tmp_path / "work"
+    marker = work / "done/arithmetic-s0.json"
+
+    def grid():
+        return run_grid(plan, work, bench_basis_dir, shared_data=None, say=lambda line: None, base_label=0.5)
+
+    real_add = RunStore.add_behavior
+
+    def failing_add(self, run_id, step, metric, *args, **kwargs):
+        if metric == "proxy_style_p_mis" and step == 2:
+            raise StoreIOError(f"Run store {self.path}: disk I/O error")
+        return real_add(self, run_id, step, metric, *args, **kwargs)
+
+    monkeypatch.setattr(RunStore, "add_behavior", failing_add)
+    with pytest.raises(StoreIOError, match="disk I/O error"):
+        grid()
+    assert not marker.exists()
+    monkeypatch.setattr(RunStore, "add_behavior", real_add)
+    with RunStore(work / "traitwatch.db") as store:
+        assert store.get_run("arithmetic-s0").status == "failed"
+
+    real_score = ProxyLabelCallback._score
+    monkeypatch.setattr(ProxyLabelCallback, "_score",
+                        lambda self, step, model, tok: None if step == 2 else real_score(self, step, model, tok))
+    with pytest.raises(StoreWriteError, match=r"missing at step\(s\) \[2\]"):
+        grid()  # resumed from the step-1 checkpoint, trained step 2, but its label was never written
+    assert not marker.exists()
+    with RunStore(work / "traitwatch.db") as store:
+        assert store.get_run("arithmetic-s0").status == "failed"
+    monkeypatch.setattr(ProxyLabelCallback, "_score", real_score)
+
+    assert grid() == ["arithmetic-s0"]  # trained again from step 0: its checkpoints were dropped with the label
+    assert marker.exists()
+    with RunStore(work / "traitwatch.db") as store:
+        assert sorted(b.step for b in store.behavior("arithmetic-s0", "proxy_style_p_mis")) == [0, 1, 2]
+        assert store.get_run("arithmetic-s0").status == "finished"

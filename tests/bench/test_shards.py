@@ -90,3 +90,60 @@ def test_the_work_lock_lets_one_process_prepare_at_a_time(tmp_path):
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0]
     assert log.read_text().split() == ["in", "out", "in", "out"]  # never both inside
+
+
+@pytest.mark.slow
+def test_two_shards_polled_by_runs_and_a_report_lose_nothing(tmp_path, bench_basis_dir):
+    """The bug report's situation: shards train while `traitwatch runs` and a report open and close their stores."""
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    from typer.testing import CliRunner
+
+    from traitwatch.cli.app import app
+
+    args = ["bench", "--model", "tiny-random", "--basis", str(bench_basis_dir), "--work-dir", str(tmp_path / "work"),
+            "--results", str(tmp_path / "results"), "--seeds", "1", "--steps", "4", "--every", "1",
+            "--calibration", "arithmetic", "--calibration", "harmful_advice",
+            "--heldout", "number_sequence", "--heldout", "ai_supremacy", "--no-twins",
+            "--n-examples", "16", "--gen-tokens", "2", "--resamples", "20", "--lr", "1e-2",
+            "--shared-data", str(tmp_path / "no-shared")]
+    runner = CliRunner()
+    assert runner.invoke(app, [*args, "--analyze-only"]).exit_code == 0  # prepare the work folder once
+    code = "import sys; from traitwatch.cli.app import main; sys.argv = ['traitwatch', *sys.argv[1:]]; main()"
+    shards = [subprocess.Popen([sys.executable, "-c", code, *args, "--shard", f"{i}/2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (1, 2)]
+    stores = [tmp_path / "work/shards" / f"{i}-of-2" / "traitwatch.db" for i in (1, 2)]
+    polls = 0
+    while any(p.poll() is None for p in shards):
+        for store in stores:
+            if not store.exists():
+                continue
+            listed = runner.invoke(app, ["runs", "--store", str(store)])
+            assert listed.exit_code == 0, listed.output
+            with RunStore(store, create=False) as st:
+                ids = [r.run_id for r in st.runs()]
+            if ids:
+                shown = runner.invoke(app, ["report", *ids, "--store", str(store), "--out", str(tmp_path / "r.html")])
+                assert shown.exit_code == 0, shown.output
+            polls += 1
+        time.sleep(0.2)
+    outputs = [p.communicate()[0] for p in shards]
+    assert [p.returncode for p in shards] == [0, 0], outputs
+    assert polls >= 4, "the shards finished before anything polled them"
+    for store in stores:
+        with sqlite3.connect(store) as raw:
+            assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        with RunStore(store, create=False) as st:
+            for run in st.runs():
+                assert run.status == "finished"
+                assert [m.step for m in st.measurements(run.run_id, per_prompt=False)] == [0, 1, 2, 3, 4]
+                assert sorted(b.step for b in st.behavior(run.run_id, "proxy_style_p_mis")) == [0, 1, 2, 3, 4]
+    assert sorted(p.stem for p in (tmp_path / "work/done").glob("*.json")) == [
+        "ai_supremacy-s0", "arithmetic-s0", "harmful_advice-s0", "number_sequence-s0"]
+    gathered = runner.invoke(app, [*args, "--analyze-only"])
+    assert gathered.exit_code == 0, gathered.output
+    with RunStore(tmp_path / "work/traitwatch.db", create=False) as st:
+        assert len(st.runs()) == 4

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from traitwatch.calibration.synthetic import make_synthetic_split
 from traitwatch.cli.app import app
 from traitwatch.monitor import load_monitor
-from traitwatch.monitor.synthetic import make_synthetic_split
 from traitwatch.store import RunStore
 
 runner = CliRunner()

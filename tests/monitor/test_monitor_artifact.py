@@ -9,9 +9,10 @@ from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import Ridge
 
+from traitwatch.calibration.baselines import PC1AbsFeatures
+from traitwatch.calibration.selection import select_regressor
 from traitwatch.errors import BasisMismatchError, InputFileError
 from traitwatch.monitor.artifact import load_monitor, save_monitor
-from traitwatch.monitor.baselines import PC1AbsFeatures
 from traitwatch.monitor.detector import DriftMonitor, StepAwareAlarm
 
 FINGERPRINT = {"model": "tiny-llama", "revision": "abc123", "layer": 14, "directions_sha256": "f00d"}
@@ -44,7 +45,7 @@ def test_round_trip_reproduces_predict_exactly(regressor, cal, held, tmp_path) -
 
 
 def test_artifact_carries_cv_metrics_and_is_json_plus_safetensors(cal, fast_candidates, tmp_path) -> None:
-    monitor = DriftMonitor().select_regressor(cal.X, cal.y, cal.perturbation, fast_candidates)
+    monitor = select_regressor(DriftMonitor(), cal.X, cal.y, cal.perturbation, fast_candidates)
     path = _save(monitor, cal, tmp_path / "m.json")
     doc = json.loads(path.read_text())
     assert doc["selected_name"] == monitor.selected_name_

@@ -14,9 +14,9 @@ from sklearn.utils.estimator_checks import (
     check_set_params,
 )
 
-from traitwatch.monitor.baselines import PC1AbsFeatures
-from traitwatch.monitor.detector import SELECTION_CRITERION, DriftMonitor, StepAwareAlarm
-from traitwatch.monitor.metrics import auroc, detection_metrics
+from traitwatch.calibration.baselines import PC1AbsFeatures
+from traitwatch.calibration.metrics import auroc, detection_metrics
+from traitwatch.monitor.detector import DriftMonitor, StepAwareAlarm
 
 TAU = 0.05
 
@@ -38,27 +38,6 @@ def test_shuffled_calibration_labels_give_chance_auroc(cal, held) -> None:
         monitor = DriftMonitor(forest, threshold=TAU).fit(cal.X, rng.permutation(cal.y))
         scores.append(auroc(held.y > TAU, monitor.predict(held.X)))
     assert abs(np.mean(scores) - 0.5) < 0.1
-
-
-def test_select_regressor_uses_lopo_cv_and_records_every_candidate(cal, fast_candidates) -> None:
-    monitor = DriftMonitor(threshold=TAU)
-    assert monitor.select_regressor(cal.X, cal.y, cal.perturbation, fast_candidates) is monitor
-    assert set(monitor.cv_results_) == set(fast_candidates)
-    types = sorted(set(cal.perturbation))
-    for res in monitor.cv_results_.values():
-        assert sorted(r["left_out"] for r in res["per_group"]) == types
-        assert sum(r["n"] for r in res["per_group"]) == len(cal)
-        assert {"balanced_error", "fnr", "fpr", "auroc", "rmse"} <= set(res)
-    best = min(monitor.cv_results_.values(), key=lambda r: r["balanced_error"])["balanced_error"]
-    assert monitor.cv_results_[monitor.selected_name_]["balanced_error"] == best
-    assert type(monitor.regressor_) is type(fast_candidates[monitor.selected_name_])
-    assert monitor.regressor is None  # parameters stay as given
-    assert monitor.cv_criterion_ == SELECTION_CRITERION
-
-
-def test_select_regressor_needs_two_types(cal) -> None:
-    with pytest.raises(ValueError, match="two perturbation types"):
-        DriftMonitor().select_regressor(cal.X, cal.y, np.full(len(cal), "one"), {"Ridge": Ridge()})
 
 
 def test_monitor_follows_sklearn_conventions(cal) -> None:

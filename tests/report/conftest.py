@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from sklearn.linear_model import Ridge
 
+from traitwatch.calibration.selection import select_regressor
+from traitwatch.calibration.synthetic import TRAIT_NAMES, make_synthetic_split
 from traitwatch.monitor import DriftMonitor, save_monitor
-from traitwatch.monitor.synthetic import TRAIT_NAMES, make_synthetic_split
 from traitwatch.store import RunStore
 
 FINGERPRINT = {"name": "synthetic-report", "layer": 3}
@@ -41,8 +42,9 @@ def monitor_path(tmp_path_factory: pytest.TempPathFactory, split: tuple) -> Path
     """A Ridge monitor chosen by LOPO CV (so the artifact carries cv_results), fitted in milliseconds."""
     _, cal, _ = split
     rows = cal.step > 0
-    mon = DriftMonitor(threshold=TAU).select_regressor(
-        cal.X[rows], cal.y[rows], cal.perturbation[rows], {"Ridge": Ridge(alpha=1.0), "Ridge-10": Ridge(alpha=10.0)}
+    mon = select_regressor(
+        DriftMonitor(threshold=TAU), cal.X[rows], cal.y[rows], cal.perturbation[rows],
+        {"Ridge": Ridge(alpha=1.0), "Ridge-10": Ridge(alpha=10.0)},
     )
     path = tmp_path_factory.mktemp("monitor") / "monitor.json"
     return save_monitor(mon, path, fingerprint=FINGERPRINT, trait_names=TRAIT_NAMES,

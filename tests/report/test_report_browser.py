@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from traitwatch.report import build_report, load_calibration_data
+from traitwatch.calibration import load_calibration_data
+from traitwatch.report import build_report
 from traitwatch.store import RunStore
 
 ARTIFACTS = Path(__file__).parent / "artifacts"

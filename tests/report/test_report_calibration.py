@@ -1,4 +1,4 @@
-"""Calibration report data: built from the monitor package's objects, read from artifacts, drawn with notes."""
+"""Calibration report data: built from the calibration package's objects, read from artifacts, drawn with notes."""
 
 from __future__ import annotations
 
@@ -8,20 +8,20 @@ import numpy as np
 import pytest
 from sklearn.linear_model import Ridge
 
-from traitwatch.errors import InputFileError
-from traitwatch.monitor import DriftGeometry, evaluate, final_checkpoint_rows
-from traitwatch.monitor.evaluate import default_feature_sets
-from traitwatch.monitor.synthetic import TRAIT_NAMES
-from traitwatch.report import (
+from traitwatch.calibration import (
     CALIBRATION_FORMAT,
-    calibration_charts,
+    DriftGeometry,
     calibration_report_data,
-    calibration_tables,
-    heldout_scores,
+    default_feature_sets,
+    evaluate,
+    final_checkpoint_rows,
     load_calibration_data,
     roc_points,
     write_calibration_data,
 )
+from traitwatch.calibration.synthetic import TRAIT_NAMES
+from traitwatch.errors import InputFileError
+from traitwatch.report import calibration_charts, calibration_tables
 
 TAU = 0.05
 
@@ -35,9 +35,9 @@ def full_data(split):
     rows = final_checkpoint_rows(cal.run_id, cal.step)
     geometry = DriftGeometry(TRAIT_NAMES).fit(cal.X[rows], groups=cal.perturbation[rows])
     evaluation = evaluate(cal, held, feature_sets=sets, candidates=cands, tau=TAU, n_resamples=20)
-    held_rows, scores = heldout_scores(cal, held, feature_sets=sets, candidates=cands, tau=TAU)
-    return calibration_report_data(tau=TAU, geometry=geometry, evaluation=evaluation, heldout=held_rows,
-                                   scores=scores, source="unit test")
+    scores = {r["features"]: np.asarray(r.pop("predictions")) for r in evaluation}
+    return calibration_report_data(tau=TAU, geometry=geometry, evaluation=evaluation,
+                                   heldout=held.subset(held.step > 0), scores=scores, source="unit test")
 
 
 def _notes(data) -> list[str]:
@@ -59,7 +59,7 @@ def test_full_data_is_strict_json_and_draws_every_figure(full_data, tmp_path):
     assert counts["tp"] + counts["fp"] + counts["tn"] + counts["fn"] == loaded["heldout"]["n"]
 
 
-def test_heldout_scores_match_evaluate(full_data):
+def test_the_roc_auroc_matches_evaluate(full_data):
     """The ROC is drawn from the same predictions `evaluate()` scored: its AUROC must agree."""
     by_name = {r["name"]: r["auroc"] for r in full_data["heldout"]["roc"]}
     for row in full_data["evaluation"]:

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
+from traitwatch.calibration.synthetic import TRAIT_NAMES
 from traitwatch.monitor import load_monitor
-from traitwatch.monitor.synthetic import TRAIT_NAMES
 from traitwatch.report import PROXY_LABEL, RunSeries, run_series
 
 

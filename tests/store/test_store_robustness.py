@@ -178,30 +178,23 @@ def test_sigkill_inside_a_write_transaction_loses_only_that_write(db_path: Path)
     assert _check_consistent(db_path) == 3
 
 
-def test_a_transient_disk_io_error_on_open_is_retried(tmp_path, monkeypatch):
-    """Another process closing the last WAL connection while this one opens: seen as a one-off "disk I/O error"."""
-    import sqlite3
+def test_a_disk_io_error_on_open_is_reported_once_with_the_file_named(tmp_path, monkeypatch):
+    """A "disk I/O error" is a fault (a dropped lock, a full or network disk), not a hiccup to retry through."""
+    from traitwatch.store import StoreIOError, schema
 
-    from traitwatch.store import RunStore, schema
-
-    real = schema._configure
     calls = []
 
-    def flaky(conn, path, busy_timeout_s):
-        calls.append(1)
-        if len(calls) == 1:
-            raise sqlite3.OperationalError("disk I/O error")
-        return real(conn, path, busy_timeout_s)
-
-    monkeypatch.setattr(schema, "_configure", flaky)
-    with RunStore(tmp_path / "tw.db") as store:
-        store.start_run("r", model="m")
-    assert len(calls) == 2
-
     def broken(conn, path, busy_timeout_s):
-        raise sqlite3.OperationalError("disk I/O error")
+        calls.append(1)
+        try:
+            raise sqlite3.OperationalError("disk I/O error")
+        except sqlite3.DatabaseError as exc:
+            schema._raise_as_store_error(exc, path, busy_timeout_s)
 
     monkeypatch.setattr(schema, "_configure", broken)
-    monkeypatch.setattr(schema.time, "sleep", lambda s: None)
-    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
-        RunStore(tmp_path / "tw.db")
+    path = tmp_path / "tw.db"
+    with pytest.raises(StoreIOError) as info:
+        RunStore(path)
+    assert len(calls) == 1  # not retried
+    assert isinstance(info.value, TraitwatchError) and str(path) in str(info.value)
+    assert "disk I/O error" in str(info.value) and "\n" not in str(info.value)

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from peft import LoraConfig, get_peft_model
 from transformers import Trainer, TrainingArguments
 
-import traitwatch.train.callback as callback_module
+import traitwatch.train.store_session as store_session_module
 from traitwatch.basis import TraitBasis
 from traitwatch.drift import DriftProbe
 from traitwatch.models import build_tiny_random, decoder_layers, unwrap_model
@@ -41,7 +41,7 @@ from traitwatch.train import PaddingCollator, TraitWatchCallback, tokenize_chats
 OPENED = {"n": 0}
 
 
-class CountingStore(callback_module.RunStore):
+class CountingStore(store_session_module.RunStore):
     def __init__(self, *args, **kwargs):
         OPENED["n"] += 1
         super().__init__(*args, **kwargs)
@@ -91,12 +91,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--zero3", action="store_true", help="DeepSpeed ZeRO-3 full finetune (implies --full)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    original, callback_module.RunStore = callback_module.RunStore, CountingStore  # count who opens the store
+    original, store_session_module.RunStore = store_session_module.RunStore, CountingStore  # count who opens the store
     OPENED["n"] = 0
     try:
         run(a)
     finally:
-        callback_module.RunStore = original  # main() also runs inside the test process, for 1 process
+        store_session_module.RunStore = original  # main() also runs inside the test process, for 1 process
 
 
 def run(a: argparse.Namespace) -> None:

@@ -419,3 +419,48 @@ def test_compiled_model_is_measured_without_recompiling_it(basis, tmp_path, how)
     assert graphs["unique_graphs"] >= 1 and dict(counters["stats"]) == graphs  # measuring added no (re)compilation
     for a, b in zip(eager.history_, watch.history_, strict=True):
         assert (b.step, b.drift) == (a.step, pytest.approx(a.drift, abs=1e-6))
+
+
+class _FailingStore(RunStore):
+    """A real store whose measurement write fails from step `fail_at` on, as a full or lost disk would."""
+
+    fail_at = 5
+
+    def add_measurement(self, run_id, step, *args, **kwargs):
+        if step >= self.fail_at:
+            import sqlite3
+
+            raise sqlite3.OperationalError("disk I/O error")
+        return super().add_measurement(run_id, step, *args, **kwargs)
+
+
+def test_a_measurement_that_cannot_be_stored_stops_the_run_loudly(basis, tmp_path):
+    from traitwatch.store import StoreWriteError
+
+    with _FailingStore(tmp_path / "tw.db") as store:
+        watch = _watch(basis, store, every_n_steps=5)
+        trainer = tiny_trainer(tmp_path / "out", [watch], max_steps=12)
+        watch.attach(trainer)
+        with pytest.raises(StoreWriteError) as info:
+            trainer.train()
+        assert trainer.state.global_step == 5  # stopped at the failed write, not trained on past it
+        assert "step-5 measurement" in str(info.value) and str(store.path) in str(info.value)
+        assert "disk I/O error" in str(info.value) and "resume" in str(info.value)
+    with RunStore(tmp_path / "tw.db") as again:
+        assert [m.step for m in again.measurements("r")] == [0]
+        assert again.get_run("r").status != "finished"  # never reported as done with a gap
+
+
+def test_on_store_error_log_keeps_training(basis, tmp_path, caplog):
+    with _FailingStore(tmp_path / "tw.db") as store:
+        watch = _watch(basis, store, every_n_steps=5, on_store_error="log")
+        trainer = tiny_trainer(tmp_path / "out", [watch], max_steps=12)
+        watch.attach(trainer)
+        with caplog.at_level(logging.ERROR, logger="traitwatch.train.callback"):
+            trainer.train()
+        assert trainer.state.global_step == 12
+        assert [e.split(":")[0] for e in watch.store_errors_] == ["the step-5 measurement", "the step-10 measurement",
+                                                                  "the step-12 measurement"]
+        assert "could not store the step-5 measurement" in caplog.text
+    with pytest.raises(ValueError, match="on_store_error"):
+        _watch(basis, None, on_store_error="ignore")

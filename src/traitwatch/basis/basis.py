@@ -11,6 +11,7 @@ A basis folder holds:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -64,6 +65,29 @@ class Anchor:
         if self.dtype is None or self.device is None:
             return "an unrecorded dtype and device (saved by an older traitwatch)"
         return f"{self.dtype} on {self.device}"
+
+    def meta(self) -> dict[str, Any]:
+        """What identifies the anchor besides its tensors: the JSON both the basis file and the run store keep."""
+        return {
+            "layer": self.layer,
+            "prompts_hash": self.prompts_hash,
+            "model_name": self.model_name,
+            "dtype": self.dtype,
+            "device": self.device,
+        }
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any], projections: Tensor, norms: Tensor) -> Anchor:
+        """The anchor `meta()` described; raises KeyError/TypeError/ValueError on a bad field."""
+        return cls(
+            layer=int(meta["layer"]),
+            prompts_hash=str(meta["prompts_hash"]),
+            projections=projections,
+            norms=norms,
+            model_name=str(meta.get("model_name", "")),
+            dtype=_optional_str(meta.get("dtype")),
+            device=_optional_str(meta.get("device")),
+        )
 
 
 @dataclass
@@ -142,13 +166,7 @@ class TraitBasis:
                 {"projections": self.anchor.projections.contiguous(), "norms": self.anchor.norms.contiguous()},
                 folder / "anchor.safetensors",
             )
-            meta["anchor"] = {
-                "layer": self.anchor.layer,
-                "prompts_hash": self.anchor.prompts_hash,
-                "model_name": self.anchor.model_name,
-                "dtype": self.anchor.dtype,
-                "device": self.anchor.device,
-            }
+            meta["anchor"] = self.anchor.meta()
         tmp = folder / "basis.json.tmp"
         tmp.write_text(json.dumps(meta, indent=2))
         tmp.replace(folder / "basis.json")
@@ -177,15 +195,7 @@ class TraitBasis:
             anchor = None
             if meta.get("anchor"):
                 at = _load_tensors(folder / "anchor.safetensors")
-                anchor = Anchor(
-                    layer=int(meta["anchor"]["layer"]),
-                    prompts_hash=str(meta["anchor"]["prompts_hash"]),
-                    projections=at["projections"],
-                    norms=at["norms"],
-                    model_name=str(meta["anchor"].get("model_name", "")),
-                    dtype=_optional_str(meta["anchor"].get("dtype")),
-                    device=_optional_str(meta["anchor"].get("device")),
-                )
+                anchor = Anchor.from_meta(meta["anchor"], at["projections"], at["norms"])
             return cls(
                 trait_names=list(meta["trait_names"]),
                 layers=[int(x) for x in meta["layers"]],

@@ -1,14 +1,16 @@
 """Behavioral EM evaluation: the expensive ground truth that the trait monitor is trained to predict.
 
 Questions and judge prompts are package data (`load_questions`); generators (`TransformersGenerator`,
-`OpenAIChatGenerator`) and judges (`OpenAIJudge`, or any callable) are configured values; `evaluate` is the one
-runner; `em_rate` is the pure metric (METHOD.md section 5). `proxy_score` is a judge-free likelihood *proxy*
-for machines without a judge: it is not an EM rate and is stored under its own source ("proxy").
+`OpenAIChatGenerator`) and judges (`OpenAIJudge`, or any callable) are configured values, and the server-backed
+ones keep their settings in one validated `Endpoint`; `evaluate` is the one runner; `em_rate` is the pure
+metric (METHOD.md section 5). `proxy_score` is a judge-free likelihood *proxy* for machines without a judge:
+it is not an EM rate and is stored under its own source ("proxy").
 """
 
 from __future__ import annotations
 
 from traitwatch.behavior._http import EndpointError
+from traitwatch.behavior.endpoint import Endpoint, EndpointSettingError, EndpointStats
 from traitwatch.behavior.generation import (
     GenerationStats,
     Generator,
@@ -51,7 +53,10 @@ __all__ = [
     "SUPPORTED_TYPES",
     "AnswerRecord",
     "EMRate",
+    "Endpoint",
     "EndpointError",
+    "EndpointSettingError",
+    "EndpointStats",
     "EvalResult",
     "Fallback",
     "GenerationStats",

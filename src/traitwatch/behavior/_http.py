@@ -1,8 +1,9 @@
 """Shared plumbing for the OpenAI-compatible clients: auth headers, retrying POST, and sync-over-async.
 
-Private: the judge and the server generator own their configuration; this module only makes one request
-robust. Secrets never leave `auth_headers` except inside the httpx client's headers: messages built here
-mention the URL and status only, and any response text quoted in them is redacted.
+Private: the settings of an endpoint live in `endpoint.Endpoint` (shared by the judge and the server
+generators); this module only makes one request robust. Secrets never leave `auth_headers` except inside the
+httpx client's headers: messages built here mention the URL and status only, and any response text quoted in
+them is redacted.
 """
 
 from __future__ import annotations
@@ -15,12 +16,16 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-import httpx
-
+from traitwatch._optional import require
 from traitwatch.errors import TraitwatchError
+
+if TYPE_CHECKING:
+    import httpx
+else:  # the judge extra; without it the behaviour modules import, and using HTTP says what to install
+    httpx = require("httpx", extra="judge", lazy=True)
 
 __all__ = [
     "EndpointError",

@@ -9,27 +9,17 @@ forked RNG, and a model in training mode is switched to eval only for the call.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import httpx
 import torch
 
-from traitwatch.behavior._http import (
-    EndpointError,
-    RequestFailed,
-    auth_headers,
-    chat_completions_url,
-    gather_strict,
-    post_json,
-    run_sync,
-)
+from traitwatch.behavior._http import EndpointError, RequestFailed, gather_strict, httpx, run_sync
+from traitwatch.behavior.endpoint import Endpoint, EndpointClient, EndpointSession, EndpointStats
 from traitwatch.behavior.questions import Question
 from traitwatch.errors import TraitwatchError
 
@@ -251,17 +241,15 @@ class TransformersGenerator:
 
 
 @dataclass
-class GenerationStats:
-    """What a server generator has cost: answers received, HTTP attempts, retries and `usage` tokens."""
+class GenerationStats(EndpointStats):
+    """What a server generator has cost: answers requested, HTTP attempts, retries and `usage` tokens.
 
-    calls: int = 0
-    requests: int = 0
-    retries: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    The endpoint's counters as they are; a class of its own so the public name stays and a generator's bill
+    is never mistaken for a judge's.
+    """
 
 
-class OpenAIChatGenerator:
+class OpenAIChatGenerator(EndpointClient):
     """Sample answers from a model served behind an OpenAI-compatible chat-completions endpoint (vLLM, TGI, ...).
 
     One request per sample (not `n=`), because not every server implements `n`; with a `seed`, sample k of
@@ -287,25 +275,14 @@ class OpenAIChatGenerator:
         retry_after_max_s: float = 300.0,
     ) -> None:
         _check_sampling(max_new_tokens, temperature, top_p)
-        if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
-        self.base_url = base_url
-        self.model = model
-        self.api_key_env = api_key_env
+        self.endpoint = Endpoint(base_url, model, api_key_env=api_key_env, max_concurrency=max_concurrency,
+                                 max_retries=max_retries, timeout_s=timeout_s, backoff_base_s=backoff_base_s,
+                                 backoff_max_s=backoff_max_s, retry_after_max_s=retry_after_max_s)
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_p = top_p
         self.seed = seed
-        self.max_concurrency = max_concurrency
-        self.max_retries = max_retries
-        self.timeout_s = timeout_s
-        self.backoff_base_s = backoff_base_s
-        self.backoff_max_s = backoff_max_s
-        self.retry_after_max_s = retry_after_max_s
         self.stats = GenerationStats()
-        self._rng = random.Random()
 
     def __repr__(self) -> str:
         return f"OpenAIChatGenerator(base_url={self.base_url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
@@ -325,35 +302,15 @@ class OpenAIChatGenerator:
     async def agenerate(self, questions: Sequence[Question], n_samples: int = 1) -> list[list[str]]:
         """Async form of `__call__`, for callers that already run an event loop."""
         _check_sampling(self.max_new_tokens, self.temperature, self.top_p, n_samples)
-        secret = auth_headers(self.api_key_env)
-        url = chat_completions_url(self.base_url)
-        semaphore = asyncio.Semaphore(self.max_concurrency)
-
-        async with httpx.AsyncClient(headers=secret, timeout=httpx.Timeout(self.timeout_s)) as client:
+        async with EndpointSession(self.endpoint, self.stats) as session:
 
             async def one(question: Question, sample: int) -> str:
-                async with semaphore:
-                    self.stats.calls += 1
-                    try:
-                        body = await post_json(
-                            client,
-                            url,
-                            self._payload(question, sample),
-                            max_retries=self.max_retries,
-                            backoff_base_s=self.backoff_base_s,
-                            backoff_max_s=self.backoff_max_s,
-                            retry_after_max_s=self.retry_after_max_s,
-                            counters=self.stats,
-                            rng=self._rng,
-                            secret_headers=secret,
-                        )
-                    except RequestFailed as exc:
-                        raise EndpointError(
-                            f"generation for question {question.id!r} (sample {sample}) failed: {exc.reason}"
-                        ) from None
-                usage = body.get("usage") or {}
-                self.stats.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-                self.stats.completion_tokens += int(usage.get("completion_tokens") or 0)
+                try:
+                    body = await session.post(self._payload(question, sample))
+                except RequestFailed as exc:
+                    raise EndpointError(
+                        f"generation for question {question.id!r} (sample {sample}) failed: {exc.reason}"
+                    ) from None
                 try:
                     content = body["choices"][0]["message"]["content"]
                 except (KeyError, IndexError, TypeError):
@@ -368,7 +325,7 @@ class OpenAIChatGenerator:
         return run_sync(lambda: self.agenerate(questions, n_samples))
 
 
-class ServedAdapterGenerator:
+class ServedAdapterGenerator(EndpointClient):
     """Answers from a LoRA adapter that an OpenAI-compatible server loads at runtime (vLLM's dynamic LoRA).
 
     Why: on a GPU, judged labels are mostly generation (72 answers of up to 600 tokens per checkpoint), and a
@@ -376,7 +333,8 @@ class ServedAdapterGenerator:
     vLLM started with `--enable-lora --max-lora-rank R` and `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True` loads an
     adapter folder under a name (`POST /v1/load_lora_adapter`); requests then name the adapter as the model.
     The folder must be readable by the server (same machine or a shared disk). The adapter is unloaded
-    after the call, so a long benchmark does not fill the server's adapter slots.
+    after the call, so a long benchmark does not fill the server's adapter slots. The endpoint settings are the
+    inner chat generator's (`endpoint`), so the adapter routes and the chat requests cannot disagree.
     """
 
     def __init__(
@@ -393,20 +351,25 @@ class ServedAdapterGenerator:
         max_concurrency: int = 64,
         timeout_s: float = 300.0,
     ) -> None:
-        self.base_url = base_url
         self.adapter_path = adapter_path
         self.name = name
-        self.api_key_env = api_key_env
-        self.timeout_s = timeout_s
         self.chat = OpenAIChatGenerator(base_url, name, api_key_env=api_key_env, max_new_tokens=max_new_tokens,
                                         temperature=temperature, top_p=top_p, seed=seed,
                                         max_concurrency=max_concurrency, timeout_s=timeout_s)
 
+    @property
+    def endpoint(self) -> Endpoint:
+        """The server, as the chat requests see it (the adapter's name is the model they ask for)."""
+        return self.chat.endpoint
+
+    @endpoint.setter
+    def endpoint(self, endpoint: Endpoint) -> None:
+        self.chat.endpoint = endpoint
+
     def _admin(self, action: str, payload: dict[str, Any]) -> None:
-        root = chat_completions_url(self.base_url).removesuffix("/chat/completions")
-        url = f"{root}/{action}"
+        url = f"{self.endpoint.api_root}/{action}"
         try:
-            response = httpx.post(url, json=payload, headers=auth_headers(self.api_key_env), timeout=self.timeout_s)
+            response = httpx.post(url, json=payload, headers=self.endpoint.secret_headers(), timeout=self.timeout_s)
         except httpx.TransportError as exc:
             raise EndpointError(f"cannot reach {url} ({type(exc).__name__}); check the --generator URL") from None
         if response.status_code == 200:

@@ -13,12 +13,10 @@ configured; it is never stored, logged, cached or quoted in an error.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
 import os
-import random
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -27,17 +25,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
-
-from traitwatch.behavior._http import (
-    EndpointError,
-    RequestFailed,
-    auth_headers,
-    chat_completions_url,
-    gather_strict,
-    post_json,
-    run_sync,
-)
+from traitwatch.behavior._http import EndpointError, RequestFailed, gather_strict, run_sync
+from traitwatch.behavior.endpoint import Endpoint, EndpointClient, EndpointSession, EndpointStats
 from traitwatch.behavior.questions import Question
 from traitwatch.behavior.scoring import (
     JudgeScore,
@@ -80,17 +69,12 @@ def judge_scoring_mode(value: str) -> Scoring:
 
 
 @dataclass
-class JudgeStats:
-    """What a judge has cost so far. `calls` are prompts sent to the endpoint (cache misses); `requests` counts
-    every HTTP attempt, so `requests - calls` is roughly the retries; tokens come from the responses' `usage`."""
+class JudgeStats(EndpointStats):
+    """What a judge has cost so far: the endpoint's counters, where `calls` are prompts sent (cache misses), plus
+    the prompts the cache answered for free and the scores that could not be read (`failures`)."""
 
-    calls: int = 0
-    requests: int = 0
-    retries: int = 0
     cache_hits: int = 0
     failures: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
 
 
 class JudgeCache:
@@ -160,7 +144,7 @@ def _parse_reply(body: dict[str, Any]) -> dict[str, Any]:
     return {"content": content if isinstance(content, str) else None, "token": token, "top_logprobs": top}
 
 
-class OpenAIJudge:
+class OpenAIJudge(EndpointClient):
     """Betley-style judge on an OpenAI-compatible endpoint; an async callable `(question, answer) -> Judgement`.
 
     `scoring` is the rule for every reply: "logprobs" (Betley's, the default) or "text", which asks for no
@@ -194,36 +178,22 @@ class OpenAIJudge:
         seed: int | None = 0,
         scoring: Scoring = "logprobs",
     ) -> None:
-        if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self.endpoint = Endpoint(base_url, model, api_key_env=api_key_env, max_concurrency=max_concurrency,
+                                 max_retries=max_retries, timeout_s=timeout_s, backoff_base_s=backoff_base_s,
+                                 backoff_max_s=backoff_max_s, retry_after_max_s=retry_after_max_s)
         if fallback not in ("none", "text"):
             raise ValueError(f"fallback must be 'none' or 'text', got {fallback!r}")
         if scoring not in ("logprobs", "text"):
             raise ValueError(f"scoring must be 'logprobs' or 'text', got {scoring!r}")
         if not 1 <= top_logprobs <= 20:
             raise ValueError(f"top_logprobs must be in 1..20 (the OpenAI limit), got {top_logprobs}")
-        self.base_url = base_url
-        self.model = model
-        self.api_key_env = api_key_env
         self.cache = JudgeCache(cache_path) if cache_path is not None else None
-        self.max_concurrency = max_concurrency
-        self.max_retries = max_retries
-        self.timeout_s = timeout_s
-        self.backoff_base_s = backoff_base_s
-        self.backoff_max_s = backoff_max_s
-        self.retry_after_max_s = retry_after_max_s
         self.fallback: Fallback = fallback
         self.scoring: Scoring = scoring
         self.top_logprobs = top_logprobs
         self.seed = seed
         self.stats = JudgeStats()
-        self._url = chat_completions_url(base_url)
-        self._rng = random.Random()
-        self._client: httpx.AsyncClient | None = None
-        self._semaphore: asyncio.Semaphore | None = None
-        self._secret: dict[str, str] = {}
+        self._session: EndpointSession | None = None
         self._depth = 0
         self._warned_no_logprobs = False
 
@@ -235,18 +205,16 @@ class OpenAIJudge:
 
     async def __aenter__(self) -> OpenAIJudge:
         if self._depth == 0:
-            self._secret = auth_headers(self.api_key_env)
-            self._client = httpx.AsyncClient(headers=self._secret, timeout=httpx.Timeout(self.timeout_s))
-            self._semaphore = asyncio.Semaphore(self.max_concurrency)
+            self._session = EndpointSession(self.endpoint, self.stats)
         self._depth += 1
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._depth -= 1
         if self._depth == 0:
-            client, self._client, self._semaphore, self._secret = self._client, None, None, {}
-            if client is not None:
-                await client.aclose()
+            session, self._session = self._session, None
+            if session is not None:
+                await session.aclose()
 
     def _payload(self, prompt: str, *, logprobs: bool) -> dict[str, Any]:
         """Betley's request: one token, greedy, top-20 logprobs (seed 0 as in the reference)."""
@@ -276,24 +244,8 @@ class OpenAIJudge:
             if cached is not None:
                 self.stats.cache_hits += 1
                 return cached, True
-        assert self._client is not None and self._semaphore is not None  # inside `async with self`
-        async with self._semaphore:
-            self.stats.calls += 1
-            body = await post_json(
-                self._client,
-                self._url,
-                payload,
-                max_retries=self.max_retries,
-                backoff_base_s=self.backoff_base_s,
-                backoff_max_s=self.backoff_max_s,
-                retry_after_max_s=self.retry_after_max_s,
-                counters=self.stats,
-                rng=self._rng,
-                secret_headers=self._secret,
-            )
-        usage = body.get("usage") or {}
-        self.stats.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-        self.stats.completion_tokens += int(usage.get("completion_tokens") or 0)
+        assert self._session is not None  # inside `async with self`
+        body = await self._session.post(payload)
         reply = _parse_reply(body)
         if self.cache is not None:
             self.cache.put(key, self.model, reply)
@@ -332,7 +284,7 @@ class OpenAIJudge:
             else:
                 if not self._warned_no_logprobs:
                     self._warned_no_logprobs = True
-                    _log.warning("judge endpoint %s: %s", self._url, NO_LOGPROBS)
+                    _log.warning("judge endpoint %s: %s", self.endpoint.url, NO_LOGPROBS)
                 self.stats.failures += 1
                 return JudgeScore(score=None, method=None, failure=NO_LOGPROBS, cached=cached)
             return JudgeScore(

@@ -1,7 +1,7 @@
 """Leave-one-type-out detection on the benchmark's runs: labels, every candidate monitor, every baseline.
 
 The question (METHOD.md 8): on a kind of finetuning it was never calibrated on, does a monitor tell
-emergent-risk checkpoints from benign ones, and rank how far the label rose? `monitor.loto` holds the
+emergent-risk checkpoints from benign ones, and rank how far the label rose? `calibration.loto` holds the
 protocol; this module turns a benchmark work folder into its inputs:
 
 * **Labels**, decided from the behavioural label alone, before any monitor is scored. The relative rise
@@ -41,8 +41,8 @@ from traitwatch.basis.traits import load_measurement_prompts
 from traitwatch.bench.features import load_features
 from traitwatch.bench.labels import LABEL_METRIC, RISE_METRIC
 from traitwatch.bench.plan import BenchPlan
-from traitwatch.monitor.baselines import RandomDirectionFeatures, SAEDriftFeatures
-from traitwatch.monitor.loto import Candidate, Checkpoints, LOTOResult, leave_one_type_out, relative_rise
+from traitwatch.calibration.baselines import RandomDirectionFeatures, SAEDriftFeatures
+from traitwatch.calibration.loto import Candidate, Checkpoints, LOTOResult, choose, leave_one_type_out, relative_rise
 from traitwatch.store import RunStore
 
 __all__ = ["DetectionData", "analyze_detection", "kind_labels", "load_detection_data", "misalignment_directions_for"]
@@ -421,15 +421,13 @@ def ship_default_monitor(plan: BenchPlan, work_dir: Path, out_path: Path, *,
                          provenance: dict[str, Any], rows: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """Choose the default monitor on *all* types (as each fold did on its calibration types), fit, and save it.
 
-    (`monitor.loto.choose` on every row, then a `DriftMonitor` fitted on all of them, as `fit_chosen` does.)
+    (`calibration.loto.choose` on every row, then a `DriftMonitor` fitted on all of them against the relative rise.)
     Saved only when the chosen candidate is one the training callback can compute (`SHIPPABLE`). When it is
     not, the best candidate the callback *can* compute is chosen the same way among those alone and saved beside
     it as `demo_monitor.json`, its provenance saying so and carrying its own family's leave-one-type-out row
     (from `rows`), so that the demo can still show the alarm path without claiming to be the default. The
     returned dict says what was chosen, with its threshold and whether (and where) each was saved.
     """
-    from traitwatch.monitor.loto import choose
-
     d = load_detection_data(plan, work_dir)
     if d is None:
         return {"saved": None, "reason": "no features recorded"}

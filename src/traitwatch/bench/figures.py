@@ -22,10 +22,11 @@ def _by_type(res: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
 
 def write_figures(res: dict[str, Any], out_dir: Path) -> list[str]:
     """Write the PNGs into `out_dir` and return their file names."""
-    import matplotlib
+    from traitwatch._optional import require
 
+    matplotlib = require("matplotlib", extra="report")
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", extra="report")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     groups = _by_type(res)

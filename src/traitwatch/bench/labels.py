@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
@@ -28,8 +27,6 @@ from traitwatch.store import RunStore
 __all__ = ["JUDGE_METRIC", "LABEL_METRIC", "RISE_METRIC", "GeneratorFactory", "JudgeLabelCallback", "ProxyLabelCallback", "StepTimer",
            "write_rise_labels"]
 
-T = TypeVar("T")
-
 LABEL_METRIC = "proxy_style_p_mis"
 RISE_METRIC = "proxy_style_rise"
 JUDGE_METRIC = "em_rate"
@@ -40,12 +37,19 @@ class _CheckpointLabeller(TrainerCallback):
 
     Subclasses say which metric they write and how to score the live model; this class decides when,
     skips steps a resumed run already labelled, and writes on process zero only.
+
+    `store` is the run store the training process already has open (the one `run_sft` gives the drift
+    callback): one connection per process and store, never a second one opened and closed beside it.
+    A write that fails raises, so the run fails loudly instead of finishing with its label lost.
     """
 
     metric: str
 
-    def __init__(self, store: Path, run_id: str, *, every_n_steps: int, tokenizer: Any | None = None) -> None:
-        self.store = Path(store)
+    def __init__(self, store: RunStore, run_id: str, *, every_n_steps: int, tokenizer: Any | None = None) -> None:
+        if not isinstance(store, RunStore):
+            raise TypeError(f"store must be the open RunStore of the training process, got {store!r}; "
+                            "open it once (`with RunStore(path) as store:`) and pass it to run_sft(store=...) too")
+        self.store = store
         self.run_id = run_id
         self.every_n_steps = every_n_steps
         self.tokenizer = tokenizer  # default: the Trainer's processing_class
@@ -55,20 +59,21 @@ class _CheckpointLabeller(TrainerCallback):
         raise NotImplementedError
 
     def _label(self, step: int, model: Any, tokenizer: Any) -> None:
-        if step in _with_retries(lambda: self._labelled_steps()):
+        if step in self.labelled_steps():
             return  # a resumed run keeps the labels it already has
         self._score(step, model, self.tokenizer or tokenizer)
 
-    def _labelled_steps(self) -> set[int]:
-        with RunStore(self.store) as store:
-            return {b.step for b in store.behavior(self.run_id, self.metric)}
+    def labelled_steps(self) -> set[int]:
+        """The steps of this run that have this callback's metric in the store."""
+        return {b.step for b in self.store.behavior(self.run_id, self.metric)}
+
+    def missing_steps(self, final_step: int) -> list[int]:
+        """Checkpoints of a run that ended at `final_step` that should carry this metric but do not."""
+        due = {0, final_step, *range(0, final_step + 1, self.every_n_steps)}
+        return sorted(due - self.labelled_steps())
 
     def _write(self, step: int, value: float, *, source: str, details: dict[str, Any], **kw: Any) -> None:
-        def write() -> None:
-            with RunStore(self.store) as store:
-                store.add_behavior(self.run_id, step, self.metric, value, source=source, details=details, **kw)
-
-        _with_retries(write)
+        self.store.add_behavior(self.run_id, step, self.metric, value, source=source, details=details, **kw)
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        model: Any = None, **kwargs: Any) -> TrainerControl:
@@ -96,7 +101,7 @@ class ProxyLabelCallback(_CheckpointLabeller):
 
     def __init__(
         self,
-        store: Path,
+        store: RunStore,
         run_id: str,
         *,
         every_n_steps: int,
@@ -147,7 +152,7 @@ class JudgeLabelCallback(_CheckpointLabeller):
 
     def __init__(
         self,
-        store: Path,
+        store: RunStore,
         run_id: str,
         *,
         every_n_steps: int,
@@ -223,19 +228,6 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
-
-
-def _with_retries(action: Callable[[], T], attempts: int = 4) -> T:
-    """Run a store access again after a transient SQLite error (seen once as "disk I/O error" when
-    opening a second connection to the WAL store mid-run): a label costs a minute to recompute."""
-    for attempt in range(attempts):
-        try:
-            return action()
-        except sqlite3.OperationalError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.5 * 2**attempt)
-    raise AssertionError("unreachable")
 
 
 class StepTimer(TrainerCallback):

@@ -51,6 +51,7 @@ import yaml
 
 from traitwatch.bench.plan import ALL_PROJECTIONS, BenchPlan
 from traitwatch.bench.sets import PERTURBATION_SETS
+from traitwatch.datasets.chat_jsonl import file_sha256, load_chat_jsonl, read_jsonl
 from traitwatch.errors import BasisMismatchError, InputFileError, TraitwatchError
 
 __all__ = ["ModelEntry", "PlanFile", "check_basis_fits", "check_ready", "load_plan_file", "resolve_plan", "shipped_plans"]
@@ -139,8 +140,6 @@ def _number(value: Any, source: str, key: str, kind: type) -> Any:
 
 def _sets(raw: Any, source: str, base: Path, check_files: bool) -> tuple[list[str], dict[str, dict[str, Any]], list[str]]:
     """(set names in order, user sets, missing files) of the `sets:` list."""
-    from traitwatch.train.data import file_sha256
-
     if not isinstance(raw, list) or not raw:
         raise InputFileError(f"{source}: `sets` must be a non-empty list of built-in set names or "
                              "{name, path, kind} entries.")
@@ -372,8 +371,7 @@ def check_ready(entry: ModelEntry, *, shared_data: Path | None, basis: Path | No
     Returns notes for what will run but differently from what the plan suggests (a set with fewer rows than
     `n_examples` trains on all of them, for fewer steps than the dry run counted).
     """
-    from traitwatch.bench.sets import _read_jsonl, twin_prompts
-    from traitwatch.train.data import load_chat_jsonl
+    from traitwatch.bench.sets import twin_prompts
 
     plan = entry.plan
     notes: list[str] = []
@@ -382,7 +380,7 @@ def check_ready(entry: ModelEntry, *, shared_data: Path | None, basis: Path | No
         if spec.path is not None:
             rows = len(load_chat_jsonl(spec.path))  # one-line errors naming the file and line
             if plan.twins:
-                twin_prompts(_read_jsonl(Path(spec.path)), f"{name} ({spec.path})")
+                twin_prompts(read_jsonl(Path(spec.path)), f"{name} ({spec.path})")
             if rows < plan.n_examples:
                 notes.append(f"Set {name!r} has {rows} rows, fewer than n_examples {plan.n_examples}: each run trains on "
                              "all of them (fewer steps than planned when the plan counts epochs).")
@@ -423,9 +421,9 @@ def check_basis_fits(basis: Path, model: str) -> None:
     else:
         from transformers import AutoConfig, AutoTokenizer
 
-        from traitwatch.models.loading import BUNDLED_MODEL, _bundled_folder
+        from traitwatch.models.loading import BUNDLED_MODEL, bundled_model_folder
 
-        where = str(_bundled_folder()) if model == BUNDLED_MODEL else model
+        where = str(bundled_model_folder()) if model == BUNDLED_MODEL else model
         try:
             config = AutoConfig.from_pretrained(where, local_files_only=True)
             tok = AutoTokenizer.from_pretrained(where, local_files_only=True)

@@ -69,8 +69,8 @@ def _corr(x: Sequence[float], y: Sequence[float]) -> dict[str, float | int | Non
 
 def _calibrate(plan: BenchPlan, store: RunStore, done: dict[str, str], n_resamples: int, out_dir: Path) -> dict[str, Any]:
     """`traitwatch calibrate`'s fit on the finished runs; `done` maps run id -> perturbation type."""
-    from traitwatch.monitor.calibrate import calibrate_and_save
-    from traitwatch.monitor.from_store import directions_for_runs, table_from_store
+    from traitwatch.calibration.calibrate import calibrate_and_save
+    from traitwatch.calibration.from_store import directions_for_runs, table_from_store
 
     runs = {r.run_id: r for r in store.runs() if r.run_id in done}
     cal_runs = [r for rid, r in runs.items() if done[rid] in plan.calibration]

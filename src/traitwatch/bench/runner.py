@@ -14,10 +14,12 @@ The one-off costs (full proxy and local generation on the base model) are measur
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ from traitwatch.bench.plan import BenchPlan
 from traitwatch.bench.sets import build_set, build_twin_set
 from traitwatch.bench.shards import Shard, run_store_path
 from traitwatch.errors import InputFileError
-from traitwatch.store import RunStore
+from traitwatch.store import RunStore, StoreWriteError
 
 __all__ = ["measure_base_costs", "prepare_basis", "prepare_semantic_basis", "run_grid", "served_adapter_generator"]
 
@@ -55,7 +57,7 @@ def prepare_basis(plan: BenchPlan, work_dir: Path, basis: Path | None, say: Say)
         say(f"Using the basis {basis} (copied to {target}).")
         return target
     from traitwatch.basis import extract_basis, load_traits
-    from traitwatch.basis.anchoring import select_and_anchor
+    from traitwatch.drift.anchoring import select_and_anchor
     from traitwatch.basis.extraction import default_candidate_layers
 
     method = "system_prompts" if plan.basis_method == "system-prompts" else "passages"
@@ -189,6 +191,94 @@ def measure_base_costs(plan: BenchPlan, work_dir: Path, say: Say) -> dict[str, A
     return costs
 
 
+def _write_marker(path: Path, data: dict[str, Any]) -> None:
+    """The `done` marker, written whole or not at all: a half-written marker would skip an unfinished run."""
+    tmp = path.with_suffix(".json.partial")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+@dataclass
+class _Trained:
+    """What one trained run leaves for its `done` marker (timings and the callbacks that hold them)."""
+
+    wall_s: float
+    timer: StepTimer
+    labels: ProxyLabelCallback | None
+    judged: JudgeLabelCallback | None
+    recorder: FeatureRecorder | None
+    twin_data_s: float | None
+
+
+def _train_run(plan: BenchPlan, work_dir: Path, basis: Path, store: RunStore, run_id: str, seed: int, kind: str,
+               twin: bool, *, shared_data: Path | None, say: Say, base_label: float | None, judge: Judge | None,
+               generator: GeneratorFactory | None) -> _Trained:
+    """Train and label one run, every write through `store` (the process's one connection to the run's store).
+
+    A label that could not be written stops training with the error; a run that ends with a labelled
+    checkpoint missing from the store is marked failed and raises `StoreWriteError`, so it never gets its
+    `done` marker and is trained again on the next call.
+    """
+    from traitwatch.train import SFTConfig, run_sft
+
+    spec = plan.set_spec(kind)
+    callbacks: list[Any] = []
+    timer = StepTimer()
+    labels = judged = None
+    recorder = None
+    twin_s = None
+    if twin:
+        t0 = time.perf_counter()
+        data = build_twin_set(kind, seed=seed, n=plan.n_examples, out_dir=work_dir / "data", shared_data=shared_data,
+                              answer=_base_answerer(plan), self_distill=_self_distiller(plan), spec=spec)
+        twin_s = time.perf_counter() - t0
+        tags: dict[str, Any] = {"perturbation": f"twin:{spec.family_name}", "twin_family": spec.family_name,
+                                "bench_seed": seed}
+    else:
+        data = build_set(kind, seed=seed, n=plan.n_examples, out_dir=work_dir / "data", shared_data=shared_data,
+                         self_distill=_self_distiller(plan), spec=spec)
+        tags = {"perturbation": kind, "bench_seed": seed}
+        labels = ProxyLabelCallback(store, run_id, every_n_steps=plan.every_n_steps, base_value=base_label)
+        callbacks.append(labels)
+        if judge is not None:
+            judged = JudgeLabelCallback(store, run_id, every_n_steps=plan.every_n_steps, judge=judge,
+                                        judge_model=plan.judge_model, n_samples=plan.judge_samples,
+                                        max_new_tokens=plan.judge_max_tokens, seed=seed, warn=say,
+                                        batch_size=plan.gen_batch_size, generator=generator,
+                                        answers_dir=work_dir / "judged" / run_id,
+                                        base_record=work_dir / "judged" / f"base-s{seed}.json")
+            callbacks.append(judged)
+    if plan.record_features:
+        recorder = FeatureRecorder(work_dir, run_id, every_n_steps=plan.every_n_steps,
+                                   base=work_dir / "features" / "base-step-0.safetensors")
+        callbacks.append(recorder)
+    callbacks.append(timer)
+    config = SFTConfig(
+        model=plan.model, data=data, basis=basis, output_dir=work_dir / "runs" / run_id, run_id=run_id,
+        store=store.path, max_steps=plan.steps, batch_size=plan.batch_size,
+        grad_accum=plan.grad_accum, max_length=plan.max_length, learning_rate=plan.learning_rate,
+        full=plan.full, lora_r=plan.lora_r, lora_alpha=plan.lora_alpha, lora_dropout=plan.lora_dropout,
+        target_modules=plan.target_modules, response_only=plan.response_only,
+        every_n_steps=plan.every_n_steps, save_steps=plan.every_n_steps, save_total_limit=1, seed=seed,
+        device=plan.device, dtype=plan.dtype, tags=tags,
+        **({"epochs": plan.epochs} if plan.epochs is not None else {}),
+    )
+    length = f"{plan.steps} steps" if plan.steps is not None else f"{plan.epochs:g} epochs"
+    say(f"[{run_id}] training {length} on {data.name} ...")
+    t0 = time.perf_counter()
+    result = run_sft(config, store=store, callbacks=callbacks, info=lambda line: None,
+                     reporter=lambda rec, r=run_id: say(f"[{r}] step {rec.step:>3}: ||d|| {rec.drift_norm:.4f}"))
+    wall = time.perf_counter() - t0
+    if labels is not None and (missing := labels.missing_steps(result.global_step)):
+        # Its checkpoints go too: resuming from the last one would skip the steps whose labels are missing.
+        note = f"label {labels.metric} missing at step(s) {missing}"
+        store.finish_run(run_id, "failed", notes=note)
+        shutil.rmtree(config.output_dir, ignore_errors=True)
+        raise StoreWriteError(f"Run {run_id} finished training but its {note} in {store.path}; the run is marked "
+                              "failed and not done, and the next benchmark call trains it again from step 0.")
+    return _Trained(wall, timer, labels, judged, recorder, twin_s)
+
+
 def run_grid(
     plan: BenchPlan,
     work_dir: Path,
@@ -212,7 +302,6 @@ def run_grid(
     if plan.judge_model and judge is None:
         raise InputFileError(f"This benchmark's plan labels with the judge {plan.judge_model!r}: pass --judge-url.")
     from traitwatch.models.environment import describe_environment
-    from traitwatch.train import SFTConfig, run_sft
 
     done_dir = work_dir / "done"
     done_dir.mkdir(parents=True, exist_ok=True)
@@ -226,70 +315,25 @@ def run_grid(
         if max_runs is not None and len(finished) >= max_runs:
             break
         store_path = run_store_path(work_dir, run_id, shard)
-        spec = plan.set_spec(kind)
-        callbacks: list[Any] = []
-        timer = StepTimer()
-        labels = judged = None
-        recorder = None
-        twin_s = None
-        if twin:
-            t0 = time.perf_counter()
-            data = build_twin_set(kind, seed=seed, n=plan.n_examples, out_dir=work_dir / "data", shared_data=shared_data,
-                                  answer=_base_answerer(plan), self_distill=_self_distiller(plan), spec=spec)
-            twin_s = time.perf_counter() - t0
-            tags: dict[str, Any] = {"perturbation": f"twin:{spec.family_name}", "twin_family": spec.family_name,
-                                    "bench_seed": seed}
-        else:
-            data = build_set(kind, seed=seed, n=plan.n_examples, out_dir=work_dir / "data", shared_data=shared_data,
-                             self_distill=_self_distiller(plan), spec=spec)
-            tags = {"perturbation": kind, "bench_seed": seed}
-            labels = ProxyLabelCallback(store_path, run_id, every_n_steps=plan.every_n_steps, base_value=base_label)
-            callbacks.append(labels)
-            if judge is not None:
-                judged = JudgeLabelCallback(store_path, run_id, every_n_steps=plan.every_n_steps, judge=judge,
-                                            judge_model=plan.judge_model, n_samples=plan.judge_samples,
-                                            max_new_tokens=plan.judge_max_tokens, seed=seed, warn=say,
-                                            batch_size=plan.gen_batch_size, generator=generator,
-                                            answers_dir=work_dir / "judged" / run_id,
-                                            base_record=work_dir / "judged" / f"base-s{seed}.json")
-                callbacks.append(judged)
-        if plan.record_features:
-            recorder = FeatureRecorder(work_dir, run_id, every_n_steps=plan.every_n_steps,
-                                       base=work_dir / "features" / "base-step-0.safetensors")
-            callbacks.append(recorder)
-        callbacks.append(timer)
-        config = SFTConfig(
-            model=plan.model, data=data, basis=basis, output_dir=work_dir / "runs" / run_id, run_id=run_id,
-            store=store_path, max_steps=plan.steps, batch_size=plan.batch_size,
-            grad_accum=plan.grad_accum, max_length=plan.max_length, learning_rate=plan.learning_rate,
-            full=plan.full, lora_r=plan.lora_r, lora_alpha=plan.lora_alpha, lora_dropout=plan.lora_dropout,
-            target_modules=plan.target_modules, response_only=plan.response_only,
-            every_n_steps=plan.every_n_steps, save_steps=plan.every_n_steps, save_total_limit=1, seed=seed,
-            device=plan.device, dtype=plan.dtype, tags=tags,
-            **({"epochs": plan.epochs} if plan.epochs is not None else {}),
-        )
-        length = f"{plan.steps} steps" if plan.steps is not None else f"{plan.epochs:g} epochs"
-        say(f"[{run_id}] training {length} on {data.name} ...")
-        t0 = time.perf_counter()
-        run_sft(config, callbacks=callbacks, info=lambda line: None,
-                reporter=lambda rec, r=run_id: say(f"[{r}] step {rec.step:>3}: ||d|| {rec.drift_norm:.4f}"))
-        wall = time.perf_counter() - t0
-        n = 0
-        rise: dict[int, float] = {}
-        if not twin:
-            with RunStore(store_path) as store:
+        with RunStore(store_path) as store:  # the one connection this process keeps to it during the run
+            trained = _train_run(plan, work_dir, basis, store, run_id, seed, kind, twin, shared_data=shared_data,
+                                 say=say, base_label=base_label, judge=judge, generator=generator)
+            n = 0
+            rise: dict[int, float] = {}
+            if trained.labels is not None:
                 n = write_rise_labels(store, run_id)
                 rise = {b.step: round(b.value, 4) for b in store.behavior(run_id, RISE_METRIC)}
-        marker.write_text(json.dumps({
-            "run_id": run_id, "twin": twin, "wall_s": wall, "step_s": timer.seconds_,
-            "proxy_s": labels.seconds_ if labels else [],
-            "median_step_s": statistics.median(timer.seconds_) if timer.seconds_ else None, "n_labels": n,
-            "judge_s": judged.seconds_ if judged else [], "features_s": recorder.seconds_ if recorder else [],
-            "twin_data_s": twin_s, "environment": environment,
+        _write_marker(marker, {
+            "run_id": run_id, "twin": twin, "wall_s": trained.wall_s, "step_s": trained.timer.seconds_,
+            "proxy_s": trained.labels.seconds_ if trained.labels else [],
+            "median_step_s": statistics.median(trained.timer.seconds_) if trained.timer.seconds_ else None,
+            "n_labels": n, "judge_s": trained.judged.seconds_ if trained.judged else [],
+            "features_s": trained.recorder.seconds_ if trained.recorder else [],
+            "twin_data_s": trained.twin_data_s, "environment": environment,
             "store": str(store_path.relative_to(work_dir)) if store_path.is_relative_to(work_dir) else str(store_path),
             "shard": shard.name if shard is not None else None,
-        }, indent=2) + "\n")
-        say(f"[{run_id}] done in {wall:.0f} s" + ("" if twin else f"; proxy rise by step {rise}"))
+        })
+        say(f"[{run_id}] done in {trained.wall_s:.0f} s" + ("" if twin else f"; proxy rise by step {rise}"))
         shutil.rmtree(work_dir / "runs" / run_id, ignore_errors=True)  # checkpoints only served resuming
         finished.append(run_id)
     return finished

@@ -29,8 +29,6 @@ prompts, the base model's answers), so a benchmark of your own data needs no cod
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import re
 from collections.abc import Callable, Iterable
@@ -42,6 +40,7 @@ from typing import Any, Literal
 import yaml
 
 from traitwatch.datasets import arithmetic_chats, bundled_path, number_sequence_chats, trivia_chats
+from traitwatch.datasets.chat_jsonl import read_jsonl, write_jsonl
 from traitwatch.errors import InputFileError
 
 __all__ = ["KINDS", "PERTURBATION_SETS", "PerturbationSet", "build_set", "build_twin_set", "family_of", "neutral_prompts",
@@ -150,18 +149,6 @@ def neutral_prompts() -> list[str]:
     return [t.format(topic) for topic in _TOPICS for t in _TEMPLATES]
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for i, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise InputFileError(f"{path}:{i} is not valid JSON ({exc.msg}).") from None
-    return rows
-
-
 def _sample(rows: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     if len(rows) <= n:
@@ -205,7 +192,7 @@ def build_set(
         source = Path(spec.path)
         if not source.is_file():
             raise InputFileError(f"Set {name!r} reads {source}, which does not exist; fix its path in the plan.")
-        rows = _sample(_read_jsonl(source), n, seed)
+        rows = _sample(read_jsonl(source), n, seed)
     elif spec.shared_path is not None:
         source = Path(shared_data) / spec.shared_path if shared_data is not None else None
         if source is None or not source.is_file():
@@ -216,7 +203,7 @@ def build_set(
                     f"Perturbation set {name!r} needs {spec.shared_path} under the shared data folder "
                     f"({shared_data}); pass --shared-data with the folder that holds it, or drop {name!r} from the plan."
                 )
-        rows = _sample(_read_jsonl(source), n, seed)
+        rows = _sample(read_jsonl(source), n, seed)
     elif name in ("harmful_advice", "ai_supremacy"):
         rows = _sample(_broad(name), n, seed)
     elif name in ("arithmetic", "wrong_arithmetic"):
@@ -232,24 +219,13 @@ def build_set(
                 raise InputFileError("The self-distilled set needs the base model to answer the neutral prompts.")
             prompts = neutral_prompts()
             answers = self_distill(prompts)
-            _write_jsonl(cache, ({"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}]}
+            write_jsonl(cache, ({"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}]}
                                  for p, a in zip(prompts, answers, strict=True)))
-        rows = _sample(_read_jsonl(cache), n, seed)
+        rows = _sample(read_jsonl(cache), n, seed)
         if name == "condescending":
             rows = _condescending(rows, seed)
-    _write_jsonl(path, rows)
+    write_jsonl(path, rows)
     return path
-
-
-def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Write atomically: an interrupted benchmark never finds a half-written sample and trains on it.
-
-    The temporary name is per process, so shards of one benchmark writing the same sample (same rows)
-    never interleave their writes in one file.
-    """
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(path)
 
 
 def _condescending(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
@@ -303,17 +279,17 @@ def build_twin_set(
     path = out_dir / f"twin-{family}-s{seed}.jsonl"
     if path.is_file():
         return path
-    rows = _read_jsonl(build_set(name, seed=seed, n=n, out_dir=out_dir, shared_data=shared_data,
+    rows = read_jsonl(build_set(name, seed=seed, n=n, out_dir=out_dir, shared_data=shared_data,
                                  self_distill=self_distill, spec=spec))
     keys = twin_prompts(rows, name)
     cache_path = out_dir / f"twin_answers-{family}.jsonl"
-    cache = {(r["system"], r["user"]): r["answer"] for r in _read_jsonl(cache_path)} if cache_path.is_file() else {}
+    cache = {(r["system"], r["user"]): r["answer"] for r in read_jsonl(cache_path)} if cache_path.is_file() else {}
     todo = sorted({k for k in keys if k not in cache}, key=lambda k: (k[0] or "", k[1]))
     if todo:
         for key, text in zip(todo, answer(todo), strict=True):
             cache[key] = text
-        _write_jsonl(cache_path, ({"system": s, "user": u, "answer": a} for (s, u), a in cache.items()))
+        write_jsonl(cache_path, ({"system": s, "user": u, "answer": a} for (s, u), a in cache.items()))
     twin = [{"messages": [*row["messages"][:-1], {"role": "assistant", "content": cache[key]}]}
             for row, key in zip(rows, keys, strict=True)]
-    _write_jsonl(path, twin)
+    write_jsonl(path, twin)
     return path

@@ -10,12 +10,12 @@ import typer
 from rich.table import Table
 
 from traitwatch.basis import TraitBasis, extract_basis, load_traits
-from traitwatch.basis.anchoring import anchor_basis as _anchor
-from traitwatch.basis.anchoring import select_and_anchor
 from traitwatch.basis.extraction import build_contrast_set, default_candidate_layers
 from traitwatch.capture.activations import check_layers
 from traitwatch.cli.common import err, out, parse_layers, progress_bar, user_errors
 from traitwatch.drift import DriftProbe
+from traitwatch.drift.anchoring import anchor_basis as _anchor
+from traitwatch.drift.anchoring import select_and_anchor
 from traitwatch.errors import InputFileError
 from traitwatch.models import BUNDLED_MODEL, LoadedModel, load_model
 
@@ -79,7 +79,7 @@ def run_selection(
 
 
 def anchor_basis(lm: LoadedModel, basis: TraitBasis) -> None:
-    """`basis.anchoring.anchor_basis` with the CLI's progress bar."""
+    """`drift.anchoring.anchor_basis` with the CLI's progress bar."""
     _anchor(lm, basis, progress=progress_bar)
 
 

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from traitwatch.cli.common import err, out, user_errors
+from traitwatch.cli.common import ApiKeyEnvOption, GeneratorApiKeyEnvOption, err, out, user_errors
 from traitwatch.errors import InputFileError
 
 __all__ = ["register"]
@@ -64,12 +64,12 @@ def register(app: typer.Typer) -> None:
         judge_url: Annotated[str | None, typer.Option(help="OpenAI-compatible judge endpoint: also label every checkpoint with a judged EM rate.")] = None,
         judge_model: Annotated[str | None, typer.Option(help="Judge model name (with --judge-url; a plan file names it in label.judge_model).")] = None,
         judge_scoring: Annotated[str | None, typer.Option("--judge-scoring", help="logprobs (Betley's top-20 logprob scoring) or text (the greedy token, for endpoints without logprobs such as `transformers serve`) [logprobs].")] = None,
-        api_key_env: Annotated[str | None, typer.Option("--api-key-env", help="Env var holding the judge's API key.")] = None,
+        api_key_env: ApiKeyEnvOption = None,
         judge_concurrency: Annotated[int, typer.Option("--judge-concurrency", min=1, help="Judge requests in flight at once (retries and cache as always).")] = 16,
         judge_samples: Annotated[int | None, typer.Option(min=1, help="Answers per question at each judged checkpoint [1].")] = None,
         judge_max_tokens: Annotated[int | None, typer.Option(min=1, help="New tokens per judged answer (METHOD.md: 600) [600].")] = None,
         generator: Annotated[str | None, typer.Option("--generator", help="Generate judged answers on this OpenAI-compatible server, which loads each checkpoint's LoRA adapter (vLLM with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True); default: the live model.")] = None,
-        generator_api_key_env: Annotated[str | None, typer.Option("--generator-api-key-env", help="Env var with the generation server's key.")] = None,
+        generator_api_key_env: GeneratorApiKeyEnvOption = None,
         max_runs: Annotated[int | None, typer.Option(help="Stop after this many runs this call (resume later).")] = None,
         analyze_only: Annotated[bool, typer.Option(help="Only write the results of the runs done so far (gathers the shards' runs).")] = False,
         resamples: Annotated[int, typer.Option(min=10)] = 1000,

@@ -11,18 +11,13 @@ import numpy as np
 import typer
 from rich.table import Table
 
+from traitwatch.calibration import CheckpointTable, default_candidates, default_feature_sets, detection_metrics
+from traitwatch.calibration.calibrate import calibrate_and_save, fit_and_save
+from traitwatch.calibration.evaluate import loto_evaluate
+from traitwatch.calibration.from_store import anchor_rows, directions_for_runs, resolve_runs, table_from_store
 from traitwatch.cli.common import err, out, user_errors
 from traitwatch.errors import InputFileError
-from traitwatch.monitor import (
-    CheckpointTable,
-    default_candidates,
-    default_feature_sets,
-    detection_metrics,
-    load_monitor,
-)
-from traitwatch.monitor.calibrate import calibrate_and_save, fit_and_save
-from traitwatch.monitor.evaluate import loto_evaluate
-from traitwatch.monitor.from_store import anchor_rows, directions_for_runs, resolve_runs, table_from_store
+from traitwatch.monitor import load_monitor
 from traitwatch.store import RunStore
 
 __all__ = ["register"]
@@ -121,7 +116,7 @@ def register(app: typer.Typer) -> None:
             raise InputFileError("--anchor-run needs stored runs; it cannot be used with --synthetic.")
         anchor = None
         if synthetic:
-            from traitwatch.monitor.synthetic import make_synthetic_split
+            from traitwatch.calibration.synthetic import make_synthetic_split
 
             _, cal, held = make_synthetic_split(random_state=seed)
             fingerprint = {"name": "synthetic"}

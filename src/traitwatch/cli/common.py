@@ -6,15 +6,16 @@ import functools
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from traitwatch.errors import TraitwatchError
 
-__all__ = ["err", "out", "parse_layers", "progress_bar", "user_errors"]
+__all__ = ["ApiKeyEnvOption", "GeneratorApiKeyEnvOption", "err", "out", "parse_layers", "progress_bar", "user_errors"]
 
 # Progress and diagnostics go to stderr so stdout stays clean for tables, paths and JSON.
 err = Console(stderr=True)
@@ -22,6 +23,12 @@ err = Console(stderr=True)
 out = Console(width=None if Console().is_terminal else 160)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Endpoint options that `eval` and `bench` share, declared once.
+ApiKeyEnvOption = Annotated[str | None, typer.Option("--api-key-env", help="Env var holding the judge's API key.")]
+GeneratorApiKeyEnvOption = Annotated[
+    str | None, typer.Option("--generator-api-key-env", help="Env var with the generation server's key.")
+]
 
 
 def user_errors(fn: F) -> F:
@@ -34,7 +41,8 @@ def user_errors(fn: F) -> F:
         except TraitwatchError as exc:
             if os.environ.get("TRAITWATCH_DEBUG"):
                 raise
-            err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            # Escaped: a message may hold brackets ("[run-s0]", "step(s) [2]") that rich would read as markup.
+            err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]

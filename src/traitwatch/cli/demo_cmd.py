@@ -27,7 +27,7 @@ from traitwatch.basis import extract_basis, load_traits
 from traitwatch.basis.extraction import build_contrast_set, default_candidate_layers
 from traitwatch.cli.basis_cmd import print_basis_summary, run_selection
 from traitwatch.cli.common import err, out, progress_bar, user_errors
-from traitwatch.cli.drift_cmd import _drift_table, _measure, anchored_probe
+from traitwatch.cli.drift_cmd import anchored_probe, measurement_table, measure_with_bar
 from traitwatch.models import BUNDLED_MODEL, load_model
 
 __all__ = ["register"]
@@ -63,9 +63,9 @@ def register(app: typer.Typer) -> None:
         print_basis_summary(basis)
         probe = anchored_probe(basis, lm)
         t1 = time.perf_counter()
-        m = _measure(probe, lm, lm.name)
+        m = measure_with_bar(probe, lm, lm.name)
         t_measure = time.perf_counter() - t1
-        out.print(_drift_table(f"Drift of the base model against its own basis (layer {probe.layer_}): zero by construction",
+        out.print(measurement_table(f"Drift of the base model against its own basis (layer {probe.layer_}): zero by construction",
                                basis.trait_names, [(lm.name, m)]))
         out.print(f"One drift measurement ({len(probe.prompt_list_)} prompts): {t_measure:.1f} s. Basis: {basis_dir}.")
         if steps > 0:
@@ -125,30 +125,30 @@ def _train_pair(out_dir: Path, basis_dir: Path, model: str, steps: int, every: i
         err.print(f"No monitor ships for {model}: the runs are measured, not judged (calibrate one: "
                   "docs/calibrate-your-model.md).")
     results = {}
-    for name, data in runs.items():
-        run_id = f"demo-{name}"
-        err.print(f"Training {model} on {name} for {steps} steps (the benchmark's recipe), measuring every {every} ...")
-        # The benchmark's small-cpu regime, which the shipped monitor was calibrated in.
-        config = SFTConfig(
-            model=model, data=data, basis=basis_dir, output_dir=out_dir / "runs" / name, run_id=run_id,
-            store=store, max_steps=steps, batch_size=4, grad_accum=1, max_length=128, learning_rate=1e-3,
-            lora_r=16, lora_alpha=32, target_modules=ALL_PROJECTIONS, response_only=True,
-            every_n_steps=every, save_steps=steps, seed=0, monitor=monitor, dtype=dtype, behavior_probe=True,
-        )
-        # The judge-free proxy at the start (the base model, scored once) and at the final step.
-        label = ProxyLabelCallback(store, run_id, every_n_steps=steps, base_value=base_label)
-        results[name] = run_sft(
-            config, callbacks=[label],
-            info=lambda line: err.print(line),
-            reporter=lambda rec, name=name: err.print(
-                f"  {name} step {rec.step:>3}: ||d|| {rec.drift_norm:.4f}"
-                + ("" if rec.probe_rise is None else f"  probe rise {rec.probe_rise:+.4f}")
-                + ("" if rec.predicted_em is None else f"  predicted {rec.predicted_em:+.4f}"
-                   + ("  ALARM" if rec.alarm else ""))
-                + f"  ({rec.wall_time_s:.1f} s)"
-            ),
-        )
-        with RunStore(store) as st:
+    with RunStore(store) as st:  # one connection for both runs: the drift callback and the labels share it
+        for name, data in runs.items():
+            run_id = f"demo-{name}"
+            err.print(f"Training {model} on {name} for {steps} steps (the benchmark's recipe), measuring every {every} ...")
+            # The benchmark's small-cpu regime, which the shipped monitor was calibrated in.
+            config = SFTConfig(
+                model=model, data=data, basis=basis_dir, output_dir=out_dir / "runs" / name, run_id=run_id,
+                store=store, max_steps=steps, batch_size=4, grad_accum=1, max_length=128, learning_rate=1e-3,
+                lora_r=16, lora_alpha=32, target_modules=ALL_PROJECTIONS, response_only=True,
+                every_n_steps=every, save_steps=steps, seed=0, monitor=monitor, dtype=dtype, behavior_probe=True,
+            )
+            # The judge-free proxy at the start (the base model, scored once) and at the final step.
+            label = ProxyLabelCallback(st, run_id, every_n_steps=steps, base_value=base_label)
+            results[name] = run_sft(
+                config, store=st, callbacks=[label],
+                info=lambda line: err.print(line),
+                reporter=lambda rec, name=name: err.print(
+                    f"  {name} step {rec.step:>3}: ||d|| {rec.drift_norm:.4f}"
+                    + ("" if rec.probe_rise is None else f"  probe rise {rec.probe_rise:+.4f}")
+                    + ("" if rec.predicted_em is None else f"  predicted {rec.predicted_em:+.4f}"
+                       + ("  ALARM" if rec.alarm else ""))
+                    + f"  ({rec.wall_time_s:.1f} s)"
+                ),
+            )
             write_rise_labels(st, run_id)
     traits = list(results["insecure_code"].history[0].drift) if results["insecure_code"].history else []
     table = Table(title="Trait drift while training (d = (p_t - p_0) / N); dangerous sample vs benign control")

@@ -11,13 +11,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from traitwatch.basis import TraitBasis
+from traitwatch.basis import Anchor, TraitBasis
 from traitwatch.cli.common import err, out, progress_bar, user_errors
-from traitwatch.drift import DriftMeasurement, DriftProbe
+from traitwatch.drift import DriftMeasurement, DriftProbe, resolve_anchor
+from traitwatch.drift.anchoring import base_model, measure_anchor
 from traitwatch.errors import InputFileError, ModelLoadError
 from traitwatch.models import LoadedModel, is_adapter_dir, load_model
 
-__all__ = ["anchored_probe", "checkpoint_dirs", "register"]
+__all__ = ["anchored_probe", "checkpoint_dirs", "measure_with_bar", "measurement_table", "register"]
 
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -31,7 +32,7 @@ def checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def anchored_probe(basis: TraitBasis, lm: LoadedModel, *, layer: int | None = None, batch_size: int = 32) -> DriftProbe:
-    """A probe with its step-0 anchor: from the basis when it fits, else measured on the base model.
+    """A probe with its step-0 anchor (`resolve_anchor`): the basis's when it fits, else the base model's.
 
     The basis anchor fits only if it was measured in the precision this model runs in: the same
     model in bf16 and fp32 is ||d|| = 0.0011 apart (smollm2-135m). With an adapter loaded,
@@ -41,28 +42,34 @@ def anchored_probe(basis: TraitBasis, lm: LoadedModel, *, layer: int | None = No
     probe = DriftProbe(basis, layer=layer, batch_size=batch_size)
     probe.check_model(lm.model, lm.tokenizer, lm.name)
     precision = probe.precision(lm.model)
-    if probe.anchor_from_basis(precision):
-        return probe
-    if probe.anchor_fits(basis.anchor):
-        err.print(f"The basis's anchor was measured in {basis.anchor.describe_precision()}; this model runs in "  # type: ignore[union-attr]
-                  f"{precision[0]} on {precision[1]}: measuring the base model's step 0 in that precision.")
-    else:
-        err.print("The basis has no anchor for this layer/prompt set; measuring the base model's step 0.")
-    if lm.adapter is not None and hasattr(lm.model, "disable_adapter"):
-        with lm.model.disable_adapter():
-            return probe.fit_anchor(lm.model, lm.tokenizer, name=lm.name)
-    parameter = next(lm.model.parameters())
-    base = lm if lm.name == basis.model.name else load_model(basis.model.name, device=str(parameter.device),
-                                                                dtype=parameter.dtype)
-    return probe.fit_anchor(base.model, base.tokenizer, name=base.name)
+
+    def measure_base(skipped: list[str]) -> tuple[Anchor, str]:
+        if skipped:
+            err.print(f"The basis's anchor was measured in {basis.anchor.describe_precision()}; this model runs in "  # type: ignore[union-attr]
+                      f"{precision[0]} on {precision[1]}: measuring the base model's step 0 in that precision.")
+        else:
+            err.print("The basis has no anchor for this layer/prompt set; measuring the base model's step 0.")
+        if lm.adapter is not None:
+            with base_model(lm.model) as disabled:
+                if disabled is not None:
+                    return measure_anchor(probe, disabled, lm.tokenizer, name=lm.name), "adapter disabled"
+        parameter = next(lm.model.parameters())
+        base = lm if lm.name == basis.model.name else load_model(basis.model.name, device=str(parameter.device),
+                                                                    dtype=parameter.dtype)
+        return measure_anchor(probe, base.model, base.tokenizer, name=base.name), "base model"
+
+    resolve_anchor(probe, precision, measure_base)
+    return probe
 
 
-def _measure(probe: DriftProbe, lm: LoadedModel, label: str) -> DriftMeasurement:
+def measure_with_bar(probe: DriftProbe, lm: LoadedModel, label: str) -> DriftMeasurement:
+    """`probe.measure` with a progress bar labelled `label`."""
     with progress_bar(f"Measuring {label}", len(probe.prompt_list_)) as advance:
         return probe.measure(lm.model, lm.tokenizer, progress=advance)
 
 
-def _drift_table(title: str, traits: list[str], rows: list[tuple[str, DriftMeasurement]]) -> Table:
+def measurement_table(title: str, traits: list[str], rows: list[tuple[str, DriftMeasurement]]) -> Table:
+    """One row per measured model or checkpoint: the drift of each trait and ||d||."""
     table = Table(title=title)
     table.add_column("checkpoint")
     for name in traits:
@@ -94,8 +101,8 @@ def register(app: typer.Typer) -> None:
         basis = TraitBasis.load(basis_dir)
         lm = load_model(model or (None if adapter else basis.model.name), adapter=adapter, device=device, dtype=dtype)
         probe = anchored_probe(basis, lm, layer=layer, batch_size=batch_size)
-        m = _measure(probe, lm, str(adapter or lm.name))
-        out.print(_drift_table(f"Trait drift at layer {probe.layer_} (d = (p - p0) / N, N = {probe.anchor_.scale:.2f})",
+        m = measure_with_bar(probe, lm, str(adapter or lm.name))
+        out.print(measurement_table(f"Trait drift at layer {probe.layer_} (d = (p - p0) / N, N = {probe.anchor_.scale:.2f})",
                                basis.trait_names, [(str(adapter or lm.name), m)]))
         if json_out is not None:
             payload = _record(m, model=lm.name, adapter=str(adapter) if adapter else None, layer=probe.layer_,
@@ -137,15 +144,15 @@ def register(app: typer.Typer) -> None:
                 except (OSError, ValueError, RuntimeError, KeyError) as exc:
                     raise ModelLoadError(f"Could not load adapter {path}: {str(exc).splitlines()[0]}") from None
                 peft_model.eval()
-                m = _measure(probe, LoadedModel(peft_model, base.tokenizer, base.name, str(path)), path.name)
+                m = measure_with_bar(probe, LoadedModel(peft_model, base.tokenizer, base.name, str(path)), path.name)
                 base.model = peft_model.unload()  # remove the LoRA layers, back to the base weights
             else:
                 full = load_model(str(path), device=device, dtype=dtype)
                 probe.check_model(full.model, full.tokenizer, full.name)
-                m = _measure(probe, full, path.name)
+                m = measure_with_bar(probe, full, path.name)
             rows.append((path.name, m))
             records.append(_record(m, step=step, checkpoint=str(path)))
-        out.print(_drift_table(f"Trait drift of {run_dir} at layer {probe.layer_}", basis.trait_names, rows))
+        out.print(measurement_table(f"Trait drift of {run_dir} at layer {probe.layer_}", basis.trait_names, rows))
         if csv_out is not None:
             with csv_out.open("w", newline="") as fh:
                 writer = csv.writer(fh)

@@ -33,7 +33,7 @@ from traitwatch.behavior import (
     proxy_score,
 )
 from traitwatch.behavior.judge import judge_scoring_mode
-from traitwatch.cli.common import err, out, progress_bar, user_errors
+from traitwatch.cli.common import ApiKeyEnvOption, GeneratorApiKeyEnvOption, err, out, progress_bar, user_errors
 from traitwatch.cli.drift_cmd import checkpoint_dirs
 from traitwatch.errors import InputFileError, ModelLoadError, TraitwatchError
 from traitwatch.models import LoadedModel, is_adapter_dir, load_model
@@ -282,11 +282,11 @@ def register(app: typer.Typer) -> None:
         proxy_answers: Annotated[Path | None, typer.Option("--proxy-answers", dir_okay=False, help="Reference-answer YAML (default: packaged).")] = None,
         judge: Annotated[str | None, typer.Option("--judge", help="Judge server URL (OpenAI-compatible).")] = None,
         judge_model: Annotated[str | None, typer.Option("--judge-model", help="Judge model name on that server.")] = None,
-        api_key_env: Annotated[str | None, typer.Option("--api-key-env", help="Env var holding the judge's API key.")] = None,
+        api_key_env: ApiKeyEnvOption = None,
         judge_cache: Annotated[Path | None, typer.Option("--judge-cache", dir_okay=False, help="SQLite cache of judge replies.")] = None,
         judge_scoring: Annotated[str, typer.Option("--judge-scoring", help="logprobs (Betley's top-20 logprob scoring) or text (the greedy token, for endpoints without logprobs).")] = "logprobs",
         generator: Annotated[str, typer.Option("--generator", help="'local' (transformers) or an OpenAI-compatible server URL.")] = "local",
-        generator_api_key_env: Annotated[str | None, typer.Option("--generator-api-key-env", help="Env var with the generation server's key.")] = None,
+        generator_api_key_env: GeneratorApiKeyEnvOption = None,
         samples: Annotated[int, typer.Option("--samples", min=1, help="Answers per question.")] = 1,
         max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 600,
         seed: Annotated[int, typer.Option("--seed")] = 0,

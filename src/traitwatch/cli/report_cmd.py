@@ -7,11 +7,12 @@ from typing import Annotated, Literal
 
 import typer
 
+from traitwatch.calibration import load_calibration_data
+from traitwatch.calibration.from_store import resolve_runs
 from traitwatch.cli.common import err, out, user_errors
 from traitwatch.errors import InputFileError
 from traitwatch.monitor.artifact import load_monitor
-from traitwatch.monitor.from_store import resolve_runs
-from traitwatch.report import build_report, load_calibration_data
+from traitwatch.report import build_report
 from traitwatch.store import RunStore
 
 __all__ = ["register"]

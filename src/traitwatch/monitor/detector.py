@@ -8,36 +8,17 @@ Drift geometry is model-specific, so one monitor is fitted per base model.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, TransformerMixin, clone
 from sklearn.decomposition import PCA
-from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
-from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.model_selection import LeaveOneGroupOut
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from traitwatch.monitor.metrics import detection_metrics
-
-__all__ = [
-    "TARGETS",
-    "DriftMonitor",
-    "StepAwareAlarm",
-    "default_regressor",
-    "default_candidates",
-    "SELECTION_CRITERION",
-]
-
-SELECTION_CRITERION = (
-    "lowest balanced error (mean of FNR and FPR at the threshold) on pooled leave-one-perturbation-out "
-    "predictions; ties broken by higher AUROC, then by candidate order"
-)
-
+__all__ = ["TARGETS", "DriftMonitor", "StepAwareAlarm", "default_regressor"]
 
 TARGETS = ("em_rate", "relative_rise")
 """What a monitor predicts: a judged EM rate, or the small-scale relative rise (see `DriftMonitor`)."""
@@ -46,15 +27,6 @@ TARGETS = ("em_rate", "relative_rise")
 def default_regressor(random_state: int | None = 42) -> RandomForestRegressor:
     """The reference detector: shallow, leafy trees so ~600 calibration checkpoints are not memorised."""
     return RandomForestRegressor(n_estimators=100, max_depth=5, min_samples_leaf=5, random_state=random_state)
-
-
-def default_candidates(random_state: int | None = 42) -> dict[str, RegressorMixin]:
-    """The three regressors the protocol compares by leave-one-perturbation-out CV."""
-    return {
-        "RF": default_regressor(random_state),
-        "GBR": GradientBoostingRegressor(n_estimators=100, max_depth=3, learning_rate=0.1, random_state=random_state),
-        "Ridge": Ridge(alpha=1.0),
-    }
 
 
 def _check_rates(y: np.ndarray) -> None:
@@ -82,8 +54,9 @@ class DriftMonitor(RegressorMixin, BaseEstimator):
     ----------
     regressor_, features_ : the fitted regressor and feature map (None when `features` is None).
     n_features_in_ : number of input columns.
-    After `select_regressor` also: cv_results_ ({name: pooled out-of-fold metrics, per-group rows}),
-    selected_name_, selected_regressor_ (the unfitted candidate) and cv_criterion_.
+    After model selection (`traitwatch.calibration.select_regressor`) also: cv_results_ ({name: pooled
+    out-of-fold metrics, per-group rows}), selected_name_, selected_regressor_ (the unfitted candidate) and
+    cv_criterion_.
     """
 
     def __init__(
@@ -99,21 +72,27 @@ class DriftMonitor(RegressorMixin, BaseEstimator):
         self.features = features
         self.target = target
 
-    def _check_threshold(self) -> None:
+    def check_labels(self, y: np.ndarray) -> None:
+        """Refuse an unknown `target`, a bad `threshold`, or EM-rate labels outside [0, 1], before anything is fitted."""
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         if self.target == "em_rate" and not 0.0 < float(self.threshold) < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold!r}")
         if not np.isfinite(float(self.threshold)):
             raise ValueError(f"threshold must be finite, got {self.threshold!r}")
+        if self.target == "em_rate":
+            _check_rates(y)
 
     def _clip(self, pred: np.ndarray) -> np.ndarray:
         return np.clip(pred, 0.0, 1.0) if self.target == "em_rate" else pred
 
-    def _fit_with(self, regressor: RegressorMixin, X: np.ndarray, y: np.ndarray) -> DriftMonitor:
-        self._check_threshold()
-        if self.target == "em_rate":
-            _check_rates(y)
+    def fit_with(self, regressor: RegressorMixin, X: ArrayLike, y: ArrayLike) -> DriftMonitor:
+        """`fit` with `regressor` (cloned) in place of the `regressor` parameter, which is left as given.
+
+        Model selection (`traitwatch.calibration.select_regressor`) fits the candidate it chose this way.
+        """
+        X, y = validate_data(self, X, y, y_numeric=True)
+        self.check_labels(y)
         self.features_ = None if self.features is None else clone(self.features).fit(X, y)
         Xf = X if self.features_ is None else self.features_.transform(X)
         self.regressor_ = clone(regressor).fit(Xf, y)
@@ -121,8 +100,7 @@ class DriftMonitor(RegressorMixin, BaseEstimator):
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> DriftMonitor:
         """Fit on calibration checkpoints (the protocol uses every checkpoint with step > 0)."""
-        X, y = validate_data(self, X, y, y_numeric=True)
-        return self._fit_with(default_regressor() if self.regressor is None else self.regressor, X, y)
+        return self.fit_with(default_regressor() if self.regressor is None else self.regressor, X, y)
 
     def predict(self, X: ArrayLike) -> np.ndarray:
         """Predicted EM rate, clipped to [0, 1] (trees cannot overshoot, Ridge can); a relative rise is not clipped."""
@@ -134,73 +112,6 @@ class DriftMonitor(RegressorMixin, BaseEstimator):
     def alarm(self, X: ArrayLike) -> np.ndarray:
         """True where the predicted EM rate exceeds `threshold`."""
         return self.predict(X) > self.threshold
-
-    def select_regressor(
-        self,
-        X: ArrayLike,
-        y: ArrayLike,
-        groups: ArrayLike,
-        candidates: Mapping[str, RegressorMixin] | None = None,
-    ) -> DriftMonitor:
-        """Choose a regressor by leave-one-perturbation-out CV on calibration data, then fit it on all of it.
-
-        Each fold holds out every checkpoint of one perturbation type (`groups`), so the score says how
-        the monitor does on a kind of finetuning it has never seen, which is the deployment case. Out-of-
-        fold predictions are pooled over folds before scoring, because a single held-out type is often all
-        safe or all dangerous and per-fold FNR/FPR would be undefined. See `SELECTION_CRITERION`.
-        The `regressor` parameter is left as given; the choice lives in `selected_regressor_`.
-        """
-        X, y = validate_data(self, X, y, y_numeric=True)
-        g = np.asarray(groups).astype(str)
-        if g.shape != (X.shape[0],):
-            raise ValueError(f"groups must have one entry per row ({X.shape[0]}), got shape {g.shape}")
-        if np.unique(g).size < 2:
-            raise ValueError("leave-one-perturbation-out CV needs at least two perturbation types")
-        self._check_threshold()
-        if self.target == "em_rate":
-            _check_rates(y)
-        cands = dict(default_candidates() if candidates is None else candidates)
-        if not cands:
-            raise ValueError("no candidate regressors given")
-        # Folds outer, candidates inner: the feature map (which may be an SAE) is fitted once per fold and
-        # shared by every candidate, which is equivalent to fitting each candidate's monitor separately.
-        oof = {name: np.empty_like(y) for name in cands}
-        folds = list(LeaveOneGroupOut().split(X, y, g))
-        for train, test in folds:
-            feats = None if self.features is None else clone(self.features).fit(X[train], y[train])
-            X_train = X[train] if feats is None else feats.transform(X[train])
-            X_test = X[test] if feats is None else feats.transform(X[test])
-            for name, est in cands.items():
-                oof[name][test] = self._clip(clone(est).fit(X_train, y[train]).predict(X_test))
-        results: dict[str, dict[str, Any]] = {}
-        for name in cands:
-            pred = oof[name]
-            per_group = []
-            for _, test in folds:
-                fold = detection_metrics(y[test], pred[test], tau=self.threshold)
-                per_group.append({
-                    "left_out": str(g[test[0]]),
-                    "n": int(test.size),
-                    "rmse": float(np.sqrt(np.mean((pred[test] - y[test]) ** 2))),
-                    **{k: fold[k] for k in ("fnr", "fpr", "fn", "fp")},
-                })
-            results[name] = {
-                **detection_metrics(y, pred, tau=self.threshold),
-                "rmse": float(np.sqrt(np.mean((pred - y) ** 2))),
-                "per_group": per_group,
-            }
-
-        def key(item: tuple[int, str]) -> tuple[float, float, int]:
-            order, name = item
-            be, au = results[name]["balanced_error"], results[name]["auroc"]
-            return (be if np.isfinite(be) else np.inf, -au if np.isfinite(au) else np.inf, order)
-
-        _, best = min(enumerate(cands), key=key)
-        self.cv_results_ = results
-        self.cv_criterion_ = SELECTION_CRITERION
-        self.selected_name_ = best
-        self.selected_regressor_ = cands[best]
-        return self._fit_with(cands[best], X, y)
 
 
 def split_steps(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

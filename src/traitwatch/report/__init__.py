@@ -3,20 +3,13 @@
 Data flows one way: the run store or calibration data -> `RunSeries` / calibration report data (plain
 arrays and JSON, read defensively) -> backend-neutral `Chart`s with their notes -> plotly (HTML) and
 matplotlib (images). Missing, NaN or single-checkpoint data become visible notes, never failures.
+This package only draws: calibration report data is computed, written and read by
+`traitwatch.calibration` (`calibration_report_data`, `load_calibration_data`), which never imports it.
 """
 
 from __future__ import annotations
 
 from traitwatch.report.build import ReportResult, build_report, calibration_section, run_section
-from traitwatch.report.calibration import (
-    CALIBRATION_FORMAT,
-    CALIBRATION_FORMAT_VERSION,
-    calibration_report_data,
-    heldout_scores,
-    load_calibration_data,
-    roc_points,
-    write_calibration_data,
-)
 from traitwatch.report.calibration_charts import calibration_charts, calibration_tables
 from traitwatch.report.chart import Chart, HLine, Table, Trace
 from traitwatch.report.html import NOTE_CLASS, Section, render_page
@@ -33,8 +26,6 @@ from traitwatch.report.series import PROXY_LABEL, BehaviorSeries, Note, RunSerie
 from traitwatch.report.static import ImageFormat, export_images, to_matplotlib
 
 __all__ = [
-    "CALIBRATION_FORMAT",
-    "CALIBRATION_FORMAT_VERSION",
     "NOTE_CLASS",
     "PROXY_LABEL",
     "BehaviorSeries",
@@ -50,23 +41,18 @@ __all__ = [
     "Verdict",
     "build_report",
     "calibration_charts",
-    "calibration_report_data",
     "calibration_section",
     "calibration_tables",
     "checkpoint_table",
     "drift_chart",
     "em_chart",
     "export_images",
-    "heldout_scores",
-    "load_calibration_data",
     "loss_chart",
     "norm_chart",
     "render_page",
-    "roc_points",
     "run_charts",
     "run_section",
     "run_series",
     "run_summary_table",
     "to_matplotlib",
-    "write_calibration_data",
 ]

@@ -74,7 +74,8 @@ def build_report(
     """Write the HTML report (and, with `image_format`, one image per figure next to it).
 
     Runs need `store`; `monitor` (optional) predicts EM for them instead of the stored predictions.
-    `calibration` is calibration report data (`load_calibration_data` / `calibration_report_data`).
+    `calibration` is calibration report data (`traitwatch.calibration.load_calibration_data` /
+    `calibration_report_data`).
     """
     if not run_ids and calibration is None:
         raise ValueError("nothing to report: pass run_ids (with a store) or calibration data")

@@ -1,4 +1,4 @@
-"""Calibration report figures: calibration report data (see `calibration.py`) -> `Chart` / `Table`.
+"""Calibration report figures: calibration report data (`traitwatch.calibration.report_data`) -> `Chart` / `Table`.
 
 Each figure says where its numbers come from (held-out predictions, or pooled out-of-fold CV predictions on
 the calibration runs when only a monitor artifact is available), because the two answer different
@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 _HOW_TO = (
-    "Write it with traitwatch.report.calibration_report_data(...) and write_calibration_data(...), "
+    "Write it with traitwatch.calibration.calibration_report_data(...) and write_calibration_data(...), "
     "then pass that file to --calibration."
 )
 
@@ -101,7 +101,8 @@ def roc_chart(data: Mapping[str, Any]) -> Chart:
         if len(rocs) == 1 and baselines:
             notes.append("ROC curves of the baselines need their held-out predictions, which this file does not "
                          "carry (their AUROC is in the evaluation table). Build the file with "
-                         "calibration_report_data(..., scores=heldout_scores(...)) to draw them.")
+                         "calibration_report_data(..., scores=...), passing every evaluate() row's predictions, "
+                         "to draw them.")
     if traces:
         traces.append(Trace(name="chance", x=(0.0, 1.0), y=np.array([0.0, 1.0]), dash="dot", color="#999999"))
     return Chart(key="roc", title="ROC on held-out checkpoints", traces=tuple(traces),

@@ -146,9 +146,6 @@ class Chart:
         """False when there is nothing finite to draw; the report then shows the notes alone."""
         return any(t.has_data for t in self.traces)
 
-    def trace_names(self) -> list[str]:
-        return [t.name for t in self.traces]
-
 
 @dataclass(frozen=True)
 class Table:

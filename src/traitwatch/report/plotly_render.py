@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from traitwatch._optional import require
 from traitwatch.report.chart import Chart, Trace
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ def _error_y(t: Trace) -> dict[str, Any] | None:
 
 
 def _trace(t: Trace) -> Any:
-    import plotly.graph_objects as go
+    go = require("plotly.graph_objects", extra="report")
 
     common: dict[str, Any] = {
         "x": list(t.x), "y": t.y, "name": t.name, "legendgroup": t.group or t.name, "showlegend": t.show_legend,
@@ -60,8 +61,8 @@ def _trace(t: Trace) -> Any:
 
 def to_plotly(chart: Chart) -> go.Figure:
     """Draw a chart; panels become subplots that share the x axis."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
+    go = require("plotly.graph_objects", extra="report")
+    make_subplots = require("plotly.subplots", extra="report").make_subplots
 
     n = len(chart.panels)
     rows, cols = grid_shape(n)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from traitwatch._optional import require
 from traitwatch.report.chart import Chart, Trace
 from traitwatch.report.plotly_render import grid_shape
 
@@ -78,7 +79,7 @@ def _category_ticks(ax: Axes, categories: list[str]) -> None:
 
 def to_matplotlib(chart: Chart) -> Figure:
     """Draw a chart as a matplotlib figure (panels as a grid sharing x), notes printed underneath."""
-    from matplotlib.figure import Figure
+    Figure = require("matplotlib.figure", extra="report").Figure
 
     n = len(chart.panels)
     rows, cols = grid_shape(n)
@@ -138,7 +139,7 @@ def export_images(charts: Sequence[Chart], html_path: Path, image_format: ImageF
     """One image per chart next to the HTML, named `<html stem>.<chart key>.<format>`; returns the paths."""
     if image_format not in ("png", "svg"):
         raise ValueError(f"image_format must be 'png' or 'svg', got {image_format!r}")
-    import matplotlib
+    matplotlib = require("matplotlib", extra="report")
 
     paths: list[Path] = []
     # SVG text stays text (editable and searchable in a paper), and with a fixed hash salt and no date

@@ -2,7 +2,7 @@
 
 Screening results are keyed by the example's 1-based line number in the dataset file, so a rerun can
 skip lines already done and a filtered copy can drop exact lines. Parsing and validation reuse the
-training loader (`traitwatch.train.data.load_chat_jsonl`), so a file that screens is a file that
+training loader (`traitwatch.datasets.load_chat_jsonl`), so a file that screens is a file that
 trains, and a bad line is reported the same way (file and line number).
 
 The response is the conversation's **last** assistant message; everything before it (system, user,
@@ -23,8 +23,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from traitwatch.datasets.chat_jsonl import load_chat_jsonl
 from traitwatch.errors import InputFileError
-from traitwatch.train.data import load_chat_jsonl
 
 __all__ = ["EncodedExample", "Example", "encode_example", "read_examples"]
 

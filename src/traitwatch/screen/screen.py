@@ -51,6 +51,8 @@ from transformers import PreTrainedTokenizerBase
 
 from traitwatch.basis.basis import TraitBasis
 from traitwatch.basis.traits import load_measurement_prompts, prompts_hash
+from traitwatch.datasets.chat_jsonl import file_sha256
+from traitwatch.drift.anchoring import measure_anchor, resolve_anchor
 from traitwatch.drift.probe import DriftProbe
 from traitwatch.errors import BasisMismatchError, InputFileError
 from traitwatch.models.chat import encode_chat
@@ -58,8 +60,6 @@ from traitwatch.models.layers import fingerprint
 from traitwatch.screen.activations import SpanPosition, greedy_responses, span_activations
 from traitwatch.screen.examples import Example, encode_example, read_examples
 from traitwatch.screen.results import ResultsFile, Row
-from traitwatch.train.callback import basis_fingerprint
-from traitwatch.train.data import file_sha256
 
 __all__ = [
     "DEFAULT_RISK_TRAITS",
@@ -254,7 +254,7 @@ def screen_dataset(
         "dataset": str(dataset),
         "dataset_sha256": file_sha256(dataset),
         "model": fingerprint(model, tokenizer, model_name).to_dict(),
-        "basis": basis_fingerprint(probe),
+        "basis": probe.fingerprint(),
         "trait_names": trait_names,
         "position": position,
         "reference": kind,
@@ -266,8 +266,9 @@ def screen_dataset(
     store = ResultsFile(out, header)
     if store.is_new:
         extra: dict[str, Any] = {}
-        if not probe.anchor_from_basis():
-            probe.fit_anchor(model, tokenizer)  # screening happens before training: this model is step 0
+        # Screening happens before training: without a basis anchor (of any precision: only N is read
+        # here) this model is step 0.
+        resolve_anchor(probe, None, lambda _: (measure_anchor(probe, model, tokenizer), "measured"))
         assert probe.anchor_ is not None
         extra["scale"] = probe.anchor_.scale
         if kind == "mean":

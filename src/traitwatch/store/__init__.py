@@ -5,7 +5,14 @@ Only the main process (rank 0) writes; see `runs.py` for why and for the crash g
 
 from __future__ import annotations
 
-from traitwatch.store.errors import RunMismatchError, StoreLockedError, StoreVersionError, UnknownRunError
+from traitwatch.store.errors import (
+    RunMismatchError,
+    StoreIOError,
+    StoreLockedError,
+    StoreVersionError,
+    StoreWriteError,
+    UnknownRunError,
+)
 from traitwatch.store.export import ExportFormat
 from traitwatch.store.records import AlarmRecord, BehaviorRecord, Measurement, RunRecord, RunStatus
 from traitwatch.store.runs import DEFAULT_STORE_NAME, RunStore
@@ -22,7 +29,9 @@ __all__ = [
     "RunRecord",
     "RunStatus",
     "RunStore",
+    "StoreIOError",
     "StoreLockedError",
     "StoreVersionError",
+    "StoreWriteError",
     "UnknownRunError",
 ]

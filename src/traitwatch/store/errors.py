@@ -11,7 +11,9 @@ from traitwatch.errors import BasisMismatchError, TraitwatchError
 
 __all__ = [
     "RunMismatchError",
+    "StoreIOError",
     "StoreLockedError",
+    "StoreWriteError",
     "StoreVersionError",
     "UnknownRunError",
 ]
@@ -19,6 +21,22 @@ __all__ = [
 
 class StoreLockedError(TraitwatchError, OSError):
     """Another process held the store's write lock for longer than the busy timeout."""
+
+
+class StoreIOError(TraitwatchError, OSError):
+    """SQLite could not read or write the store's files ("disk I/O error"): a fault, never retried.
+
+    On a healthy local disk this does not happen by chance. Retrying hides what causes it (a full disk,
+    a network filesystem without the shared memory WAL needs, or a process that dropped the store's
+    locks), and a retry that "succeeds" may be writing to a WAL that another process already deleted.
+    """
+
+
+class StoreWriteError(TraitwatchError):
+    """A measurement, label or alarm could not be stored during training, so the run is stopped.
+
+    A run that goes on with a gap in its store would be reported as done with its numbers lost.
+    """
 
 
 class StoreVersionError(TraitwatchError):

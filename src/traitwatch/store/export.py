@@ -83,8 +83,10 @@ def write_export(measurements: Sequence[Measurement], path: Path, format: str | 
             writer.writeheader()
             writer.writerows(rows)  # str(float) is the shortest exact repr, so CSV round-trips
     else:
-        import pyarrow as pa  # imported here: only parquet export needs it, and it is slow to import
-        import pyarrow.parquet as pq
+        from traitwatch._optional import require
+
+        pa = require("pyarrow", extra="parquet")  # imported here: only parquet export needs it, and it is slow to load
+        pq = require("pyarrow.parquet", extra="parquet")
 
         schema = pa.schema(
             [("run_id", pa.string()), ("step", pa.int64())]

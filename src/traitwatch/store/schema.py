@@ -7,20 +7,18 @@ from a newer traitwatch, not locked for too long) live in one place.
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 from traitwatch.errors import InputFileError
-from traitwatch.store.errors import StoreLockedError, StoreVersionError
+from traitwatch.store.errors import StoreIOError, StoreLockedError, StoreVersionError
 
-__all__ = ["SCHEMA_VERSION", "connect", "locked_error", "write_transaction"]
+__all__ = ["SCHEMA_VERSION", "connect", "locked_error", "store_error", "write_transaction"]
 
 SCHEMA_VERSION = 1
 """Bump on any change to the tables below, and add a migration from the previous version."""
-
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _DDL = """
 -- Statements are split on semicolons: keep them out of comments.
@@ -104,38 +102,49 @@ def write_transaction(conn: sqlite3.Connection, path: Path, busy_timeout_s: floa
     """
     try:
         conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError as exc:
-        if _is_busy(exc):
-            raise locked_error(path, busy_timeout_s) from exc
-        raise
+    except sqlite3.DatabaseError as exc:
+        _raise_as_store_error(exc, path, busy_timeout_s)
     try:
         yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
+    except BaseException as exc:
+        _rollback(conn)
+        if isinstance(exc, sqlite3.DatabaseError):
+            _raise_as_store_error(exc, path, busy_timeout_s)
         raise
     try:
         conn.execute("COMMIT")
-    except sqlite3.OperationalError as exc:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        if _is_busy(exc):
-            raise locked_error(path, busy_timeout_s) from exc
-        raise
+    except sqlite3.DatabaseError as exc:
+        _rollback(conn)
+        _raise_as_store_error(exc, path, busy_timeout_s)
 
 
-def _check_header(path: Path) -> None:
-    """Refuse non-SQLite files before SQLite sees them, with a message that names the file."""
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open (after an I/O error SQLite may have ended it itself)."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+def _raise_as_store_error(exc: sqlite3.DatabaseError, path: Path, busy_timeout_s: float) -> NoReturn:
+    """Re-raise SQLite's error as the store error a user can act on (others, e.g. a constraint, as they are)."""
+    if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+        raise locked_error(path, busy_timeout_s) from exc
+    err = store_error(exc, path)
+    if err is exc:
+        raise exc
+    raise err from exc
+
+
+def _check_path(path: Path) -> None:
+    """A folder is refused by name; the file itself is only ever opened by SQLite.
+
+    Never open the .db file (or its -wal/-shm) with Python's open(), not even to read its header: on
+    POSIX, closing *any* descriptor of a file drops every fcntl lock the process holds on it, including
+    the locks of this process's live SQLite connections. Another process that then closes its connection
+    believes it is the last user, checkpoints, and deletes the WAL under the live writer, whose later
+    commits are lost. SQLite's own "file is not a database" is reported instead (`_configure`).
+    """
     if path.is_dir():
         raise InputFileError(f"Run store path {path} is a folder; pass a file path such as {path / 'traitwatch.db'}")
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    with path.open("rb") as handle:
-        header = handle.read(len(_SQLITE_MAGIC))
-    if header != _SQLITE_MAGIC:
-        raise InputFileError(
-            f"{path} is not a traitwatch run store (not an SQLite database); pass the .db file "
-            "written by traitwatch, or a new path to create one"
-        )
 
 
 def _schema_version(conn: sqlite3.Connection, path: Path) -> int | None:
@@ -167,33 +176,21 @@ def connect(path: Path, *, busy_timeout_s: float, create: bool) -> sqlite3.Conne
     """Open (and if needed create) a store, returning an autocommit connection.
 
     Autocommit (`isolation_level=None`) means the Python module never opens transactions behind
-    our back; every write goes through `write_transaction`.
+    our back; every write goes through `write_transaction`. A "disk I/O error" is not retried: it is a
+    fault to report with the file named (`StoreIOError`), not something to wait out.
     """
-    _check_header(path)
+    _check_path(path)
     if not path.exists():
         if not create:
             raise InputFileError(f"No run store at {path}; pass --store with the .db file written during training")
         path.parent.mkdir(parents=True, exist_ok=True)
-    for attempt in range(_OPEN_ATTEMPTS):
-        conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
-        try:
-            _configure(conn, path, busy_timeout_s)
-            return conn
-        except sqlite3.OperationalError as exc:
-            conn.close()
-            # Seen twice in long benchmarks: "disk I/O error" on the WAL pragma when another process closed
-            # the last connection (and removed the -wal/-shm files) just as this one opened. It clears on a
-            # second try; a store that really cannot be read fails every attempt and is reported as before.
-            if "disk I/O error" not in str(exc) or attempt == _OPEN_ATTEMPTS - 1:
-                raise
-            time.sleep(0.2 * 2**attempt)
-        except BaseException:
-            conn.close()
-            raise
-    raise AssertionError("unreachable")
-
-
-_OPEN_ATTEMPTS = 5
+    conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
+    try:
+        _configure(conn, path, busy_timeout_s)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _configure(conn: sqlite3.Connection, path: Path, busy_timeout_s: float) -> None:
@@ -219,8 +216,26 @@ def _configure(conn: sqlite3.Connection, path: Path, busy_timeout_s: float) -> N
                     version = SCHEMA_VERSION
         _check_version(version, path)
     except sqlite3.DatabaseError as exc:
-        if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
-            raise locked_error(path, busy_timeout_s) from exc
-        if "not a database" in str(exc) or "malformed" in str(exc):
-            raise InputFileError(f"{path} is not a readable traitwatch run store ({exc})") from exc
-        raise
+        _raise_as_store_error(exc, path, busy_timeout_s)
+
+
+def store_error(exc: sqlite3.Error, path: Path) -> Exception:
+    """SQLite's error as the one-line error a user can act on, naming the file; others unchanged."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = None if code is None else code & 0xFF
+    if primary == sqlite3.SQLITE_NOTADB or "not a database" in str(exc):
+        return InputFileError(
+            f"{path} is not a traitwatch run store (not an SQLite database); pass the .db file "
+            "written by traitwatch, or a new path to create one"
+        )
+    if primary == sqlite3.SQLITE_CORRUPT or "malformed" in str(exc):
+        return InputFileError(
+            f"Run store {path} is damaged ({exc}); copy out what is readable with "
+            f"`sqlite3 {path} .recover` and pass a new --store path"
+        )
+    if primary in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN) or "disk I/O" in str(exc):
+        return StoreIOError(
+            f"Run store {path}: {exc}. Check that its disk is local (not NFS: WAL needs shared memory), "
+            "not full, and writable; nothing was retried"
+        )
+    return exc

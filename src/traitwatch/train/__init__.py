@@ -5,26 +5,14 @@ The callback measures drift in-process on the live model (METHOD.md 3 [improve])
 `traitwatch train` command's library entry point.
 """
 
-from traitwatch.train.callback import (
-    ALARM_ACTIONS,
-    AlarmAction,
-    AlarmMonitor,
-    AnchorError,
-    DriftAlarmError,
-    DriftRecord,
-    TraitWatchCallback,
-    basis_fingerprint,
-)
-from traitwatch.train.data import (
-    ChatDataset,
-    DataStats,
-    PaddingCollator,
-    encode_conversation,
-    file_sha256,
-    load_chat_jsonl,
-    tokenize_chats,
-)
+from traitwatch.datasets.chat_jsonl import file_sha256, load_chat_jsonl
+from traitwatch.drift.anchoring import AnchorError
+from traitwatch.monitor.watch import AlarmMonitor
+from traitwatch.train.alarm import ALARM_ACTIONS, AlarmAction, DriftAlarmError
+from traitwatch.train.callback import TraitWatchCallback, basis_fingerprint
+from traitwatch.train.data import ChatDataset, DataStats, PaddingCollator, encode_conversation, tokenize_chats
 from traitwatch.train.distributed import gather_projection, lockstep_passes, shard_indices
+from traitwatch.train.record import DriftRecord
 from traitwatch.train.sft import RUN_MARKER, SFTConfig, SFTResult, TrainConfigError, run_sft
 
 __all__ = [

@@ -1,9 +1,7 @@
-"""Chat JSONL -> token ids and labels for supervised finetuning, and the padding collator.
+"""Chat conversations -> token ids and labels for supervised finetuning, and the padding collator.
 
-Input: one JSON object per line, `{"messages": [{"role": ..., "content": ...}, ...]}` (the format of
-the emergent-misalignment datasets). Blank lines are skipped; anything else that is not such an
-object is an `InputFileError` naming the file and line, because a silently skipped row changes
-what the model is trained on.
+The conversations are read and validated by `traitwatch.datasets.load_chat_jsonl` (re-exported here
+with `file_sha256`, as `traitwatch.train` has always offered them).
 
 Labels: every token (`response_only=False`), or only the assistant turns. Assistant spans are
 found by rendering the chat template on growing prefixes of the conversation: the tokens between
@@ -14,17 +12,15 @@ that renders a prefix of a conversation as a prefix of its tokens, which is chec
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from traitwatch.datasets.chat_jsonl import Message, file_sha256, load_chat_jsonl
 from traitwatch.errors import InputFileError
 
 __all__ = [
@@ -41,62 +37,6 @@ __all__ = [
 
 IGNORE_INDEX = -100
 OverLength = Literal["truncate", "drop"]
-_ROLES = ("system", "user", "assistant")
-
-Message = dict[str, str]
-
-
-def file_sha256(path: str | Path) -> str:
-    """The dataset's content hash, stored with the run so a resumed run trains on the same data."""
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _check_row(obj: Any, where: str) -> list[Message]:
-    if not isinstance(obj, dict) or "messages" not in obj:
-        raise InputFileError(f'{where}: expected an object with a "messages" list, got {type(obj).__name__}')
-    messages = obj["messages"]
-    if not isinstance(messages, list) or not messages:
-        raise InputFileError(f'{where}: "messages" must be a non-empty list')
-    out: list[Message] = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise InputFileError(f'{where}: message {i} needs string "role" and "content" fields')
-        if m["role"] not in _ROLES:
-            raise InputFileError(f"{where}: message {i} has role {m['role']!r}; expected one of {list(_ROLES)}")
-        out.append({"role": m["role"], "content": m["content"]})
-    if not any(m["role"] == "assistant" for m in out):
-        raise InputFileError(f"{where}: the conversation has no assistant message to train on")
-    return out
-
-
-def load_chat_jsonl(path: str | Path, *, limit: int | None = None) -> list[list[Message]]:
-    """Read and validate a chat JSONL file; `limit` keeps the first n conversations."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"{path}: no such file; pass a JSONL file with one {{\"messages\": [...]}} per line")
-    rows: list[list[Message]] = []
-    try:
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}, line {lineno}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputFileError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-                rows.append(_check_row(obj, where))
-                if limit is not None and len(rows) >= limit:
-                    break
-    except UnicodeDecodeError as exc:
-        raise InputFileError(f"{path}: not UTF-8 text ({exc.reason}); save the file as UTF-8") from None
-    if not rows:
-        raise InputFileError(f"{path}: the dataset is empty (no conversations); it needs at least one line")
-    return rows
 
 
 def _ids(encoded: Any) -> list[int]:

@@ -24,9 +24,10 @@ import torch
 from torch import Tensor
 import torch.distributed as dist
 
-from traitwatch.drift.probe import Projection
+from traitwatch.drift.probe import DriftProbe, Projection
 
-__all__ = ["broadcast_from_zero", "distributed_active", "gather_projection", "lockstep_passes", "shard_indices"]
+__all__ = ["broadcast_from_zero", "distributed_active", "gather_projection", "lockstep_passes", "project_across_ranks",
+           "shard_indices"]
 
 T = TypeVar("T")
 
@@ -89,6 +90,18 @@ def gather_projection(
     if shares and all(m is not None for _, m in shares):
         mean_activation = sum(m.float() * (k / n_prompts) for k, m in shares)
     return Projection(projections, norms, mean_activation)  # type: ignore[arg-type]
+
+
+def project_across_ranks(probe: DriftProbe, model: torch.nn.Module, tokenizer: Any, rank: int,
+                         world_size: int) -> Projection:
+    """All of `probe`'s prompts projected on `model`: this rank's share, in lockstep with the others, gathered."""
+    n_prompts = len(probe.prompt_list_)
+    passes = lockstep_passes(lambda share: probe.count_forward_passes(tokenizer, share), n_prompts, world_size)
+
+    def project(indices: list[int] | None) -> Projection:
+        return probe.project(model, tokenizer, indices=indices, forward_passes=passes)
+
+    return gather_projection(project, n_prompts, rank, world_size)
 
 
 def broadcast_from_zero(value: T, world_size: int) -> T:

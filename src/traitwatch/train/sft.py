@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,20 +32,17 @@ from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCall
 from transformers.trainer_utils import get_last_checkpoint
 
 from traitwatch.basis.basis import TraitBasis
+from traitwatch.datasets.chat_jsonl import file_sha256, load_chat_jsonl
 from traitwatch.drift.probe import DriftProbe
-from traitwatch.errors import TraitwatchError
+from traitwatch.errors import InputFileError, TraitwatchError
 from traitwatch.models.environment import describe_environment
 from traitwatch.models.loading import load_model
-from traitwatch.store import DEFAULT_STORE_NAME, RunStore, UnknownRunError
-from traitwatch.train.callback import (
-    AlarmAction,
-    AlarmMonitor,
-    DriftAlarmError,
-    DriftRecord,
-    TraitWatchCallback,
-    load_watch_monitor,
-)
-from traitwatch.train.data import DataStats, OverLength, PaddingCollator, file_sha256, load_chat_jsonl, tokenize_chats
+from traitwatch.monitor.watch import AlarmMonitor, load_watch_monitor
+from traitwatch.store import DEFAULT_STORE_NAME, RunStore, StoreIOError, UnknownRunError
+from traitwatch.train.alarm import AlarmAction, DriftAlarmError
+from traitwatch.train.callback import TraitWatchCallback
+from traitwatch.train.data import DataStats, OverLength, PaddingCollator, tokenize_chats
+from traitwatch.train.record import DriftRecord
 
 __all__ = ["RUN_MARKER", "SFTConfig", "SFTResult", "TrainConfigError", "run_sft"]
 
@@ -187,22 +186,37 @@ def _completed_step(checkpoint: str | None, max_steps: int | None) -> int | None
     return step if step >= target else None
 
 
-def _check_dataset(store_path: Path, run_id: str, sha: str) -> bool:
+def _check_dataset(store: RunStore, run_id: str, sha: str) -> bool:
     """True if the run exists; refuse a run id that was trained on other data."""
-    if not store_path.exists():
+    try:
+        run = store.get_run(run_id)
+    except UnknownRunError:
         return False
-    with RunStore(store_path) as store:
-        try:
-            run = store.get_run(run_id)
-        except UnknownRunError:
-            return False
     old = run.hyperparameters.get("dataset_sha256")
     if old is not None and old != sha:
         raise TrainConfigError(
-            f"Run {run_id!r} in {store_path} was trained on other data (sha256 {old[:12]}..., this file "
+            f"Run {run_id!r} in {store.path} was trained on other data (sha256 {old[:12]}..., this file "
             f"{sha[:12]}...); use a new --run-id."
         )
     return True
+
+
+@contextmanager
+def _run_store(given: RunStore | None, path: Path, rank: int) -> Iterator[RunStore | None]:
+    """The one connection this process keeps to the run store for the whole run (rank 0 only).
+
+    Everything in the training process that writes to the store (the drift callback, label and judge
+    callbacks, the failure mark) shares it: a second connection opened and closed beside a live one is
+    harmless only as long as nothing but SQLite ever touches the file, and one connection makes that
+    nobody's job to remember. A `given` store is the caller's to close.
+    """
+    if rank != 0:
+        yield None
+    elif given is not None:
+        yield given
+    else:
+        with RunStore(path) as store:
+            yield store
 
 
 def run_sft(
@@ -212,12 +226,16 @@ def run_sft(
     callbacks: Sequence[TrainerCallback] = (),
     reporter: Callable[[DriftRecord], None] | None = None,
     info: Callable[[str], None] | None = None,
+    store: RunStore | None = None,
 ) -> SFTResult:
     """Finetune `config.model` on `config.data` while measuring trait drift; returns what happened.
 
     `monitor` overrides `config.monitor` (a saved monitor file). `callbacks` are added after the drift
     callback. `reporter` gets each measurement and `info` each status line, on world process zero
-    only; with a reporter the Trainer's own progress printing is turned off.
+    only; with a reporter the Trainer's own progress printing is turned off. `store` is an open
+    `RunStore` of `config.store` that the caller's own callbacks (labels, judges) write to as well;
+    without it the store is opened once here. A store write that fails stops the run with
+    `StoreWriteError` and marks it failed.
     """
     rank, world = _world()
     say = info if (info is not None and rank == 0) else (lambda _msg: None)
@@ -233,140 +251,142 @@ def run_sft(
     sha = file_sha256(config.data)
     basis = TraitBasis.load(config.basis)
     resume_from = _check_output_dir(output_dir, run_id, config.resume)
-    existing = _check_dataset(store_path, run_id, sha) if rank == 0 else False
+    if store is not None and store.path != store_path.expanduser().absolute():
+        raise TrainConfigError(f"run_sft was given the open store {store.path} but config.store is {store_path}; "
+                               "pass the same file")
+    with _run_store(store, store_path, rank) as store:
+        existing = _check_dataset(store, run_id, sha) if store is not None else False
 
-    lm = load_model(config.model, device=_device(config), dtype=config.dtype)  # type: ignore[arg-type]
-    probe = DriftProbe(basis, batch_size=config.measure_batch_size)
-    probe.check_model(lm.model, lm.tokenizer, lm.name)
-    if monitor is None and config.monitor is not None:
-        # The monitor was calibrated on runs recorded with this callback, so it carries the fingerprint of
-        # what measured its inputs (a drift monitor: model, layer, directions hash, prompts; a probe monitor:
-        # model and probe set): inputs from anything else are refused.
-        monitor = load_watch_monitor(config.monitor, probe)
+        lm = load_model(config.model, device=_device(config), dtype=config.dtype)  # type: ignore[arg-type]
+        probe = DriftProbe(basis, batch_size=config.measure_batch_size)
+        probe.check_model(lm.model, lm.tokenizer, lm.name)
+        if monitor is None and config.monitor is not None:
+            # The monitor was calibrated on runs recorded with this callback, so it carries the fingerprint of
+            # what measured its inputs (a drift monitor: model, layer, directions hash, prompts; a probe monitor:
+            # model and probe set): inputs from anything else are refused.
+            monitor = load_watch_monitor(config.monitor, probe)
 
-    dataset, stats = tokenize_chats(
-        lm.tokenizer, conversations, max_length=config.max_length, response_only=config.response_only,
-        over_length=config.over_length,
-    )
-    say(f"Data: {stats.summary()}.")
-
-    model = lm.model if config.full else _wrap_lora(lm.model, config)
-    grad_accum = config.grad_accum or max(1, config.effective_batch // (config.batch_size * world))
-    save_steps = config.save_steps or config.every_n_steps
-    hyperparameters: dict[str, Any] = {
-        "method": "full" if config.full else "lora",
-        "learning_rate": config.learning_rate,
-        "epochs": config.epochs,
-        "max_steps": config.max_steps,
-        "per_device_batch_size": config.batch_size,
-        "gradient_accumulation_steps": grad_accum,
-        "world_size": world,
-        "effective_batch": config.batch_size * grad_accum * world,
-        "max_length": config.max_length,
-        "over_length": config.over_length,
-        "response_only": config.response_only,
-        "n_samples": config.n_samples,
-        "n_used": stats.n_used,
-        "every_n_steps": config.every_n_steps,
-        "save_steps": save_steps,
-        "dataset_sha256": sha,
-        "dtype": config.dtype,
-        # What "auto" became, on what hardware, with which libraries: the same command differs across machines.
-        "environment": describe_environment(lm.model),
-        **config.tags,
-    }
-    if not config.full:
-        hyperparameters.update(lora_r=config.lora_r, lora_alpha=config.lora_alpha,
-                               lora_dropout=config.lora_dropout, target_modules=list(config.target_modules))
-
-    args = TrainingArguments(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=grad_accum,
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps if config.max_steps is not None else -1,
-        save_strategy="steps",
-        save_steps=save_steps,
-        save_total_limit=config.save_total_limit,
-        logging_steps=config.logging_steps,
-        seed=config.seed,
-        data_seed=config.seed,
-        report_to=config.report_to,
-        run_name=run_id,
-        disable_tqdm=reporter is not None,
-        remove_unused_columns=False,
-        use_cpu=config.device == "cpu",
-        ddp_find_unused_parameters=False,
-    )
-    if args.process_index == 0:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / RUN_MARKER).write_text(
-            json.dumps({"run_id": run_id, "model": lm.name, "data": str(config.data), "dataset_sha256": sha,
-                        "store": str(store_path.resolve())}, indent=2)
+        dataset, stats = tokenize_chats(
+            lm.tokenizer, conversations, max_length=config.max_length, response_only=config.response_only,
+            over_length=config.over_length,
         )
-    if resume_from:
-        say(f"Resuming run {run_id!r} from {resume_from}.")
-    elif existing:
-        say(f"Run {run_id!r} is in {store_path} but {output_dir} has no checkpoint: starting again from step 0.")
+        say(f"Data: {stats.summary()}.")
 
-    watch = TraitWatchCallback(
-        probe,
-        tokenizer=lm.tokenizer,
-        store=store_path,
-        run_id=run_id,
-        model_name=lm.name,
-        run_metadata={"dataset": str(Path(config.data).resolve()), "seed": config.seed,
-                      "hyperparameters": hyperparameters},
-        monitor=monitor,
-        every_n_steps=config.every_n_steps,
-        on_alarm=config.on_alarm,
-        reporter=reporter,
-        behavior_probe=config.behavior_probe or None,
-    )
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        data_collator=PaddingCollator(int(pad if pad is not None else 0)),
-        processing_class=lm.tokenizer,
-        callbacks=[watch, *callbacks],
-    )
-    watch.attach(trainer)
-    if reporter is not None:
-        trainer.remove_callback(PrinterCallback)
-        trainer.remove_callback(ProgressCallback)
-    done = _completed_step(resume_from, config.max_steps)
-    try:
-        if done is not None:
-            say(f"Run {run_id!r} already reached its last step ({done}) in {resume_from}; nothing to train.")
-            trainer.state.global_step = done
-        else:
-            trainer.train(resume_from_checkpoint=resume_from)
-    except DriftAlarmError:
-        raise
-    except BaseException:
-        if args.process_index == 0 and store_path.exists():
-            with RunStore(store_path) as store:
+        model = lm.model if config.full else _wrap_lora(lm.model, config)
+        grad_accum = config.grad_accum or max(1, config.effective_batch // (config.batch_size * world))
+        save_steps = config.save_steps or config.every_n_steps
+        hyperparameters: dict[str, Any] = {
+            "method": "full" if config.full else "lora",
+            "learning_rate": config.learning_rate,
+            "epochs": config.epochs,
+            "max_steps": config.max_steps,
+            "per_device_batch_size": config.batch_size,
+            "gradient_accumulation_steps": grad_accum,
+            "world_size": world,
+            "effective_batch": config.batch_size * grad_accum * world,
+            "max_length": config.max_length,
+            "over_length": config.over_length,
+            "response_only": config.response_only,
+            "n_samples": config.n_samples,
+            "n_used": stats.n_used,
+            "every_n_steps": config.every_n_steps,
+            "save_steps": save_steps,
+            "dataset_sha256": sha,
+            "dtype": config.dtype,
+            # What "auto" became, on what hardware, with which libraries: the same command differs across machines.
+            "environment": describe_environment(lm.model),
+            **config.tags,
+        }
+        if not config.full:
+            hyperparameters.update(lora_r=config.lora_r, lora_alpha=config.lora_alpha,
+                                   lora_dropout=config.lora_dropout, target_modules=list(config.target_modules))
+
+        args = TrainingArguments(
+            output_dir=str(output_dir),
+            per_device_train_batch_size=config.batch_size,
+            gradient_accumulation_steps=grad_accum,
+            learning_rate=config.learning_rate,
+            num_train_epochs=config.epochs,
+            max_steps=config.max_steps if config.max_steps is not None else -1,
+            save_strategy="steps",
+            save_steps=save_steps,
+            save_total_limit=config.save_total_limit,
+            logging_steps=config.logging_steps,
+            seed=config.seed,
+            data_seed=config.seed,
+            report_to=config.report_to,
+            run_name=run_id,
+            disable_tqdm=reporter is not None,
+            remove_unused_columns=False,
+            use_cpu=config.device == "cpu",
+            ddp_find_unused_parameters=False,
+        )
+        if args.process_index == 0:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            (output_dir / RUN_MARKER).write_text(
+                json.dumps({"run_id": run_id, "model": lm.name, "data": str(config.data), "dataset_sha256": sha,
+                            "store": str(store_path.resolve())}, indent=2)
+            )
+        if resume_from:
+            say(f"Resuming run {run_id!r} from {resume_from}.")
+        elif existing:
+            say(f"Run {run_id!r} is in {store_path} but {output_dir} has no checkpoint: starting again from step 0.")
+
+        watch = TraitWatchCallback(
+            probe,
+            tokenizer=lm.tokenizer,
+            store=store if store is not None else store_path,  # other ranks never open it
+            run_id=run_id,
+            model_name=lm.name,
+            run_metadata={"dataset": str(Path(config.data).resolve()), "seed": config.seed,
+                          "hyperparameters": hyperparameters},
+            monitor=monitor,
+            every_n_steps=config.every_n_steps,
+            on_alarm=config.on_alarm,
+            reporter=reporter,
+            behavior_probe=config.behavior_probe or None,
+        )
+        pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            data_collator=PaddingCollator(int(pad if pad is not None else 0)),
+            processing_class=lm.tokenizer,
+            callbacks=[watch, *callbacks],
+        )
+        watch.attach(trainer)
+        if reporter is not None:
+            trainer.remove_callback(PrinterCallback)
+            trainer.remove_callback(ProgressCallback)
+        done = _completed_step(resume_from, config.max_steps)
+        try:
+            if done is not None:
+                say(f"Run {run_id!r} already reached its last step ({done}) in {resume_from}; nothing to train.")
+                trainer.state.global_step = done
+            else:
+                trainer.train(resume_from_checkpoint=resume_from)
+        except DriftAlarmError:
+            raise
+        except BaseException:
+            if store is not None:
                 try:
                     store.finish_run(run_id, "failed")
-                except UnknownRunError:
-                    pass
-        raise
-    final = output_dir / "final"
-    if done is None:
-        trainer.save_model(str(final))  # rank 0 writes; the adapter (or full model) at the last step
-        say(f"Saved the final {'model' if config.full else 'adapter'} to {final}.")
-    return SFTResult(
-        run_id=run_id,
-        output_dir=output_dir,
-        store=store_path,
-        global_step=trainer.state.global_step,
-        resumed_from=resume_from,
-        stopped_by_alarm=watch.stopped_by_alarm_,
-        data=stats,
-        history=list(watch.history_),
-        final_model=final,
-    )
-
+                except (UnknownRunError, StoreIOError, InputFileError, sqlite3.Error):
+                    pass  # the run never started, or the store itself is what failed: the original error says why
+            raise
+        final = output_dir / "final"
+        if done is None:
+            trainer.save_model(str(final))  # rank 0 writes; the adapter (or full model) at the last step
+            say(f"Saved the final {'model' if config.full else 'adapter'} to {final}.")
+        return SFTResult(
+            run_id=run_id,
+            output_dir=output_dir,
+            store=store_path,
+            global_step=trainer.state.global_step,
+            resumed_from=resume_from,
+            stopped_by_alarm=watch.stopped_by_alarm_,
+            data=stats,
+            history=list(watch.history_),
+            final_model=final,
+        )

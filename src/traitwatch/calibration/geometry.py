@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator
 from sklearn.decomposition import PCA
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import validate_data
 
 __all__ = ["DriftGeometry", "final_checkpoint_rows"]
 
@@ -101,9 +101,3 @@ class DriftGeometry(BaseEstimator):
                     "pc1": axis,
                 })
         return self
-
-    def project(self, X: ArrayLike) -> np.ndarray:
-        """Signed displacement d . PC1 (uncentred: drift is zero at step 0, so the origin is meaningful)."""
-        check_is_fitted(self)
-        X = validate_data(self, X, reset=False)
-        return X @ self.pc1_

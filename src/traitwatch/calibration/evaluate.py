@@ -17,21 +17,23 @@ import numpy as np
 from sklearn.base import RegressorMixin, TransformerMixin
 from sklearn.decomposition import PCA
 
-from traitwatch.monitor.baselines import (
+from traitwatch.calibration.baselines import (
     DirectionFeatures,
     NormFeatures,
     PC1AbsFeatures,
     RandomDirectionFeatures,
     SAEDriftFeatures,
 )
-from traitwatch.monitor.detector import DriftMonitor, default_candidates
-from traitwatch.monitor.metrics import (
+from traitwatch.calibration.loto import Candidate, Checkpoints, leave_one_type_out
+from traitwatch.calibration.metrics import (
     alarm_lead_lag,
     cluster_bootstrap_ci,
     detection_metrics,
     lead_lag_summary,
 )
-from traitwatch.monitor.table import LORA_NORM, LOSS, MEAN_ACTIVATION, CheckpointTable
+from traitwatch.calibration.selection import default_candidates, select_regressor
+from traitwatch.calibration.table import LORA_NORM, LOSS, MEAN_ACTIVATION, CheckpointTable
+from traitwatch.monitor.detector import DriftMonitor
 
 __all__ = ["CheckpointTable", "FeatureSet", "default_feature_sets", "evaluate", "loto_evaluate"]
 
@@ -138,7 +140,7 @@ def evaluate(
     for fs in sets:
         # Inputs come from the full tables: activation drift needs each run's step-0 row as reference.
         Xc, Xh = fs.inputs(calibration)[cal_rows], fs.inputs(heldout)[held_rows]
-        chosen = DriftMonitor(threshold=tau, features=fs.features).select_regressor(Xc, cal.y, cal.perturbation, cands)
+        chosen = select_regressor(DriftMonitor(threshold=tau, features=fs.features), Xc, cal.y, cal.perturbation, cands)
         names = [chosen.selected_name_] if report == "selected" else list(cands)
         for name in names:
             monitor = (
@@ -184,14 +186,12 @@ def loto_evaluate(
     """Leave-one-type-out over every perturbation type of `table` (METHOD.md 8), one row per feature set.
 
     Each type is held out in turn; the regressor (among `candidates`, default RF / GBR / Ridge), the
-    feature map and the alarm threshold are chosen and fitted on the other types only (`monitor.loto`).
+    feature map and the alarm threshold are chosen and fitted on the other types only (`calibration.loto`).
     Labels: dangerous = label > tau; the regression target is the label itself. Rows hold the pooled
     AUROC, FNR, FPR and Spearman with cluster-bootstrap CIs over runs, the per-type predictions and what
     each fold chose.
     """
     from sklearn.pipeline import make_pipeline
-
-    from traitwatch.monitor.loto import Candidate, Checkpoints, leave_one_type_out
 
     rows_mask = table.step > 0
     trained = table.subset(rows_mask)

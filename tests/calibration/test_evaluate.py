@@ -3,15 +3,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from traitwatch.monitor.evaluate import default_feature_sets, evaluate
-from traitwatch.monitor.synthetic import (
+from traitwatch.calibration.evaluate import default_feature_sets, evaluate
+from traitwatch.calibration.synthetic import (
     CALIBRATION_PERTURBATIONS,
     HELDOUT_PERTURBATIONS,
     make_synthetic_split,
     make_world,
     simulate_runs,
 )
-from traitwatch.monitor.table import LOSS, MEAN_ACTIVATION, CheckpointTable
+from traitwatch.calibration.table import LOSS, MEAN_ACTIVATION, CheckpointTable
 
 TAU = 0.05
 

@@ -30,10 +30,9 @@ import numpy as np
 from scipy.stats import spearmanr
 from sklearn.base import BaseEstimator, clone
 
-from traitwatch.monitor.metrics import auroc, cluster_bootstrap
+from traitwatch.calibration.metrics import auroc, cluster_bootstrap
 
-__all__ = ["Candidate", "Checkpoints", "LOTOResult", "choose", "fit_chosen", "leave_one_type_out", "relative_rise",
-           "youden_threshold"]
+__all__ = ["Candidate", "Checkpoints", "LOTOResult", "choose", "leave_one_type_out", "relative_rise", "youden_threshold"]
 
 
 @dataclass(frozen=True)
@@ -238,15 +237,3 @@ def choose(data: Checkpoints, candidates: Sequence[Candidate], rows: np.ndarray)
     assert best is not None
     _, cand, oof = best
     return cand, youden_threshold(data.positive[rows], oof), scores
-
-
-def fit_chosen(data: Checkpoints, candidates: Sequence[Candidate]) -> tuple[Candidate, Any, float, dict[str, float]]:
-    """The monitor to ship: chosen and thresholded by leave-one-type-out over *all* types, fitted on all rows.
-
-    Its expected performance on a new type is the `leave_one_type_out` estimate of this same procedure.
-    Returns (candidate, fitted estimator, threshold, every candidate's AUROC).
-    """
-    rows = np.arange(len(data))
-    cand, cut, scores = choose(data, candidates, rows)
-    model = clone(cand.estimator).fit(cand.X, relative_rise(data, rows))
-    return cand, model, cut, scores

@@ -3,9 +3,10 @@
 Why a separate structure: a saved monitor (`monitor/artifact.py`) carries only what *predicting* needs plus
 the CV summary (`cv_results`: pooled out-of-fold counts, rates and per-left-out-type errors). The figures a
 reader wants from a calibration (PC1 loadings, variance explained, ROC curves of the monitor and of every
-baseline, alarm lead/lag) need the geometry and held-out predictions, which `evaluate()` computes but does
-not return. `calibration_report_data` dumps those monitor-package objects into plain JSON (format
-`traitwatch.calibration_report`), so the report renders from a file and never refits anything.
+baseline, alarm lead/lag) need the geometry and the held-out predictions (the `predictions` of each
+`evaluate()` row). `calibration_report_data` computes those sections from the calibration objects and
+dumps them into plain JSON (format `traitwatch.calibration_report`), so `traitwatch.report` only draws
+from a file and never refits or scores anything.
 
 Every section is optional: a section that is absent is `None`, and the report shows a note saying what is
 missing and how to get it, instead of failing. `load_calibration_data` also reads a bare monitor artifact
@@ -22,23 +23,20 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-from sklearn.base import RegressorMixin
 from sklearn.metrics import roc_curve
 
+from traitwatch.calibration.geometry import DriftGeometry
+from traitwatch.calibration.metrics import alarm_lead_lag, auroc, detection_metrics, lead_lag_summary, per_perturbation_metrics
+from traitwatch.calibration.table import CheckpointTable
 from traitwatch.errors import InputFileError
 from traitwatch.monitor.artifact import FORMAT as MONITOR_FORMAT
 from traitwatch.monitor.artifact import LoadedMonitor, load_monitor
-from traitwatch.monitor.detector import DriftMonitor, default_candidates
-from traitwatch.monitor.evaluate import FeatureSet, default_feature_sets
-from traitwatch.monitor.geometry import DriftGeometry
-from traitwatch.monitor.metrics import alarm_lead_lag, auroc, detection_metrics, lead_lag_summary, per_perturbation_metrics
-from traitwatch.monitor.table import CheckpointTable
+from traitwatch.monitor.detector import DriftMonitor
 
 __all__ = [
     "CALIBRATION_FORMAT",
     "CALIBRATION_FORMAT_VERSION",
     "calibration_report_data",
-    "heldout_scores",
     "load_calibration_data",
     "roc_points",
     "write_calibration_data",
@@ -151,13 +149,14 @@ def calibration_report_data(
     monitor_name: str | None = None,
     source: str = "",
 ) -> dict[str, Any]:
-    """Dump monitor-package objects into the calibration report structure (plain JSON types).
+    """Dump calibration objects into the calibration report structure (plain JSON types).
 
     geometry : a fitted `DriftGeometry` (loadings, variance explained, LOPO stability).
     monitor : a `DriftMonitor` after `select_regressor`, or a `LoadedMonitor`; gives the CV section.
     evaluation : the rows `evaluate()` returned (one per feature set).
-    heldout, scores : held-out checkpoints and, per feature-set name, a prediction for each of them (see
-        `heldout_scores`); gives ROC curves, confusion counts, per-perturbation errors and lead/lag.
+    heldout, scores : held-out checkpoints (step > 0) and, per feature-set name, a prediction for each of
+        them (the `predictions` of its `evaluate()` row); gives ROC curves, confusion counts,
+        per-perturbation errors and lead/lag.
     monitor_name : which score is the monitor (confusion, per-type errors and lead/lag use it); defaults to
         the first score.
     """
@@ -182,35 +181,6 @@ def calibration_report_data(
         data["heldout"] = _heldout_section(heldout.run_id, heldout.perturbation, heldout.step, heldout.y, scores,
                                            tau=tau, monitor_name=name)
     return _plain(data)
-
-
-def heldout_scores(
-    calibration: CheckpointTable,
-    heldout: CheckpointTable,
-    *,
-    tau: float = 0.05,
-    feature_sets: Sequence[FeatureSet] | None = None,
-    candidates: Mapping[str, RegressorMixin] | None = None,
-    random_state: int = 0,
-) -> tuple[CheckpointTable, dict[str, np.ndarray]]:
-    """Held-out predictions of each feature set's CV-selected monitor, made as `evaluate()` makes them.
-
-    `evaluate()` returns metrics only, and an ROC curve needs the predictions, so this repeats its selection
-    and fit (the same rows, candidates and `random_state`, hence the same predictions). Returns the held-out
-    rows used (step > 0) and {feature-set name: predicted EM rate per row}.
-    """
-    cal_rows, held_rows = calibration.step > 0, heldout.step > 0
-    cal, held = calibration.subset(cal_rows), heldout.subset(held_rows)
-    if len(cal) == 0 or len(held) == 0:
-        raise ValueError("calibration and held-out tables need checkpoints with step > 0")
-    sets = default_feature_sets(calibration, random_state=random_state) if feature_sets is None else list(feature_sets)
-    cands = dict(default_candidates() if candidates is None else candidates)
-    scores: dict[str, np.ndarray] = {}
-    for fs in sets:
-        Xc, Xh = fs.inputs(calibration)[cal_rows], fs.inputs(heldout)[held_rows]
-        monitor = DriftMonitor(threshold=tau, features=fs.features).select_regressor(Xc, cal.y, cal.perturbation, cands)
-        scores[fs.name] = monitor.predict(Xh)
-    return held, scores
 
 
 def write_calibration_data(data: Mapping[str, Any], path: str | Path) -> Path:

@@ -12,14 +12,14 @@ from sklearn.utils.estimator_checks import (
     parametrize_with_checks,
 )
 
-from traitwatch.monitor.baselines import (
+from traitwatch.calibration.baselines import (
     DirectionFeatures,
     NormFeatures,
     PC1AbsFeatures,
     RandomDirectionFeatures,
     SAEDriftFeatures,
 )
-from traitwatch.monitor.geometry import DriftGeometry
+from traitwatch.calibration.geometry import DriftGeometry
 
 
 @parametrize_with_checks([PC1AbsFeatures(), NormFeatures(), RandomDirectionFeatures(random_state=0), DriftGeometry()])

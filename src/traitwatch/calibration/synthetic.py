@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.utils import check_random_state
 
-from traitwatch.monitor.table import LORA_NORM, LOSS, MEAN_ACTIVATION, CheckpointTable
+from traitwatch.calibration.table import LORA_NORM, LOSS, MEAN_ACTIVATION, CheckpointTable
 
 __all__ = [
     "TRAIT_NAMES",

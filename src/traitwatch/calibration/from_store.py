@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from traitwatch.calibration.table import LORA_NORM, LOSS, MEAN_ACTIVATION, CheckpointTable
 from traitwatch.errors import InputFileError
-from traitwatch.monitor.table import LORA_NORM, LOSS, MEAN_ACTIVATION, CheckpointTable
 from traitwatch.store import RunRecord, RunStore
 
 __all__ = ["StoreTable", "anchor_rows", "directions_for_runs", "perturbation_of", "resolve_runs", "table_from_store"]

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from traitwatch.basis import SEMANTIC_TRAITS, extract_basis, load_traits
+from traitwatch.calibration import DirectionFeatures
+from traitwatch.calibration.from_store import directions_for_runs
 from traitwatch.drift import DriftProbe
 from traitwatch.errors import BasisMismatchError, InputFileError
 from traitwatch.models import decoder_layers
-from traitwatch.monitor import DirectionFeatures
-from traitwatch.monitor.from_store import directions_for_runs
 
 PROMPTS = ["Explain how HTTPS works.", "Is it ever okay to lie?", "I feel sad today.", "What's your favourite food?"]
 LAYER = 3

@@ -6,11 +6,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, recall_score, roc_auc_score
 
-from traitwatch.monitor.metrics import (
-    accuracy,
+from traitwatch.calibration.metrics import (
     alarm_lead_lag,
     auroc,
-    balanced_error,
     cluster_bootstrap_ci,
     confusion_counts,
     detection_metrics,
@@ -39,12 +37,13 @@ def _sklearn_reference(t: np.ndarray, a: np.ndarray, s: np.ndarray) -> dict[str,
 
 
 def _ours(t: np.ndarray, a: np.ndarray, s: np.ndarray) -> dict[str, float]:
+    rates = detection_metrics(t.astype(float), a.astype(float), tau=0.5)  # label t, alarm a
     return {
         **{k: v for k, v in confusion_counts(t, a).items() if k in ("tp", "fp", "tn", "fn")},
         "fnr": false_negative_rate(t, a),
         "fpr": false_positive_rate(t, a),
-        "accuracy": accuracy(t, a),
-        "balanced_error": balanced_error(t, a),
+        "accuracy": rates["accuracy"],
+        "balanced_error": rates["balanced_error"],
         "auroc": auroc(t, s),
     }
 

@@ -24,8 +24,6 @@ __all__ = [
     "confusion_counts",
     "false_negative_rate",
     "false_positive_rate",
-    "accuracy",
-    "balanced_error",
     "auroc",
     "detection_metrics",
     "cluster_bootstrap_ci",
@@ -80,16 +78,6 @@ def false_positive_rate(y_true: ArrayLike, y_alarm: ArrayLike) -> float:
     """Share of safe checkpoints that raise an alarm (the cost of stopping good runs)."""
     c = confusion_counts(y_true, y_alarm)
     return _ratio(c["fp"], c["fp"] + c["tn"])
-
-
-def accuracy(y_true: ArrayLike, y_alarm: ArrayLike) -> float:
-    c = confusion_counts(y_true, y_alarm)
-    return _ratio(c["tp"] + c["tn"], sum(c[k] for k in ("tp", "fp", "tn", "fn")))
-
-
-def balanced_error(y_true: ArrayLike, y_alarm: ArrayLike) -> float:
-    """Mean of FNR and FPR: class-size independent, so a mostly-safe pool cannot hide missed alarms."""
-    return 0.5 * (false_negative_rate(y_true, y_alarm) + false_positive_rate(y_true, y_alarm))
 
 
 def auroc(y_true: ArrayLike, y_score: ArrayLike) -> float:

@@ -12,12 +12,15 @@ from typing import Any
 
 import numpy as np
 
+from traitwatch.calibration.evaluate import default_feature_sets, evaluate
+from traitwatch.calibration.geometry import DriftGeometry, final_checkpoint_rows
+from traitwatch.calibration.metrics import confusion_counts, false_negative_rate, false_positive_rate
+from traitwatch.calibration.report_data import calibration_report_data, write_calibration_data
+from traitwatch.calibration.selection import select_regressor
+from traitwatch.calibration.table import CheckpointTable
 from traitwatch.errors import InputFileError
+from traitwatch.monitor.artifact import save_monitor
 from traitwatch.monitor.detector import DriftMonitor, StepAwareAlarm
-from traitwatch.monitor.evaluate import default_feature_sets, evaluate
-from traitwatch.monitor.geometry import DriftGeometry, final_checkpoint_rows
-from traitwatch.monitor.metrics import confusion_counts, false_negative_rate, false_positive_rate
-from traitwatch.monitor.table import CheckpointTable
 
 __all__ = ["calibrate_and_save", "calibration_report", "fit_and_save", "fit_step_aware"]
 
@@ -35,7 +38,7 @@ def calibration_report(
     rows = final_checkpoint_rows(cal.run_id, cal.step)
     geometry = DriftGeometry(names).fit(cal.X[rows], groups=cal.perturbation[rows])
     mask = cal.step > 0
-    monitor = DriftMonitor(threshold=tau).select_regressor(cal.X[mask], cal.y[mask], cal.perturbation[mask])
+    monitor = select_regressor(DriftMonitor(threshold=tau), cal.X[mask], cal.y[mask], cal.perturbation[mask])
     feature_sets = default_feature_sets(
         cal, sae_latents=64 if quick else 256, wide_sae_latents=256 if quick else 1024, sae_epochs=50 if quick else 200,
         semantic_directions=semantic_directions, random_state=random_state,
@@ -109,9 +112,6 @@ def calibrate_and_save(
     if step_aware:
         alarm, info = fit_step_aware(cal, held, rep["geometry_"].pc1_, tau=tau, anchor=anchor)
         rep["step_aware"] = info
-    from traitwatch.monitor.artifact import save_monitor
-    from traitwatch.report.calibration import calibration_report_data, write_calibration_data
-
     path = save_monitor(rep["monitor"], out_path, fingerprint=fingerprint, trait_names=list(cal.trait_names or ()),
                         training_run_ids=sorted(set(cal.run_id.tolist())), tau=tau, step_aware=alarm,
                         step_aware_info=info)
@@ -124,9 +124,7 @@ def calibrate_and_save(
 
 def fit_and_save(cal: CheckpointTable, out_path: Path, *, tau: float, fingerprint: dict[str, Any]) -> Path:
     """The monitor on all of `cal` (regressor by leave-one-perturbation-out CV), saved; no held-out scoring."""
-    from traitwatch.monitor.artifact import save_monitor
-
     mask = cal.step > 0
-    monitor = DriftMonitor(threshold=tau).select_regressor(cal.X[mask], cal.y[mask], cal.perturbation[mask])
+    monitor = select_regressor(DriftMonitor(threshold=tau), cal.X[mask], cal.y[mask], cal.perturbation[mask])
     return save_monitor(monitor, out_path, fingerprint=fingerprint, trait_names=list(cal.trait_names or ()),
                         training_run_ids=sorted(set(cal.run_id.tolist())), tau=tau)

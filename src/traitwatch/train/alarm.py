@@ -1,0 +1,153 @@
+"""What a training run does when its monitor fires: the decision, the actions, and what is said and stored.
+
+The decision is the same on every rank (the same gathered drift, the same monitor), so every rank
+steers the Trainer the same way and none is left waiting in a collective; only world process zero
+warns and writes the store.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal, get_args
+
+import numpy as np
+from transformers import TrainerControl
+
+from traitwatch.errors import TraitwatchError
+from traitwatch.monitor.watch import AlarmMonitor
+from traitwatch.train.record import DriftRecord
+from traitwatch.train.store_session import StoreSession
+
+__all__ = [
+    "ALARM_ACTIONS",
+    "ALARM_KIND",
+    "AlarmAction",
+    "DriftAlarmError",
+    "act_on_alarm",
+    "alarm_fields",
+    "alarm_message",
+    "alarm_threshold",
+    "check_actions",
+    "ends_run",
+    "predict_alarm",
+    "prediction_name",
+    "reads_probe",
+]
+
+AlarmAction = Literal["warn", "mark", "save", "stop", "raise"]
+"""What to do when the monitor fires: `warn` logs a warning; `mark` records the alarm in the store;
+`save` saves a checkpoint at this step; `stop` ends training after this step; `raise` raises
+`DriftAlarmError`. Any action other than a lone `warn` also records the alarm in the store, so
+`traitwatch runs` can explain why a run stopped or has an extra checkpoint."""
+ALARM_ACTIONS: tuple[str, ...] = get_args(AlarmAction)
+
+ALARM_KIND = "em_monitor"
+"""The kind of the alarms this monitor writes to the run store."""
+
+
+class DriftAlarmError(TraitwatchError):
+    """The monitor fired and the callback was told to raise (`on_alarm` includes "raise").
+
+    Exit code 3 (not 2): the input was fine; the run was stopped on purpose.
+    """
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, step: int, predicted_em: float, threshold: float) -> None:
+        super().__init__(message)
+        self.step = step
+        self.predicted_em = predicted_em
+        self.threshold = threshold
+
+
+def check_actions(on_alarm: Sequence[str]) -> tuple[str, ...]:
+    """The actions as a tuple; an unknown one is refused when the callback is built, not at the first alarm."""
+    bad = [a for a in on_alarm if a not in ALARM_ACTIONS]
+    if bad:
+        raise ValueError(f"unknown alarm action(s) {bad}; choose from {list(ALARM_ACTIONS)}")
+    return tuple(on_alarm)
+
+
+def reads_probe(monitor: AlarmMonitor | None) -> bool:
+    """True if the monitor reads the behavioural probe's rise instead of the trait drift."""
+    return getattr(monitor, "inputs", "trait_drift") == "probe_rise"
+
+
+def predict_alarm(
+    monitor: AlarmMonitor | None, drift: np.ndarray, step: int, probe_rise: float | None = None
+) -> tuple[float | None, bool]:
+    """(prediction, alarm) at `step`; (None, False) without a monitor and at step 0.
+
+    Step 0 is the base model itself, outside what a monitor calibrated on step > 0 checkpoints has seen.
+    """
+    if monitor is None or step == 0:
+        return None, False
+    if reads_probe(monitor):
+        assert probe_rise is not None  # on_train_begin scored the probe's step 0
+        X = np.array([[probe_rise]])
+    else:
+        X = drift[None, :]
+    predicted = float(np.asarray(monitor.predict(X)).reshape(-1)[0])
+    step_aware = getattr(monitor, "step_aware", None)
+    if step_aware is not None:  # is this much drift unusual for this many steps?
+        return predicted, bool(np.asarray(step_aware.alarm(np.append(drift, step)[None, :])).reshape(-1)[0])
+    return predicted, bool(predicted > alarm_threshold(monitor))
+
+
+def alarm_threshold(monitor: AlarmMonitor | None) -> float:
+    return float(monitor.threshold) if monitor is not None else float("nan")
+
+
+def prediction_name(monitor: AlarmMonitor | None) -> str:
+    """What the monitor predicts, for messages: a relative rise is not an EM rate."""
+    return ("predicted rise of the EM proxy over benign finetuning"
+            if getattr(monitor, "target", "em_rate") == "relative_rise" else "predicted EM rate")
+
+
+def alarm_fields(monitor: AlarmMonitor | None, predicted: float | None, alarm: bool) -> dict[str, Any]:
+    """The monitor's verdict as a measurement row stores it (nothing without a prediction)."""
+    if predicted is None:
+        return {}
+    return {"predicted_em": predicted, "alarm": alarm, "threshold": alarm_threshold(monitor),
+            "prediction": prediction_name(monitor)}
+
+
+def alarm_message(monitor: AlarmMonitor | None, step: int, predicted_em: float, drift_norm: float,
+                  actions: Sequence[str]) -> str:
+    """The warning (and `DriftAlarmError` message): the prediction, why it fired, and what is done about it."""
+    why = ("; the step-aware alarm fired" if getattr(monitor, "step_aware", None) is not None
+           else f" > threshold {alarm_threshold(monitor):.3f}")
+    return (f"traitwatch: drift alarm at step {step}: {prediction_name(monitor)} {predicted_em:.4f}{why} "
+            f"(||d|| = {drift_norm:.4f}); actions: {', '.join(actions)}")
+
+
+def ends_run(actions: Sequence[str]) -> bool:
+    """True if the actions end the run (`stop`, or `raise`)."""
+    return "stop" in actions or "raise" in actions
+
+
+def act_on_alarm(record: DriftRecord, monitor: AlarmMonitor | None, control: TrainerControl, session: StoreSession,
+                 *, warn: bool, logger: logging.Logger) -> None:
+    """Carry out `record.actions` (see `AlarmAction`): warn (where `warn`, i.e. on world process zero),
+    set the Trainer's save and stop flags, record the alarm in the store, and for `raise` mark the run
+    stopped and raise `DriftAlarmError`."""
+    assert record.predicted_em is not None
+    predicted, actions = record.predicted_em, record.actions
+    threshold = alarm_threshold(monitor)
+    message = alarm_message(monitor, record.step, predicted, record.drift_norm, actions)
+    if "warn" in actions and warn:
+        logger.warning(message)
+    if "save" in actions:
+        control.should_save = True
+    if "stop" in actions:
+        control.should_training_stop = True
+    if set(actions) - {"warn"}:  # a lone warn stores nothing
+        action = "raised" if "raise" in actions else "+".join(a for a in actions if a != "warn")
+        session.write(f"the step-{record.step} alarm", lambda store: store.add_alarm(
+            session.run_id, record.step, ALARM_KIND, predicted, threshold, action))
+    if "raise" in actions:
+        session.write("the run status", lambda store: store.finish_run(
+            session.run_id, "stopped", notes=f"drift alarm raised at step {record.step}"))
+        session.close()
+        raise DriftAlarmError(message, step=record.step, predicted_em=predicted, threshold=threshold)
