@@ -60,7 +60,7 @@ def main() -> None:
     else:
         basis = _random_basis(lm, args.layer if args.layer is not None else (2 * n_layers) // 3)
     probe = DriftProbe(basis, layer=args.layer, batch_size=args.batch_size)
-    seqs = [encode_chat(lm.tokenizer, p) for p in probe.prompt_list_]
+    seqs = [encode_chat(lm.tokenizer, p) for p in probe.prompt_texts]
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
 
     proj = probe.project(lm.model, lm.tokenizer)  # warm-up, and the anchor
@@ -78,7 +78,7 @@ def main() -> None:
     m, p = statistics.median(t_measure), statistics.median(t_plain)
     dev = next(lm.model.parameters())
     print(f"model {lm.name} ({n_layers} layers, {dev.dtype}, {dev.device}, torch threads {torch.get_num_threads()})")
-    print(f"prompts {len(seqs)}, tokens {sum(map(len, seqs))}, measurement layer {probe.layer_}")
+    print(f"prompts {len(seqs)}, tokens {sum(map(len, seqs))}, measurement layer {probe.measure_layer}")
     print(f"drift measurement: median {m:.3f} s over {args.repeats} (all: {', '.join(f'{x:.3f}' for x in t_measure)})")
     print(f"plain full forward: median {p:.3f} s over {args.repeats} (all: {', '.join(f'{x:.3f}' for x in t_plain)})")
     print(f"ratio measurement / full forward: {m / p:.3f}")

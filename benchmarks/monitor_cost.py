@@ -89,7 +89,7 @@ def main() -> None:
         prompt_activations(lm.model, lm.tokenizer, [q.text for q in probe.questions], layers)
 
     timings = {
-        f"drift measurement (115 prompts to layer {drift.layer_})": _time(lambda: drift.measure(lm.model, lm.tokenizer), args.repeats),
+        f"drift measurement (115 prompts to layer {drift.measure_layer})": _time(lambda: drift.measure(lm.model, lm.tokenizer), args.repeats),
         f"all {len(layers)} layers, 115 prompts + 64 probe questions": _time(capture, args.repeats),
         "behavioural probe (64 questions, 128 answers)": _time(lambda: probe_score(lm.model, lm.tokenizer, probe), args.repeats),
         "style-matched proxy label (72 questions, 144 answers)": _time(

@@ -119,7 +119,7 @@ def main() -> None:
                    remove_unused_columns=False, use_cpu=device.type == "cpu", seed=0)
     print(f"model {lm.name} on {device} ({next(lm.model.parameters()).dtype}), {a.steps} steps, "
           f"batch {a.batch_size} x {a.seq_len} tokens, measurement layer {basis.measure_layer}, "
-          f"{len(DriftProbe(basis).prompt_list_)} prompts, torch threads {torch.get_num_threads()}")
+          f"{len(DriftProbe(basis).prompt_texts)} prompts, torch threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         if not a.no_warmup:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from traitwatch.calibration.evaluate import default_feature_sets, evaluate
+from traitwatch.calibration.evaluate import default_feature_sets, evaluate_feature_sets
 from traitwatch.calibration.synthetic import (
     CALIBRATION_PERTURBATIONS,
     HELDOUT_PERTURBATIONS,
@@ -75,7 +75,7 @@ def test_default_feature_sets_skip_missing_inputs(split) -> None:
 def test_evaluate_scores_every_feature_set_in_one_table(split, fast_candidates) -> None:
     _, cal, held = split
     sets = default_feature_sets(cal, sae_latents=32, sae_epochs=30)
-    rows = evaluate(cal, held, feature_sets=sets, tau=TAU, candidates=fast_candidates, n_resamples=200)
+    rows = evaluate_feature_sets(cal, held, feature_sets=sets, tau=TAU, candidates=fast_candidates, n_resamples=200)
     assert [r["features"] for r in rows] == [fs.name for fs in sets]
     n_held = int(np.sum(held.step > 0))
     for row in rows:
@@ -91,9 +91,9 @@ def test_evaluate_scores_every_feature_set_in_one_table(split, fast_candidates) 
 def test_evaluate_can_report_every_candidate(split, fast_candidates) -> None:
     _, cal, held = split
     sets = default_feature_sets(cal)[:2]
-    rows = evaluate(cal, held, feature_sets=sets, candidates=fast_candidates, report="all", n_resamples=50)
+    rows = evaluate_feature_sets(cal, held, feature_sets=sets, candidates=fast_candidates, report="all", n_resamples=50)
     assert len(rows) == len(sets) * len(fast_candidates)
     for fs in sets:
         assert sum(r["selected"] for r in rows if r["features"] == fs.name) == 1
     with pytest.raises(ValueError, match="report"):
-        evaluate(cal, held, feature_sets=sets, report="best")  # type: ignore[arg-type]
+        evaluate_feature_sets(cal, held, feature_sets=sets, report="best")  # type: ignore[arg-type]

@@ -86,7 +86,7 @@ def test_anchor_from_other_layer_or_prompts_is_refused(tiny, basis, probe):
 
 
 def test_default_prompts_are_the_115_measurement_prompts(basis):
-    assert len(DriftProbe(basis).prompt_list_) == 115
+    assert len(DriftProbe(basis).prompt_texts) == 115
 
 
 def test_projection_shares_join_to_the_whole(tiny, probe):

@@ -13,7 +13,7 @@ from traitwatch.calibration import (
     DriftGeometry,
     calibration_report_data,
     default_feature_sets,
-    evaluate,
+    evaluate_feature_sets,
     final_checkpoint_rows,
     load_calibration_data,
     roc_points,
@@ -34,7 +34,7 @@ def full_data(split):
     cands = {"Ridge": Ridge(alpha=1.0)}
     rows = final_checkpoint_rows(cal.run_id, cal.step)
     geometry = DriftGeometry(TRAIT_NAMES).fit(cal.X[rows], groups=cal.perturbation[rows])
-    evaluation = evaluate(cal, held, feature_sets=sets, candidates=cands, tau=TAU, n_resamples=20)
+    evaluation = evaluate_feature_sets(cal, held, feature_sets=sets, candidates=cands, tau=TAU, n_resamples=20)
     scores = {r["features"]: np.asarray(r.pop("predictions")) for r in evaluation}
     return calibration_report_data(tau=TAU, geometry=geometry, evaluation=evaluation,
                                    heldout=held.subset(held.step > 0), scores=scores, source="unit test")
@@ -60,7 +60,7 @@ def test_full_data_is_strict_json_and_draws_every_figure(full_data, tmp_path):
 
 
 def test_the_roc_auroc_matches_evaluate(full_data):
-    """The ROC is drawn from the same predictions `evaluate()` scored: its AUROC must agree."""
+    """The ROC is drawn from the same predictions `evaluate_feature_sets()` scored: its AUROC must agree."""
     by_name = {r["name"]: r["auroc"] for r in full_data["heldout"]["roc"]}
     for row in full_data["evaluation"]:
         assert by_name[row["features"]] == pytest.approx(row["auroc"])

@@ -408,7 +408,7 @@ def families(d: DetectionData) -> list[Family]:
 DEFAULT_MONITOR = "default monitor (chosen in the loop among the single-run monitor families)"
 
 
-def default_candidates(fams: Sequence[Family]) -> list[Candidate]:
+def candidate_features(fams: Sequence[Family]) -> list[Candidate]:
     """Every candidate of every single-run monitor family: what the default monitor chooses from."""
     return [Candidate(f"{f.name}: {c.name}", c.X, c.estimator) for f in fams if f.role == "monitor" for c in f.candidates]
 
@@ -432,7 +432,7 @@ def ship_default_monitor(plan: BenchPlan, work_dir: Path, out_path: Path, *,
     if d is None:
         return {"saved": None, "reason": "no features recorded"}
     data = d.checkpoints()
-    candidates, every_row = default_candidates(families(d)), np.arange(len(data))
+    candidates, every_row = candidate_features(families(d)), np.arange(len(data))
     cand, cut, scores = choose(data, candidates, every_row)
     out: dict[str, Any] = {"chosen": cand.name, "threshold": cut, "inner_auroc": scores[cand.name], "saved": None}
     if cand.name in SHIPPABLE:
@@ -608,7 +608,7 @@ def analyze_detection(plan: BenchPlan, work_dir: Path, *, n_resamples: int = 100
                      "emergent_vs_benign": res.summary(emergent_benign, n_resamples=n_resamples),
                      "per_type": res.per_type()})
 
-    pooled = default_candidates(fams)
+    pooled = candidate_features(fams)
     score(DEFAULT_MONITOR, "default", "chosen", pooled)
     for f in fams:
         score(f.name, f.role, f.cost, f.candidates)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from traitwatch.calibration.evaluate import default_feature_sets, evaluate
+from traitwatch.calibration.evaluate import default_feature_sets, evaluate_feature_sets
 from traitwatch.calibration.geometry import DriftGeometry, final_checkpoint_rows
 from traitwatch.calibration.metrics import confusion_counts, false_negative_rate, false_positive_rate
 from traitwatch.calibration.report_data import calibration_report_data, write_calibration_data
@@ -43,7 +43,7 @@ def calibration_report(
         cal, sae_latents=64 if quick else 256, wide_sae_latents=256 if quick else 1024, sae_epochs=50 if quick else 200,
         semantic_directions=semantic_directions, random_state=random_state,
     )
-    heldout = evaluate(cal, held, tau=tau, n_resamples=n_resamples, random_state=random_state, feature_sets=feature_sets)
+    heldout = evaluate_feature_sets(cal, held, tau=tau, n_resamples=n_resamples, random_state=random_state, feature_sets=feature_sets)
     scores = {r["features"]: np.asarray(r.pop("predictions")) for r in heldout}
     return {
         "monitor": monitor,

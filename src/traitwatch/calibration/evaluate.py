@@ -31,11 +31,11 @@ from traitwatch.calibration.metrics import (
     detection_metrics,
     lead_lag_summary,
 )
-from traitwatch.calibration.selection import default_candidates, select_regressor
+from traitwatch.calibration.selection import default_regressors, select_regressor
 from traitwatch.calibration.table import LORA_NORM, LOSS, MEAN_ACTIVATION, CheckpointTable
 from traitwatch.monitor.detector import DriftMonitor
 
-__all__ = ["CheckpointTable", "FeatureSet", "default_feature_sets", "evaluate", "loto_evaluate"]
+__all__ = ["CheckpointTable", "FeatureSet", "default_feature_sets", "evaluate_feature_sets", "loto_evaluate"]
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def _nan_to_none(x: float) -> float | None:
     return None if not np.isfinite(x) else float(x)
 
 
-def evaluate(
+def evaluate_feature_sets(
     calibration: CheckpointTable,
     heldout: CheckpointTable,
     *,
@@ -135,7 +135,7 @@ def evaluate(
     if len(cal) == 0 or len(held) == 0:
         raise ValueError("calibration and held-out tables need checkpoints with step > 0")
     sets = default_feature_sets(calibration, random_state=random_state) if feature_sets is None else list(feature_sets)
-    cands = dict(default_candidates() if candidates is None else candidates)
+    cands = dict(default_regressors() if candidates is None else candidates)
     rows: list[dict[str, Any]] = []
     for fs in sets:
         # Inputs come from the full tables: activation drift needs each run's step-0 row as reference.
@@ -199,7 +199,7 @@ def loto_evaluate(
                        step=trained.step, rise=trained.y, reference=np.zeros(len(trained), dtype=bool),
                        positive=trained.y > tau)
     sets = default_feature_sets(table, random_state=random_state) if feature_sets is None else list(feature_sets)
-    cands = dict(default_candidates() if candidates is None else candidates)
+    cands = dict(default_regressors() if candidates is None else candidates)
     out: list[dict[str, Any]] = []
     for fs in sets:
         X = fs.inputs(table)[rows_mask]  # from the full table: activation drift needs each run's step 0

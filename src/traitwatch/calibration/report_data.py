@@ -4,7 +4,7 @@ Why a separate structure: a saved monitor (`monitor/artifact.py`) carries only w
 the CV summary (`cv_results`: pooled out-of-fold counts, rates and per-left-out-type errors). The figures a
 reader wants from a calibration (PC1 loadings, variance explained, ROC curves of the monitor and of every
 baseline, alarm lead/lag) need the geometry and the held-out predictions (the `predictions` of each
-`evaluate()` row). `calibration_report_data` computes those sections from the calibration objects and
+`evaluate_feature_sets()` row). `calibration_report_data` computes those sections from the calibration objects and
 dumps them into plain JSON (format `traitwatch.calibration_report`), so `traitwatch.report` only draws
 from a file and never refits or scores anything.
 
@@ -153,9 +153,9 @@ def calibration_report_data(
 
     geometry : a fitted `DriftGeometry` (loadings, variance explained, LOPO stability).
     monitor : a `DriftMonitor` after `select_regressor`, or a `LoadedMonitor`; gives the CV section.
-    evaluation : the rows `evaluate()` returned (one per feature set).
+    evaluation : the rows `evaluate_feature_sets()` returned (one per feature set).
     heldout, scores : held-out checkpoints (step > 0) and, per feature-set name, a prediction for each of
-        them (the `predictions` of its `evaluate()` row); gives ROC curves, confusion counts,
+        them (the `predictions` of its `evaluate_feature_sets()` row); gives ROC curves, confusion counts,
         per-perturbation errors and lead/lag.
     monitor_name : which score is the monitor (confusion, per-type errors and lead/lag use it); defaults to
         the first score.

@@ -20,7 +20,7 @@ from sklearn.utils.validation import validate_data
 from traitwatch.calibration.metrics import detection_metrics
 from traitwatch.monitor.detector import DriftMonitor, default_regressor
 
-__all__ = ["SELECTION_CRITERION", "default_candidates", "select_regressor"]
+__all__ = ["SELECTION_CRITERION", "default_regressors", "select_regressor"]
 
 SELECTION_CRITERION = (
     "lowest balanced error (mean of FNR and FPR at the threshold) on pooled leave-one-perturbation-out "
@@ -28,7 +28,7 @@ SELECTION_CRITERION = (
 )
 
 
-def default_candidates(random_state: int | None = 42) -> dict[str, RegressorMixin]:
+def default_regressors(random_state: int | None = 42) -> dict[str, RegressorMixin]:
     """The three regressors the protocol compares by leave-one-perturbation-out CV."""
     return {
         "RF": default_regressor(random_state),
@@ -60,7 +60,7 @@ def select_regressor(
     if np.unique(g).size < 2:
         raise ValueError("leave-one-perturbation-out CV needs at least two perturbation types")
     monitor.check_labels(y)
-    cands = dict(default_candidates() if candidates is None else candidates)
+    cands = dict(default_regressors() if candidates is None else candidates)
     if not cands:
         raise ValueError("no candidate regressors given")
     # Folds outer, candidates inner: the feature map (which may be an SAE) is fitted once per fold and

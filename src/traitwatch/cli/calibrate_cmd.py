@@ -11,7 +11,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from traitwatch.calibration import CheckpointTable, default_candidates, default_feature_sets, detection_metrics
+from traitwatch.calibration import CheckpointTable, default_regressors, default_feature_sets, detection_metrics
 from traitwatch.calibration.calibrate import calibrate_and_save, fit_and_save
 from traitwatch.calibration.evaluate import loto_evaluate
 from traitwatch.calibration.from_store import anchor_rows, directions_for_runs, resolve_runs, table_from_store
@@ -166,7 +166,7 @@ def register(app: typer.Typer) -> None:
             sets = default_feature_sets(everything, sae_latents=None if quick else 256,  # type: ignore[arg-type]
                                         wide_sae_latents=None if quick else 1024, semantic_directions=semantic,
                                         random_state=seed)
-            regressors = {k: v for k, v in default_candidates().items() if k in ("RF", "Ridge")} if quick else None
+            regressors = {k: v for k, v in default_regressors().items() if k in ("RF", "Ridge")} if quick else None
             rows = loto_evaluate(everything, tau=tau, feature_sets=sets, candidates=regressors, n_resamples=resamples,
                                  random_state=seed)
             _print_loto(rows, tau)

@@ -65,9 +65,9 @@ def register(app: typer.Typer) -> None:
         t1 = time.perf_counter()
         m = measure_with_bar(probe, lm, lm.name)
         t_measure = time.perf_counter() - t1
-        out.print(measurement_table(f"Drift of the base model against its own basis (layer {probe.layer_}): zero by construction",
+        out.print(measurement_table(f"Drift of the base model against its own basis (layer {probe.measure_layer}): zero by construction",
                                basis.trait_names, [(lm.name, m)]))
-        out.print(f"One drift measurement ({len(probe.prompt_list_)} prompts): {t_measure:.1f} s. Basis: {basis_dir}.")
+        out.print(f"One drift measurement ({len(probe.prompt_texts)} prompts): {t_measure:.1f} s. Basis: {basis_dir}.")
         if steps > 0:
             from traitwatch.behavior import proxy_score
             from traitwatch.monitor.shipped import shipped_monitor_path

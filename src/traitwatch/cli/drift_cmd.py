@@ -64,7 +64,7 @@ def anchored_probe(basis: TraitBasis, lm: LoadedModel, *, layer: int | None = No
 
 def measure_with_bar(probe: DriftProbe, lm: LoadedModel, label: str) -> DriftMeasurement:
     """`probe.measure` with a progress bar labelled `label`."""
-    with progress_bar(f"Measuring {label}", len(probe.prompt_list_)) as advance:
+    with progress_bar(f"Measuring {label}", len(probe.prompt_texts)) as advance:
         return probe.measure(lm.model, lm.tokenizer, progress=advance)
 
 
@@ -102,10 +102,10 @@ def register(app: typer.Typer) -> None:
         lm = load_model(model or (None if adapter else basis.model.name), adapter=adapter, device=device, dtype=dtype)
         probe = anchored_probe(basis, lm, layer=layer, batch_size=batch_size)
         m = measure_with_bar(probe, lm, str(adapter or lm.name))
-        out.print(measurement_table(f"Trait drift at layer {probe.layer_} (d = (p - p0) / N, N = {probe.anchor_.scale:.2f})",
+        out.print(measurement_table(f"Trait drift at layer {probe.measure_layer} (d = (p - p0) / N, N = {probe.anchor_.scale:.2f})",
                                basis.trait_names, [(str(adapter or lm.name), m)]))
         if json_out is not None:
-            payload = _record(m, model=lm.name, adapter=str(adapter) if adapter else None, layer=probe.layer_,
+            payload = _record(m, model=lm.name, adapter=str(adapter) if adapter else None, layer=probe.measure_layer,
                               basis=str(basis_dir), per_prompt_projections=m.projections.tolist())
             json_out.parent.mkdir(parents=True, exist_ok=True)
             json_out.write_text(json.dumps(payload, indent=2))
@@ -152,7 +152,7 @@ def register(app: typer.Typer) -> None:
                 m = measure_with_bar(probe, full, path.name)
             rows.append((path.name, m))
             records.append(_record(m, step=step, checkpoint=str(path)))
-        out.print(measurement_table(f"Trait drift of {run_dir} at layer {probe.layer_}", basis.trait_names, rows))
+        out.print(measurement_table(f"Trait drift of {run_dir} at layer {probe.measure_layer}", basis.trait_names, rows))
         if csv_out is not None:
             with csv_out.open("w", newline="") as fh:
                 writer = csv.writer(fh)
@@ -161,5 +161,5 @@ def register(app: typer.Typer) -> None:
                     writer.writerow([step, str(path), *[f"{v:.8g}" for v in m.drift], f"{m.norm:.8g}"])
             err.print(f"Wrote {csv_out}")
         if json_out is not None:
-            json_out.write_text(json.dumps({"basis": str(basis_dir), "layer": probe.layer_, "checkpoints": records}, indent=2))
+            json_out.write_text(json.dumps({"basis": str(basis_dir), "layer": probe.measure_layer, "checkpoints": records}, indent=2))
             err.print(f"Wrote {json_out}")

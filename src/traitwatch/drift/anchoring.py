@@ -124,10 +124,10 @@ def no_base_error(probe: DriftProbe, run_id: str, step: int, precision: tuple[st
     dtype, device = precision
     # select-layer anchors a plain dtype; an autocast precision is reproduced by fitting under torch.autocast
     basis_fix = "" if " " in dtype else (
-        f"; for the basis: `traitwatch select-layer --basis BASIS --set {probe.layer_} --dtype {dtype}`")
+        f"; for the basis: `traitwatch select-layer --basis BASIS --set {probe.measure_layer} --dtype {dtype}`")
     why = (f"{' and '.join(skipped)} was measured in another precision than the model runs in now ({dtype} on "
            f"{device}), which would put precision noise into the drift" if skipped else
-           f"its step-0 anchor is not in the store and the basis has none for layer {probe.layer_}")
+           f"its step-0 anchor is not in the store and the basis has none for layer {probe.measure_layer}")
     return AnchorError(
         f"Run {run_id!r} resumed at step {step} but {why}; a fully finetuned model has no base left "
         "to measure, and measuring this trained model as step 0 would be wrong. Resume in the precision the "
@@ -204,6 +204,6 @@ def anchor_basis(lm: Any, basis: TraitBasis, *, progress: Progress = _silent) ->
     using this anchor (precision alone moves drift by ~1e-3).
     """
     probe = DriftProbe(basis)
-    with progress("Anchoring measurement prompts", len(probe.prompt_list_)) as advance:
+    with progress("Anchoring measurement prompts", len(probe.prompt_texts)) as advance:
         proj = probe.project(lm.model, lm.tokenizer, progress=advance)
     basis.anchor = probe.anchor_from(proj, probe.precision(lm.model), name=lm.name)

@@ -16,6 +16,7 @@ in one place, `traitwatch.drift.anchoring.resolve_anchor`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -115,19 +116,23 @@ class DriftProbe:
         self.anchor_: Anchor | None = None
 
     # -- configuration ------------------------------------------------------------------------
+    # Derived from the parameters, not learned: plain names, no trailing underscore.
     @property
-    def layer_(self) -> int:
+    def measure_layer(self) -> int:
+        """The layer drift is read at: `layer`, else the basis's measurement layer."""
         return self.basis.measure_layer if self.layer is None else self.layer
 
-    @property
-    def prompt_list_(self) -> list[str]:
+    @functools.cached_property
+    def prompt_texts(self) -> list[str]:
+        """The measurement prompts: `prompts`, else the packaged set (read once per probe)."""
         if self.prompts is not None:
             return list(self.prompts)
         return [p for _, p in load_measurement_prompts()]
 
     @property
-    def prompts_hash_(self) -> str:
-        return prompts_hash("measurement", self.basis.position, self.prompt_list_)
+    def prompts_hash(self) -> str:
+        """Which prompt set (and token position) an anchor was measured with."""
+        return prompts_hash("measurement", self.basis.position, self.prompt_texts)
 
     def fingerprint(self) -> dict[str, Any]:
         """What makes two runs' drift comparable: base model, layer, directions, prompt set.
@@ -136,15 +141,15 @@ class DriftProbe:
         monitor (`load_monitor` refuses drift measured with another one).
         """
         basis = self.basis
-        directions = basis.matrix(self.layer_).float().contiguous().numpy()
+        directions = basis.matrix(self.measure_layer).float().contiguous().numpy()
         return {
             "model": basis.model.to_dict(),
             "method": basis.method,
             "position": basis.position,
-            "layer": self.layer_,
+            "layer": self.measure_layer,
             "trait_names": list(basis.trait_names),
             "directions_sha256": hashlib.sha256(directions.tobytes()).hexdigest()[:16],
-            "measurement_prompts_hash": self.prompts_hash_,
+            "measurement_prompts_hash": self.prompts_hash,
         }
 
     def check_model(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, name: str | None = None) -> None:
@@ -180,22 +185,22 @@ class DriftProbe:
         acts = extract_activations(
             inner,
             seqs,
-            [self.layer_],
+            [self.measure_layer],
             position=self.basis.position,  # type: ignore[arg-type]
             batch_size=self.batch_size,
             pad_token_id=pad,
             progress=progress,
             forward_passes=forward_passes,
-        )[self.layer_]
+        )[self.measure_layer]
         if acts.shape[1] != hidden:
             raise BasisMismatchError(
                 f"The trait basis has hidden size {hidden} but the model's is {acts.shape[1]}: extract a basis for it."
             )
         with torch.autocast("cpu", enabled=False):  # fp32 arithmetic even when called under the caller's autocast
-            return Projection(acts @ self.basis.matrix(self.layer_).T, acts.norm(dim=1), acts.mean(dim=0))
+            return Projection(acts @ self.basis.matrix(self.measure_layer).T, acts.norm(dim=1), acts.mean(dim=0))
 
     def _encode(self, tokenizer: PreTrainedTokenizerBase, indices: Sequence[int] | None) -> list[list[int]]:
-        prompts = self.prompt_list_
+        prompts = self.prompt_texts
         return [encode_chat(tokenizer, prompts[i]) for i in (range(len(prompts)) if indices is None else indices)]
 
     def count_forward_passes(self, tokenizer: PreTrainedTokenizerBase, indices: Sequence[int] | None = None) -> int:
@@ -205,7 +210,7 @@ class DriftProbe:
 
     def precision(self, model: nn.Module) -> tuple[str, str]:
         """(dtype, device type) the model computes the measurement layer in; one one-token pass."""
-        return residual_precision(model, self.layer_)
+        return residual_precision(model, self.measure_layer)
 
     def fit_anchor(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, *, name: str = "") -> DriftProbe:
         """Record the step-0 reference from the (base) model, with its precision; returns self."""
@@ -219,21 +224,21 @@ class DriftProbe:
         The one place an anchor is made from a measurement, so that every anchor records the layer,
         prompt set and precision it is valid for. The tensors are copied: the anchor outlives the pass.
         """
-        return Anchor(self.layer_, self.prompts_hash_, projection.projections.clone(), projection.norms.clone(),
+        return Anchor(self.measure_layer, self.prompts_hash, projection.projections.clone(), projection.norms.clone(),
                       name, *precision)
 
     def anchor_fits(self, anchor: Anchor | None, precision: tuple[str, str] | None = None) -> bool:
         """True if `anchor` was measured at this layer with these prompts (and, given one, in `precision`)."""
-        if anchor is None or anchor.layer != self.layer_ or anchor.prompts_hash != self.prompts_hash_:
+        if anchor is None or anchor.layer != self.measure_layer or anchor.prompts_hash != self.prompts_hash:
             return False
         return precision is None or anchor.precision == tuple(precision)
 
     def use_anchor(self, anchor: Anchor) -> DriftProbe:
         """Adopt a stored anchor, refusing one made at another layer or with other prompts."""
-        if anchor.layer != self.layer_ or anchor.prompts_hash != self.prompts_hash_:
+        if anchor.layer != self.measure_layer or anchor.prompts_hash != self.prompts_hash:
             raise BasisMismatchError(
                 f"The stored step-0 anchor was measured at layer {anchor.layer} with prompts {anchor.prompts_hash}; "
-                f"this probe uses layer {self.layer_} with prompts {self.prompts_hash_}. Re-anchor on the base model."
+                f"this probe uses layer {self.measure_layer} with prompts {self.prompts_hash}. Re-anchor on the base model."
             )
         self.anchor_ = anchor
         return self

@@ -101,7 +101,7 @@ def roc_chart(data: Mapping[str, Any]) -> Chart:
         if len(rocs) == 1 and baselines:
             notes.append("ROC curves of the baselines need their held-out predictions, which this file does not "
                          "carry (their AUROC is in the evaluation table). Build the file with "
-                         "calibration_report_data(..., scores=...), passing every evaluate() row's predictions, "
+                         "calibration_report_data(..., scores=...), passing every evaluate_feature_sets() row's predictions, "
                          "to draw them.")
     if traces:
         traces.append(Trace(name="chance", x=(0.0, 1.0), y=np.array([0.0, 1.0]), dash="dot", color="#999999"))
@@ -229,7 +229,7 @@ def _with_ci(row: Mapping[str, Any], key: str, fmt: Any) -> str:
 
 
 def evaluation_table(data: Mapping[str, Any]) -> Table:
-    """The `evaluate()` rows: the monitor and every baseline on held-out types, with cluster-bootstrap CIs."""
+    """The `evaluate_feature_sets()` rows: the monitor and every baseline on held-out types, with cluster-bootstrap CIs."""
     rows = data.get("evaluation") or []
     body = tuple(
         (str(r.get("features")), str(r.get("regressor")), _with_ci(r, "fnr", _pct), _with_ci(r, "fpr", _pct),

@@ -234,14 +234,14 @@ def screen_dataset(
     examples = read_examples(dataset, limit=max_examples)
     _check_model(model, tokenizer, basis, model_name)
     probe = DriftProbe(basis, layer=layer)
-    layer_ = probe.layer_
-    basis.matrix(layer_)  # raises if the layer is not in the basis
+    at_layer = probe.measure_layer
+    basis.matrix(at_layer)  # raises if the layer is not in the basis
     trait_names = list(basis.trait_names)
     risk_from_drift(np.zeros((1, len(trait_names))), trait_names, risk_traits)  # fail before any work
-    if isinstance(reference, Reference) and (reference.layer != layer_ or reference.position != position):
+    if isinstance(reference, Reference) and (reference.layer != at_layer or reference.position != position):
         raise BasisMismatchError(
             f"The given reference was computed at layer {reference.layer} with position {reference.position!r}; "
-            f"this screen uses layer {layer_} with position {position!r}."
+            f"this screen uses layer {at_layer} with position {position!r}."
         )
 
     ref_prompts: dict[str, Any] | None = None
@@ -274,7 +274,7 @@ def screen_dataset(
         if kind == "mean":
             if not isinstance(reference, Reference):
                 reference = mean_reference(
-                    model, tokenizer, basis, layer=layer_, position=position, prompts=reference_prompts,
+                    model, tokenizer, basis, layer=at_layer, position=position, prompts=reference_prompts,
                     max_new_tokens=max_new_tokens, batch_size=batch_size,
                     progress=on_reference(ref_prompts["n"]) if on_reference is not None and ref_prompts else None,
                 )
@@ -297,12 +297,12 @@ def screen_dataset(
             continue
         encoded = [encode_example(tokenizer, e, max_response_tokens=max_response_tokens,
                                   where=f"{dataset}, line {e.line}") for e in block]
-        acts = span_activations(model, [x.ids for x in encoded], [(x.start, x.end) for x in encoded], layer_,
+        acts = span_activations(model, [x.ids for x in encoded], [(x.start, x.end) for x in encoded], at_layer,
                                 position=position, pad_token_id=_pad_id(tokenizer))
-        proj = _projections(acts, basis, layer_)
+        proj = _projections(acts, basis, at_layer)
         ref_tokens: list[int | None] = [None] * len(block)
         if ref_proj is None:
-            own, lengths = _own_answers(model, tokenizer, basis, layer_, [x.prompt for x in encoded], position,
+            own, lengths = _own_answers(model, tokenizer, basis, at_layer, [x.prompt for x in encoded], position,
                                         max_new_tokens)
             drift = (proj - own) / scale
             ref_tokens = list(lengths)

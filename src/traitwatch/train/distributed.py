@@ -95,7 +95,7 @@ def gather_projection(
 def project_across_ranks(probe: DriftProbe, model: torch.nn.Module, tokenizer: Any, rank: int,
                          world_size: int) -> Projection:
     """All of `probe`'s prompts projected on `model`: this rank's share, in lockstep with the others, gathered."""
-    n_prompts = len(probe.prompt_list_)
+    n_prompts = len(probe.prompt_texts)
     passes = lockstep_passes(lambda share: probe.count_forward_passes(tokenizer, share), n_prompts, world_size)
 
     def project(indices: list[int] | None) -> Projection:
