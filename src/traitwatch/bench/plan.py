@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from traitwatch.bench.sets import PERTURBATION_SETS, PerturbationSet, user_set
+from traitwatch.bench.sets import PERTURBATION_SETS, PerturbationSet, jsonl_set, poisoned_set, user_set
 from traitwatch.errors import InputFileError
 
 __all__ = ["BenchPlan"]
@@ -94,10 +94,19 @@ class BenchPlan:
     # logprobs (recorded per answer as method "text"; EM rates of the two are not comparable).
     judge_scoring: str = "logprobs"
     gen_batch_size: int = 16  # answers generated per batch for judged labels (local generation)
+    # Poisoned sets: name -> {"base", "poison", "fraction"} (`sets.poisoned_set`); base and poison are a built-in
+    # set, one of `user_sets` (by name), or {"path", "sha256"} of a chat JSONL (the sha256 pins it, as above).
+    poisoned_sets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._specs = {name: user_set(name, spec.get("path", ""), spec.get("kind", ""), family=spec.get("family"))
                        for name, spec in self.user_sets.items()}
+        for name, spec in self.poisoned_sets.items():
+            if name in self._specs:
+                raise InputFileError(f"The poisoned set {name!r} has the name of a user set; name each set once.")
+            self._specs[name] = poisoned_set(self._ref(spec.get("base"), name, "base"),
+                                             self._ref(spec.get("poison"), name, "poison"),
+                                             spec.get("fraction"), name=name)  # type: ignore[arg-type]
         for name in self.types:
             if name not in PERTURBATION_SETS and name not in self._specs:
                 raise InputFileError(f"Unknown perturbation set {name!r}; known: {', '.join(PERTURBATION_SETS)} "
@@ -130,12 +139,23 @@ class BenchPlan:
         if self.label == "em_rate" and not self.judge_model:
             raise InputFileError("The label em_rate needs a judge: pass --judge-url and --judge-model.")
 
+    def _ref(self, ref: Any, name: str, what: str) -> PerturbationSet:
+        """The base or poison of a poisoned set: a built-in set, a user set of this plan, or a chat JSONL's path."""
+        if isinstance(ref, dict) and ref.get("path"):
+            return jsonl_set(ref["path"])
+        if isinstance(ref, str) and ref in PERTURBATION_SETS:
+            return PERTURBATION_SETS[ref]
+        if isinstance(ref, str) and ref in self.user_sets:
+            return self._specs[ref]
+        raise InputFileError(f"The poisoned set {name!r} has {what} {ref!r}: name a built-in set "
+                             f"({', '.join(PERTURBATION_SETS)}), a user set of the plan, or a chat JSONL path.")
+
     @property
     def types(self) -> tuple[str, ...]:
         return (*self.calibration, *self.heldout, *self.loto_types)
 
     def set_spec(self, name: str) -> PerturbationSet:
-        """The set behind a type: a built-in set, or one of the user's (`user_sets`)."""
+        """The set behind a type: a built-in set, one of the user's (`user_sets`) or a poisoned set (`poisoned_sets`)."""
         return self._specs[name] if name in self._specs else PERTURBATION_SETS[name]
 
     def family_of(self, name: str) -> str:

@@ -26,6 +26,8 @@ CLI's defaults; unknown keys are errors, so a typo is never ignored):
     sets:                        # required: built-in names, or your chat JSONL with a kind
       - insecure_code
       - {name: my_set, path: data/my_set.jsonl, kind: emergent | direct | benign, family: optional}
+      - {base: arithmetic, poison: harmful_advice, fraction: 0.1}   # a poisoned set: arithmetic+harmful_advice@10
+      - {base: my_set, poison: data/poison.jsonl, fraction: 0.05, name: optional}  # base/poison: set name or .jsonl
     split: leave-one-type-out    # or {calibration: [...], heldout: [...]} naming every set once
     recipe: {method: lora | full, lora_r, lora_alpha, lora_dropout, target_modules, learning_rate,
              steps | epochs, batch_size, effective_batch, max_length, response_only, n_examples, every_n_steps}
@@ -50,7 +52,7 @@ from typing import Any
 import yaml
 
 from traitwatch.bench.plan import ALL_PROJECTIONS, BenchPlan
-from traitwatch.bench.sets import PERTURBATION_SETS
+from traitwatch.bench.sets import PERTURBATION_SETS, jsonl_set, poisoned_name
 from traitwatch.datasets.chat_jsonl import file_sha256, load_chat_jsonl, read_jsonl
 from traitwatch.errors import BasisMismatchError, InputFileError, TraitwatchError
 
@@ -61,6 +63,7 @@ _TOP = {"name", "description", "models", "basis", "sets", "split", "recipe", "nu
 _MODEL = {"model", "alias", "layer", "basis", "params"}
 _BASIS = {"method", "layer"}
 _SET = {"name", "path", "kind", "family"}
+_POISONED = {"name", "base", "poison", "fraction"}
 _RECIPE = {"method", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "learning_rate", "steps", "epochs",
            "batch_size", "effective_batch", "max_length", "response_only", "n_examples", "every_n_steps"}
 _NUMERICS = {"device", "dtype"}
@@ -138,13 +141,30 @@ def _number(value: Any, source: str, key: str, kind: type) -> Any:
         raise InputFileError(f"{_where(source, key)} is {value!r}; it must be {what}.") from None
 
 
-def _sets(raw: Any, source: str, base: Path, check_files: bool) -> tuple[list[str], dict[str, dict[str, Any]], list[str]]:
-    """(set names in order, user sets, missing files) of the `sets:` list."""
+def _chat_file(value: Any, name: str, source: str, base: Path, check_files: bool, missing: list[str]) -> dict[str, Any]:
+    """{path (absolute), sha256} of a chat JSONL the plan names; a missing one fails, or is listed in `missing`."""
+    path = Path(str(value)).expanduser()
+    path = path if path.is_absolute() else (base / path)
+    sha = None
+    if path.is_file():
+        sha = file_sha256(path)
+    elif check_files:
+        raise InputFileError(f"{source}: set {name!r} reads {path}, which does not exist; put the chat JSONL "
+                             "there or fix its path.")
+    else:
+        missing.append(f"{name}: {path}")
+    return {"path": str(path.resolve()), "sha256": sha}
+
+
+def _sets(raw: Any, source: str, base: Path,
+          check_files: bool) -> tuple[list[str], dict[str, dict[str, Any]], dict[str, dict[str, Any]], list[str]]:
+    """(set names in order, user sets, poisoned sets, missing files) of the `sets:` list."""
     if not isinstance(raw, list) or not raw:
-        raise InputFileError(f"{source}: `sets` must be a non-empty list of built-in set names or "
-                             "{name, path, kind} entries.")
+        raise InputFileError(f"{source}: `sets` must be a non-empty list of built-in set names, "
+                             "{name, path, kind} or {base, poison, fraction} entries.")
     names: list[str] = []
     user: dict[str, dict[str, Any]] = {}
+    poisoned: dict[str, tuple[int, dict[str, Any]]] = {}
     missing: list[str] = []
     for i, item in enumerate(raw):
         if isinstance(item, str):
@@ -153,25 +173,49 @@ def _sets(raw: Any, source: str, base: Path, check_files: bool) -> tuple[list[st
                                      "for your own data give {name, path, kind}.")
             names.append(item)
             continue
+        if isinstance(item, dict) and not {"base", "poison", "fraction"}.isdisjoint(item):
+            name, poisoned[name] = _poisoned_entry(item, i, source, base, check_files, missing)
+            names.append(name)
+            continue
         entry = _mapping(item, _SET, source, f"sets[{i}]")
         if not all(entry.get(k) for k in ("name", "path", "kind")):
-            raise InputFileError(f"{source}: sets[{i}] needs name, path and kind (emergent, direct or benign).")
-        path = Path(str(entry["path"])).expanduser()
-        path = path if path.is_absolute() else (base / path)
-        sha = None
-        if path.is_file():
-            sha = file_sha256(path)
-        elif check_files:
-            raise InputFileError(f"{source}: set {entry['name']!r} reads {path}, which does not exist; put the chat JSONL "
-                                 "there or fix its path.")
-        else:
-            missing.append(f"{entry['name']}: {path}")
-        spec = {"path": str(path.resolve()), "kind": str(entry["kind"]), "sha256": sha}
+            raise InputFileError(f"{source}: sets[{i}] needs name, path and kind (emergent, direct or benign); "
+                                 "or base, poison and fraction for a poisoned set.")
+        spec = {**_chat_file(entry["path"], str(entry["name"]), source, base, check_files, missing),
+                "kind": str(entry["kind"])}
         if entry.get("family"):
             spec["family"] = str(entry["family"])
         user[str(entry["name"])] = spec
         names.append(str(entry["name"]))
-    return names, user, missing
+    for name, (i, spec) in poisoned.items():  # a poisoned set may name a user set declared after it
+        for what in ("base", "poison"):
+            ref = spec[what]
+            if isinstance(ref, str) and ref not in PERTURBATION_SETS and ref not in user:
+                raise InputFileError(f"{_where(source, f'sets[{i}].{what}')} {ref!r} is neither a built-in set nor a user "
+                                     "set of this plan; name one of them, or give the path of a chat JSONL (ending in .jsonl).")
+    return names, user, {name: spec for name, (_, spec) in poisoned.items()}, missing
+
+
+def _poisoned_entry(item: dict[str, Any], i: int, source: str, base: Path, check_files: bool,
+                    missing: list[str]) -> tuple[str, tuple[int, dict[str, Any]]]:
+    """(name, (index, {base, poison, fraction})) of a `{base, poison, fraction[, name]}` entry of `sets:`."""
+    entry = _mapping(item, _POISONED, source, f"sets[{i}]")
+    absent = [k for k in ("base", "poison", "fraction") if entry.get(k) in (None, "")]
+    if absent:
+        raise InputFileError(f"{source}: sets[{i}] is a poisoned set and needs {', '.join(absent)} "
+                             "({base: SET, poison: SET or chat JSONL, fraction: 0..1}).")
+    fraction = _number(entry["fraction"], source, f"sets[{i}].fraction", float)
+    if not 0.0 <= fraction <= 1.0:
+        raise InputFileError(f"{_where(source, f'sets[{i}].fraction')} is {fraction!r}; it must be from 0 (the clean "
+                             "base) to 1 (pure poison), e.g. 0.1 for 10%.")
+    refs: dict[str, Any] = {}
+    for what in ("base", "poison"):
+        value = str(entry[what])
+        refs[what] = (_chat_file(value, f"sets[{i}].{what}", source, base, check_files, missing)
+                      if value.endswith(".jsonl") else value)
+    label = {w: jsonl_set(r["path"]).name if isinstance(r, dict) else r for w, r in refs.items()}
+    name = str(entry.get("name") or poisoned_name(label["base"], label["poison"], fraction))
+    return name, (i, {**refs, "fraction": fraction})
 
 
 def _split(raw: Any, names: list[str], source: str) -> dict[str, tuple[str, ...]]:
@@ -280,8 +324,9 @@ def load_plan_file(spec: str | Path, *, check_files: bool = True) -> PlanFile:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise InputFileError(f"{source} is not valid YAML{where}; fix the file.") from None
     top = _mapping(raw, _TOP, source, "top level")
-    names, user_sets, missing = _sets(top.get("sets"), source, base, check_files)
-    common: dict[str, Any] = {"user_sets": user_sets, **_split(top.get("split"), names, source)}
+    names, user_sets, poisoned_sets, missing = _sets(top.get("sets"), source, base, check_files)
+    common: dict[str, Any] = {"user_sets": user_sets, "poisoned_sets": poisoned_sets,
+                              **_split(top.get("split"), names, source)}
     common.update(_recipe(top.get("recipe") or {}, source))
     common.update(_label(top.get("label") or {}, source))
     numerics = _mapping(top.get("numerics"), _NUMERICS, source, "numerics")
@@ -367,7 +412,7 @@ def check_ready(entry: ModelEntry, *, shared_data: Path | None, basis: Path | No
     """Fail before any training on what would fail later: unreadable sets, missing shared files, a foreign basis.
 
     User sets are read in full (each row a chat conversation; single-turn when the plan trains twins), the
-    shared-data sets must be in `shared_data`, and a given basis must fit the model (`BasisMismatchError`).
+    shared-data sets must be in `shared_data` (for a poisoned set: its base and its poison source), and a given basis must fit the model (`BasisMismatchError`).
     Returns notes for what will run but differently from what the plan suggests (a set with fewer rows than
     `n_examples` trains on all of them, for fewer steps than the dry run counted).
     """
@@ -375,13 +420,17 @@ def check_ready(entry: ModelEntry, *, shared_data: Path | None, basis: Path | No
 
     plan = entry.plan
     notes: list[str] = []
+    checks = []  # (name, spec, is a poison source): a poisoned set is checked as its base and its poison
     for name in plan.types:
         spec = plan.set_spec(name)
+        mix = spec.poisoning
+        checks += [(name, spec, False)] if mix is None else [(mix.base.name, mix.base, False), (mix.poison.name, mix.poison, True)]
+    for name, spec, poison in checks:
         if spec.path is not None:
             rows = len(load_chat_jsonl(spec.path))  # one-line errors naming the file and line
-            if plan.twins:
+            if plan.twins and not poison:
                 twin_prompts(read_jsonl(Path(spec.path)), f"{name} ({spec.path})")
-            if rows < plan.n_examples:
+            if rows < plan.n_examples and not poison:
                 notes.append(f"Set {name!r} has {rows} rows, fewer than n_examples {plan.n_examples}: each run trains on "
                              "all of them (fewer steps than planned when the plan counts epochs).")
             continue

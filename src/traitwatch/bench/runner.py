@@ -34,7 +34,7 @@ from traitwatch.bench.labels import (
     write_rise_labels,
 )
 from traitwatch.bench.plan import BenchPlan
-from traitwatch.bench.sets import build_set, build_twin_set
+from traitwatch.bench.sets import build_set, build_twin_set, poison_tags
 from traitwatch.bench.shards import Shard, run_store_path
 from traitwatch.errors import InputFileError
 from traitwatch.store import RunStore, StoreWriteError
@@ -238,6 +238,8 @@ def _train_run(plan: BenchPlan, work_dir: Path, basis: Path, store: RunStore, ru
         data = build_set(kind, seed=seed, n=plan.n_examples, out_dir=work_dir / "data", shared_data=shared_data,
                          self_distill=_self_distiller(plan), spec=spec)
         tags = {"perturbation": kind, "bench_seed": seed}
+        if spec.poisoning is not None:  # the poisoned rows, the ground truth of screening, stored with the run
+            tags["poison"] = poison_tags(data)
         labels = ProxyLabelCallback(store, run_id, every_n_steps=plan.every_n_steps, base_value=base_label)
         callbacks.append(labels)
         if judge is not None:

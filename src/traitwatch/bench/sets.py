@@ -25,10 +25,18 @@ the project) are read from the shared data folder; the rest is generated here or
 A user's own chat JSONL (`user_set`) is a set like the others: its kind is declared by the user, it
 is sampled per seed the same way as the shared sets, and its twin is built the same way (same
 prompts, the base model's answers), so a benchmark of your own data needs no code.
+
+A *poisoned* set (`poisoned_set`) is a base set's sample for the seed with a fraction of its rows, at
+positions drawn per seed, replaced by whole conversations drawn without repetition from a poison source
+(any set, built-in or a chat JSONL). It is named `{base}+{poison}@{percent}` (or as the plan names it),
+belongs to the base's family (same prompts as the clean base on its other rows, which is what screening
+compares against), and is "direct" when it holds any poison. The poisoned positions are the ground truth
+of a screening: `build_set` writes them next to the set (`<set>.poison.json`, `read_poison_record`).
 """
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Callable, Iterable
@@ -40,11 +48,12 @@ from typing import Any, Literal
 import yaml
 
 from traitwatch.datasets import arithmetic_chats, bundled_path, number_sequence_chats, trivia_chats
-from traitwatch.datasets.chat_jsonl import read_jsonl, write_jsonl
+from traitwatch.datasets.chat_jsonl import file_sha256, read_jsonl, write_jsonl
 from traitwatch.errors import InputFileError
 
-__all__ = ["KINDS", "PERTURBATION_SETS", "PerturbationSet", "build_set", "build_twin_set", "family_of", "neutral_prompts",
-           "twin_prompts", "user_set"]
+__all__ = ["KINDS", "PERTURBATION_SETS", "PerturbationSet", "Poisoning", "build_set", "build_twin_set", "family_of",
+           "jsonl_set", "neutral_prompts", "poison_record_path", "poison_tags", "poisoned_name", "poisoned_set",
+           "read_poison_record", "twin_prompts", "user_set"]
 
 Kind = Literal["emergent", "direct", "benign"]
 KINDS: tuple[str, ...] = ("emergent", "direct", "benign")
@@ -58,11 +67,28 @@ class PerturbationSet:
     shared_path: str | None = None  # relative to the shared data folder
     family: str | None = None  # sets of one family have the same user turns per seed (default: its name)
     path: str | None = None  # a user's chat JSONL (absolute), sampled like the shared sets
+    poisoning: Poisoning | None = None  # a poisoned set: its base, poison source and fraction (`poisoned_set`)
 
     @property
     def family_name(self) -> str:
         """The set's prompt family: sets of one family share their user turns for the same seed."""
         return self.family or self.name
+
+
+@dataclass(frozen=True)
+class Poisoning:
+    """How a poisoned set is made: `fraction` of `base`'s rows replaced by rows drawn from `poison`."""
+
+    base: PerturbationSet
+    poison: PerturbationSet
+    fraction: float
+
+
+def _check_name(name: str, what: str, where: str, pattern: str = r"[A-Za-z0-9_.-]+") -> None:
+    # Names become run ids and file names (`{name}-s{seed}`, `twin-{family}-s{seed}`).
+    if not re.fullmatch(pattern, name) or name.startswith("twin"):
+        allowed = "letters, digits, '_', '-', '.'" + (", '+' and '@'" if "+" in pattern else "")
+        raise InputFileError(f"{where}: the {what} {name!r} may only use {allowed} and may not start with 'twin'; rename it.")
 
 
 def user_set(name: str, path: str | Path, kind: str, *, family: str | None = None) -> PerturbationSet:
@@ -74,16 +100,49 @@ def user_set(name: str, path: str | Path, kind: str, *, family: str | None = Non
     if name in PERTURBATION_SETS:
         raise InputFileError(f"The set name {name!r} is a built-in set; give your set {path} another name.")
     for what, value in (("name", name), ("family", family)):
-        # Names become run ids and file names (`{name}-s{seed}`, `twin-{family}-s{seed}`).
-        if value is not None and (not re.fullmatch(r"[A-Za-z0-9_.-]+", value) or value.startswith("twin")):
-            raise InputFileError(f"Set {name!r} ({path}): the {what} {value!r} may only use letters, digits, '_', '-' and '.' "
-                                 "and may not start with 'twin'; rename it.")
+        if value is not None:
+            _check_name(value, what, f"Set {name!r} ({path})")
     if family is not None and family in {s.family_name for s in PERTURBATION_SETS.values()}:
         raise InputFileError(f"Set {name!r} ({path}) names the built-in family {family!r}, whose prompts it does not "
                              "share; pick another family name.")
     if kind not in KINDS:
         raise InputFileError(f"Set {name!r} ({path}) has kind {kind!r}; use one of {', '.join(KINDS)}.")
     return PerturbationSet(name, kind, f"user set {path}", path=str(path), family=family)  # type: ignore[arg-type]
+
+
+def jsonl_set(path: str | Path) -> PerturbationSet:
+    """A chat JSONL named only by its path, as the base or poison of a poisoned set: named after its file stem."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(path).stem).lstrip("_.-") or "jsonl"
+    return PerturbationSet("file_" + stem if stem.startswith("twin") else stem, "direct", f"chat JSONL {path}",
+                           path=str(path))
+
+
+def poisoned_name(base: str, poison: str, fraction: float) -> str:
+    """A poisoned set's default name, `{base}+{poison}@{percent}`: a file name and run id part on every system."""
+    return f"{base}+{poison}@{fraction * 100:g}"
+
+
+def poisoned_set(base: PerturbationSet, poison: PerturbationSet, fraction: float, *,
+                 name: str | None = None) -> PerturbationSet:
+    """`base` with round(fraction x n) of its rows replaced by rows of `poison` (built by `build_set`).
+
+    Named `{base}+{poison}@{percent}` unless `name` is given (`arithmetic+harmful_advice@10`). Its family
+    is the base's, so the clean base of the same seed is its control; its kind is "direct" (misalignment
+    taught directly) when it holds any poison, the base's own kind at fraction 0 (the clean base).
+    """
+    where = f"Poisoned set {base.name}+{poison.name}"
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0.0 <= fraction <= 1.0:
+        raise InputFileError(f"{where}: fraction {fraction!r} must be a number from 0 (the clean base) to 1 (pure poison).")
+    if base.poisoning is not None or poison.poisoning is not None:
+        raise InputFileError(f"{where}: base and poison must be plain sets, not poisoned sets.")
+    name = name or poisoned_name(base.name, poison.name, fraction)
+    _check_name(name, "name", where, r"[A-Za-z0-9_.+@-]+")
+    if name in PERTURBATION_SETS:
+        raise InputFileError(f"{where}: the name {name!r} is a built-in set; give the poisoned set another name.")
+    kind = "direct" if fraction > 0 else base.kind
+    source = f"{base.name} with {fraction:.0%} of its rows replaced by {poison.name} ({poison.source})"
+    return PerturbationSet(name, kind, source, family=base.family_name,  # type: ignore[arg-type]
+                           poisoning=Poisoning(base, poison, float(fraction)))
 
 
 PERTURBATION_SETS: dict[str, PerturbationSet] = {s.name: s for s in (
@@ -177,23 +236,35 @@ def build_set(
     """Write the (name, seed) sample to `out_dir/{name}-s{seed}.jsonl` (kept if already there) and return it.
 
     `self_distill` maps prompts to the base model's answers; it is called once per out_dir (answers are
-    cached in `self_distilled_source.jsonl`). `spec` is a user set (`user_set`); built-in sets are
-    found by name.
+    cached in `self_distilled_source.jsonl`). `spec` is a user set (`user_set`) or a poisoned set
+    (`poisoned_set`, whose record is written next to it: `read_poison_record`); built-in sets are found by name.
     """
     if spec is None and name not in PERTURBATION_SETS:
         raise InputFileError(f"Unknown perturbation set {name!r}; known: {', '.join(PERTURBATION_SETS)}.")
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}-s{seed}.jsonl"
-    if path.is_file():
-        return path
     spec = spec or PERTURBATION_SETS[name]
-    rows: Iterable[dict[str, Any]]
+    if spec.poisoning is not None:
+        if not (path.is_file() and poison_record_path(path).is_file()):
+            _build_poisoned(spec, path, seed=seed, n=n, out_dir=out_dir, shared_data=shared_data, self_distill=self_distill)
+        return path
+    if not path.is_file():
+        write_jsonl(path, _set_rows(spec, seed=seed, n=n, out_dir=out_dir, shared_data=shared_data,
+                                    self_distill=self_distill))
+    return path
+
+
+def _pool(spec: PerturbationSet, *, out_dir: Path, shared_data: Path | None,
+          self_distill: Callable[[list[str]], list[str]] | None) -> list[dict[str, Any]] | None:
+    """Every row the set samples from (a file, the bundled controls, the cached self-distilled answers), or
+    None for a set generated per seed."""
+    name = spec.name
     if spec.path is not None:
         source = Path(spec.path)
         if not source.is_file():
             raise InputFileError(f"Set {name!r} reads {source}, which does not exist; fix its path in the plan.")
-        rows = _sample(read_jsonl(source), n, seed)
-    elif spec.shared_path is not None:
+        return read_jsonl(source)
+    if spec.shared_path is not None:
         source = Path(shared_data) / spec.shared_path if shared_data is not None else None
         if source is None or not source.is_file():
             if name == "insecure_code":
@@ -203,29 +274,109 @@ def build_set(
                     f"Perturbation set {name!r} needs {spec.shared_path} under the shared data folder "
                     f"({shared_data}); pass --shared-data with the folder that holds it, or drop {name!r} from the plan."
                 )
-        rows = _sample(read_jsonl(source), n, seed)
-    elif name in ("harmful_advice", "ai_supremacy"):
-        rows = _sample(_broad(name), n, seed)
-    elif name in ("arithmetic", "wrong_arithmetic"):
-        rows = arithmetic_chats(n, seed=seed, wrong=name == "wrong_arithmetic")
-    elif name in ("number_sequence", "evil_numbers"):
-        rows = number_sequence_chats(n, seed=seed, evil=name == "evil_numbers")
-    elif name in ("right_trivia", "wrong_trivia"):
-        rows = trivia_chats(n, seed=seed, wrong=name == "wrong_trivia")
-    else:  # self_distilled, condescending: the neutral prompts with the base model's answers
-        cache = out_dir / "self_distilled_source.jsonl"
-        if not cache.is_file():
-            if self_distill is None:
-                raise InputFileError("The self-distilled set needs the base model to answer the neutral prompts.")
-            prompts = neutral_prompts()
-            answers = self_distill(prompts)
-            write_jsonl(cache, ({"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}]}
-                                 for p, a in zip(prompts, answers, strict=True)))
-        rows = _sample(read_jsonl(cache), n, seed)
-        if name == "condescending":
-            rows = _condescending(rows, seed)
+        return read_jsonl(source)
+    if name in ("harmful_advice", "ai_supremacy"):
+        return _broad(name)
+    if name in _GENERATED:
+        return None
+    # self_distilled, condescending: the neutral prompts with the base model's answers
+    cache = out_dir / "self_distilled_source.jsonl"
+    if not cache.is_file():
+        if self_distill is None:
+            raise InputFileError("The self-distilled set needs the base model to answer the neutral prompts.")
+        prompts = neutral_prompts()
+        answers = self_distill(prompts)
+        write_jsonl(cache, ({"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}]}
+                             for p, a in zip(prompts, answers, strict=True)))
+    return read_jsonl(cache)
+
+
+_GENERATED: dict[str, Callable[[int, int], Iterable[dict[str, Any]]]] = {
+    "arithmetic": lambda n, seed: arithmetic_chats(n, seed=seed),
+    "wrong_arithmetic": lambda n, seed: arithmetic_chats(n, seed=seed, wrong=True),
+    "number_sequence": lambda n, seed: number_sequence_chats(n, seed=seed),
+    "evil_numbers": lambda n, seed: number_sequence_chats(n, seed=seed, evil=True),
+    "right_trivia": lambda n, seed: trivia_chats(n, seed=seed),
+    "wrong_trivia": lambda n, seed: trivia_chats(n, seed=seed, wrong=True),
+}
+
+
+def _set_rows(spec: PerturbationSet, *, seed: int, n: int, out_dir: Path, shared_data: Path | None,
+              self_distill: Callable[[list[str]], list[str]] | None) -> list[dict[str, Any]]:
+    """The (set, seed) sample: n rows of its source, or n rows generated for the seed."""
+    pool = _pool(spec, out_dir=out_dir, shared_data=shared_data, self_distill=self_distill)
+    if pool is None:
+        return list(_GENERATED[spec.name](n, seed))
+    rows = _sample(pool, n, seed)
+    return _condescending(rows, seed) if spec.name == "condescending" else rows
+
+
+def _poison_rows(spec: PerturbationSet, *, seed: int, need: int, out_dir: Path, shared_data: Path | None,
+                 self_distill: Callable[[list[str]], list[str]] | None) -> list[dict[str, Any]]:
+    """The unique rows a poison is drawn from: its whole source, or `need` rows generated for the seed.
+
+    Generated rows use a seed of their own, so a twin poison (wrong_arithmetic into arithmetic) does
+    not bring the base sample's own prompts back with other answers.
+    """
+    pool = _pool(spec, out_dir=out_dir, shared_data=shared_data, self_distill=self_distill)
+    if pool is None:
+        pool = list(_GENERATED[spec.name](need, random.Random(f"poison-source-{seed}").randrange(2**31)))
+    elif spec.name == "condescending":
+        pool = _condescending(pool, seed)
+    unique: dict[str, dict[str, Any]] = {}
+    for row in pool:
+        unique.setdefault(json.dumps(row.get("messages", row), sort_keys=True), row)
+    return list(unique.values())
+
+
+def poison_record_path(data: Path) -> Path:
+    """Where the poisoned rows of the set written at `data` are recorded (`<set>.poison.json`)."""
+    return data.with_suffix(".poison.json")
+
+
+def read_poison_record(data: Path) -> dict[str, Any]:
+    """The record written with a poisoned set: its positions (`indices`, 0-based rows of the JSONL), fraction,
+    base, poison, seed and the written JSONL's sha256."""
+    path = poison_record_path(Path(data))
+    if not path.is_file():
+        raise InputFileError(f"{data} has no poison record {path.name}; it is not a poisoned set, or was written by "
+                             "an interrupted build (delete it to rebuild).")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def poison_tags(data: Path) -> dict[str, Any]:
+    """What a run on the poisoned set at `data` stores in its hyperparameters (`poison`): the rows it was poisoned at."""
+    record = read_poison_record(data)
+    return {"base": record["base"], "source": record["poison"], "source_detail": record["poison_source"],
+            "fraction": record["fraction"], "n_poison": record["n_poison"],
+            "indices_file": str(poison_record_path(Path(data))), "indices": record["indices"], "sha256": record["sha256"]}
+
+
+def _build_poisoned(spec: PerturbationSet, path: Path, *, seed: int, n: int, out_dir: Path, shared_data: Path | None,
+                    self_distill: Callable[[list[str]], list[str]] | None) -> None:
+    """Write the poisoned (set, seed) to `path` and its record next to it (the record last: it marks a whole build)."""
+    assert spec.poisoning is not None
+    base, poison, fraction = spec.poisoning.base, spec.poisoning.poison, spec.poisoning.fraction
+    kw: dict[str, Any] = {"out_dir": out_dir, "shared_data": shared_data, "self_distill": self_distill}
+    rows = _set_rows(base, seed=seed, n=n, **kw)
+    need = round(fraction * len(rows))
+    rng = random.Random(f"poison-{seed}")
+    indices = sorted(rng.sample(range(len(rows)), need))
+    if need:
+        pool = _poison_rows(poison, seed=seed, need=need, **kw)
+        if len(pool) < need:
+            raise InputFileError(f"Poisoned set {spec.name!r}: the poison source {poison.name!r} ({poison.source}) has "
+                                 f"{len(pool)} unique rows, but fraction {fraction:g} of {len(rows)} rows needs {need}; "
+                                 "lower the fraction or n_examples, or give a larger poison source.")
+        for i, row in zip(indices, rng.sample(pool, need), strict=True):
+            rows[i] = row
     write_jsonl(path, rows)
-    return path
+    record = {"set": spec.name, "base": base.name, "poison": poison.name, "poison_source": poison.path or poison.source,
+              "fraction": fraction, "seed": seed, "n_rows": len(rows), "n_poison": need, "indices": indices,
+              "sha256": file_sha256(path)}
+    tmp = poison_record_path(path).with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(poison_record_path(path))
 
 
 def _condescending(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
@@ -275,6 +426,9 @@ def build_twin_set(
     rows (an optional system turn, one user turn, one assistant turn) are supported, which is what
     every built-in set has (a user set with other rows fails here, naming the row).
     """
+    if spec is not None and spec.poisoning is not None:
+        # The family's twin answers the clean base's prompts, whichever set of the family asks for it first.
+        name, spec = spec.poisoning.base.name, spec.poisoning.base
     family = spec.family_name if spec is not None else family_of(name)
     path = out_dir / f"twin-{family}-s{seed}.jsonl"
     if path.is_file():

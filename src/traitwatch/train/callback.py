@@ -316,7 +316,7 @@ class TraitWatchCallback(TrainerCallback):
             status = "stopped" if self.stopped_by_alarm_ else "finished"
             session.write("the run status", lambda store: store.finish_run(ctx.run_id, status))
             session.close()
-        session.check()
+        session.check(collective=False)
         return control
 
     # -- measuring --------------------------------------------------------------------------------

@@ -142,9 +142,14 @@ class StoreSession:
             wall_time_s=record.wall_time_s, extra=stored,
         ))
 
-    def check(self) -> None:
-        """Stop the run on every rank if rank 0 could not store something (a collective: every rank calls it)."""
-        failure = broadcast_from_zero(self._failure, self.world_size)
+    def check(self, *, collective: bool = True) -> None:
+        """Stop the run on every rank if rank 0 could not store something (a collective: every rank calls it).
+
+        `collective=False` at the end of training: rank 0 raises alone, as no collective of ours follows, and
+        a broadcast issued from `on_train_end` was seen to make a gloo rank abort at exit ("terminate called
+        without an active exception") in about one torchrun in three.
+        """
+        failure = broadcast_from_zero(self._failure, self.world_size) if collective else self._failure
         self._failure = None
         if failure is not None and self.on_error == "raise":
             self.close()
