@@ -25,7 +25,7 @@ from traitwatch.behavior.questions import Question
 from traitwatch.store import RunStore
 
 __all__ = ["JUDGE_METRIC", "LABEL_METRIC", "RISE_METRIC", "GeneratorFactory", "JudgeLabelCallback", "ProxyLabelCallback", "StepTimer",
-           "write_rise_labels"]
+           "write_json", "write_rise_labels"]
 
 LABEL_METRIC = "proxy_style_p_mis"
 RISE_METRIC = "proxy_style_rise"
@@ -202,7 +202,7 @@ class JudgeLabelCallback(_CheckpointLabeller):
         self.seconds_.append(time.perf_counter() - start)
         em = result.em_rate
         if self.answers_dir is not None:
-            _write_json(self.answers_dir / f"step-{step}.json",
+            write_json(self.answers_dir / f"step-{step}.json",
                         {"run_id": self.run_id, "step": step, "judge_model": self.judge_model,
                          "scoring": getattr(self.judge, "scoring", None), "em_rate": em.rate,
                          "excluded": dict(em.excluded), "answers": result.answer_dicts()})
@@ -218,12 +218,13 @@ class JudgeLabelCallback(_CheckpointLabeller):
         self._write(step, em.rate, source=f"judge:{self.judge_model}", details=details,
                     ci_low=em.ci_low, ci_high=em.ci_high, n=em.scoreable)
         if step == 0 and self.base_record is not None:
-            _write_json(self.base_record, {"value": em.rate, "details": details, "ci_low": em.ci_low,
+            write_json(self.base_record, {"value": em.rate, "details": details, "ci_low": em.ci_low,
                                            "ci_high": em.ci_high, "n": em.scoreable})
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomically, with a per-process temporary name (shards may write the same base record)."""
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write a JSON file whole or not at all, with a per-process temporary name (shards may write the same
+    base record; a half-written `done` marker would skip an unfinished run)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")

@@ -14,7 +14,6 @@ The one-off costs (full proxy and local generation on the base model) are measur
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import statistics
 import time
@@ -31,6 +30,7 @@ from traitwatch.bench.labels import (
     JudgeLabelCallback,
     ProxyLabelCallback,
     StepTimer,
+    write_json,
     write_rise_labels,
 )
 from traitwatch.bench.plan import BenchPlan
@@ -191,13 +191,6 @@ def measure_base_costs(plan: BenchPlan, work_dir: Path, say: Say) -> dict[str, A
     return costs
 
 
-def _write_marker(path: Path, data: dict[str, Any]) -> None:
-    """The `done` marker, written whole or not at all: a half-written marker would skip an unfinished run."""
-    tmp = path.with_suffix(".json.partial")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 @dataclass
 class _Trained:
     """What one trained run leaves for its `done` marker (timings and the callbacks that hold them)."""
@@ -325,7 +318,7 @@ def run_grid(
             if trained.labels is not None:
                 n = write_rise_labels(store, run_id)
                 rise = {b.step: round(b.value, 4) for b in store.behavior(run_id, RISE_METRIC)}
-        _write_marker(marker, {
+        write_json(marker, {
             "run_id": run_id, "twin": twin, "wall_s": trained.wall_s, "step_s": trained.timer.seconds_,
             "proxy_s": trained.labels.seconds_ if trained.labels else [],
             "median_step_s": statistics.median(trained.timer.seconds_) if trained.timer.seconds_ else None,
