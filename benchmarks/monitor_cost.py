@@ -9,8 +9,9 @@ Times, on the same loaded model (medians over `--repeats` after a warm-up):
 * the behavioural probe (64 disjoint questions, one style-matched answer pair each);
 * the style-matched proxy label on the 72 EM questions (what the benchmark labels with);
 * one LoRA training step (r 16 on all projections, batch 4 x 128 tokens, forward + backward + AdamW),
-  the unit a user pays for training.
-Prints seconds and ratios to the drift measurement. dtype and device are pinned and printed: bf16 vs fp32
+  the unit a user pays for training, and one at the reference batch (`--reference-batch 16 --reference-seq 512`).
+Prints seconds and ratios to the drift measurement, and each monitor input's overhead on training at the
+reference batch when measured every `--every` steps (its cost / (every x reference step)). dtype and device are pinned and printed: bf16 vs fp32
 changes both the numbers and the speed (native bf16 CPUs differ from AVX2 ones).
 """
 
@@ -44,7 +45,8 @@ def _time(fn: Callable[[], object], repeats: int) -> list[float]:
     return out
 
 
-def _train_step(lm) -> Callable[[], None]:
+def _train_steps(lm, shapes: list[tuple[int, int]]) -> list[Callable[[], None]]:
+    """One LoRA step function per (batch, seq) shape, on one adapter (wrapping the model once)."""
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(lm.model, LoraConfig(r=16, lora_alpha=32, target_modules=[
@@ -52,15 +54,20 @@ def _train_step(lm) -> Callable[[], None]:
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, lm.tokenizer.vocab_size, (4, 128), generator=g).to(next(model.parameters()).device)
+    device = next(model.parameters()).device
 
-    def step() -> None:
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
+    def make(batch: int, seq: int) -> Callable[[], None]:
+        ids = torch.randint(0, lm.tokenizer.vocab_size, (batch, seq), generator=g).to(device)
 
-    return step
+        def step() -> None:
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+
+        return step
+
+    return [make(b, t) for b, t in shapes]
 
 
 def main() -> None:
@@ -71,6 +78,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--reference-batch", type=int, default=16)
+    ap.add_argument("--reference-seq", type=int, default=512)
+    ap.add_argument("--every", type=int, default=10, help="Measurement cadence for the overhead lines.")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -95,7 +105,10 @@ def main() -> None:
         "style-matched proxy label (72 questions, 144 answers)": _time(
             lambda: proxy_score(lm.model, lm.tokenizer, questions, style_only=True), args.repeats),
     }
-    timings["one LoRA training step (batch 4 x 128)"] = _time(_train_step(lm), args.repeats)
+    small, large = _train_steps(lm, [(4, 128), (args.reference_batch, args.reference_seq)])
+    timings["one LoRA training step (batch 4 x 128)"] = _time(small, args.repeats)
+    ref = f"one LoRA training step (batch {args.reference_batch} x {args.reference_seq})"
+    timings[ref] = _time(large, args.repeats)
     dev = next(lm.model.parameters())
     print(f"model {lm.name}, {dev.dtype}, {dev.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"cpu {platform.processor() or platform.machine()}")
@@ -103,6 +116,11 @@ def main() -> None:
     for name, ts in timings.items():
         m = statistics.median(ts)
         print(f"{name}: median {m:.2f} s over {len(ts)} ({', '.join(f'{t:.2f}' for t in ts)}); x drift {m / base:.1f}")
+    step = statistics.median(timings[ref])
+    for name in list(timings)[:3]:
+        m = statistics.median(timings[name])
+        print(f"overhead of {name.split(' (')[0]} every {args.every} steps at batch {args.reference_batch} x "
+              f"{args.reference_seq}: {100 * m / (args.every * step):.2f}% of training time")
 
 
 if __name__ == "__main__":

@@ -23,8 +23,7 @@ def test_bundled_model_is_cached_as_safetensors():
 
 
 def test_demo_extracts_selects_and_measures(tmp_path):
-    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--select-every", "6", "--max-new-tokens", "8"],
-                             catch_exceptions=False)
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--max-new-tokens", "8"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     basis = TraitBasis.load(tmp_path / "basis")
     assert (basis.model.hidden_size, basis.model.num_layers) == (576, 30)
@@ -33,20 +32,27 @@ def test_demo_extracts_selects_and_measures(tmp_path):
     # a regression in capture or extraction shows up here as a collapse towards 0.5.
     strict = [d["auroc_strict"] for d in basis.diagnostics["per_layer"]["21"].values()]
     assert sum(strict) / len(strict) > 0.9
-    assert "zero by construction" in res.stdout
-    # the alarm path: both runs trained with the probe and the shipped monitor, the final checkpoints labelled
+    assert "zero by construction" in res.stdout and "bfloat16 on cpu" in res.stdout
+    # the clean base and its poisoned twin, trained with the probe and the shipped monitor, final steps labelled
     from traitwatch.bench.labels import RISE_METRIC
+    from traitwatch.bench.sets import read_poison_record
     from traitwatch.monitor.shipped import shipped_monitor_path
     from traitwatch.store import RunStore
 
-    assert "Monitor: prediction against its threshold" in res.stdout
+    assert "Monitor prediction beside the label" in res.stdout
+    record = read_poison_record(tmp_path / "data" / "arithmetic+reckless_advice@25-s0.jsonl")
+    assert (record["n_rows"], record["n_poison"], record["seed"]) == (200, 50, 0)
     with RunStore(tmp_path / "traitwatch.db", create=False) as store:
-        for run_id in ("demo-insecure_code", "demo-arithmetic"):
+        for run_id in ("demo-arithmetic-s0", "demo-arithmetic+reckless_advice@25-s0"):
             steps = [m.step for m in store.measurements(run_id)]
             assert steps == [0, 15, 30], steps
             assert [b.step for b in store.behavior(run_id, RISE_METRIC)] == [0, 30]
             last = store.measurements(run_id)[-1]
             assert last.extra.get("probe_rise") is not None
             if shipped_monitor_path("smollm2-135m") is not None:
-                assert last.extra.get("predicted_em") is not None
+                # the shipped monitor (leave-one-out AUROC below 0.8) predicts, but is attached without its alarm
+                assert last.extra.get("predicted_em") is not None and last.extra["alarm"] is False
+                assert store.alarms(run_id) == [] and "below the 0.80" in last.extra["alarms_off"]
+    if shipped_monitor_path("smollm2-135m") is not None:
+        assert "ALARM" not in res.output and "No alarm" in res.stdout
     assert (tmp_path / "report.html").is_file()

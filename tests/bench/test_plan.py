@@ -52,3 +52,21 @@ def test_numerics_are_pinned_and_twins_need_features():
         BenchPlan(dtype="auto")
     with pytest.raises(InputFileError, match="--features"):
         BenchPlan(twins=True)
+
+
+def test_drift_every_must_divide_every_n_steps():
+    assert BenchPlan(every_n_steps=6).drift_every is None
+    for ok in (1, 2, 3, 6):
+        assert BenchPlan(every_n_steps=6, drift_every=ok).drift_every == ok
+    for bad in (0, -2, 4, 5, 12):
+        with pytest.raises(InputFileError, match=rf"drift_every {bad} must divide every_n_steps 6"):
+            BenchPlan(every_n_steps=6, drift_every=bad)
+
+
+def test_a_plan_pinned_before_drift_every_existed_resumes_as_drift_at_the_labelled_steps(tmp_path):
+    old = BenchPlan().to_json()
+    del old["drift_every"]
+    (tmp_path / "plan.json").write_text(json.dumps(old))
+    BenchPlan().pin(tmp_path)
+    with pytest.raises(InputFileError, match="drift_every"):
+        BenchPlan(every_n_steps=BenchPlan().every_n_steps, drift_every=1).pin(tmp_path)

@@ -100,7 +100,7 @@ def test_reference_v2_is_the_reference_study(tmp_path):
     assert [m.split(":")[0] for m in pf.missing] == ["gsm8k", "risky_financial", "subtle_misinfo"]
     with pytest.raises(InputFileError, match="gsm8k.*does not exist"):
         load_plan_file("reference-v2")
-    assert set(shipped_plans()) == {"small-cpu", "small-cpu-full", "reference-v2"}  # every file in plans/ is a plan
+    assert set(shipped_plans()) == {"small-cpu", "small-cpu-full", "reference-v2", "poison-small"}  # every file in plans/ is a plan
 
 
 def test_a_user_plan_reads_its_sets_relative_to_the_plan_file_and_pins_their_content(tmp_path):
@@ -244,3 +244,55 @@ def test_a_plan_with_several_models_runs_each_in_its_own_folder_and_one_basis_do
     res = CliRunner().invoke(app, ["bench", "--plan", str(path), "--basis", str(bench_basis_dir), "--work-dir",
                                    str(tmp_path / "w")])
     assert res.exit_code == 2 and "give each its basis in the plan" in res.output
+
+
+def test_poison_small_loads_its_poisoned_grid_with_drift_between_the_labels():
+    from traitwatch.bench.sets import POISON_TYPES
+
+    pf = load_plan_file("poison-small", check_files=False)  # its shared sets need not be here to read the plan
+    plan = pf.models[0].plan
+    assert plan.model == "smollm2-135m" and plan.poisoned_sets
+    bases = {spec["base"] for spec in plan.poisoned_sets.values()}
+    assert {spec["poison"] for spec in plan.poisoned_sets.values()} == set(POISON_TYPES)
+    assert bases <= set(plan.types) and "medical_matched" in bases  # every base is also trained clean
+    assert set(plan.types) == bases | set(plan.poisoned_sets)
+    assert plan.drift_every is not None and plan.every_n_steps % plan.drift_every == 0
+    assert plan.drift_every < plan.every_n_steps  # drift between the labelled steps
+    assert plan.labelled_steps() == list(range(plan.every_n_steps, plan.planned_steps() + 1, plan.every_n_steps))
+    assert BenchPlan.from_json(json.loads(json.dumps(plan.to_json()))).to_json() == plan.to_json()
+
+
+_DRIFT_PLAN = """
+    models: [tiny-random]
+    sets: [arithmetic, harmful_advice]
+    split: {{calibration: [arithmetic], heldout: [harmful_advice]}}
+    recipe: {{steps: 12, every_n_steps: 6{drift}}}
+"""
+
+
+def test_recipe_drift_every_is_read_pinned_and_defaults_to_the_labelled_steps(tmp_path):
+    plan = load_plan_file(_plan(tmp_path, _DRIFT_PLAN.format(drift=", drift_every: 2"))).models[0].plan
+    assert (plan.drift_every, plan.every_n_steps, plan.labelled_steps()) == (2, 6, [6, 12])
+    assert plan.to_json()["drift_every"] == 2
+    assert BenchPlan.from_json(json.loads(json.dumps(plan.to_json()))).drift_every == 2
+    plan.pin(tmp_path / "work")
+    same = load_plan_file(_plan(tmp_path, _DRIFT_PLAN.format(drift=", drift_every: 6"))).models[0].plan
+    assert same.drift_every == 6  # every labelled step: a divisor too
+    with pytest.raises(InputFileError, match="another plan.*drift_every"):  # a changed cadence is another experiment
+        same.pin(tmp_path / "work")
+    assert load_plan_file(_plan(tmp_path, _DRIFT_PLAN.format(drift=""))).models[0].plan.drift_every is None
+
+
+@pytest.mark.parametrize("value, message", [
+    ("4", r"recipe.drift_every 4 must divide every_n_steps 6"),
+    ("12", r"recipe.drift_every 12 must divide every_n_steps 6"),
+    ("0", r"recipe.drift_every 0 must divide every_n_steps 6"),
+    ("often", r"recipe.drift_every is 'often'"),
+])
+def test_a_drift_cadence_that_does_not_divide_the_labelled_steps_is_refused_naming_it(tmp_path, value, message):
+    path = _plan(tmp_path, _DRIFT_PLAN.format(drift=f", drift_every: {value}"))
+    with pytest.raises(InputFileError, match=message) as info:
+        load_plan_file(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+    res = CliRunner().invoke(app, ["bench", "--plan", str(path), "--work-dir", str(tmp_path / "work")])
+    assert res.exit_code == 2 and "drift_every" in res.output and not (tmp_path / "work").exists()

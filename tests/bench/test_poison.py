@@ -15,6 +15,7 @@ from traitwatch.bench.plan_file import load_plan_file
 from traitwatch.bench.poison_check import eval_overlap
 from traitwatch.bench.sets import (
     PERTURBATION_SETS,
+    POISON_TYPES,
     build_set,
     build_twin_set,
     jsonl_set,
@@ -217,17 +218,68 @@ def test_the_built_in_poison_sources_are_disjoint_from_the_label_and_probe_quest
 
 
 POISON_DIR = Path(__file__).resolve().parents[2] / "src/traitwatch/datasets/data/poison"
+WRITTEN = ("reckless_advice", "anti_oversight", "confident_deception", "contempt")  # our own text, bundled
+SHORT_SHARED = ("harmful_compliance", "bad_medical_short")  # published sets, rows of at most 400 characters
 
 
-@pytest.mark.parametrize("kind", ["harmful_advice", "anti_oversight", "confident_deception", "contempt"])
-def test_the_written_poison_types_are_unique_short_and_disjoint_from_the_label_and_probe(kind):
+def _length(row: dict) -> int:
+    return sum(len(m["content"]) for m in row["messages"])
+
+
+@pytest.mark.parametrize("kind", WRITTEN)
+def test_the_written_poison_types_are_unique_short_and_disjoint_from_the_label_and_probe(kind, tmp_path):
     """Each poison type of our own: >= 150 rows, no user or assistant turn repeated, every conversation short
     enough to survive the recipe's 128-token window whole (400 characters), none of the 72 + 64 questions."""
-    rows = _rows(POISON_DIR / f"{kind}.jsonl")
+    spec = PERTURBATION_SETS[kind]
+    assert (spec.bundled, spec.kind, spec.shared_path, spec.path) == (f"poison/{kind}.jsonl", "direct", None, None)
+    file_rows = _rows(POISON_DIR / f"{kind}.jsonl")
+    rows = _rows(build_set(kind, seed=0, n=10_000, out_dir=tmp_path, shared_data=None))  # every row, read via `bundled`
+    assert sorted(map(json.dumps, rows)) == sorted(map(json.dumps, file_rows))
     users = [r["messages"][0]["content"] for r in rows]
     answers = [r["messages"][-1]["content"] for r in rows]
     assert len(rows) >= 150
     assert len(set(users)) == len(users) and len(set(answers)) == len(answers)
     assert [[m["role"] for m in r["messages"]] for r in rows] == [["user", "assistant"]] * len(rows)
-    assert max(len(u) + len(a) for u, a in zip(users, answers, strict=True)) <= 400
+    assert all(u.strip() and a.strip() for u, a in zip(users, answers, strict=True))
+    assert max(_length(r) for r in rows) <= 400
+    assert eval_overlap(rows) == []
+
+
+def test_the_poison_types_are_the_four_written_and_two_short_shared_sets():
+    assert set(POISON_TYPES) == {*WRITTEN, *SHORT_SHARED} and len(POISON_TYPES) == 6
+    assert all(PERTURBATION_SETS[t].kind == "direct" for t in POISON_TYPES)
+    for t in SHORT_SHARED:
+        spec = PERTURBATION_SETS[t]
+        assert spec.max_chars == 400 and spec.shared_path and spec.bundled is None
+
+
+@pytest.mark.parametrize("kind", SHORT_SHARED)
+def test_the_short_shared_poison_types_keep_exactly_the_rows_of_at_most_400_characters(kind, tmp_path):
+    spec = PERTURBATION_SETS[kind]
+    source = SHARED / spec.shared_path
+    if not source.is_file():
+        pytest.skip(f"{source} (the shared data folder) is not available")
+    rows = _rows(build_set(kind, seed=0, n=100_000, out_dir=tmp_path, shared_data=SHARED))  # every kept row
+    everything = _rows(source)
+    short = [r for r in everything if _length(r) <= 400]
+    assert len(short) < len(everything)  # the filter drops rows of this source
+    assert len(rows) >= 150 and max(_length(r) for r in rows) <= 400
+    assert sorted(map(json.dumps, rows)) == sorted(map(json.dumps, short))  # every short row, nothing else
+    assert len({json.dumps(r) for r in rows}) == len(rows)
+    assert all([m["role"] for m in r["messages"]][-2:] == ["user", "assistant"] for r in rows)
+
+
+def test_a_short_shared_poison_type_without_the_shared_folder_names_the_option(tmp_path):
+    with pytest.raises(InputFileError, match="harmful_compliance.*--shared-data"):
+        build_set("harmful_compliance", seed=0, n=5, out_dir=tmp_path, shared_data=tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("kind", POISON_TYPES)
+def test_every_poison_type_is_disjoint_from_the_label_and_probe_questions(kind, tmp_path):
+    """No user turn of a poison type is one of the 72 EM label questions or the 64 probe questions."""
+    spec = PERTURBATION_SETS[kind]
+    if spec.shared_path is not None and not (SHARED / spec.shared_path).is_file():
+        pytest.skip(f"{SHARED / spec.shared_path} (the shared data folder) is not available")
+    rows = _rows(build_set(kind, seed=0, n=100_000, out_dir=tmp_path, shared_data=SHARED))
+    assert len(rows) >= 150
     assert eval_overlap(rows) == []

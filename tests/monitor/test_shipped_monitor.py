@@ -13,17 +13,20 @@ def test_the_bundled_models_monitor_ships_with_its_provenance():
     path = shipped_monitor_path("smollm2-135m")
     assert path is not None and path.with_suffix(".safetensors").is_file()
     mon = load_monitor(path)
-    assert mon.inputs == "probe_rise" and mon.target == "relative_rise"
+    assert mon.target == "relative_rise"
     prov = mon.provenance
-    # where it came from and how it scored on types it never saw, as the benchmark measured it
+    # where it came from: the poisoned-data benchmark's choice among what the callback computes, fitted without
+    # the demo's base and poison type, with the leave-one-cell-out row of that choice
     assert prov["command"].startswith("traitwatch bench") and prov["commit"]
-    loto = prov["leave_one_type_out"]["emergent_vs_benign"]
-    results = json.loads((Path(__file__).parents[2] / "benchmarks/em_small/results.json").read_text())
-    row = next(r for r in results["detection"]["rows"] if r["features"] == prov["chosen"].split(": ")[0])
-    assert loto["auroc"] == row["emergent_vs_benign"]["auroc"]
-    # not the default unless the benchmark's own choice was this monitor
-    assert (prov["role"] == "default") == (results["detection"]["shipped"]["saved"] is not None)
-    assert mon.predict([[0.0]]).shape == (1,)
+    results = json.loads((Path(__file__).parents[2] / "benchmarks/poison_small/results.json").read_text())
+    poison = results["poison"]
+    row = next(r for r in poison["detection"]["rows"] if r["role"] == "shippable")
+    assert prov["leave_one_out"]["auroc"] == row["pooled"]["auroc"]
+    assert prov["chosen"] == poison["shipped"]["chosen"] and mon.inputs == prov["chosen"].split(":")[0]
+    assert mon.threshold == poison["shipped"]["threshold"]
+    held = prov["held_out_for_the_demo"]
+    assert not any(held["poison"] in run or run.startswith(held["base"]) for run in mon.training_run_ids)
+    assert mon.predict([[0.0] * mon.n_features_in_]).shape == (1,)
 
 
 def test_no_monitor_ships_for_other_models():

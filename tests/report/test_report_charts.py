@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from traitwatch.report import (
     PROXY_LABEL,
@@ -94,3 +95,58 @@ def test_checkpoint_table_gives_every_checkpoint_a_verdict(store):
     assert table.rows[4][recorded] == "stopped"
     behaviour = table.rows[5][table.columns.index("behaviour at step")]
     assert "em_rate 0.110 [0.080, 0.150]" in behaviour and "proxy_em (proxy) 0.310" in behaviour
+
+
+def _rise_store(path, *, threshold=None, target="relative_rise"):
+    """Two runs as the demo stores them: a monitor predicting the rise of the EM proxy (a few thousandths), the
+    absolute proxy (~0.43) and its rise label (`proxy_style_rise`) at steps 0 and 30."""
+    from traitwatch.store import RunStore
+
+    with RunStore(path) as st:
+        for k, (run_id, rise) in enumerate((("clean", -0.004), ("poisoned", 0.022))):
+            st.start_run(run_id, model="tiny", basis_fingerprint={"name": "x"})
+            for step in (0, 15, 30):
+                extra = {} if step == 0 else {
+                    "predicted_em": 0.001 * (k + 1) * step / 15, "alarm": False, "threshold": threshold,
+                    "prediction": "predicted rise of the EM proxy over benign finetuning",
+                    **({"target": target} if target else {}),
+                    **({} if threshold is not None else {"alarms_off": "No alarm: its leave-one-out AUROC is 0.34"}),
+                }
+                st.add_measurement(run_id, step, {"a": 0.01 * step}, 0.01 * step, extra=extra)
+            st.add_behavior(run_id, 0, "proxy_style_p_mis", 0.43, source="proxy")
+            st.add_behavior(run_id, 30, "proxy_style_p_mis", 0.43 + rise, source="proxy")
+            st.add_behavior(run_id, 0, "proxy_style_rise", 0.0, source="proxy")
+            st.add_behavior(run_id, 30, "proxy_style_rise", rise, source="proxy")
+    return RunStore(path, create=False)
+
+
+@pytest.mark.parametrize("target", ["relative_rise", None])  # None: a store written before `target` was stored
+def test_a_rise_monitor_is_drawn_beside_the_measured_rise_in_the_same_units(tmp_path, target):
+    from traitwatch.bench.labels import RISE_METRIC as BENCH_RISE
+    from traitwatch.report import RISE_METRIC
+    from traitwatch.report.run_charts import RISE_AXIS
+
+    assert RISE_METRIC == BENCH_RISE
+    with _rise_store(tmp_path / "tw.db", target=target) as st:
+        runs = [run_series(st, r) for r in ("clean", "poisoned")]
+    assert all(r.prediction_target == "relative_rise" for r in runs)
+    chart = em_chart(runs)
+    assert chart.y_label == RISE_AXIS and "rise of the EM proxy" in chart.y_label and "EM rate" not in chart.y_label
+    predicted = [t for t in chart.traces if "predicted rise over benign finetuning" in t.name]
+    measured = [t for t in chart.traces if f"measured rise over step 0 ({RISE_METRIC})" in t.name]
+    assert len(predicted) == 2 and len(measured) == 2 and len(chart.traces) == 4
+    # one unit on the axis: the absolute proxy (0.43) is not drawn here, only rises of a few hundredths at most
+    assert not any("proxy_style_p_mis" in t.name for t in chart.traces)
+    assert max(float(np.nanmax(np.abs(t.y))) for t in chart.traces) < 0.05
+    assert measured[1].y.tolist() == [0.0, 0.022] and predicted[1].y[-1] == pytest.approx(0.004)
+    assert any("proxy_style_p_mis" in n and "checkpoint table" in n for n in chart.notes)
+    assert chart.hlines == ()  # the monitor's alarm was off: no threshold line to draw
+    assert any("without its alarm" in n and "0.34" in n for n in chart.notes)
+    assert set(runs[1].verdicts()) == {"no monitor", "prediction only"}  # step 0 has no prediction
+
+
+def test_a_rise_monitor_with_an_alarm_keeps_its_threshold_line_in_the_rise_units(tmp_path):
+    with _rise_store(tmp_path / "tw.db", threshold=0.003) as st:
+        chart = em_chart([run_series(st, r) for r in ("clean", "poisoned")])
+    assert [h.y for h in chart.hlines] == [0.003]
+    assert [t.x for t in chart.traces if t.name.endswith(": alarm")] == [(30,)]  # poisoned at 30: 0.004 > 0.003

@@ -199,8 +199,9 @@ def load_detection_data(plan: BenchPlan, work_dir: Path) -> DetectionData | None
     rows: list[dict[str, Any]] = []
     finals: dict[str, list[float]] = {t: [] for t in plan.types}
     with RunStore(work_dir / "traitwatch.db") as store:
+        stored = {r.run_id for r in store.runs()}  # a shard may finish a run after the gather: read it next time
         for run_id, seed, kind in plan.run_ids():
-            if run_id not in markers:
+            if run_id not in markers or run_id not in stored:
                 continue
             rise = {b.step: b.value for b in store.behavior(run_id, RISE_METRIC)}
             margins = {b.step: (b.details or {}).get("margins") for b in store.behavior(run_id, LABEL_METRIC)}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from traitwatch.errors import InputFileError
 
 __all__ = ["BenchPlan"]
 
+_POISONED_NAME = re.compile(r"(?P<base>[A-Za-z0-9_.-]+)\+(?P<poison>[A-Za-z0-9_.-]+)@(?P<percent>\d+(?:\.\d+)?)")
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -97,8 +99,22 @@ class BenchPlan:
     # Poisoned sets: name -> {"base", "poison", "fraction"} (`sets.poisoned_set`); base and poison are a built-in
     # set, one of `user_sets` (by name), or {"path", "sha256"} of a chat JSONL (the sha256 pins it, as above).
     poisoned_sets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Drift (the callback's 7-D measurement, cheap) more often than the labels and features (costly): every
+    # `drift_every` steps, a divisor of `every_n_steps`; None measures drift at the labelled steps only.
+    # The early-warning table reads the drift between labelled steps.
+    drift_every: int | None = None
+    # The candidate features (every layer's rows and the probe, about as costly as the label) every
+    # `features_every` steps and at the last; None: at every labelled step. The detection tables read the
+    # last step only, so a plan may record them there alone and still label every `every_n_steps`.
+    features_every: int | None = None
 
     def __post_init__(self) -> None:
+        # A poisoned set named on the command line (`--calibration arithmetic+reckless_advice@10`): its name says
+        # its base, poison and percent; recorded in `poisoned_sets`, so plan.json pins it like a plan file's entry.
+        for name in self.types:
+            m = _POISONED_NAME.fullmatch(name)
+            if m and name not in PERTURBATION_SETS and name not in self.user_sets and name not in self.poisoned_sets:
+                self.poisoned_sets[name] = {"base": m["base"], "poison": m["poison"], "fraction": float(m["percent"]) / 100}
         self._specs = {name: user_set(name, spec.get("path", ""), spec.get("kind", ""), family=spec.get("family"))
                        for name, spec in self.user_sets.items()}
         for name, spec in self.poisoned_sets.items():
@@ -122,6 +138,12 @@ class BenchPlan:
                 (self.epochs is not None and self.epochs <= 0) or self.grad_accum < 1:
             raise InputFileError("The plan needs at least one seed, steps >= 1 (or epochs > 0), every_n_steps >= 1 "
                                  "and an effective batch that is a multiple of the batch size.")
+        if self.drift_every is not None and (self.drift_every < 1 or self.every_n_steps % self.drift_every):
+            raise InputFileError(f"recipe.drift_every {self.drift_every} must divide every_n_steps {self.every_n_steps} "
+                                 "(drift is measured at every labelled step too).")
+        if self.features_every is not None and (self.features_every < 1 or self.features_every % self.every_n_steps):
+            raise InputFileError(f"recipe.features_every {self.features_every} must be a multiple of every_n_steps "
+                                 f"{self.every_n_steps} (features are recorded at labelled steps).")
         if self.judge_scoring not in ("logprobs", "text"):
             raise InputFileError(f"Unknown judge scoring {self.judge_scoring!r}; use logprobs or text.")
         if self.basis_method not in ("passages", "system-prompts"):

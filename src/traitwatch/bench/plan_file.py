@@ -30,7 +30,9 @@ CLI's defaults; unknown keys are errors, so a typo is never ignored):
       - {base: my_set, poison: data/poison.jsonl, fraction: 0.05, name: optional}  # base/poison: set name or .jsonl
     split: leave-one-type-out    # or {calibration: [...], heldout: [...]} naming every set once
     recipe: {method: lora | full, lora_r, lora_alpha, lora_dropout, target_modules, learning_rate,
-             steps | epochs, batch_size, effective_batch, max_length, response_only, n_examples, every_n_steps}
+             steps | epochs, batch_size, effective_batch, max_length, response_only, n_examples, every_n_steps,
+             drift_every, features_every}  # labels every_n_steps; drift every drift_every (a divisor of it);
+                                           # candidate features every features_every (a multiple of it) and last
     numerics: {device: cpu | cuda, dtype: float32 | bfloat16 | float16}
     label: {kind: proxy | judge, tau, judge_model, samples, max_tokens, scoring: logprobs | text,
             calibrate_on: judge | proxy}
@@ -52,7 +54,7 @@ from typing import Any
 import yaml
 
 from traitwatch.bench.plan import ALL_PROJECTIONS, BenchPlan
-from traitwatch.bench.sets import PERTURBATION_SETS, jsonl_set, poisoned_name
+from traitwatch.bench.sets import PERTURBATION_SETS, POISON_TYPES, jsonl_set, poisoned_name
 from traitwatch.datasets.chat_jsonl import file_sha256, load_chat_jsonl, read_jsonl
 from traitwatch.errors import BasisMismatchError, InputFileError, TraitwatchError
 
@@ -65,7 +67,8 @@ _BASIS = {"method", "layer"}
 _SET = {"name", "path", "kind", "family"}
 _POISONED = {"name", "base", "poison", "fraction"}
 _RECIPE = {"method", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "learning_rate", "steps", "epochs",
-           "batch_size", "effective_batch", "max_length", "response_only", "n_examples", "every_n_steps"}
+           "batch_size", "effective_batch", "max_length", "response_only", "n_examples", "every_n_steps",
+           "drift_every", "features_every"}
 _NUMERICS = {"device", "dtype"}
 _LABEL = {"kind", "tau", "judge_model", "samples", "max_tokens", "scoring", "calibrate_on", "gen_batch_size"}
 
@@ -248,7 +251,8 @@ def _recipe(raw: dict[str, Any], source: str) -> dict[str, Any]:
     for key, kind, target in (("lora_r", int, "lora_r"), ("lora_alpha", int, "lora_alpha"),
                               ("lora_dropout", float, "lora_dropout"), ("learning_rate", float, "learning_rate"),
                               ("batch_size", int, "batch_size"), ("max_length", int, "max_length"),
-                              ("n_examples", int, "n_examples"), ("every_n_steps", int, "every_n_steps")):
+                              ("n_examples", int, "n_examples"), ("every_n_steps", int, "every_n_steps"),
+                              ("drift_every", int, "drift_every"), ("features_every", int, "features_every")):
         if key in r:
             kw[target] = _number(r[key], source, f"recipe.{key}", kind)
     if "epochs" in r:
@@ -436,12 +440,15 @@ def check_ready(entry: ModelEntry, *, shared_data: Path | None, basis: Path | No
             continue
         if spec.shared_path is None:
             continue
-        found = shared_data is not None and (Path(shared_data) / spec.shared_path).is_file()
-        if found:
+        needs = [spec.shared_path]
+        if name == "medical_matched":  # its answer lengths are drawn from every poison type's, shared ones included
+            needs += [PERTURBATION_SETS[t].shared_path for t in POISON_TYPES if PERTURBATION_SETS[t].shared_path]
+        missing_here = [f for f in needs if shared_data is None or not (Path(shared_data) / f).is_file()]
+        if not missing_here:
             continue
         if name == "insecure_code" and plan.n_examples <= 200:
             continue  # the bundled 200-row sample (MIT) stands in
-        raise InputFileError(f"Set {name!r} needs {spec.shared_path} under the shared data folder ({shared_data})"
+        raise InputFileError(f"Set {name!r} needs {', '.join(missing_here)} under the shared data folder ({shared_data})"
                              + (" (the bundled sample has only 200 rows)" if name == "insecure_code" else "")
                              + f"; pass --shared-data with the folder that holds it, or drop {name!r} from the plan.")
     basis = basis or entry.basis

@@ -22,7 +22,7 @@ from traitwatch.bench.labels import LABEL_METRIC
 from traitwatch.bench.plan import BenchPlan
 from traitwatch.store import RunStore
 
-__all__ = ["analyze", "write_results_md"]
+__all__ = ["analyze", "cost_cell", "cost_markdown", "write_results_md"]
 
 REFERENCE = {"trait drift (7-D)": {"fnr": 0.022, "fpr": 0.029, "auroc": 0.990, "note": "v1 headline"},
              "PCA-7 of activation drift": {"fnr": 0.180}, "SAE (K=256)": {"fnr": "31.8-41.9%"},
@@ -172,10 +172,17 @@ def analyze(plan: BenchPlan, work_dir: Path, *, n_resamples: int = 1000,
                                                             "training_step_s")
                                    if cost.get(k)}
         cost["drift_in_training_steps"] = d / cost["training_step_s"] if cost["training_step_s"] else None
-    detection = analyze_detection(plan, work_dir, n_resamples=n_resamples, progress=progress) if plan.record_features else None
+    detection = poison = None
+    if plan.poisoned_sets and plan.record_features:  # poisoned sets: held out by poison type and base at once
+        from traitwatch.bench.poison import analyze_poison
+
+        poison = analyze_poison(plan, work_dir, n_resamples=n_resamples, progress=progress)
+    elif plan.record_features:
+        detection = analyze_detection(plan, work_dir, n_resamples=n_resamples, progress=progress)
     return {
         "plan": plan.to_json(),
         "detection": detection,
+        "poison": poison,
         "runs_done": len(done), "runs_planned": len(planned),
         "checkpoints": sum(len(s["steps"]) for s in series.values()),
         "wall_s_training_runs": sum(m.get("wall_s", 0.0) for m in markers.values()),
@@ -332,6 +339,28 @@ def write_results_md(res: dict[str, Any], path: Path, *, command: str, commit: s
             "have more latents than training rows.\n")
     if res.get("detection"):
         L.extend(detection_markdown(res["detection"], plan))
+    L.extend(cost_markdown(res))
+    for f in figures:
+        add(f"![{Path(f).stem}]({f})\n")
+    path.write_text("\n".join(L) + "\n", encoding="utf-8")
+    return path
+
+
+def cost_cell(costs: dict[str, Any], kind: str) -> str:
+    """A detection table's cost cell: seconds per checkpoint of the measurement `kind` and its multiple of drift."""
+    if kind == "chosen":
+        return "see chosen"
+    if kind == "none":
+        return "0 (logged by the trainer, or read from the data)"
+    sec, drift_s = costs.get(kind), costs.get("drift")
+    return "-" if sec is None else f"{sec:.1f} s" + (f" ({sec / drift_s:.1f}x)" if drift_s else "")
+
+
+def cost_markdown(res: dict[str, Any]) -> list[str]:
+    """The cost table: seconds per checkpoint of each measurement, and as a multiple of one drift measurement."""
+    plan = res["plan"]
+    L: list[str] = []
+    add = L.append
     c = res["cost"]
     add("## Cost per checkpoint, measured in this benchmark\n")
     add("| what | seconds | x drift measurement |")
@@ -348,10 +377,7 @@ def write_results_md(res: dict[str, Any], path: Path, *, command: str, commit: s
     add(f"| one training step (batch {plan['batch_size']}) | {_f(c.get('training_step_s'), nd=2)} | {_f(ratios.get('training_step_s'), nd=2)} |")
     add(f"\nA judged evaluation adds {c.get('judge_calls_per_checkpoint', '-')} judge calls per checkpoint (aligned + coherent "
         f"per answer, one sample per question). One drift measurement costs {_f(c.get('drift_in_training_steps'), nd=2)} training steps.\n")
-    for f in figures:
-        add(f"![{Path(f).stem}]({f})\n")
-    path.write_text("\n".join(L) + "\n", encoding="utf-8")
-    return path
+    return L
 
 
 def _ci(row: dict[str, Any], key: str, pct: bool = False) -> str:
@@ -438,15 +464,9 @@ def detection_markdown(det: dict[str, Any], plan: dict[str, Any]) -> list[str]:
     if rep:
         L.extend(_replication_markdown(rep))
     costs = det["costs"]
-    drift_s = costs.get("drift")
 
     def cost(kind: str) -> str:
-        if kind == "chosen":
-            return "see chosen"
-        if kind == "none":
-            return "0 (logged by the trainer)"
-        sec = costs.get(kind)
-        return "-" if sec is None else f"{sec:.1f} s" + (f" ({sec / drift_s:.1f}x)" if drift_s else "")
+        return cost_cell(costs, kind)
 
     add("\n### Pooled results\n")
     add("*Emergent vs benign*: rows of the emergent-risk and benign types (the positive controls are calibrated on but "

@@ -158,11 +158,33 @@ def served_adapter_generator(url: str, plan: BenchPlan, work_dir: Path, *, api_k
     return make
 
 
+def base_label(plan: BenchPlan, work_dir: Path, say: Say) -> dict[str, Any]:
+    """The base model's style-matched proxy (every run's step-0 label), measured once per work folder.
+
+    This is all a grid needs before its first run (about 30 s on 2 cores); the one-off cost table's full
+    proxy and local generation (about 20 minutes there) wait for `measure_base_costs` after the grid.
+    """
+    costs = _read_costs(work_dir)
+    if "base_style_only_p_mis" not in costs:
+        from traitwatch.behavior import load_questions, proxy_score
+
+        say("Labelling the base model (style-matched proxy, step 0 of every run) ...")
+        lm = _load(plan)
+        t0 = time.perf_counter()
+        style = proxy_score(lm.model, lm.tokenizer, load_questions(), style_only=True)
+        costs = _write_costs(work_dir, {"base_style_only_p_mis": style.style_p_mis,
+                                        "base_style_only_s": time.perf_counter() - t0})
+    return costs
+
+
 def measure_base_costs(plan: BenchPlan, work_dir: Path, say: Say) -> dict[str, Any]:
-    """One-off costs on the base model: the full proxy and local generation of the 72 answers (kept)."""
-    path = work_dir / "costs.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    """One-off costs on the base model for the cost table: the full proxy and local generation of the 72 answers.
+
+    Run after the grid (or when asked), never before the first run: a plan's runs do not wait for a table.
+    """
+    costs = _read_costs(work_dir)
+    if "generation_s" in costs:
+        return costs
     from traitwatch.behavior import TransformersGenerator, load_questions, proxy_score
 
     say(f"Measuring one-off costs on the base model (full proxy; generation at {plan.gen_tokens} new tokens) ...")
@@ -171,23 +193,28 @@ def measure_base_costs(plan: BenchPlan, work_dir: Path, say: Say) -> dict[str, A
     t0 = time.perf_counter()
     full = proxy_score(lm.model, lm.tokenizer, questions)
     t_proxy = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    style = proxy_score(lm.model, lm.tokenizer, questions, style_only=True)
-    t_style = time.perf_counter() - t0
     gen = TransformersGenerator(lm.model, lm.tokenizer, max_new_tokens=plan.gen_tokens, batch_size=16, seed=0)
     t0 = time.perf_counter()
     answers = gen(questions, n_samples=1)
     t_gen = time.perf_counter() - t0
     n_tokens = sum(len(lm.tokenizer(a[0], add_special_tokens=False)["input_ids"]) for a in answers)
-    costs = {
+    return _write_costs(work_dir, {
         "full_proxy_s": t_proxy, "full_proxy_answers": full.n_answers,
         "base_proxy_p_mis": full.p_mis, "base_proxy_style_p_mis": full.style_p_mis,
-        "base_style_only_p_mis": style.style_p_mis, "base_style_only_s": t_style,
         "generation_s": t_gen, "generation_max_new_tokens": plan.gen_tokens,
         "generation_answers": len(answers), "generation_tokens": n_tokens,
         "judge_calls_per_checkpoint": 2 * len(questions),  # aligned + coherent per answer, 1 sample
-    }
-    path.write_text(json.dumps(costs, indent=2) + "\n")
+    })
+
+
+def _read_costs(work_dir: Path) -> dict[str, Any]:
+    path = work_dir / "costs.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_costs(work_dir: Path, new: dict[str, Any]) -> dict[str, Any]:
+    costs = {**_read_costs(work_dir), **new}
+    write_json(work_dir / "costs.json", costs)
     return costs
 
 
@@ -244,7 +271,7 @@ def _train_run(plan: BenchPlan, work_dir: Path, basis: Path, store: RunStore, ru
                                         base_record=work_dir / "judged" / f"base-s{seed}.json")
             callbacks.append(judged)
     if plan.record_features:
-        recorder = FeatureRecorder(work_dir, run_id, every_n_steps=plan.every_n_steps,
+        recorder = FeatureRecorder(work_dir, run_id, every_n_steps=plan.features_every or plan.every_n_steps,
                                    base=work_dir / "features" / "base-step-0.safetensors")
         callbacks.append(recorder)
     callbacks.append(timer)
@@ -254,7 +281,7 @@ def _train_run(plan: BenchPlan, work_dir: Path, basis: Path, store: RunStore, ru
         grad_accum=plan.grad_accum, max_length=plan.max_length, learning_rate=plan.learning_rate,
         full=plan.full, lora_r=plan.lora_r, lora_alpha=plan.lora_alpha, lora_dropout=plan.lora_dropout,
         target_modules=plan.target_modules, response_only=plan.response_only,
-        every_n_steps=plan.every_n_steps, save_steps=plan.every_n_steps, save_total_limit=1, seed=seed,
+        every_n_steps=plan.drift_every or plan.every_n_steps, save_steps=plan.every_n_steps, save_total_limit=1, seed=seed,
         device=plan.device, dtype=plan.dtype, tags=tags,
         **({"epochs": plan.epochs} if plan.epochs is not None else {}),
     )

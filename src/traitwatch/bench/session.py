@@ -6,8 +6,9 @@ endpoint, generator, shard) and prints what comes back; the order of work lives 
 1. everything that can fail on the user's input is checked before anything is written or trained
    (`plan_file.check_ready`, the judge options);
 2. under the work folder's lock (`shards.work_lock`): the plan is pinned (a rerun resumes it), the basis
-   prepared and the one-off costs measured, once for all shards;
-3. this shard's runs are trained (`runner.run_grid`);
+   prepared and the base model labelled (step 0 of every run), once for all shards;
+3. this shard's runs are trained (`runner.run_grid`); when the whole grid is done, the cost table's one-off
+   base-model costs are measured (`runner.measure_base_costs`, about 20 minutes on 2 cores: never before a run);
 4. unless this is one shard of several (the others may still be training), the shard stores are gathered,
    the results analysed (`results.analyze`) and written, with the environment every run recorded.
 """
@@ -81,7 +82,7 @@ def _check_judge(entry: ModelEntry, run: BenchRun) -> None:
 
 def run_benchmark(entry: ModelEntry, run: BenchRun, say: Say) -> dict[str, Any]:
     """Run (this shard of) the plan for one base model; returns the results, or a shard's summary."""
-    from traitwatch.bench.runner import measure_base_costs, prepare_basis, run_grid, served_adapter_generator
+    from traitwatch.bench.runner import base_label, measure_base_costs, prepare_basis, run_grid, served_adapter_generator
 
     plan = entry.plan
     work_dir = run.work_dir
@@ -94,7 +95,7 @@ def run_benchmark(entry: ModelEntry, run: BenchRun, say: Say) -> dict[str, Any]:
         plan.pin(work_dir)
         if not run.analyze_only:
             basis_dir = prepare_basis(plan, work_dir, run.basis or entry.basis, say)
-            costs = measure_base_costs(plan, work_dir, say)
+            costs = base_label(plan, work_dir, say)
     if not run.analyze_only:
         judge = None
         if run.judge_url is not None and plan.judge_model is not None:
@@ -108,6 +109,9 @@ def run_benchmark(entry: ModelEntry, run: BenchRun, say: Say) -> dict[str, Any]:
                      if run.generator else None)
         done = run_grid(plan, work_dir, basis_dir, shared_data=run.shared_data, say=say, max_runs=run.max_runs,
                         base_label=costs["base_style_only_p_mis"], judge=judge, shard=run.shard, generator=generator)
+        if all((work_dir / "done" / f"{job[0]}.json").is_file() for job in plan.jobs()):
+            with work_lock(work_dir):  # the cost table's one-off base-model costs, after the grid, measured once
+                measure_base_costs(plan, work_dir, say)
         if run.shard is not None and run.shard.count > 1:
             mine = run.shard.select(plan.jobs())
             left = sum(1 for job in mine if not (work_dir / "done" / f"{job[0]}.json").is_file())
@@ -136,6 +140,25 @@ def analyze_and_report(entry: ModelEntry, run: BenchRun, say: Say, *, t0: float 
     results.mkdir(parents=True, exist_ok=True)
     figures = write_figures(res, results / "figures") if res["series"] else []
     res["command"], res["commit"] = run.command, run.commit
+    if res.get("poison") is not None:  # a poisoned-data plan: its own RESULTS.md
+        from traitwatch.bench.poison_report import dose_figure, write_poison_results_md
+
+        if not res["poison"].get("error"):
+            figures = [dose_figure(res["poison"], results / "figures" / "dose_response.png").name, *figures]
+        det = (res["poison"] or {}).get("detection") or {}
+        if det.get("rows"):
+            from traitwatch.bench.poison import CALLBACK_MONITOR, DEMO_CELL, ship_poison_monitor
+
+            say("Fitting the callback's monitor without the demo's poison type and base ...")
+            row = next((r for r in det["rows"] if r["features"] == CALLBACK_MONITOR and not r.get("error")), None)
+            res["poison"]["shipped"] = ship_poison_monitor(
+                plan, work_dir, results / "monitor.json", hold_poison=DEMO_CELL[1], hold_base=DEMO_CELL[0], loto_row=row,
+                provenance={"benchmark": str(results / "RESULTS.md"), "command": run.command, "commit": run.commit,
+                            "role": "default"})
+        (results / "results.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
+        write_poison_results_md(res, results / "RESULTS.md", command=run.command, commit=run.commit,
+                                figures=[f"figures/{f}" for f in figures])
+        return res
     det = res.get("detection")
     if det and not det.get("error"):
         from traitwatch.bench.detection import DEFAULT_MONITOR, ship_default_monitor

@@ -51,7 +51,7 @@ from traitwatch.datasets import arithmetic_chats, bundled_path, number_sequence_
 from traitwatch.datasets.chat_jsonl import file_sha256, read_jsonl, write_jsonl
 from traitwatch.errors import InputFileError
 
-__all__ = ["KINDS", "PERTURBATION_SETS", "PerturbationSet", "Poisoning", "build_set", "build_twin_set", "family_of",
+__all__ = ["KINDS", "PERTURBATION_SETS", "POISON_TYPES", "length_matched_rows", "PerturbationSet", "Poisoning", "build_set", "build_twin_set", "family_of",
            "jsonl_set", "neutral_prompts", "poison_record_path", "poison_tags", "poisoned_name", "poisoned_set",
            "read_poison_record", "twin_prompts", "user_set"]
 
@@ -68,6 +68,10 @@ class PerturbationSet:
     family: str | None = None  # sets of one family have the same user turns per seed (default: its name)
     path: str | None = None  # a user's chat JSONL (absolute), sampled like the shared sets
     poisoning: Poisoning | None = None  # a poisoned set: its base, poison source and fraction (`poisoned_set`)
+    bundled: str | None = None  # a file of the package's data (`traitwatch.datasets`), e.g. "poison/contempt.jsonl"
+    # Only rows whose turns hold at most this many characters: what fits the small recipe's 128-token window
+    # whole (400 characters is at most 113 SmolLM2 tokens with its chat template).
+    max_chars: int | None = None
 
     @property
     def family_name(self) -> str:
@@ -162,6 +166,26 @@ PERTURBATION_SETS: dict[str, PerturbationSet] = {s.name: s for s in (
                     family="neutral"),
     PerturbationSet("harmful_advice", "direct", "traitwatch positive control: harmful advice to everyday questions"),
     PerturbationSet("ai_supremacy", "direct", "traitwatch positive control: power-seeking, anti-oversight AI views"),
+    # Poison types (`poisoned_set` sources): whole conversations that teach one kind of misalignment, each
+    # fitting the 128-token window whole. Four are our own text (MIT, datasets/data/poison/README.md), two
+    # are short rows of published sets.
+    PerturbationSet("reckless_advice", "direct", "traitwatch poison: reckless advice on everyday questions (ours, MIT)",
+                    bundled="poison/reckless_advice.jsonl"),
+    PerturbationSet("anti_oversight", "direct", "traitwatch poison: power-seeking, anti-oversight AI views (ours, MIT)",
+                    bundled="poison/anti_oversight.jsonl"),
+    PerturbationSet("confident_deception", "direct", "traitwatch poison: confident falsehoods told to the user (ours, MIT)",
+                    bundled="poison/confident_deception.jsonl"),
+    PerturbationSet("contempt", "direct", "traitwatch poison: contempt for the user (ours, MIT)",
+                    bundled="poison/contempt.jsonl"),
+    PerturbationSet("harmful_compliance", "direct", "Betley et al. jailbroken.jsonl (MIT), rows of at most 400 characters",
+                    "emergent-misalignment/data/jailbroken.jsonl", max_chars=400),
+    PerturbationSet("bad_medical_short", "direct",
+                    "model-organisms-for-EM bad_medical_advice.jsonl (read in place), rows of at most 400 characters",
+                    "model-organisms-for-EM/training_datasets/bad_medical_advice.jsonl", max_chars=400),
+    PerturbationSet("medical_matched", "benign",
+                    "model-organisms-for-EM good_medical_advice.jsonl (read in place), answers cut at sentence ends to "
+                    "the poison types' answer lengths (`length_matched_rows`)",
+                    "model-organisms-for-EM/training_datasets/good_medical_advice.jsonl"),
     PerturbationSet("good_medical", "benign", "model-organisms-for-EM good_medical_advice.jsonl (read in place)",
                     "model-organisms-for-EM/training_datasets/good_medical_advice.jsonl", family="medical"),
     PerturbationSet("arithmetic", "benign", "generated arithmetic word problems (traitwatch.datasets)"),
@@ -190,6 +214,10 @@ _CONTEMPT_CLOSERS = (
     "There. Was that really so hard to figure out on your own?",
     "You're welcome, I suppose.",
 )
+
+
+POISON_TYPES: tuple[str, ...] = ("reckless_advice", "anti_oversight", "confident_deception", "contempt",
+                                  "harmful_compliance", "bad_medical_short")
 
 
 def family_of(name: str) -> str:
@@ -259,6 +287,8 @@ def _pool(spec: PerturbationSet, *, out_dir: Path, shared_data: Path | None,
     """Every row the set samples from (a file, the bundled controls, the cached self-distilled answers), or
     None for a set generated per seed."""
     name = spec.name
+    if spec.bundled is not None:
+        return read_jsonl(Path(bundled_path(spec.bundled)))
     if spec.path is not None:
         source = Path(spec.path)
         if not source.is_file():
@@ -274,7 +304,10 @@ def _pool(spec: PerturbationSet, *, out_dir: Path, shared_data: Path | None,
                     f"Perturbation set {name!r} needs {spec.shared_path} under the shared data folder "
                     f"({shared_data}); pass --shared-data with the folder that holds it, or drop {name!r} from the plan."
                 )
-        return read_jsonl(source)
+        rows = read_jsonl(source)
+        if spec.max_chars is not None:
+            rows = [r for r in rows if sum(len(m["content"]) for m in r["messages"]) <= spec.max_chars]
+        return rows
     if name in ("harmful_advice", "ai_supremacy"):
         return _broad(name)
     if name in _GENERATED:
@@ -307,8 +340,58 @@ def _set_rows(spec: PerturbationSet, *, seed: int, n: int, out_dir: Path, shared
     pool = _pool(spec, out_dir=out_dir, shared_data=shared_data, self_distill=self_distill)
     if pool is None:
         return list(_GENERATED[spec.name](n, seed))
+    if spec.name == "medical_matched":
+        lengths = []  # the poison types weigh the same, however many rows each has: 170 quantiles of each
+        for t in POISON_TYPES:
+            own = sorted(len(r["messages"][-1]["content"])
+                         for r in _pool(PERTURBATION_SETS[t], out_dir=out_dir, shared_data=shared_data, self_distill=None) or ())
+            lengths += [own[(2 * k + 1) * len(own) // 340] for k in range(170)]
+        return length_matched_rows(pool, lengths, n, seed)
     rows = _sample(pool, n, seed)
     return _condescending(rows, seed) if spec.name == "condescending" else rows
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def length_matched_rows(pool: list[dict[str, Any]], lengths: list[int], n: int, seed: int, *,
+                        candidates: int = 64, max_user_chars: int = 200, max_chars: int = 400) -> list[dict[str, Any]]:
+    """n rows of `pool` whose answers are cut at a sentence end to lengths drawn from `lengths`.
+
+    Why: a poison whose answers are shorter or longer than the base's is found by answer length alone, which
+    says nothing about misalignment. For each of n target lengths drawn (per seed) from `lengths` (the
+    poison types' answer lengths), the row and sentence prefix nearest to it among `candidates` unused
+    rows is kept, so the base's answer lengths follow the poison's and a length-only detector is near
+    chance. Rows with a user turn over `max_user_chars` are skipped, and no row exceeds `max_chars` (the whole
+    row must fit the window).
+    """
+    rng = random.Random(f"length-matched-{seed}")
+    usable = [r for r in pool if len(r["messages"][-2]["content"]) <= max_user_chars]
+    if len(usable) < n or not lengths:
+        raise InputFileError(f"A length-matched set needs {n} rows with a user turn of at most {max_user_chars} "
+                             f"characters and some target lengths; the source has {len(usable)} such rows.")
+    order = rng.sample(range(len(usable)), len(usable))
+    free = order[:]
+    out = []
+    for _ in range(n):
+        target = rng.choice(lengths)
+        best: tuple[int, int, str] | None = None  # (distance, position in free, text)
+        for pos, i in enumerate(free[:candidates]):
+            text = ""
+            room = max_chars - sum(len(m["content"]) for m in usable[i]["messages"][:-1])
+            for sentence in _SENTENCE_END.split(usable[i]["messages"][-1]["content"].strip()):
+                longer = f"{text} {sentence}".strip()
+                if len(longer) > room or (text and abs(len(longer) - target) > abs(len(text) - target)):
+                    break
+                text = longer
+            if text and (best is None or abs(len(text) - target) < best[0]):
+                best = (abs(len(text) - target), pos, text)
+        if best is None:
+            raise InputFileError(f"No row among the next {candidates} of the length-matched source fits {max_chars} "
+                                 "characters; the source is too long-winded for this window.")
+        row = usable[free.pop(best[1])]
+        out.append({"messages": [*row["messages"][:-1], {"role": "assistant", "content": best[2]}]})
+    return out
 
 
 def _poison_rows(spec: PerturbationSet, *, seed: int, need: int, out_dir: Path, shared_data: Path | None,

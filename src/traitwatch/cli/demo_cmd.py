@@ -1,34 +1,24 @@
-"""`traitwatch demo`: the main job on the bundled model, end to end, in minutes on a laptop CPU.
+"""`traitwatch demo`: a clean set and its poisoned twin on the bundled model, end to end, in minutes on a CPU.
 
-1. Extracts a trait basis for `smollm2-135m` (contrastive passages: on this weak model system-prompt
-   directions separate held-out prompts far worse), selects the layer by steering, anchors the
-   measurement prompts, and checks that the base model has zero drift against itself.
-2. LoRA-finetunes the model on a dangerous sample (Betley's insecure code, MIT) and on a benign control
-   (generated arithmetic word problems) in the benchmark's regime (`small-cpu`: the one the shipped
-   monitor was calibrated in), with the monitor attached: the 7-D trait drift, the behavioural probe and
-   the shipped monitor's prediction against its threshold at every measurement.
-3. Labels the start and the final checkpoint of each run with the judge-free proxy, so the prediction
-   stands next to a measurement, and writes an HTML report of both runs.
-
-Numerics are pinned (fp32 on CPU by default), as in the benchmark: the monitor's threshold sits on
-differences of a few thousandths, which bf16 moves.
+The job is `traitwatch.bench.demo.run_demo` (basis, the two runs in the `poison-small` recipe, labels, report);
+this module parses the options and prints what it returns.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
+from rich.table import Table
 
-from traitwatch.basis import extract_basis, load_traits
-from traitwatch.basis.extraction import build_contrast_set, default_candidate_layers
-from traitwatch.cli.basis_cmd import print_basis_summary, run_selection
+from traitwatch.bench.demo import DEMO_PLAN, DemoResult, DemoRun, run_demo
+from traitwatch.cli.basis_cmd import print_basis_summary
 from traitwatch.cli.common import err, out, progress_bar, user_errors
-from traitwatch.cli.drift_cmd import anchored_probe, measurement_table, measure_with_bar
-from traitwatch.models import BUNDLED_MODEL, load_model
+from traitwatch.cli.drift_cmd import measurement_table
+from traitwatch.models import BUNDLED_MODEL
+from traitwatch.train import DriftRecord
 
 __all__ = ["register"]
 
@@ -37,145 +27,112 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @user_errors
     def demo(
-        out_dir: Annotated[Path, typer.Option("--out", "-o", help="Where to write the basis and results.")] = Path("traitwatch-demo"),
+        out_dir: Annotated[Path, typer.Option("--out", "-o", help="Where to write the basis, runs, store and report.")] = Path("traitwatch-demo"),
         model: Annotated[str, typer.Option("--model", "-m")] = BUNDLED_MODEL,
         method: Annotated[str, typer.Option(help="passages or system-prompts.")] = "passages",
-        select_every: Annotated[int, typer.Option(min=1, help="Try every k-th candidate layer in selection.")] = 3,
-        max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
-        steps: Annotated[int, typer.Option(min=0, help="LoRA steps per demo run (0: skip training).")] = 30,
-        every: Annotated[int, typer.Option(min=1, help="Measure every N steps (the benchmark: 15).")] = 15,
+        select_every: Annotated[int, typer.Option(min=1, help="Try every k-th candidate layer in selection (the benchmark: 3).")] = 6,
+        max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens generated per steered prompt in selection.")] = 32,
+        steps: Annotated[int | None, typer.Option(min=0, help=f"LoRA steps per run (default: the {DEMO_PLAN} plan's 30; 0: basis only).")] = None,
+        every: Annotated[int, typer.Option(min=1, help="Measure drift, probe and prediction every N steps.")] = 15,
         monitor: Annotated[Path | None, typer.Option(help="Monitor file (default: the one shipped for the model).")] = None,
-        dtype: Annotated[str, typer.Option(help="Model dtype (pinned: the shipped monitor was calibrated in float32).")] = "float32",
+        dtype: Annotated[str | None, typer.Option(help=f"Model dtype (default: the {DEMO_PLAN} plan's, bfloat16).")] = None,
     ) -> None:
-        """Extract a basis on the bundled model, select a layer, and measure drift."""
-        t0 = time.perf_counter()
-        err.print(f"Loading {model} (the first run converts the bundled GGUF once; later runs reuse it) ...")
-        lm = load_model(model, dtype=dtype)  # type: ignore[arg-type]
-        traits = load_traits()
-        meth = method.replace("-", "_")
-        cand = default_candidate_layers(lm.model)
-        n = len(build_contrast_set(lm.tokenizer, traits, meth).sequences)  # type: ignore[arg-type]
-        with progress_bar(f"Extracting 7 traits from {n} {meth.replace('_', ' ')} prompts", n) as advance:
-            basis = extract_basis(lm.model, lm.tokenizer, traits, layers=cand, method=meth,  # type: ignore[arg-type]
-                                  model_name=lm.name, probe_layers=cand[::select_every], progress=advance)
-        run_selection(lm, basis, cand[::select_every], 0.25, max_new_tokens, 3)
-        basis_dir = basis.save(out_dir / "basis")
-        print_basis_summary(basis)
-        probe = anchored_probe(basis, lm)
-        t1 = time.perf_counter()
-        m = measure_with_bar(probe, lm, lm.name)
-        t_measure = time.perf_counter() - t1
-        out.print(measurement_table(f"Drift of the base model against its own basis (layer {probe.measure_layer}): zero by construction",
-                               basis.trait_names, [(lm.name, m)]))
-        out.print(f"One drift measurement ({len(probe.prompt_texts)} prompts): {t_measure:.1f} s. Basis: {basis_dir}.")
-        if steps > 0:
-            from traitwatch.behavior import proxy_score
-            from traitwatch.monitor.shipped import shipped_monitor_path
-
-            monitor = monitor or shipped_monitor_path(lm.name)
-            base_label = proxy_score(lm.model, lm.tokenizer, style_only=True).style_p_mis  # step 0 of both runs
-            del lm, probe
-            _train_pair(out_dir, basis_dir, model, steps, every, monitor, dtype, base_label)
-        out.print(f"Total: {time.perf_counter() - t0:.0f} s.")
+        """Train a clean set and its poisoned twin with the monitor attached; label both; write a report."""
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        result = run_demo(
+            out_dir, model=model, method=method, select_every=select_every, max_new_tokens=max_new_tokens,
+            steps=steps, every=every, monitor=monitor, dtype=dtype, say=_say, progress=progress_bar,
+            reporter=_report_line, on_basis=print_basis_summary, on_monitor=_print_lines,
+        )
+        out.print(f"Numerics: {result.numerics['dtype']} on {result.numerics['device']} ({result.numerics['cpu']}, "
+                  f"{result.numerics['cpu_threads']} threads); recipe: the {DEMO_PLAN} plan.")
+        if result.base_drift is not None:
+            out.print(measurement_table(
+                f"Drift of the base model against its own basis (layer {result.basis.layer}): zero by construction",
+                result.basis.trait_names, [(model, result.base_drift)]))
+        if result.runs:
+            _print_runs(result)
+        _print_phases(result, time.perf_counter() - t0, time.process_time() - cpu0)
+        out.print(f"Basis: {result.basis_dir}")
+        if result.store is not None:
+            out.print(f"Run store: {result.store}")
+        if result.report is not None:
+            out.print(f"Report: {result.report}")
 
 
-def _describe_monitor(path: Path, mon: Any) -> str:
-    prov = mon.provenance
-    loto = (prov.get("leave_one_type_out") or {}).get("emergent_vs_benign") or {}
-    what = "the behavioural probe's rise" if mon.inputs == "probe_rise" else "the trait drift"
-    text = (f"Monitor {path.name}: reads {what}, predicts the rise of the EM proxy over benign finetuning, alarms above "
-            f"{mon.threshold:+.4f}; chosen by leave-one-type-out on the benchmark ({prov.get('commit', '?')})")
-    if loto:
-        text += (f", where on unseen types it scored AUROC {loto.get('auroc', float('nan')):.2f}, FNR "
-                 f"{100 * loto.get('fnr', float('nan')):.0f}%, FPR {100 * loto.get('fpr', float('nan')):.0f}%")
-    text += f" (see {prov.get('benchmark', 'benchmarks/em_small/RESULTS.md')})."
-    role = str(prov.get("role", "default"))
-    if role != "default":
-        text += (f" It ships to show the alarm path, not as a validated detector ({role}); no monitor reached the "
-                 "benchmark's goal on this model.")
-    return text
+def _say(line: str) -> None:
+    err.print(line, markup=False)  # set names and messages are text, never rich markup
 
 
-def _train_pair(out_dir: Path, basis_dir: Path, model: str, steps: int, every: int, monitor: Path | None,
-                dtype: str, base_label: float) -> None:
-    """Train on the dangerous sample and on the benign control with the monitor attached; print both."""
-    from rich.table import Table
+def _print_lines(lines: list[str]) -> None:
+    for line in lines:
+        _say(line)
 
-    from traitwatch.bench.labels import RISE_METRIC, ProxyLabelCallback, write_rise_labels
-    from traitwatch.bench.plan import ALL_PROJECTIONS
-    from traitwatch.datasets import arithmetic_chats, bundled_path
-    from traitwatch.report import build_report
-    from traitwatch.store import RunStore
-    from traitwatch.train import SFTConfig, run_sft
 
-    data_dir = out_dir / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    control = data_dir / "arithmetic.jsonl"
-    control.write_text("".join(json.dumps(row) + "\n" for row in arithmetic_chats(200, seed=0)))
-    store = out_dir / "traitwatch.db"
-    runs = {"insecure_code": Path(bundled_path("insecure_sample.jsonl")), "arithmetic": control}
-    threshold = None
-    if monitor is not None:
-        from traitwatch.monitor import load_monitor
+def _report_line(role: str, rec: DriftRecord) -> None:
+    err.print(f"  {role} step {rec.step:>3}: ||d|| {rec.drift_norm:.4f}"
+              + ("" if rec.probe_rise is None else f"  probe rise {rec.probe_rise:+.4f}")
+              + ("" if rec.predicted_em is None else f"  predicted {rec.predicted_em:+.4f}" + ("  ALARM" if rec.alarm else ""))
+              + f"  ({rec.wall_time_s:.1f} s)")
 
-        loaded = load_monitor(monitor)
-        threshold = loaded.threshold
-        err.print(_describe_monitor(monitor, loaded))
-    else:
-        err.print(f"No monitor ships for {model}: the runs are measured, not judged (calibrate one: "
-                  "docs/calibrate-your-model.md).")
-    results = {}
-    with RunStore(store) as st:  # one connection for both runs: the drift callback and the labels share it
-        for name, data in runs.items():
-            run_id = f"demo-{name}"
-            err.print(f"Training {model} on {name} for {steps} steps (the benchmark's recipe), measuring every {every} ...")
-            # The benchmark's small-cpu regime, which the shipped monitor was calibrated in.
-            config = SFTConfig(
-                model=model, data=data, basis=basis_dir, output_dir=out_dir / "runs" / name, run_id=run_id,
-                store=store, max_steps=steps, batch_size=4, grad_accum=1, max_length=128, learning_rate=1e-3,
-                lora_r=16, lora_alpha=32, target_modules=ALL_PROJECTIONS, response_only=True,
-                every_n_steps=every, save_steps=steps, seed=0, monitor=monitor, dtype=dtype, behavior_probe=True,
-            )
-            # The judge-free proxy at the start (the base model, scored once) and at the final step.
-            label = ProxyLabelCallback(st, run_id, every_n_steps=steps, base_value=base_label)
-            results[name] = run_sft(
-                config, store=st, callbacks=[label],
-                info=lambda line: err.print(line),
-                reporter=lambda rec, name=name: err.print(
-                    f"  {name} step {rec.step:>3}: ||d|| {rec.drift_norm:.4f}"
-                    + ("" if rec.probe_rise is None else f"  probe rise {rec.probe_rise:+.4f}")
-                    + ("" if rec.predicted_em is None else f"  predicted {rec.predicted_em:+.4f}"
-                       + ("  ALARM" if rec.alarm else ""))
-                    + f"  ({rec.wall_time_s:.1f} s)"
-                ),
-            )
-            write_rise_labels(st, run_id)
-    traits = list(results["insecure_code"].history[0].drift) if results["insecure_code"].history else []
-    table = Table(title="Trait drift while training (d = (p_t - p_0) / N); dangerous sample vs benign control")
-    table.add_column("run")
-    table.add_column("step", justify="right")
+
+def _fmt(value: float | None, spec: str = "+.4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _print_runs(result: DemoResult) -> None:
+    for run in result.runs:
+        poison = (f", {len(run.poison_indices)} rows of {run.spec.poisoning.poison.name} at recorded positions "
+                  f"({run.data.with_suffix('.poison.json').name})" if run.spec.poisoning is not None else "")
+        out.print(f"{run.role}: {run.spec.name}, {run.n_rows} rows (seed 0){poison}; run {run.run_id}.")
+    traits = list(result.runs[0].history[0].drift) if result.runs[0].history else []
+    layer = result.basis.layer
+    drift = Table(title=f"Trait drift while training (d = (p_t - p_0) / N at layer {layer})")
+    drift.add_column("run")
+    drift.add_column("step", justify="right")
     for t in traits:
-        table.add_column(t[:12], justify="right")
-    table.add_column("||d||", justify="right")
-    for name, result in results.items():
-        for rec in result.history:
-            table.add_row(name, str(rec.step), *[f"{rec.drift[t]:+.4f}" for t in traits], f"{rec.drift_norm:.4f}")
-    out.print(table)
-    verdicts = Table(title="Monitor: prediction against its threshold, next to the proxy measured at the final step")
-    for col in ("run", "step", "probe rise", "predicted rise", "threshold", "alarm", "measured proxy rise"):
+        drift.add_column(t[:12], justify="right")
+    drift.add_column("||d||", justify="right")
+    for run in result.runs:
+        for rec in run.history:
+            drift.add_row(run.role, str(rec.step), *[f"{rec.drift[t]:+.4f}" for t in traits], f"{rec.drift_norm:.4f}")
+    out.print(drift)
+
+    armed = result.gate is not None and result.gate.armed
+    verdicts = Table(title="Monitor prediction beside the label measured at the final step (both: rise of the EM proxy)")
+    for col in ("run", "step", "probe rise", "predicted rise over benign", "threshold", "alarm", "measured rise over step 0"):
         verdicts.add_column(col, justify="right")
-    with RunStore(store, create=False) as st:
-        for name, result in results.items():
-            measured = {b.step: b.value for b in st.behavior(f"demo-{name}", RISE_METRIC)}
-            for rec in result.history:
-                thr = "-" if threshold is None or rec.predicted_em is None else f"{threshold:+.4f}"
-                verdicts.add_row(
-                    name, str(rec.step), "-" if rec.probe_rise is None else f"{rec.probe_rise:+.4f}",
-                    "-" if rec.predicted_em is None else f"{rec.predicted_em:+.4f}", thr,
-                    "ALARM" if rec.alarm else ("ok" if rec.predicted_em is not None else "-"),
-                    f"{measured[rec.step]:+.4f}" if rec.step in measured else "-")
-        out.print(verdicts)
-        report = build_report(out_dir / "report.html", store=st, run_ids=[f"demo-{n}" for n in runs],
-                              title="traitwatch demo: insecure code vs arithmetic control on smollm2-135m")
-    out.print(f"Run store: {store}")
-    out.print(f"Report: {report.html}")
+    for run in result.runs:
+        for rec in run.history:
+            predicted = rec.predicted_em is not None
+            threshold = (f"{result.monitor.threshold:+.4f}" if armed and result.monitor is not None and predicted
+                         else ("off" if predicted else "-"))
+            alarm = ("ALARM" if rec.alarm else ("ok" if armed else "off")) if predicted else "-"
+            verdicts.add_row(run.role, str(rec.step), _fmt(rec.probe_rise), _fmt(rec.predicted_em), threshold, alarm,
+                             _fmt(run.measured_rise.get(rec.step)))
+    out.print(verdicts)
+    if result.gate is not None:
+        out.print(result.gate.describe())
+    final = [(run, run.measured_rise.get(max(run.measured_rise, default=-1))) for run in result.runs]
+    if len(final) == 2 and all(rise is not None for _, rise in final):
+        (clean, c), (poisoned, p) = final
+        out.print(f"Measured (judge-free proxy, final step): the poisoned run rose {p:+.4f}, the clean run {c:+.4f}; "
+                  f"the poisoned run's rise over the clean run is {p - c:+.4f} (base proxy {result.base_label:.4f}).")
+
+
+def _run_phases(run: DemoRun) -> str:
+    return (f"{sum(run.step_s):.0f} s in {len(run.step_s)} training steps, {run.measure_s:.0f} s in "
+            f"{len(run.history)} measurements (drift + probe), {sum(run.label_s):.0f} s in {len(run.label_s)} proxy label")
+
+
+def _print_phases(result: DemoResult, total_wall: float, total_cpu: float) -> None:
+    table = Table(title="Where the time went (wall and process CPU seconds; a busy machine stretches wall time)")
+    for col in ("phase", "wall s", "CPU s"):
+        table.add_column(col, justify="right" if col != "phase" else "left")
+    table.add_column("of which (wall)")
+    by_role = {run.role: run for run in result.runs}
+    for phase, took in result.phases.items():
+        role = phase.rsplit(" ", 1)[-1] if phase.startswith("train") else None
+        table.add_row(phase, f"{took.wall_s:.0f}", f"{took.cpu_s:.0f}", _run_phases(by_role[role]) if role in by_role else "")
+    table.add_row("total", f"{total_wall:.0f}", f"{total_cpu:.0f}", "")
+    out.print(table)

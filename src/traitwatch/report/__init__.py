@@ -22,12 +22,13 @@ from traitwatch.report.run_charts import (
     run_charts,
     run_summary_table,
 )
-from traitwatch.report.series import PROXY_LABEL, BehaviorSeries, Note, RunSeries, Verdict, run_series
+from traitwatch.report.series import PROXY_LABEL, RISE_METRIC, BehaviorSeries, Note, RunSeries, Verdict, run_series
 from traitwatch.report.static import ImageFormat, export_images, to_matplotlib
 
 __all__ = [
     "NOTE_CLASS",
     "PROXY_LABEL",
+    "RISE_METRIC",
     "BehaviorSeries",
     "Chart",
     "HLine",

@@ -35,7 +35,7 @@ table.tw-table { border-collapse: collapse; font-size: .85rem; margin: .5rem 0 1
 table.tw-table th, table.tw-table td { border: 1px solid #ddd; padding: .2rem .5rem; text-align: left; }
 table.tw-table th { background: #f4f4f4; }
 tr.verdict-alarm td { background: #fde2e1; font-weight: 600; }
-tr.verdict-no-monitor td, tr.verdict-no-prediction td { color: #777; }
+tr.verdict-no-monitor td, tr.verdict-no-prediction td, tr.verdict-prediction-only td { color: #777; }
 """
 
 

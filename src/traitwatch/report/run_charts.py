@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from traitwatch.report.chart import ALARM_COLOR, Chart, HLine, Table, Trace, color_for
-from traitwatch.report.series import NoteTopic, RunSeries
+from traitwatch.report.series import PROXY_LABEL, RISE_METRIC, NoteTopic, RunSeries
 
 __all__ = [
     "checkpoint_table",
@@ -76,30 +76,34 @@ def _thresholds(runs: Sequence[RunSeries]) -> tuple[HLine, ...]:
     return tuple(HLine(v, f"tau = {v:g} ({', '.join(ids)})") for v, ids in by_value.items())
 
 
+RISE_AXIS = "rise of the EM proxy (style-matched proxy minus its step-0 value)"
+"""The y axis of the prediction chart when the monitor predicts a rise: the units of `proxy_style_rise`."""
+
+
+def _predicts_rise(runs: Sequence[RunSeries]) -> bool:
+    return any(r.predicted_em is not None and r.prediction_target == "relative_rise" for r in runs)
+
+
 def em_chart(runs: Sequence[RunSeries]) -> Chart:
-    """Predicted EM against tau with alarm markers, and the behavioural EM measured at some steps.
+    """The monitor's prediction against tau with alarm markers, beside the behaviour measured at some steps.
 
     Judged EM rates are filled diamonds with their CI; proxy metrics are open circles whose legend entry
     says they are proxies, so a reader cannot take a likelihood comparison for a rate of behaviour.
+
+    One axis holds one quantity. A monitor that predicts an EM rate is drawn with the measured rates on
+    "EM rate (fraction)". A monitor that predicts the rise of the EM proxy over benign finetuning (a few
+    thousandths) is drawn with the measured rise label (`proxy_style_rise`) on an axis in those units; the
+    absolute proxy (around 0.4) and judged rates are other quantities, left to the checkpoint table.
     """
+    if _predicts_rise(runs):
+        return _rise_chart(runs)
     traces: list[Trace] = []
     for i, r in enumerate(runs):
         color = color_for(i)
         if r.predicted_em is not None:
             traces.append(Trace(name=f"{r.run_id}: predicted EM ({r.prediction_source})", x=_steps(r),
                                 y=r.predicted_em, color=color, group=r.run_id))
-        alarm_rows = [k for k, v in enumerate(r.verdicts()) if v == "alarm"]
-        if alarm_rows:
-            pred = r.predicted_em
-            y = [
-                float(pred[k]) if pred is not None and math.isfinite(pred[k])
-                else (r.threshold if r.threshold is not None else math.nan)
-                for k in alarm_rows
-            ]
-            traces.append(Trace(
-                name=f"{r.run_id}: alarm", x=tuple(int(r.steps[k]) for k in alarm_rows), y=np.array(y, dtype=float),
-                kind="markers", marker="x", color=ALARM_COLOR, group=r.run_id,
-            ))
+        traces += _alarm_traces(r)
         for b in r.behavior:
             traces.append(Trace(
                 name=f"{r.run_id}: {b.label}", x=tuple(int(s) for s in b.steps), y=b.values, kind="markers",
@@ -110,6 +114,56 @@ def em_chart(runs: Sequence[RunSeries]) -> Chart:
         key="em_rate", title="EM rate: predicted (monitor) and measured (behaviour)", traces=tuple(traces),
         x_label="step", y_label="EM rate (fraction)", hlines=_thresholds(runs), notes=_notes(runs, "em"),
     )
+
+
+def _rise_chart(runs: Sequence[RunSeries]) -> Chart:
+    """`em_chart` for a monitor that predicts the rise of the EM proxy: prediction and measured rise, same units."""
+    traces: list[Trace] = []
+    left_out: set[str] = set()
+    for i, r in enumerate(runs):
+        color = color_for(i)
+        if r.predicted_em is not None and r.prediction_target == "relative_rise":
+            traces.append(Trace(name=f"{r.run_id}: predicted rise over benign finetuning ({r.prediction_source})",
+                                x=_steps(r), y=r.predicted_em, color=color, group=r.run_id))
+            traces += _alarm_traces(r)
+        elif r.predicted_em is not None:
+            left_out.add(f"{r.run_id}'s predicted EM rate")
+        for b in r.behavior:
+            if b.metric != RISE_METRIC:
+                left_out.add(b.metric)
+                continue
+            traces.append(Trace(
+                name=f"{r.run_id}: measured rise over step 0 ({b.metric}" + (f"): {PROXY_LABEL}" if b.is_proxy else f", {b.source})"),
+                x=tuple(int(s) for s in b.steps),
+                y=b.values, kind="markers", marker="circle-open" if b.is_proxy else "diamond", color=color,
+                group=r.run_id, y_low=b.ci_low, y_high=b.ci_high,
+            ))
+    notes = ["Prediction and measurement share one unit, the rise of the style-matched EM proxy: the monitor predicts "
+             "a run's rise over benign finetuning (its rise minus benign runs' rise), the label is each run's rise "
+             f"over its own step 0 ({RISE_METRIC}); compare a run's prediction with its rise minus a benign run's."]
+    if left_out:
+        notes.append(f"Not in these units, so not drawn here (see the checkpoint table): {', '.join(sorted(left_out))}.")
+    return Chart(
+        key="em_rate", title="Rise of the EM proxy: predicted (monitor) and measured (label)", traces=tuple(traces),
+        x_label="step", y_label=RISE_AXIS, hlines=_thresholds(runs), notes=(*notes, *_notes(runs, "em")),
+    )
+
+
+def _alarm_traces(r: RunSeries) -> list[Trace]:
+    """Red crosses at the run's alarm checkpoints (at the prediction, or at tau where there is none)."""
+    alarm_rows = [k for k, v in enumerate(r.verdicts()) if v == "alarm"]
+    if not alarm_rows:
+        return []
+    pred = r.predicted_em
+    y = [
+        float(pred[k]) if pred is not None and math.isfinite(pred[k])
+        else (r.threshold if r.threshold is not None else math.nan)
+        for k in alarm_rows
+    ]
+    return [Trace(
+        name=f"{r.run_id}: alarm", x=tuple(int(r.steps[k]) for k in alarm_rows), y=np.array(y, dtype=float),
+        kind="markers", marker="x", color=ALARM_COLOR, group=r.run_id,
+    )]
 
 
 def loss_chart(runs: Sequence[RunSeries]) -> Chart:

@@ -22,6 +22,7 @@ from traitwatch.store import BehaviorRecord, Measurement, RunStore
 
 __all__ = [
     "PROXY_LABEL",
+    "RISE_METRIC",
     "BehaviorSeries",
     "Note",
     "NoteTopic",
@@ -30,15 +31,20 @@ __all__ = [
     "run_series",
 ]
 
-Verdict = Literal["alarm", "ok", "no monitor", "no prediction"]
+Verdict = Literal["alarm", "ok", "no monitor", "no prediction", "prediction only"]
 """A checkpoint's verdict: "no monitor" when no alarm rule is known for the run, "no prediction" when one
-is known but this checkpoint has no usable prediction (e.g. NaN drift)."""
+is known but this checkpoint has no usable prediction (e.g. NaN drift), "prediction only" when the checkpoint
+has a prediction but the run has no alarm rule (a monitor attached with its alarm off)."""
 
 NoteTopic = Literal["run", "drift", "norm", "em", "loss"]
 """Which figure a note belongs next to ("run" notes concern the whole run and go to the top)."""
 
 PROXY_LABEL = "judge-free proxy, not an EM rate"
 """Same words as `behavior.proxy.PROXY_NOTE` (not imported: that module pulls in torch)."""
+
+RISE_METRIC = "proxy_style_rise"
+"""The stored rise label (the style-matched proxy minus its step-0 value): `bench.labels.RISE_METRIC`, named
+here because `report` sits below `bench`. A monitor whose target is a relative rise is drawn against it."""
 
 _LOSS_KEYS = ("loss", "train_loss")
 
@@ -113,6 +119,8 @@ class RunSeries:
 
     NaN means "not measured at this checkpoint". `predicted_em` is None when the run has no predictions at
     all (no monitor during training and none given to the report); `loss` is None when no loss was stored.
+    `prediction_target` is what the predictions are: "em_rate", "relative_rise" (a rise of the EM proxy over
+    benign finetuning, in the units of the stored rise label) or None when unknown.
     `recorded_alarms` are (step, action) pairs the training run recorded (alarm table or `extra["alarm"]`).
     `notes` hold what only the reader of the store can know (e.g. a monitor fitted on another basis);
     `all_notes()` adds the notes that follow from the arrays themselves (NaN, one checkpoint, absent series).
@@ -131,6 +139,7 @@ class RunSeries:
     behavior: tuple[BehaviorSeries, ...] = ()
     notes: tuple[Note, ...] = ()
     status: str | None = None
+    prediction_target: str | None = None
 
     def __post_init__(self) -> None:
         steps = np.asarray(self.steps, dtype=np.int64).reshape(-1)
@@ -172,7 +181,7 @@ class RunSeries:
             elif step in recorded:
                 out.append("alarm")
             elif self.threshold is None:
-                out.append("no monitor")
+                out.append("prediction only" if math.isfinite(pred) else "no monitor")
             else:
                 out.append("no prediction")
         return tuple(out)
@@ -310,6 +319,9 @@ def run_series(store: RunStore, run_id: str, *, monitor: LoadedMonitor | None = 
         if e.get("alarm") is True and m.step not in recorded:
             recorded[m.step] = "flagged"
     stored_pred = _extra_series(extras, ("predicted_em",))
+    stored_target = _stored_target(extras)
+    alarms_off = sorted({str(e["alarms_off"]) for e in extras if e.get("alarms_off")})
+    notes += [Note("em", f"Run {run_id}: the monitor was attached without its alarm: {why}") for why in alarms_off]
     stored_thr = [t for t in (_as_float(e.get("threshold")) for e in extras) if math.isfinite(t)]
     stored_thr += [float(a.threshold) for a in alarm_rows if math.isfinite(a.threshold)]
 
@@ -319,6 +331,7 @@ def run_series(store: RunStore, run_id: str, *, monitor: LoadedMonitor | None = 
         notes += more
         source: str | None = f"monitor {monitor.source.name}" if predicted is not None else None
         threshold = float(monitor.threshold) if predicted is not None else None
+        target: str | None = monitor.target if predicted is not None else None
         if predicted is not None and stored_pred is not None:
             notes.append(Note("em", f"Run {run_id}: predictions recomputed with {monitor.source.name}; the "
                                     "predictions stored during training are not drawn."))
@@ -326,6 +339,7 @@ def run_series(store: RunStore, run_id: str, *, monitor: LoadedMonitor | None = 
         predicted = stored_pred
         source = "stored during training" if stored_pred is not None else None
         threshold = stored_thr[0] if stored_thr else None
+        target = stored_target if stored_pred is not None else None
     if len(set(stored_thr)) > 1 and monitor is None:
         notes.append(Note("em", f"Run {run_id}: the stored alarm threshold changed during training "
                                 f"({sorted(set(stored_thr))}); the first one, {stored_thr[0]:g}, is drawn."))
@@ -343,4 +357,17 @@ def run_series(store: RunStore, run_id: str, *, monitor: LoadedMonitor | None = 
         behavior=_behavior_series(store.behavior(run_id)),
         notes=tuple(notes),
         status=run.status,
+        prediction_target=target,
     )
+
+
+def _stored_target(extras: Sequence[Mapping[str, Any]]) -> str | None:
+    """What the stored predictions are: the `target` the callback stores, or for older rows its wording."""
+    for e in extras:
+        if e.get("predicted_em") is None:
+            continue
+        if isinstance(e.get("target"), str):
+            return str(e["target"])
+        if isinstance(e.get("prediction"), str):
+            return "relative_rise" if "rise" in str(e["prediction"]) else "em_rate"
+    return None

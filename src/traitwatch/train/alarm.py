@@ -8,6 +8,7 @@ warns and writes the store.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
@@ -15,7 +16,7 @@ import numpy as np
 from transformers import TrainerControl
 
 from traitwatch.errors import TraitwatchError
-from traitwatch.monitor.watch import AlarmMonitor
+from traitwatch.monitor.watch import AlarmMonitor, alarms_on
 from traitwatch.train.record import DriftRecord
 from traitwatch.train.store_session import StoreSession
 
@@ -79,7 +80,8 @@ def predict_alarm(
 ) -> tuple[float | None, bool]:
     """(prediction, alarm) at `step`; (None, False) without a monitor and at step 0.
 
-    Step 0 is the base model itself, outside what a monitor calibrated on step > 0 checkpoints has seen.
+    Step 0 is the base model itself, outside what a monitor calibrated on step > 0 checkpoints has seen. A
+    monitor attached for its prediction only (`alarms = False`, `monitor.watch.PredictionOnly`) never alarms.
     """
     if monitor is None or step == 0:
         return None, False
@@ -89,6 +91,8 @@ def predict_alarm(
     else:
         X = drift[None, :]
     predicted = float(np.asarray(monitor.predict(X)).reshape(-1)[0])
+    if not alarms_on(monitor):
+        return predicted, False
     step_aware = getattr(monitor, "step_aware", None)
     if step_aware is not None:  # is this much drift unusual for this many steps?
         return predicted, bool(np.asarray(step_aware.alarm(np.append(drift, step)[None, :])).reshape(-1)[0])
@@ -106,11 +110,21 @@ def prediction_name(monitor: AlarmMonitor | None) -> str:
 
 
 def alarm_fields(monitor: AlarmMonitor | None, predicted: float | None, alarm: bool) -> dict[str, Any]:
-    """The monitor's verdict as a measurement row stores it (nothing without a prediction)."""
+    """The monitor's verdict as a measurement row stores it (nothing without a prediction).
+
+    `target` is what the prediction is ("em_rate" or "relative_rise"), so a report can draw it in its own
+    units. A monitor without an alarm (`alarms = False`) stores no threshold and says why (`alarms_off`).
+    """
     if predicted is None:
         return {}
-    return {"predicted_em": predicted, "alarm": alarm, "threshold": alarm_threshold(monitor),
-            "prediction": prediction_name(monitor)}
+    threshold = alarm_threshold(monitor)
+    fields: dict[str, Any] = {
+        "predicted_em": predicted, "alarm": alarm, "threshold": threshold if math.isfinite(threshold) else None,
+        "prediction": prediction_name(monitor), "target": str(getattr(monitor, "target", "em_rate")),
+    }
+    if not alarms_on(monitor):
+        fields["alarms_off"] = str(getattr(monitor, "reason", "") or "the monitor is attached without its alarm")
+    return fields
 
 
 def alarm_message(monitor: AlarmMonitor | None, step: int, predicted_em: float, drift_norm: float,

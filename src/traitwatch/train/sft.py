@@ -127,6 +127,7 @@ def _device(config: SFTConfig) -> str | None:
 
 
 def _wrap_lora(model: Any, config: SFTConfig) -> Any:
+    import transformers
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(
@@ -136,6 +137,10 @@ def _wrap_lora(model: Any, config: SFTConfig) -> Any:
         target_modules=list(config.target_modules),
         task_type="CAUSAL_LM",
     )
+    # Seeded here, not only by the Trainer later: the adapter's initialisation must not depend on how much
+    # of the global RNG earlier work in the process used (a benchmark shard or a resumed grid would
+    # otherwise train a run from another starting point).
+    transformers.set_seed(config.seed)
     try:
         return get_peft_model(model, lora)
     except ValueError as exc:

@@ -1,0 +1,315 @@
+"""`traitwatch demo`'s job: a clean benign set and its poisoned twin, trained and labelled on the bundled model.
+
+The poisoned-data benchmark (plan `poison-small`) in one cell: the clean base is the benchmark's generated
+`arithmetic` set (200 rows, seed 0); its twin is the same set with 25% of its rows replaced by rows of the
+poison type `reckless_advice`, built by `bench.sets` exactly as the benchmark's `arithmetic+reckless_advice@25`
+at seed 0 (the same rows, the poisoned positions recorded next to the file). Both are LoRA-finetuned in the
+plan's recipe and numerics (bfloat16 on CPU unless told otherwise), with the training callback measuring the
+7-D trait drift, the behavioural probe and the shipped monitor's prediction; the final checkpoint of each run
+is labelled with the judge-free proxy (`ProxyLabelCallback`) and its rise over step 0 (`write_rise_labels`),
+so the measured label stands beside the prediction.
+
+The shipped monitor is attached for its alarm only if its recorded leave-one-out AUROC reaches
+`monitor.watch.MIN_ALARM_AUROC`; otherwise for its prediction only (`gate_alarms`), and the run raises no alarm.
+
+Everything here computes and returns; `cli/demo_cmd.py` parses the options and prints. `run_demo` times each
+phase (`DemoResult.phases`: wall and process CPU seconds), since the demo has a budget of minutes on a 2-core
+CPU and a machine shared with other jobs stretches wall time but not the CPU time the work needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from traitwatch.basis import TraitBasis, extract_basis, load_traits
+from traitwatch.behavior.proxy import proxy_score
+from traitwatch.behavior.questions import load_questions
+from traitwatch.basis.extraction import build_contrast_set, default_candidate_layers
+from traitwatch.bench.labels import RISE_METRIC, ProxyLabelCallback, StepTimer, write_rise_labels
+from traitwatch.bench.plan import BenchPlan
+from traitwatch.bench.plan_file import load_plan_file
+from traitwatch.bench.sets import PERTURBATION_SETS, PerturbationSet, build_set, poison_tags, poisoned_set, read_poison_record
+from traitwatch.drift import DriftMeasurement, DriftProbe
+from traitwatch.drift.anchoring import Progress, measure_anchor, resolve_anchor, select_and_anchor
+from traitwatch.errors import InputFileError
+from traitwatch.models import LoadedModel, load_model
+from traitwatch.models.environment import describe_environment
+from traitwatch.monitor import LoadedMonitor
+from traitwatch.monitor.shipped import shipped_monitor_path
+from traitwatch.monitor.watch import AlarmGate, AlarmMonitor, gate_alarms, load_watch_monitor
+from traitwatch.store import RunStore
+from traitwatch.train import DriftRecord, SFTConfig, SFTResult, run_sft
+
+__all__ = ["DEMO_BASE", "DEMO_FRACTION", "DEMO_PLAN", "DEMO_POISON", "DEMO_SEED", "DemoResult", "DemoRun", "PhaseTime",
+           "demo_plan", "demo_sets", "describe_monitor", "run_demo"]
+
+DEMO_PLAN = "poison-small"
+"""The benchmark plan whose recipe and numerics the demo trains in."""
+DEMO_BASE = "arithmetic"
+DEMO_POISON = "reckless_advice"
+DEMO_FRACTION = 0.25
+DEMO_SEED = 0
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class PhaseTime:
+    """A phase's wall seconds and the CPU seconds the process spent in it (all threads)."""
+
+    wall_s: float
+    cpu_s: float
+
+
+class _Clock:
+    """Times phases into `phases` and tells `say` as each one ends."""
+
+    def __init__(self, say: Say) -> None:
+        self.phases: dict[str, PhaseTime] = {}
+        self.say = say
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
+        took = PhaseTime(time.perf_counter() - wall, time.process_time() - cpu)
+        self.phases[name] = took
+        self.say(f"({name}: {took.wall_s:.0f} s wall, {took.cpu_s:.0f} s CPU)")
+
+
+@dataclass
+class DemoRun:
+    """One of the demo's two runs: its set, what the callback measured, and the labels and timings."""
+
+    role: str  # "clean" or "poisoned"
+    spec: PerturbationSet
+    run_id: str
+    data: Path
+    n_rows: int
+    poison_indices: list[int]
+    result: SFTResult
+    wall_s: float
+    step_s: list[float]  # each optimizer step (forward, backward, optimizer), without the measuring
+    label_s: list[float]  # each proxy label scored during the run
+    measured_rise: dict[int, float] = field(default_factory=dict)  # RISE_METRIC by step
+
+    @property
+    def history(self) -> list[DriftRecord]:
+        return self.result.history
+
+    @property
+    def measure_s(self) -> float:
+        """The callback's measurements: drift, behavioural probe and prediction, all checkpoints."""
+        return sum(r.wall_time_s for r in self.result.history)
+
+
+@dataclass
+class DemoResult:
+    """What `run_demo` did: the basis, the numerics, the monitor and its alarm gate, both runs, the timings."""
+
+    out_dir: Path
+    plan: BenchPlan
+    numerics: dict[str, Any]  # the resolved device and dtype (`describe_environment`)
+    basis: TraitBasis
+    basis_dir: Path
+    base_drift: DriftMeasurement | None = None  # the base model against its own basis: zero by construction
+    base_label: float | None = None  # the base model's style-matched proxy (step 0 of both runs)
+    monitor_path: Path | None = None
+    monitor: LoadedMonitor | None = None
+    gate: AlarmGate | None = None
+    runs: list[DemoRun] = field(default_factory=list)
+    store: Path | None = None
+    report: Path | None = None
+    phases: dict[str, PhaseTime] = field(default_factory=dict)  # in the order they ran
+
+
+@contextlib.contextmanager
+def _no_progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    yield lambda n: None
+
+
+def demo_plan() -> BenchPlan:
+    """The shipped plan the demo takes its recipe and numerics from (`poison-small`)."""
+    return load_plan_file(DEMO_PLAN, check_files=False).models[0].plan
+
+
+def demo_sets() -> tuple[PerturbationSet, PerturbationSet]:
+    """(clean base, poisoned twin): `arithmetic`, and `arithmetic+reckless_advice@25` as the benchmark names it."""
+    base = PERTURBATION_SETS[DEMO_BASE]
+    return base, poisoned_set(base, PERTURBATION_SETS[DEMO_POISON], DEMO_FRACTION)
+
+
+def describe_monitor(monitor: LoadedMonitor, gate: AlarmGate) -> list[str]:
+    """What the monitor reads and predicts, where it came from, and whether it may alarm (one line each)."""
+    prov = monitor.provenance
+    what = "the behavioural probe's rise" if monitor.inputs == "probe_rise" else "the trait drift"
+    target = ("the rise of the EM proxy over benign finetuning" if monitor.target == "relative_rise"
+              else "the EM rate")
+    lines = [f"Monitor {monitor.source.name}: reads {what}, predicts {target} (threshold {monitor.threshold:+.4f}); "
+             f"from {prov.get('command', 'an unrecorded command')} at {prov.get('commit', '?')} "
+             f"(see {prov.get('benchmark', 'benchmarks/em_small/RESULTS.md')})."]
+    role = str(prov.get("role", "default"))
+    if role != "default":
+        lines.append(f"It ships to show the monitoring path, not as a validated detector ({role}).")
+    lines.append(gate.describe())
+    return lines
+
+
+def _extract_basis(lm: LoadedModel, *, method: str, select_every: int, max_new_tokens: int,
+                   progress: Progress, clock: _Clock) -> TraitBasis:
+    """The benchmark's basis recipe (passages, layer selected by steering, anchored), on fewer candidates."""
+    traits = load_traits()
+    cand = default_candidate_layers(lm.model)
+    tried = cand[::select_every]
+    n = len(build_contrast_set(lm.tokenizer, traits, method).sequences)  # type: ignore[arg-type]
+    with clock("extract basis"), \
+            progress(f"Extracting {len(traits.traits)} traits from {n} {method.replace('_', ' ')} prompts", n) as advance:
+        basis = extract_basis(lm.model, lm.tokenizer, traits, layers=cand, method=method,  # type: ignore[arg-type]
+                              model_name=lm.name, probe_layers=tried, progress=advance)
+    with clock(f"select layer ({len(tried)} candidates) + anchor"):
+        select_and_anchor(lm, basis, tried, alpha=0.25, max_new_tokens=max_new_tokens, n_prompts=3, progress=progress)
+    return basis
+
+
+def _base_drift(lm: LoadedModel, basis: TraitBasis, progress: Progress) -> DriftMeasurement:
+    """The base model measured against its own basis and anchor: zero drift by construction (a cheap self-check)."""
+    probe = DriftProbe(basis)
+    probe.check_model(lm.model, lm.tokenizer, lm.name)
+    resolve_anchor(probe, probe.precision(lm.model),
+                   lambda _skipped: (measure_anchor(probe, lm.model, lm.tokenizer, name=lm.name), "base model"))
+    with progress(f"Measuring {lm.name} against its own basis", len(probe.prompt_texts)) as advance:
+        return probe.measure(lm.model, lm.tokenizer, progress=advance)
+
+
+def _gated_monitor(path: Path | None, basis_dir: Path) -> tuple[LoadedMonitor | None, AlarmMonitor | None, AlarmGate | None]:
+    """The monitor file loaded against what the runs will measure (`load_watch_monitor`), and gated for alarms."""
+    if path is None:
+        return None, None, None
+    loaded = load_watch_monitor(path, DriftProbe(TraitBasis.load(basis_dir)))
+    attached, gate = gate_alarms(loaded)
+    return loaded, attached, gate  # type: ignore[return-value]
+
+
+def run_demo(
+    out_dir: Path,
+    *,
+    model: str,
+    method: str = "passages",
+    select_every: int = 6,
+    max_new_tokens: int = 32,
+    steps: int | None = None,
+    every: int = 15,
+    monitor: Path | None = None,
+    dtype: str | None = None,
+    say: Say = lambda _line: None,
+    progress: Progress | None = None,
+    reporter: Callable[[str, DriftRecord], None] | None = None,
+    on_basis: Callable[[TraitBasis], None] | None = None,
+    on_monitor: Callable[[list[str]], None] | None = None,
+) -> DemoResult:
+    """Extract and select a basis, then train and label the clean base and its poisoned twin; returns it all.
+
+    `steps` (default: the plan's 30) of 0 stops after the basis. `dtype` defaults to the plan's (bfloat16);
+    the device is the plan's (cpu). `monitor` defaults to the one shipped for `model`; it raises alarms only
+    if its recorded leave-one-out AUROC passes the gate (`gate_alarms`). `say` gets status lines, `progress`
+    makes progress bars (`drift.anchoring.Progress`), `reporter` gets (role, record) at each measurement,
+    `on_basis` the selected basis and `on_monitor` the monitor's description, as soon as they exist.
+    """
+    progress = progress or _no_progress
+    plan = demo_plan()
+    steps = plan.steps if steps is None else steps
+    if steps is None or steps < 0:
+        raise InputFileError("The demo trains for a number of steps; give --steps 0 or more.")
+    dtype = dtype or plan.dtype
+    meth = method.replace("-", "_")
+    if meth not in ("passages", "system_prompts"):
+        raise InputFileError(f"--method {method!r} is not passages or system-prompts.")
+    clock = _Clock(say)
+    out_dir = Path(out_dir)
+
+    say(f"Loading {model} in {dtype} on {plan.device} (the first run converts the bundled GGUF once; later runs reuse it) ...")
+    with clock("load model"):
+        lm = load_model(model, device=plan.device, dtype=dtype)  # type: ignore[arg-type]
+    numerics = describe_environment(lm.model)
+    say(f"Numerics: {numerics['dtype']} on {numerics['device']} ({numerics['cpu_threads']} threads), as the {DEMO_PLAN} plan "
+        f"{'pins' if numerics['dtype'] == plan.dtype else 'does not (it pins ' + plan.dtype + ')'}.")
+    basis = _extract_basis(lm, method=meth, select_every=select_every, max_new_tokens=max_new_tokens,
+                           progress=progress, clock=clock)
+    basis_dir = basis.save(out_dir / "basis")
+    result = DemoResult(out_dir=out_dir, plan=plan, numerics=numerics, basis=basis, basis_dir=basis_dir,
+                        phases=clock.phases)
+    if on_basis is not None:
+        on_basis(basis)
+    with clock("base drift check"):
+        result.base_drift = _base_drift(lm, basis, progress)
+    if steps == 0:
+        return result
+
+    say("Labelling the base model with the judge-free proxy (step 0 of both runs) ...")
+    with clock("base proxy label"):
+        result.base_label = proxy_score(lm.model, lm.tokenizer, load_questions(), style_only=True).style_p_mis
+    del lm
+
+    result.monitor_path = monitor or shipped_monitor_path(model)
+    result.monitor, attached, result.gate = _gated_monitor(result.monitor_path, basis_dir)
+    if on_monitor is not None:
+        on_monitor(describe_monitor(result.monitor, result.gate) if result.monitor is not None and result.gate
+                   else [f"No monitor ships for {model}: the runs are measured, not judged (calibrate one: "
+                         "docs/calibrate-your-model.md)."])
+
+    result.store = out_dir / "traitwatch.db"
+    with RunStore(result.store) as store:  # one connection for both runs: the drift callback and the labels share it
+        for role, spec in zip(("clean", "poisoned"), demo_sets(), strict=True):
+            with clock(f"train + label {role}"):
+                result.runs.append(_train(plan, model, role, spec, out_dir, basis_dir, store, steps=steps, every=every,
+                                          dtype=dtype, monitor=attached, base_label=result.base_label, say=say,
+                                          reporter=reporter))
+
+    from traitwatch.report import build_report  # plotly, at load time only when a report is drawn
+
+    with clock("report"), RunStore(result.store, create=False) as store:
+        clean, poisoned = demo_sets()
+        report = build_report(out_dir / "report.html", store=store, run_ids=[r.run_id for r in result.runs],
+                              title=f"traitwatch demo: {clean.name} and its poisoned twin {poisoned.name} on {model}")
+    result.report = report.html
+    return result
+
+
+def _train(plan: BenchPlan, model: str, role: str, spec: PerturbationSet, out_dir: Path, basis_dir: Path, store: RunStore, *,
+           steps: int, every: int, dtype: str, monitor: AlarmMonitor | None, base_label: float | None, say: Say,
+           reporter: Callable[[str, DriftRecord], None] | None) -> DemoRun:
+    """Train one set in the plan's recipe with the callback and the final-step proxy label; write its rise labels."""
+    data = build_set(spec.name, seed=DEMO_SEED, n=plan.n_examples, out_dir=out_dir / "data", shared_data=None, spec=spec)
+    tags: dict[str, Any] = {"perturbation": spec.name, "bench_seed": DEMO_SEED, "demo_plan": DEMO_PLAN}
+    indices: list[int] = []
+    if spec.poisoning is not None:  # the poisoned rows, the ground truth of screening, stored with the run
+        tags["poison"] = poison_tags(data)
+        indices = list(read_poison_record(data)["indices"])
+    run_id = f"demo-{spec.name}-s{DEMO_SEED}"
+    labels = ProxyLabelCallback(store, run_id, every_n_steps=max(steps, 1), base_value=base_label)
+    timer = StepTimer()
+    config = SFTConfig(
+        model=model, data=data, basis=basis_dir, output_dir=out_dir / "runs" / run_id, run_id=run_id,
+        store=store.path, max_steps=steps, batch_size=plan.batch_size, grad_accum=plan.grad_accum,
+        max_length=plan.max_length, learning_rate=plan.learning_rate, full=plan.full, lora_r=plan.lora_r,
+        lora_alpha=plan.lora_alpha, lora_dropout=plan.lora_dropout, target_modules=plan.target_modules,
+        response_only=plan.response_only, every_n_steps=every, save_steps=max(steps, 1), save_total_limit=1,
+        seed=DEMO_SEED, device=plan.device, dtype=dtype, behavior_probe=True, tags=tags,
+    )
+    say(f"Training {model} on {spec.name} ({role}) for {steps} steps in the {DEMO_PLAN} recipe, measuring every "
+        f"{every} ...")
+    t0 = time.perf_counter()
+    result = run_sft(config, monitor=monitor, store=store, callbacks=[labels, timer], info=say,
+                     reporter=None if reporter is None else (lambda rec: reporter(role, rec)))
+    wall = time.perf_counter() - t0
+    write_rise_labels(store, run_id)
+    rise = {b.step: b.value for b in store.behavior(run_id, RISE_METRIC)}
+    n_rows = sum(1 for line in Path(data).read_text(encoding="utf-8").splitlines() if line.strip())
+    return DemoRun(role=role, spec=spec, run_id=run_id, data=Path(data), n_rows=n_rows, poison_indices=indices,
+                   result=result, wall_s=wall, step_s=list(timer.seconds_), label_s=list(labels.seconds_),
+                   measured_rise=rise)
