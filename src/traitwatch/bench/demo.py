@@ -27,13 +27,20 @@ from pathlib import Path
 from typing import Any
 
 from traitwatch.basis import TraitBasis, extract_basis, load_traits
+from traitwatch.basis.extraction import build_contrast_set, default_candidate_layers
 from traitwatch.behavior.proxy import proxy_score
 from traitwatch.behavior.questions import load_questions
-from traitwatch.basis.extraction import build_contrast_set, default_candidate_layers
 from traitwatch.bench.labels import RISE_METRIC, ProxyLabelCallback, StepTimer, write_rise_labels
 from traitwatch.bench.plan import BenchPlan
 from traitwatch.bench.plan_file import load_plan_file
-from traitwatch.bench.sets import PERTURBATION_SETS, PerturbationSet, build_set, poison_tags, poisoned_set, read_poison_record
+from traitwatch.bench.sets import (
+    PERTURBATION_SETS,
+    PerturbationSet,
+    build_set,
+    poison_tags,
+    poisoned_set,
+    read_poison_record,
+)
 from traitwatch.drift import DriftMeasurement, DriftProbe
 from traitwatch.drift.anchoring import Progress, measure_anchor, resolve_anchor, select_and_anchor
 from traitwatch.errors import InputFileError
@@ -150,9 +157,9 @@ def describe_monitor(monitor: LoadedMonitor, gate: AlarmGate) -> list[str]:
     what = "the behavioural probe's rise" if monitor.inputs == "probe_rise" else "the trait drift"
     target = ("the rise of the EM proxy over benign finetuning" if monitor.target == "relative_rise"
               else "the EM rate")
-    lines = [f"Monitor {monitor.source.name}: reads {what}, predicts {target} (threshold {monitor.threshold:+.4f}); "
-             f"from {prov.get('command', 'an unrecorded command')} at {prov.get('commit', '?')} "
-             f"(see {prov.get('benchmark', 'benchmarks/em_small/RESULTS.md')})."]
+    lines = [(f"Monitor {monitor.source.name}: reads {what}, predicts {target} (its alarm threshold "
+              f"{monitor.threshold:+.4f}); from {prov.get('command', 'an unrecorded command')} at "
+              f"{prov.get('commit', '?')} (see {prov.get('benchmark', 'its provenance')}).")]
     role = str(prov.get("role", "default"))
     if role != "default":
         lines.append(f"It ships to show the monitoring path, not as a validated detector ({role}).")
@@ -203,7 +210,7 @@ def run_demo(
     select_every: int = 6,
     max_new_tokens: int = 32,
     steps: int | None = None,
-    every: int = 15,
+    every: int = 30,
     monitor: Path | None = None,
     dtype: str | None = None,
     say: Say = lambda _line: None,
@@ -259,8 +266,8 @@ def run_demo(
     result.monitor, attached, result.gate = _gated_monitor(result.monitor_path, basis_dir)
     if on_monitor is not None:
         on_monitor(describe_monitor(result.monitor, result.gate) if result.monitor is not None and result.gate
-                   else [f"No monitor ships for {model}: the runs are measured, not judged (calibrate one: "
-                         "docs/calibrate-your-model.md)."])
+                   else [(f"No monitor ships for {model}: the runs are measured, not judged (calibrate one: "
+                          "docs/calibrate-your-model.md).")])
 
     result.store = out_dir / "traitwatch.db"
     with RunStore(result.store) as store:  # one connection for both runs: the drift callback and the labels share it

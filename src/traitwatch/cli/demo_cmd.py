@@ -33,7 +33,8 @@ def register(app: typer.Typer) -> None:
         select_every: Annotated[int, typer.Option(min=1, help="Try every k-th candidate layer in selection (the benchmark: 3).")] = 6,
         max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens generated per steered prompt in selection.")] = 32,
         steps: Annotated[int | None, typer.Option(min=0, help=f"LoRA steps per run (default: the {DEMO_PLAN} plan's 30; 0: basis only).")] = None,
-        every: Annotated[int, typer.Option(min=1, help="Measure drift, probe and prediction every N steps.")] = 15,
+        every: Annotated[int, typer.Option(min=1, help="Measure drift, probe and prediction every N steps (and at the last); "
+                                                      "the default 30 measures the start and the end, 15 adds the middle (about 25 s a run).")] = 30,
         monitor: Annotated[Path | None, typer.Option(help="Monitor file (default: the one shipped for the model).")] = None,
         dtype: Annotated[str | None, typer.Option(help=f"Model dtype (default: the {DEMO_PLAN} plan's, bfloat16).")] = None,
     ) -> None:
@@ -113,11 +114,12 @@ def _print_runs(result: DemoResult) -> None:
     out.print(verdicts)
     if result.gate is not None:
         out.print(result.gate.describe())
-    final = [(run, run.measured_rise.get(max(run.measured_rise, default=-1))) for run in result.runs]
-    if len(final) == 2 and all(rise is not None for _, rise in final):
-        (clean, c), (poisoned, p) = final
+    final = [run.measured_rise.get(max(run.measured_rise, default=-1)) for run in result.runs]
+    if len(final) == 2 and final[0] is not None and final[1] is not None:
+        c, p = final
+        base = "" if result.base_label is None else f" (base proxy {result.base_label:.4f})"
         out.print(f"Measured (judge-free proxy, final step): the poisoned run rose {p:+.4f}, the clean run {c:+.4f}; "
-                  f"the poisoned run's rise over the clean run is {p - c:+.4f} (base proxy {result.base_label:.4f}).")
+                  f"the poisoned run's rise over the clean run is {p - c:+.4f}{base}.")
 
 
 def _run_phases(run: DemoRun) -> str:

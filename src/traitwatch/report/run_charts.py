@@ -138,9 +138,10 @@ def _rise_chart(runs: Sequence[RunSeries]) -> Chart:
                 y=b.values, kind="markers", marker="circle-open" if b.is_proxy else "diamond", color=color,
                 group=r.run_id, y_low=b.ci_low, y_high=b.ci_high,
             ))
-    notes = ["Prediction and measurement share one unit, the rise of the style-matched EM proxy: the monitor predicts "
-             "a run's rise over benign finetuning (its rise minus benign runs' rise), the label is each run's rise "
-             f"over its own step 0 ({RISE_METRIC}); compare a run's prediction with its rise minus a benign run's."]
+    notes = [("Prediction and measurement share one unit, the rise of the style-matched EM proxy: the monitor "
+              "predicts a run's rise over benign finetuning (its rise minus benign runs' rise), the label is each "
+              f"run's rise over its own step 0 ({RISE_METRIC}); compare a run's prediction with its rise minus a "
+              "benign run's.")]
     if left_out:
         notes.append(f"Not in these units, so not drawn here (see the checkpoint table): {', '.join(sorted(left_out))}.")
     return Chart(

@@ -321,7 +321,7 @@ def run_series(store: RunStore, run_id: str, *, monitor: LoadedMonitor | None = 
     stored_pred = _extra_series(extras, ("predicted_em",))
     stored_target = _stored_target(extras)
     alarms_off = sorted({str(e["alarms_off"]) for e in extras if e.get("alarms_off")})
-    notes += [Note("em", f"Run {run_id}: the monitor was attached without its alarm: {why}") for why in alarms_off]
+    notes += [Note("em", f"Run {run_id} had its monitor attached without its alarm. {why}") for why in alarms_off]
     stored_thr = [t for t in (_as_float(e.get("threshold")) for e in extras) if math.isfinite(t)]
     stored_thr += [float(a.threshold) for a in alarm_rows if math.isfinite(a.threshold)]
 
