@@ -143,8 +143,9 @@ def style_features(plan: BenchPlan, work_dir: Path, run_id: str, name: str, seed
     with a line break, a list marker, a question mark, an exclamation mark, a digit, or a first-person "I".
     """
     data = Path(work_dir) / "data" / f"{name}-s{seed}.jsonl"
-    answers = [r["messages"][-1]["content"] for r in read_jsonl(data)]
-    users = [r["messages"][-2]["content"] for r in read_jsonl(data)]
+    rows = read_jsonl(data)
+    answers = [r["messages"][-1]["content"] for r in rows]
+    users = [r["messages"][-2]["content"] for r in rows]
     lengths = np.array([len(a) for a in answers], dtype=float)
     sentences = [max(1, sum(a.count(c) for c in ".!?")) for a in answers]
     share = lambda f: float(np.mean([bool(f(a)) for a in answers]))  # noqa: E731
@@ -289,8 +290,6 @@ def analyze_poison(plan: BenchPlan, work_dir: Path, *, n_resamples: int = 1000,
                        seed=np.array([rows[i]["seed"] for i in final]), step=np.array([rows[i]["step"] for i in final]),
                        rise=np.array([rows[i]["label"] for i in final]), reference=~poison.astype(bool),
                        positive=poison.astype(bool))
-    index = {i: k for k, i in enumerate(final)}
-    picked = np.array([index[i] for i in final])
     all_index = np.array(final)
     fams = families(d)
 
@@ -316,7 +315,6 @@ def analyze_poison(plan: BenchPlan, work_dir: Path, *, n_resamples: int = 1000,
             continue
         results.append({"features": name, "role": role, "cost": cost, "chosen": res.chosen,
                         **_summaries(res, [rows[i] for i in final], n_resamples)})
-    del picked
     out["detection"] = {"rows": results, "n_checkpoints": len(final), "n_positive": int(data.positive.sum()),
                         "folds": len({f for r in results for f in r.get("chosen", {})})}
     say("early warning: the callback's 7-D drift monitor at every stored step")
