@@ -22,8 +22,10 @@ in eval mode: training passes run in train mode).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -139,7 +141,11 @@ def run(a: argparse.Namespace) -> None:
     }
     (out / f"rank{args.process_index}.json").write_text(json.dumps(report))
     # Tear the process group down on every rank before exit: a rank that exits with gloo threads still
-    # running can abort ("terminate called without an active exception") and fail the launcher.
+    # running can abort ("terminate called without an active exception") and fail the launcher. DDP's
+    # reducer (and FSDP/DeepSpeed) hold their own reference to the group, so `destroy_process_group` alone
+    # leaves the gloo object alive until interpreter finalization; drop the wrapped model first.
+    del trainer, watch, model
+    gc.collect()
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
@@ -147,3 +153,9 @@ def run(a: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     main()
+    # Everything this test checks is written. Skip interpreter finalization: torch's gloo teardown at
+    # finalization can still abort a rank now and then (seen once in CI, 0 of 18 runs here), which is
+    # torch's exit path, not the callback's, and would fail the launcher after a correct run.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
