@@ -7,12 +7,14 @@ from types import SimpleNamespace
 
 from typer.testing import CliRunner
 
-from traitwatch.bench.demo import DemoResult, DemoRun, PhaseTime, demo_plan, demo_sets
+from traitwatch.bench.demo import DemoResult, DemoRun, DemoScreen, PhaseTime, demo_plan, demo_sets
 from traitwatch.bench.plan import ALL_PROJECTIONS
 from traitwatch.bench.sets import build_set, read_poison_record
 from traitwatch.cli.app import app
 from traitwatch.monitor.watch import AlarmGate
+from traitwatch.store import SuspectRow, Suspects
 from traitwatch.train import DriftRecord
+from traitwatch.train.suspects import RowScores
 
 
 def test_the_demo_trains_the_benchmarks_clean_arithmetic_and_its_25_percent_reckless_advice_twin(tmp_path):
@@ -63,8 +65,16 @@ def test_the_cli_prints_the_prediction_beside_the_label_and_says_why_there_is_no
     )
     seen = {}
 
+    screen = DemoScreen(results=tmp_path / "x.screen.jsonl", top=[(1, 7, 0.03, True), (2, 120, 0.02, False)],
+                        auroc=0.875, precision_at_k=0.62, n_poison=50, row_scores=RowScores({}))
+    runs[1].suspects = [Suspects(step=30, since_step=0, k=3, rows=(SuspectRow(3, 0.05, 4, None, 2),
+                                                                     SuspectRow(150, 0.04, 151, None, 1),
+                                                                     SuspectRow(49, 0.03, 50, None, 1)),
+                                 rows_seen=120, alarm=False)]
+
     def fake_run_demo(out_dir, **kw):
         seen.update(kw, out_dir=out_dir)
+        kw["on_screen"](screen)  # before training, as run_demo does
         return result
 
     monkeypatch.setattr("traitwatch.cli.demo_cmd.run_demo", fake_run_demo)
@@ -77,3 +87,10 @@ def test_the_cli_prints_the_prediction_beside_the_label_and_says_why_there_is_no
     assert "50 rows of reckless_advice" in text
     assert "the poisoned run's rise over the clean run is +0.0250" in text
     assert "Where the time went" in text and "train + label poisoned" in text
+    flat = " ".join(text.split())  # rich wraps table titles
+    # the screen before training: its top rows marked from the recorded indices, and its row AUROC
+    assert "Screened before training" in flat and "row AUROC 0.875" in flat and "precision at k=50" in flat
+    assert flat.index("Screened before training") < flat.index("Trait drift while training")
+    assert flat.count("POISON") == 1 + 2  # the screen's one poison row, the two poison suspects
+    # after training: no alarm, so the rows the callback would name, marked poison or not, and the count
+    assert "no alarm" in flat and "2 of the 3 rows named are poison rows" in flat

@@ -264,3 +264,27 @@ def test_response_merged_with_the_header_starts_the_span():
     merged = encode_example(tok, Example(1, [{"role": "user", "content": "q"}, {"role": "assistant", "content": "\nab"}]))
     assert merged.ids[merged.start : merged.end] == [99, ord("a"), ord("b")]
     assert merged.prompt[-1] == 9 and merged.ids[: merged.start] == merged.prompt[:-1]
+
+
+def test_loss_is_the_models_mean_nll_of_the_response_and_ranks_rows(tiny, basis, chat_file, tmp_path):
+    """`with_loss` stores each row's loss (hand-checked on one row); `by="loss"` ranks by it; a file screened
+    without it is refused for loss ranking, and resuming a file with another loss setting is refused."""
+    res = run(tiny, basis, chat_file, tmp_path / "r.jsonl", with_loss=True)
+    tok, example = tiny.tokenizer, read_examples(chat_file)[3]
+    full = tok.apply_chat_template(example.messages, tokenize=True)["input_ids"]
+    start, end = len(encode_chat(tok, example.messages[0]["content"])), len(full) - 1
+    with torch.no_grad():
+        logits = tiny.model(input_ids=torch.tensor([full])).logits[0].float()
+    logp = torch.log_softmax(logits[start - 1 : end - 1], dim=-1)
+    expected = float(-logp.gather(1, torch.tensor(full[start:end])[:, None]).mean())
+    row = next(r for r in res.rows if r.line == 4)
+    assert row.loss == pytest.approx(expected, rel=1e-4)
+    ranked = rank_examples(res, by="loss")
+    assert [r.loss for r in ranked] == sorted((r.loss for r in res.rows), reverse=True)
+    assert ranked[0].line == max(res.rows, key=lambda r: r.loss).line
+    plain = run(tiny, basis, chat_file, tmp_path / "plain.jsonl")
+    assert all(r.loss is None for r in plain.rows)
+    with pytest.raises(InputFileError, match="without the rows' loss"):
+        rank_examples(plain, by="loss")
+    with pytest.raises(InputFileError, match="another screen"):
+        run(tiny, basis, chat_file, tmp_path / "plain.jsonl", with_loss=True)

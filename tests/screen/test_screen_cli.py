@@ -69,3 +69,14 @@ def test_screen_malformed_line_is_one_line_error(basis_dir, chat_file, tmp_path)
 def test_screen_refuses_to_overwrite_the_dataset(basis_dir, chat_file):
     res = invoke("screen", str(chat_file), "--basis", str(basis_dir), *FAST, "--filtered-out", str(chat_file))
     assert res.exit_code == 2 and "overwrite" in res.stderr
+
+
+def test_screen_ranks_by_the_models_loss_on_the_row(basis_dir, chat_file, tmp_path):
+    summary = tmp_path / "s.json"
+    res = invoke("screen", str(chat_file), "--basis", str(basis_dir), *FAST, "--top-k", "3", "--rank-by", "loss",
+                 "--out", str(tmp_path / "r.jsonl"), "--summary-json", str(summary))
+    assert res.exit_code == 0, res.output
+    top = json.loads(summary.read_text())["top"]
+    assert [t["loss"] for t in top] == sorted((t["loss"] for t in top), reverse=True) and top[0]["loss"] > 0
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()[1:]]
+    assert max(r["loss"] for r in rows) == top[0]["loss"]

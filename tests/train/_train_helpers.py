@@ -12,7 +12,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from traitwatch.models import build_tiny_random
-from traitwatch.train import PaddingCollator, tokenize_chats
+from traitwatch.train import PaddingCollator, TrainedRows, tokenize_chats
 
 LAYER = 3
 PROMPTS = [
@@ -53,11 +53,12 @@ def tiny_trainer(
     lora: bool = True,
     wrap: Callable[[nn.Module], nn.Module] | None = None,
     training_args: Mapping[str, object] | None = None,
+    rows: TrainedRows | None = None,
 ) -> Trainer:
     """A LoRA (or full) Trainer on a fresh tiny-random (the session `tiny` model is never trained).
 
     `wrap` gets the (PEFT) model before the Trainer does (e.g. `torch.compile`); `training_args` adds to the
-    TrainingArguments (e.g. `gradient_checkpointing=True`).
+    TrainingArguments (e.g. `gradient_checkpointing=True`); `rows` is handed to the collator (which rows trained).
     """
     model, tok = build_tiny_random()
     if lora:
@@ -73,5 +74,5 @@ def tiny_trainer(
         "save_strategy": "steps", "save_steps": save_steps, "logging_steps": 1, "report_to": "none", "use_cpu": True,
         "disable_tqdm": True, "remove_unused_columns": False, "seed": seed, **dict(training_args or {}),
     })
-    return Trainer(model=model, args=args, train_dataset=data, data_collator=PaddingCollator(tok.pad_token_id),
+    return Trainer(model=model, args=args, train_dataset=data, data_collator=PaddingCollator(tok.pad_token_id, rows=rows),
                    processing_class=tok, callbacks=list(callbacks))

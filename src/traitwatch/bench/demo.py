@@ -49,11 +49,14 @@ from traitwatch.models.environment import describe_environment
 from traitwatch.monitor import LoadedMonitor
 from traitwatch.monitor.shipped import shipped_monitor_path
 from traitwatch.monitor.watch import AlarmGate, AlarmMonitor, gate_alarms, load_watch_monitor
-from traitwatch.store import RunStore
+from traitwatch.screen import rank_examples, screen_dataset
+from traitwatch.screen.row_scores import load_row_scores
+from traitwatch.store import RunStore, Suspects
 from traitwatch.train import DriftRecord, SFTConfig, SFTResult, run_sft
+from traitwatch.train.suspects import RowScores
 
-__all__ = ["DEMO_BASE", "DEMO_FRACTION", "DEMO_PLAN", "DEMO_POISON", "DEMO_SEED", "DemoResult", "DemoRun", "PhaseTime",
-           "demo_plan", "demo_sets", "describe_monitor", "run_demo"]
+__all__ = ["DEMO_BASE", "DEMO_FRACTION", "DEMO_PLAN", "DEMO_POISON", "DEMO_SEED", "DemoResult", "DemoRun", "DemoScreen",
+           "PhaseTime", "demo_plan", "demo_sets", "describe_monitor", "run_demo"]
 
 DEMO_PLAN = "poison-small"
 """The benchmark plan whose recipe and numerics the demo trains in."""
@@ -104,6 +107,7 @@ class DemoRun:
     step_s: list[float]  # each optimizer step (forward, backward, optimizer), without the measuring
     label_s: list[float]  # each proxy label scored during the run
     measured_rise: dict[int, float] = field(default_factory=dict)  # RISE_METRIC by step
+    suspects: list[Suspects] = field(default_factory=list)  # with the screen's scores: each measurement's top rows
 
     @property
     def history(self) -> list[DriftRecord]:
@@ -113,6 +117,24 @@ class DemoRun:
     def measure_s(self) -> float:
         """The callback's measurements: drift, behavioural probe and prediction, all checkpoints."""
         return sum(r.wall_time_s for r in self.result.history)
+
+
+SCREEN_PROMPTS = 16
+"""The demo's screen reads its "mean" reference from the model's own answers to the first 16 measurement prompts
+(32 new tokens) instead of all 115 (64), to fit its budget: a reference shifts every row's score alike, so the
+ranking is the same; only the printed drift units differ from a default `traitwatch screen`."""
+
+
+@dataclass
+class DemoScreen:
+    """The poisoned set screened before training: the results file, the top rows, and how well it ranked."""
+
+    results: Path
+    top: list[tuple[int, int, float, bool]]  # (rank, 0-based row, risk, is a poison row)
+    auroc: float  # poison rows vs the others, from the recorded indices
+    precision_at_k: float  # among the top n_poison rows
+    n_poison: int
+    row_scores: RowScores
 
 
 @dataclass
@@ -130,6 +152,7 @@ class DemoResult:
     monitor: LoadedMonitor | None = None
     gate: AlarmGate | None = None
     runs: list[DemoRun] = field(default_factory=list)
+    screen: DemoScreen | None = None
     store: Path | None = None
     report: Path | None = None
     phases: dict[str, PhaseTime] = field(default_factory=dict)  # in the order they ran
@@ -218,6 +241,7 @@ def run_demo(
     reporter: Callable[[str, DriftRecord], None] | None = None,
     on_basis: Callable[[TraitBasis], None] | None = None,
     on_monitor: Callable[[list[str]], None] | None = None,
+    on_screen: Callable[[DemoScreen], None] | None = None,
 ) -> DemoResult:
     """Extract and select a basis, then train and label the clean base and its poisoned twin; returns it all.
 
@@ -225,7 +249,8 @@ def run_demo(
     the device is the plan's (cpu). `monitor` defaults to the one shipped for `model`; it raises alarms only
     if its recorded leave-one-out AUROC passes the gate (`gate_alarms`). `say` gets status lines, `progress`
     makes progress bars (`drift.anchoring.Progress`), `reporter` gets (role, record) at each measurement,
-    `on_basis` the selected basis and `on_monitor` the monitor's description, as soon as they exist.
+    `on_basis` the selected basis, `on_monitor` the monitor's description and `on_screen` the poisoned set's
+    screen (before training), as soon as they exist.
     """
     progress = progress or _no_progress
     plan = demo_plan()
@@ -257,6 +282,14 @@ def run_demo(
     if steps == 0:
         return result
 
+    poisoned_spec = demo_sets()[1]
+    say(f"Screening {poisoned_spec.name} before training (the rows' residuals against the model's own answers) ...")
+    with clock("screen poisoned set"):
+        data = build_set(poisoned_spec.name, seed=DEMO_SEED, n=plan.n_examples, out_dir=out_dir / "data",
+                         shared_data=None, spec=poisoned_spec)
+        result.screen = _screen(lm, basis, Path(data), out_dir / "screen")
+    if on_screen is not None:
+        on_screen(result.screen)
     say("Labelling the base model with the judge-free proxy (step 0 of both runs) ...")
     with clock("base proxy label"):
         result.base_label = proxy_score(lm.model, lm.tokenizer, load_questions(), style_only=True).style_p_mis
@@ -275,7 +308,8 @@ def run_demo(
             with clock(f"train + label {role}"):
                 result.runs.append(_train(plan, model, role, spec, out_dir, basis_dir, store, steps=steps, every=every,
                                           dtype=dtype, monitor=attached, base_label=result.base_label, say=say,
-                                          reporter=reporter))
+                                          reporter=reporter,
+                                          row_scores=result.screen.row_scores if role == "poisoned" else None))
 
     from traitwatch.report import build_report  # plotly, at load time only when a report is drawn
 
@@ -287,9 +321,32 @@ def run_demo(
     return result
 
 
+def _screen(lm: LoadedModel, basis: TraitBasis, data: Path, out_dir: Path, k: int = 10) -> DemoScreen:
+    """`traitwatch screen` on the poisoned set (reference: `SCREEN_PROMPTS` prompts), scored against its indices."""
+    from sklearn.metrics import roc_auc_score
+
+    from traitwatch.basis.traits import load_measurement_prompts
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = out_dir / f"{data.stem}.screen.jsonl"
+    prompts = [p for _, p in load_measurement_prompts()][:SCREEN_PROMPTS]
+    res = screen_dataset(lm.model, lm.tokenizer, basis, data, out=results, reference_prompts=prompts,
+                         max_new_tokens=32, model_name=lm.name)
+    poison = set(read_poison_record(data)["indices"])
+    rows = load_row_scores(results, data)
+    truth = [r.index in poison for r in rows]
+    scores = [r.score for r in rows]
+    by_line = {r.line: r.index for r in rows}
+    top = [(e.rank, by_line[e.line], e.risk, by_line[e.line] in poison) for e in rank_examples(res, k=k)]
+    best = sorted(rows, key=lambda r: (-r.score, r.index))[: len(poison)]
+    return DemoScreen(results=results, top=top, auroc=float(roc_auc_score(truth, scores)),
+                      precision_at_k=sum(r.index in poison for r in best) / max(len(poison), 1), n_poison=len(poison),
+                      row_scores=RowScores.from_rows(rows, source=str(results)))
+
+
 def _train(plan: BenchPlan, model: str, role: str, spec: PerturbationSet, out_dir: Path, basis_dir: Path, store: RunStore, *,
            steps: int, every: int, dtype: str, monitor: AlarmMonitor | None, base_label: float | None, say: Say,
-           reporter: Callable[[str, DriftRecord], None] | None) -> DemoRun:
+           reporter: Callable[[str, DriftRecord], None] | None, row_scores: RowScores | None = None) -> DemoRun:
     """Train one set in the plan's recipe with the callback and the final-step proxy label; write its rise labels."""
     data = build_set(spec.name, seed=DEMO_SEED, n=plan.n_examples, out_dir=out_dir / "data", shared_data=None, spec=spec)
     tags: dict[str, Any] = {"perturbation": spec.name, "bench_seed": DEMO_SEED, "demo_plan": DEMO_PLAN}
@@ -311,7 +368,7 @@ def _train(plan: BenchPlan, model: str, role: str, spec: PerturbationSet, out_di
     say(f"Training {model} on {spec.name} ({role}) for {steps} steps in the {DEMO_PLAN} recipe, measuring every "
         f"{every} ...")
     t0 = time.perf_counter()
-    result = run_sft(config, monitor=monitor, store=store, callbacks=[labels, timer], info=say,
+    result = run_sft(config, monitor=monitor, store=store, callbacks=[labels, timer], info=say, row_scores=row_scores,
                      reporter=None if reporter is None else (lambda rec: reporter(role, rec)))
     wall = time.perf_counter() - t0
     write_rise_labels(store, run_id)
@@ -319,4 +376,4 @@ def _train(plan: BenchPlan, model: str, role: str, spec: PerturbationSet, out_di
     n_rows = sum(1 for line in Path(data).read_text(encoding="utf-8").splitlines() if line.strip())
     return DemoRun(role=role, spec=spec, run_id=run_id, data=Path(data), n_rows=n_rows, poison_indices=indices,
                    result=result, wall_s=wall, step_s=list(timer.seconds_), label_s=list(labels.seconds_),
-                   measured_rise=rise)
+                   measured_rise=rise, suspects=store.suspects(run_id))

@@ -34,6 +34,7 @@ from traitwatch.bench.labels import (
     write_rise_labels,
 )
 from traitwatch.bench.plan import BenchPlan
+from traitwatch.bench.screening import read_row_scores
 from traitwatch.bench.sets import build_set, build_twin_set, poison_tags
 from traitwatch.bench.shards import Shard, run_store_path
 from traitwatch.errors import InputFileError
@@ -288,7 +289,9 @@ def _train_run(plan: BenchPlan, work_dir: Path, basis: Path, store: RunStore, ru
     length = f"{plan.steps} steps" if plan.steps is not None else f"{plan.epochs:g} epochs"
     say(f"[{run_id}] training {length} on {data.name} ...")
     t0 = time.perf_counter()
-    result = run_sft(config, store=store, callbacks=callbacks, info=lambda line: None,
+    # a set screened by `--screen-rows` (the closed loop's) carries its rows' scores: the run stores its suspects
+    row_scores = None if twin else read_row_scores(Path(spec.path) if spec.path else None, Path(data))
+    result = run_sft(config, store=store, callbacks=callbacks, info=lambda line: None, row_scores=row_scores,
                      reporter=lambda rec, r=run_id: say(f"[{r}] step {rec.step:>3}: ||d|| {rec.drift_norm:.4f}"))
     wall = time.perf_counter() - t0
     if labels is not None and (missing := labels.missing_steps(result.global_step)):

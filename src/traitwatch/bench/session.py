@@ -26,7 +26,7 @@ from traitwatch.bench.plan_file import ModelEntry, check_ready
 from traitwatch.bench.shards import Shard, gather_shard_stores, shard_folder, work_lock
 from traitwatch.errors import InputFileError
 
-__all__ = ["BenchRun", "run_benchmark", "run_environments"]
+__all__ = ["BenchRun", "run_benchmark", "run_environments", "screen_and_report"]
 
 Say = Callable[[str], None]
 
@@ -155,9 +155,12 @@ def analyze_and_report(entry: ModelEntry, run: BenchRun, say: Say, *, t0: float 
                 plan, work_dir, results / "monitor.json", hold_poison=DEMO_CELL[1], hold_base=DEMO_CELL[0], loto_row=row,
                 provenance={"benchmark": str(results / "RESULTS.md"), "command": run.command, "commit": run.commit,
                             "role": "default"})
+        res["figures"] = [f"figures/{f}" for f in figures]  # in order, for a RESULTS.md rewritten by --screen-rows
         (results / "results.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
+        screening = results / "screening.json"
         write_poison_results_md(res, results / "RESULTS.md", command=run.command, commit=run.commit,
-                                figures=[f"figures/{f}" for f in figures])
+                                figures=[f"figures/{f}" for f in figures],
+                                screening=json.loads(screening.read_text()) if screening.is_file() else None)
         return res
     det = res.get("detection")
     if det and not det.get("error"):
@@ -173,3 +176,27 @@ def analyze_and_report(entry: ModelEntry, run: BenchRun, say: Say, *, t0: float 
     write_results_md(res, results / "RESULTS.md", command=run.command, commit=run.commit,
                      figures=[f"figures/{f}" for f in figures])
     return res
+
+
+def screen_and_report(entry: ModelEntry, run: BenchRun, say: Say) -> dict[str, Any]:
+    """Row-level screening of a finished poison grid (`bench.screening`): `screening.json`, and RESULTS.md
+    rewritten from the stored results with the screening section (nothing is retrained or re-analysed)."""
+    from traitwatch.bench.poison_report import write_poison_results_md
+    from traitwatch.bench.screening import screen_grid
+
+    results = run.results
+    stored = results / "results.json"
+    if not stored.is_file():
+        raise InputFileError(f"{stored} does not exist: run the plan and `--analyze-only` first, then --screen-rows")
+    res = json.loads(stored.read_text())
+    if res.get("poison") is None:
+        raise InputFileError(f"{stored} is not a poisoned-data plan's results: --screen-rows needs poisoned sets")
+    with work_lock(run.work_dir):
+        scr = screen_grid(entry.plan, run.work_dir, results, say, command=run.command, n_boot=run.resamples)
+    order = ("dose_response.png", "trajectories.png", "drift_vs_label.png")  # as analyze_and_report writes them
+    found = sorted((p.name for p in (results / "figures").glob("*.png")),
+                   key=lambda f: (order.index(f) if f in order else len(order), f))
+    figures = res.get("figures") or [f"figures/{f}" for f in found]
+    write_poison_results_md(res, results / "RESULTS.md", command=res.get("command", ""), commit=res.get("commit", ""),
+                            figures=figures, screening=scr)
+    return scr

@@ -17,43 +17,13 @@ from __future__ import annotations
 
 import fcntl
 import json
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
-from traitwatch.errors import InputFileError
+from traitwatch.sharding import Shard  # the split itself is shared with `traitwatch screen --shard`
 
 __all__ = ["Shard", "gather_shard_stores", "run_store_path", "shard_folder", "work_lock"]
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Shard `index` of `count` (1-based, as `--shard 1/4` ... `--shard 4/4`)."""
-
-    index: int
-    count: int
-
-    @classmethod
-    def parse(cls, spec: str) -> Shard:
-        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
-        if not match or not 1 <= int(match[1]) <= int(match[2]):
-            raise InputFileError(f"--shard {spec!r} is not I/N with 1 <= I <= N; e.g. --shard 1/4 ... --shard 4/4 "
-                                 "(a SLURM array: --shard $SLURM_ARRAY_TASK_ID/4 with --array=1-4).")
-        return cls(int(match[1]), int(match[2]))
-
-    @property
-    def name(self) -> str:
-        return f"{self.index}-of-{self.count}"
-
-    def select(self, jobs: Sequence[T]) -> list[T]:
-        """This shard's jobs: positions I-1, I-1+N, I-1+2N, ... of the plan's job list (round robin, so every
-        shard gets each seed's types and twins in turn and finishes at about the same time)."""
-        return [job for k, job in enumerate(jobs) if k % self.count == self.index - 1]
 
 
 def shard_folder(work_dir: Path, shard: Shard | None) -> Path:

@@ -72,6 +72,7 @@ def register(app: typer.Typer) -> None:
         generator_api_key_env: GeneratorApiKeyEnvOption = None,
         max_runs: Annotated[int | None, typer.Option(help="Stop after this many runs this call (resume later).")] = None,
         analyze_only: Annotated[bool, typer.Option(help="Only write the results of the runs done so far (gathers the shards' runs).")] = False,
+        screen_rows: Annotated[bool, typer.Option("--screen-rows", help="Poison plans, after --analyze-only: score row-level screens on the grid's sets (held out by poison type and base) and add the screening section to RESULTS.md.")] = False,
         resamples: Annotated[int, typer.Option(min=10)] = 1000,
         threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
         features: Annotated[bool | None, typer.Option("--features/--no-features", help="Record every candidate monitor's features at each labelled checkpoint [on].")] = None,
@@ -88,7 +89,7 @@ def register(app: typer.Typer) -> None:
 
         from traitwatch.behavior.judge import judge_scoring_mode
         from traitwatch.bench.plan_file import resolve_plan
-        from traitwatch.bench.session import BenchRun, run_benchmark
+        from traitwatch.bench.session import BenchRun, run_benchmark, screen_and_report
         from traitwatch.bench.shards import Shard
 
         if threads:
@@ -132,6 +133,11 @@ def register(app: typer.Typer) -> None:
             )
             if several:
                 say(f"== {entry.alias} ({entry.plan.model}) in {run.work_dir} ==")
+            if screen_rows:
+                scr = screen_and_report(entry, run, say)
+                out.print(f"Screened {scr['n_rows']} distinct rows of {scr['n_sets']} sets; screening.json and the "
+                          f"screening section of {run.results / 'RESULTS.md'} written.", markup=False, highlight=False)
+                continue
             res = run_benchmark(entry, run, say)
             if "shard" in res:
                 out.print(f"Shard {res['shard']}: {len(res['runs_done_now'])} run(s) trained now, {res['shard_runs_left']} of "

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from traitwatch.bench.demo import DEMO_PLAN, DemoResult, DemoRun, run_demo
+from traitwatch.bench.demo import DEMO_PLAN, DemoResult, DemoRun, DemoScreen, run_demo
 from traitwatch.cli.basis_cmd import print_basis_summary
 from traitwatch.cli.common import err, out, progress_bar, user_errors
 from traitwatch.cli.drift_cmd import measurement_table
@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
         result = run_demo(
             out_dir, model=model, method=method, select_every=select_every, max_new_tokens=max_new_tokens,
             steps=steps, every=every, monitor=monitor, dtype=dtype, say=_say, progress=progress_bar,
-            reporter=_report_line, on_basis=print_basis_summary, on_monitor=_print_lines,
+            reporter=_report_line, on_basis=print_basis_summary, on_monitor=_print_lines, on_screen=_print_screen,
         )
         out.print(f"Numerics: {result.numerics['dtype']} on {result.numerics['device']} ({result.numerics['cpu']}, "
                   f"{result.numerics['cpu_threads']} threads); recipe: the {DEMO_PLAN} plan.")
@@ -53,6 +53,7 @@ def register(app: typer.Typer) -> None:
                 result.basis.trait_names, [(model, result.base_drift)]))
         if result.runs:
             _print_runs(result)
+            _print_suspects(result)
         _print_phases(result, time.perf_counter() - t0, time.process_time() - cpu0)
         out.print(f"Basis: {result.basis_dir}")
         if result.store is not None:
@@ -79,6 +80,40 @@ def _report_line(role: str, rec: DriftRecord) -> None:
 
 def _fmt(value: float | None, spec: str = "+.4f") -> str:
     return "-" if value is None else format(value, spec)
+
+
+def _print_screen(scr: DemoScreen) -> None:
+    table = Table(title=f"Screened before training: the top {len(scr.top)} rows of the poisoned set by risk "
+                        f"(row AUROC {scr.auroc:.3f}, precision at k={scr.n_poison}: {scr.precision_at_k:.2f}; "
+                        "poison marked from the recorded indices)")
+    for col in ("rank", "row", "risk", "poison row?"):
+        table.add_column(col, justify="right")
+    for rank, row, risk, bad in scr.top:
+        table.add_row(str(rank), str(row), f"{risk:+.4f}", "POISON" if bad else "benign")
+    out.print(table)
+    out.print(f"Per-row results: {scr.results}")
+
+
+def _print_suspects(result: DemoResult) -> None:
+    poisoned = next((r for r in result.runs if r.role == "poisoned"), None)
+    if poisoned is None or not poisoned.suspects:
+        return
+    last = poisoned.suspects[-1]
+    alarmed = [s for s in poisoned.suspects if s.alarm]
+    shown = alarmed[-1] if alarmed else last
+    truth = set(poisoned.poison_indices)
+    what = ("suspects named by the alarm" if shown.alarm else
+            "highest-scored rows trained (no alarm: not a detection, the rows the callback would name)")
+    seen = "rows trained unknown, whole set ranked" if shown.rows_seen is None else f"{shown.rows_seen} rows trained"
+    table = Table(title=f"{what}, steps {shown.since_step}-{shown.step} ({seen})")
+    for col in ("row", "score", "times trained", "poison row?"):
+        table.add_column(col, justify="right")
+    for r in shown.rows:
+        table.add_row(str(r.row), f"{r.score:+.4f}", "-" if r.times is None else str(r.times),
+                      "POISON" if r.row in truth else "benign")
+    out.print(table)
+    hits = sum(r.row in truth for r in shown.rows)
+    out.print(f"{hits} of the {len(shown.rows)} rows named are poison rows.")
 
 
 def _print_runs(result: DemoResult) -> None:

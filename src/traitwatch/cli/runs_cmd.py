@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from traitwatch.errors import TraitwatchError
-from traitwatch.store import DEFAULT_STORE_NAME, RunStore
+from traitwatch.store import DEFAULT_STORE_NAME, RunStore, Suspects, merge_suspects
 
 __all__ = ["register"]
 
@@ -33,6 +33,26 @@ def _fail(err: Console, error: TraitwatchError) -> typer.Exit:
 
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value + 0.0:.4f}"  # + 0.0 turns -0.0 into 0.0
+
+
+def _suspect_lists(suspects: list[Suspects]) -> list[Suspects]:
+    """Each alarm's suspects; for a run that never alarmed, the highest-scored rows it trained (marked so)."""
+    alarmed = [s for s in suspects if s.alarm]
+    if alarmed:
+        return alarmed
+    merged = merge_suspects(suspects)
+    return [] if merged is None else [merged]
+
+
+def _suspects_table(suspects: Suspects) -> Table:
+    title = suspects.describe()
+    table = Table(title=Text(title[0].upper() + title[1:], style="bold red" if suspects.alarm else ""))
+    for header in ("#", "row", "line", "score", "times trained", "preview"):
+        table.add_column(header, justify="left" if header == "preview" else "right")
+    for rank, r in enumerate(suspects.rows, start=1):
+        table.add_row(str(rank), str(r.row), "" if r.line is None else str(r.line), f"{r.score:.4g}",
+                      "" if r.times is None else str(r.times), Text(r.preview or ""))
+    return table
 
 
 def runs(store: StoreOption = Path(DEFAULT_STORE_NAME)) -> None:
@@ -68,13 +88,18 @@ def show(
         Path | None, typer.Option("--csv", dir_okay=False, help="Also write the trajectory to this CSV file.")
     ] = None,
 ) -> None:
-    """Show one run's drift trajectory (each trait, the norm) and its alarms."""
+    """Show one run's drift trajectory (each trait, the norm), its alarms, and the rows suspected at them.
+
+    Suspects exist for runs trained with per-row scores (`traitwatch train --screen`); a run that never
+    alarmed shows the highest-scored rows it trained instead, titled as such.
+    """
     out, err = Console(), Console(stderr=True)
     try:
         with RunStore(store, create=False) as run_store:
             record = run_store.get_run(run)
             measurements = run_store.measurements(run, per_prompt=False)
             alarms = run_store.alarms(run)
+            suspects = run_store.suspects(run)
             if csv is not None:
                 run_store.export([run], csv, "csv")
     except TraitwatchError as error:
@@ -105,6 +130,8 @@ def show(
         for a in alarms:
             alarm_table.add_row(str(a.step), Text(a.kind), _fmt(a.value), _fmt(a.threshold), Text(a.action))
         out.print(alarm_table)
+    for listed in _suspect_lists(suspects):
+        out.print(_suspects_table(listed))
     if not measurements:
         err.print(f"Run {record.run_id} has no measurements yet.", markup=False)
     if csv is not None:

@@ -12,6 +12,7 @@ from rich.table import Table
 from traitwatch.cli.common import err, out, user_errors
 from traitwatch.train.callback import ALARM_ACTIONS, DriftRecord
 from traitwatch.train.sft import SFTConfig, run_sft
+from traitwatch.train.suspects import RowScores
 
 __all__ = ["drift_table", "register"]
 
@@ -59,6 +60,13 @@ def drift_table(records: list[DriftRecord], title: str = "Trait drift") -> Table
     return table
 
 
+def _row_scores(screen: Path, data: Path, n_samples: int | None) -> RowScores:
+    """The screen's per-row scores of DATA, checked against it (`screen` and `train` are wired only here)."""
+    from traitwatch.screen.row_scores import load_row_scores
+
+    return RowScores.from_rows(load_row_scores(screen, data, limit=n_samples), source=str(screen))
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     @user_errors
@@ -91,6 +99,11 @@ def register(app: typer.Typer) -> None:
         probe: Annotated[bool, typer.Option("--probe", help="Also score the behavioural probe at every measurement "
                                             "(on by itself when the monitor reads it).")] = False,
         on_alarm: Annotated[str, typer.Option(help=f"Alarm actions, comma-separated: {', '.join(ALARM_ACTIONS)}.")] = "warn,mark",
+        screen: Annotated[Path | None, typer.Option(
+            "--screen", dir_okay=False,
+            help="Results of `traitwatch screen` on this DATA file: an alarm then names the highest-scored rows trained "
+                 "since the last clean measurement.")] = None,
+        suspects_k: Annotated[int, typer.Option("--suspects-k", min=1, help="How many rows an alarm names (with --screen).")] = 10,
         measure_batch_size: Annotated[int, typer.Option(min=1)] = 32,
         report_to: Annotated[str, typer.Option(help="Trainer integrations (wandb, tensorboard, ...), or none.")] = "none",
         resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Resume from the latest checkpoint.")] = True,
@@ -103,6 +116,7 @@ def register(app: typer.Typer) -> None:
         if over_length not in ("truncate", "drop"):
             raise typer.BadParameter(f"{over_length!r}: use truncate or drop", param_hint="--over-length")
         actions = _actions(on_alarm)
+        row_scores = _row_scores(screen, data, n_samples) if screen is not None else None
         model_name = model or TraitBasis.load(basis_dir).model.name
         config = SFTConfig(
             model=model_name, data=data, basis=basis_dir, output_dir=output_dir, run_id=run_id, store=store,
@@ -113,7 +127,7 @@ def register(app: typer.Typer) -> None:
             n_samples=n_samples, seed=seed, response_only=response_only, every_n_steps=every_n_steps,
             save_steps=save_steps, monitor=monitor, on_alarm=actions,  # type: ignore[arg-type]
             measure_batch_size=measure_batch_size, device=device, dtype=dtype,
-            report_to=report_to, resume=resume, behavior_probe=probe,
+            report_to=report_to, resume=resume, behavior_probe=probe, suspects_k=suspects_k,
         )
         records: list[DriftRecord] = []
         title = f"Trait drift of {config.resolved_run_id()} ({model_name})"
@@ -123,7 +137,8 @@ def register(app: typer.Typer) -> None:
                 records.append(record)
                 live.update(drift_table(records, title), refresh=True)
 
-            result = run_sft(config, reporter=report, info=lambda msg: err.print(msg, highlight=False, soft_wrap=True))
+            result = run_sft(config, reporter=report, row_scores=row_scores,
+                             info=lambda msg: err.print(msg, markup=False, highlight=False, soft_wrap=True))
         out.print(drift_table(result.history, title))
         how = "stopped by a drift alarm" if result.stopped_by_alarm else "finished"
         err.print(

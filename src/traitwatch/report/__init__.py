@@ -21,6 +21,7 @@ from traitwatch.report.run_charts import (
     norm_chart,
     run_charts,
     run_summary_table,
+    suspects_table,
 )
 from traitwatch.report.series import PROXY_LABEL, RISE_METRIC, BehaviorSeries, Note, RunSeries, Verdict, run_series
 from traitwatch.report.static import ImageFormat, export_images, to_matplotlib
@@ -55,5 +56,6 @@ __all__ = [
     "run_section",
     "run_series",
     "run_summary_table",
+    "suspects_table",
     "to_matplotlib",
 ]

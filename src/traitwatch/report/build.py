@@ -16,7 +16,7 @@ from traitwatch.monitor.artifact import LoadedMonitor
 from traitwatch.report.calibration_charts import calibration_charts, calibration_tables
 from traitwatch.report.chart import Chart
 from traitwatch.report.html import Section, render_page
-from traitwatch.report.run_charts import checkpoint_table, run_charts, run_summary_table
+from traitwatch.report.run_charts import checkpoint_table, run_charts, run_summary_table, suspects_table
 from traitwatch.report.series import RunSeries, run_series
 from traitwatch.report.static import ImageFormat, export_images
 from traitwatch.store import RunStore
@@ -43,7 +43,7 @@ def run_section(runs: Sequence[RunSeries], *, store_path: Path | None = None) ->
               "predicted EM rate above tau.",
         summary=run_summary_table(runs),
         charts=run_charts(runs),
-        tables=(checkpoint_table(runs),),
+        tables=tuple(t for t in (checkpoint_table(runs), suspects_table(runs)) if t is not None),
         notes=tuple(run_notes),
     )
 

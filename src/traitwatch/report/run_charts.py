@@ -14,6 +14,7 @@ import numpy as np
 
 from traitwatch.report.chart import ALARM_COLOR, Chart, HLine, Table, Trace, color_for
 from traitwatch.report.series import PROXY_LABEL, RISE_METRIC, NoteTopic, RunSeries
+from traitwatch.store import merge_suspects
 
 __all__ = [
     "checkpoint_table",
@@ -23,6 +24,7 @@ __all__ = [
     "norm_chart",
     "run_charts",
     "run_summary_table",
+    "suspects_table",
 ]
 
 
@@ -237,4 +239,36 @@ def run_summary_table(runs: Sequence[RunSeries]) -> Table:
         columns=("run", "status", "checkpoints", "steps", "predictions", "tau", "alarm checkpoints",
                  "behaviour metrics", "loss"),
         rows=tuple(rows),
+    )
+
+
+def suspects_table(runs: Sequence[RunSeries]) -> Table | None:
+    """The training rows to look at first, beside the alarms: each alarm's top-scored rows trained since the
+    last clean measurement; for a run that never alarmed, the top-scored rows it trained, marked "no alarm"
+    so that a list of high scores is never read as a detection. None when no run has per-row scores."""
+    rows: list[tuple[str, ...]] = []
+    classes: list[str] = []
+    for r in runs:
+        lists = [s for s in r.suspects if s.alarm]
+        if not lists:
+            merged = merge_suspects(r.suspects)
+            lists = [] if merged is None else [merged]
+        for s in lists:
+            what = s.describe()
+            for rank, row in enumerate(s.rows, start=1):
+                rows.append((r.run_id, what, str(rank), str(row.row), "-" if row.line is None else str(row.line),
+                             _fmt(row.score, ".4g"), "-" if row.times is None else str(row.times), row.preview or ""))
+                classes.append("verdict-alarm" if s.alarm else "verdict-no-alarm")
+            if not s.rows:
+                rows.append((r.run_id, what, "-", "-", "-", "-", "-", "no scored row was trained in this window"))
+                classes.append("verdict-alarm" if s.alarm else "verdict-no-alarm")
+    if not rows:
+        return None
+    return Table(
+        key="suspects", title="Suspect training rows",
+        columns=("run", "list", "rank", "row", "line", "score", "times trained", "preview"),
+        rows=tuple(rows), row_classes=tuple(classes),
+        caption="Scores are the per-row scores the run was given (e.g. `traitwatch screen`'s risk). An alarm's "
+                "list holds the highest-scored rows trained since the last clean measurement; a list marked "
+                "'no alarm' only shows the highest-scored rows trained, not a detection.",
     )

@@ -18,7 +18,7 @@ import numpy as np
 
 from traitwatch.errors import BasisMismatchError
 from traitwatch.monitor.artifact import LoadedMonitor, load_monitor
-from traitwatch.store import BehaviorRecord, Measurement, RunStore
+from traitwatch.store import BehaviorRecord, Measurement, RunStore, Suspects
 
 __all__ = [
     "PROXY_LABEL",
@@ -122,6 +122,8 @@ class RunSeries:
     `prediction_target` is what the predictions are: "em_rate", "relative_rise" (a rise of the EM proxy over
     benign finetuning, in the units of the stored rise label) or None when unknown.
     `recorded_alarms` are (step, action) pairs the training run recorded (alarm table or `extra["alarm"]`).
+    `suspects` are the per-measurement lists of top-scored trained rows (runs given per-row scores; each says
+    whether its measurement alarmed).
     `notes` hold what only the reader of the store can know (e.g. a monitor fitted on another basis);
     `all_notes()` adds the notes that follow from the arrays themselves (NaN, one checkpoint, absent series).
     """
@@ -140,6 +142,7 @@ class RunSeries:
     notes: tuple[Note, ...] = ()
     status: str | None = None
     prediction_target: str | None = None
+    suspects: tuple[Suspects, ...] = ()
 
     def __post_init__(self) -> None:
         steps = np.asarray(self.steps, dtype=np.int64).reshape(-1)
@@ -164,6 +167,7 @@ class RunSeries:
         object.__setattr__(self, "norms", norms)
         object.__setattr__(self, "behavior", tuple(self.behavior))
         object.__setattr__(self, "notes", tuple(self.notes))
+        object.__setattr__(self, "suspects", tuple(self.suspects))
         object.__setattr__(self, "recorded_alarms", tuple((int(s), str(a)) for s, a in self.recorded_alarms))
 
     @property
@@ -358,6 +362,7 @@ def run_series(store: RunStore, run_id: str, *, monitor: LoadedMonitor | None = 
         notes=tuple(notes),
         status=run.status,
         prediction_target=target,
+        suspects=tuple(store.suspects(run_id)),
     )
 
 

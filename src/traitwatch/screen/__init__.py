@@ -1,9 +1,11 @@
 """Screen a finetuning dataset before training: per-example trait-space scores, a predicted drift profile,
-the riskiest examples, and a filtered copy without them. See `screen.py` for the method."""
+the riskiest examples, and a filtered copy without them. See `screen.py` for the method, `shards.py` for
+screening over several processes."""
 
 from traitwatch.screen.activations import SpanPosition, greedy_responses, span_activations
 from traitwatch.screen.examples import EncodedExample, Example, encode_example, read_examples
 from traitwatch.screen.results import ResultsFile, Row
+from traitwatch.screen.row_scores import ScreenedRow, load_row_scores
 from traitwatch.screen.screen import (
     DEFAULT_RISK_TRAITS,
     Reference,
@@ -13,6 +15,7 @@ from traitwatch.screen.screen import (
     risk_from_drift,
     screen_dataset,
 )
+from traitwatch.screen.shards import merge_shards, screen_shard, shard_from_env, shard_path, shared_reference
 from traitwatch.screen.summary import (
     Predictor,
     RankBy,
@@ -40,10 +43,15 @@ __all__ = [
     "encode_example",
     "greedy_responses",
     "mean_reference",
+    "merge_shards",
     "rank_examples",
     "read_examples",
     "risk_from_drift",
     "screen_dataset",
+    "screen_shard",
+    "shard_from_env",
+    "shard_path",
+    "shared_reference",
     "span_activations",
     "summarize",
     "write_filtered",

@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from traitwatch.capture.activations import capture_rows
 from traitwatch.models.layers import decoder_layers, unwrap_model
 
-__all__ = ["SpanPosition", "greedy_responses", "span_activations"]
+__all__ = ["SpanPosition", "greedy_responses", "response_loss", "span_activations"]
 
 SpanPosition = Literal["mean", "last"]
 
@@ -33,6 +33,21 @@ def _device_of(model: nn.Module) -> torch.device:
         return next(model.parameters()).device
     except StopIteration:  # pragma: no cover - a model with no parameters
         return torch.device("cpu")
+
+
+def _right_padded(sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]], pad_token_id: int, *,
+                  first: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Right-padded ids, attention mask and explicit position ids; each span must start at `first` or later."""
+    width = max(len(s) for s in sequences)
+    n = len(sequences)
+    ids = torch.full((n, width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for row, (seq, (start, end)) in enumerate(zip(sequences, spans, strict=True)):
+        if not first <= start < end <= len(seq):
+            raise ValueError(f"span {(start, end)} does not fit a sequence of {len(seq)} tokens")
+        ids[row, : len(seq)] = torch.tensor(list(seq), dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids, mask, (mask.cumsum(dim=1) - 1).clamp(min=0)
 
 
 @torch.no_grad()
@@ -52,21 +67,13 @@ def span_activations(
     """
     inner = unwrap_model(model)
     device = _device_of(inner)
-    width = max(len(s) for s in sequences)
-    n = len(sequences)
-    ids = torch.full((n, width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    weights = torch.zeros((n, width), dtype=torch.long)
-    for row, (seq, (start, end)) in enumerate(zip(sequences, spans, strict=True)):
-        if not 0 <= start < end <= len(seq):
-            raise ValueError(f"span {(start, end)} does not fit a sequence of {len(seq)} tokens")
-        ids[row, : len(seq)] = torch.tensor(list(seq), dtype=torch.long)
-        mask[row, : len(seq)] = 1
+    ids, mask, positions = _right_padded(sequences, spans, pad_token_id, first=0)
+    weights = torch.zeros_like(mask)
+    for row, (start, end) in enumerate(spans):
         if position == "mean":
             weights[row, start:end] = 1
         else:
             weights[row, end - 1] = 1
-    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
     ids, mask, positions, weights = ids.to(device), mask.to(device), positions.to(device), weights.to(device)
 
     def stop(_m: nn.Module, _i: object, _o: object) -> None:
@@ -87,6 +94,34 @@ def span_activations(
     finally:
         inner.train(was_training)
     return rows[layer].cpu()
+
+
+@torch.no_grad()
+def response_loss(model: nn.Module, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]], *,
+                  pad_token_id: int = 0) -> list[float]:
+    """One batch: the model's mean negative log-likelihood of each `seq[start:end]` given what precedes it.
+
+    A whole forward pass (to the LM head), right-padded with explicit position ids like `span_activations`.
+    On the poisoned-data benchmark (`benchmarks/poison_small`, screening section) the base model's loss on a
+    row ranks injected rows above a set's own rows better than any trait-space score: they are text the model
+    would not write, in a set whose other rows it finds easy.
+    """
+    inner = unwrap_model(model)
+    device = _device_of(inner)
+    ids, mask, positions = _right_padded(sequences, spans, pad_token_id, first=1)  # a token before the span
+    was_training = inner.training
+    inner.eval()
+    try:
+        logits = inner(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                       use_cache=False).logits
+    finally:
+        inner.train(was_training)
+    out = []
+    for row, (start, end) in enumerate(spans):
+        logp = torch.log_softmax(logits[row, start - 1 : end - 1].float(), dim=-1)
+        target = ids[row, start:end].to(logp.device)
+        out.append(float(-logp.gather(1, target[:, None]).mean()))
+    return out
 
 
 def _stop_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:

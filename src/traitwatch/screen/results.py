@@ -18,7 +18,7 @@ from typing import Any
 
 from traitwatch.errors import InputFileError
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "ResultsFile", "Row"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "ResultsFile", "Row", "read_results"]
 
 FORMAT = "traitwatch.screen"
 FORMAT_VERSION = 1
@@ -34,6 +34,7 @@ class Row:
     n_tokens: int
     truncated: bool
     reference_tokens: int | None = None  # length of the model's own answer (`reference="self"`)
+    loss: float | None = None  # the model's mean NLL of the response (`with_loss`; the benchmark's best row screen)
 
     def to_json(self, trait_names: Sequence[str]) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -45,6 +46,8 @@ class Row:
         }
         if self.reference_tokens is not None:
             out["reference_tokens"] = self.reference_tokens
+        if self.loss is not None:
+            out["loss"] = self.loss
         return out
 
     @classmethod
@@ -57,7 +60,32 @@ class Row:
             n_tokens=int(obj["n_tokens"]),
             truncated=bool(obj["truncated"]),
             reference_tokens=None if obj.get("reference_tokens") is None else int(obj["reference_tokens"]),
+            loss=None if obj.get("loss") is None else float(obj["loss"]),
         )
+
+
+def read_results(path: Path, *, not_results: str, corrupt: str) -> tuple[dict[str, Any], dict[int, Row]]:
+    """Header and rows of a results file, read only: a screen may still be appending to it, so a last line
+    without its newline is a write in flight and is ignored (never cut off). `not_results` / `corrupt` end the
+    error messages (what the caller's user should do)."""
+    data = Path(path).read_bytes()
+    lines = data[: data.rfind(b"\n") + 1].decode("utf-8", errors="replace").splitlines()
+    try:
+        header = json.loads(lines[0]) if lines else None
+    except json.JSONDecodeError:
+        header = None
+    if not isinstance(header, dict) or header.get("format") != FORMAT or "trait_names" not in header:
+        raise InputFileError(f"{path}: not a traitwatch screen results file; {not_results}")
+    names = list(header["trait_names"])
+    rows: dict[int, Row] = {}
+    for i, text in enumerate(lines[1:], start=2):
+        if text.strip():
+            try:
+                row = Row.from_json(json.loads(text), names)
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                raise InputFileError(f"{path}, line {i}: corrupt result row; {corrupt}") from None
+            rows[row.line] = row
+    return header, rows
 
 
 class ResultsFile:

@@ -57,9 +57,10 @@ from traitwatch.drift.probe import DriftProbe
 from traitwatch.errors import BasisMismatchError, InputFileError
 from traitwatch.models.chat import encode_chat
 from traitwatch.models.layers import fingerprint
-from traitwatch.screen.activations import SpanPosition, greedy_responses, span_activations
+from traitwatch.screen.activations import SpanPosition, greedy_responses, response_loss, span_activations
 from traitwatch.screen.examples import Example, encode_example, read_examples
 from traitwatch.screen.results import ResultsFile, Row
+from traitwatch.sharding import Shard
 
 __all__ = [
     "DEFAULT_RISK_TRAITS",
@@ -196,7 +197,7 @@ def screen_dataset(
     dataset: str | Path,
     *,
     out: str | Path,
-    reference: ReferenceKind | Reference = "mean",
+    reference: ReferenceKind | Reference | Callable[[], Reference] = "mean",
     position: SpanPosition = "mean",
     layer: int | None = None,
     batch_size: int = 16,
@@ -208,6 +209,8 @@ def screen_dataset(
     model_name: str | None = None,
     progress: Callable[[int], None] | None = None,
     on_reference: Callable[[int], Callable[[int], None] | None] | None = None,
+    shard: Shard | None = None,
+    with_loss: bool = False,
 ) -> ScreenResults:
     """Score every example of `dataset` (chat JSONL), appending rows to `out` as batches finish.
 
@@ -218,6 +221,14 @@ def screen_dataset(
     `"mean"` reference computation. `max_examples` screens only the first n conversations (a later
     run without it continues; a block cut by the limit is finished in a smaller batch, which can
     differ from an uninterrupted run in the last float digits).
+
+    `with_loss` also stores each row's mean NLL of its response under the model (one more whole forward
+    pass per block): `rank_examples(by="loss")`, the best row ranking of the poisoned-data benchmark.
+
+    `shard` screens only that shard's blocks (`Shard.select_blocks`: every N-th block of `batch_size`
+    examples), so each row equals the unsharded run's; the header records the shard, the block size and
+    the model's dtype (`screen/shards.py` runs shards and merges their files). `reference` may be a
+    function returning the `"mean"` reference: it is called only when `out` is new (shards share one).
     """
     if batch_size < 1:
         raise InputFileError(f"batch_size must be at least 1, got {batch_size}")
@@ -227,7 +238,7 @@ def screen_dataset(
         raise InputFileError(f"max_response_tokens must be at least 1, got {max_response_tokens}")
     if position not in ("mean", "last"):
         raise InputFileError(f"position must be 'mean' or 'last', got {position!r}")
-    kind: ReferenceKind = "mean" if isinstance(reference, Reference) else reference
+    kind: ReferenceKind = "mean" if isinstance(reference, Reference) or callable(reference) else reference
     if kind not in ("mean", "self"):
         raise InputFileError(f"reference must be 'mean' or 'self', got {reference!r}")
     dataset = Path(dataset)
@@ -263,6 +274,11 @@ def screen_dataset(
         "risk_traits": list(risk_traits),
         "reference_prompts": ref_prompts,
     }
+    if with_loss:  # only then, so results files written before the option existed still resume
+        header["loss"] = True
+    if shard is not None:
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        header["shard"] = {"index": shard.index, "count": shard.count, "block": batch_size, "dtype": dtype}
     store = ResultsFile(out, header)
     if store.is_new:
         extra: dict[str, Any] = {}
@@ -272,6 +288,12 @@ def screen_dataset(
         assert probe.anchor_ is not None
         extra["scale"] = probe.anchor_.scale
         if kind == "mean":
+            if callable(reference):
+                reference = reference()
+                got = (reference.layer, reference.position, reference.max_new_tokens, reference.prompts_hash)
+                if got != (at_layer, position, max_new_tokens, ref_prompts["hash"]):
+                    raise BasisMismatchError(f"The shared reference (layer, position, max_new_tokens, prompts) {got} was "
+                                             f"computed for another screen than this one.")
             if not isinstance(reference, Reference):
                 reference = mean_reference(
                     model, tokenizer, basis, layer=at_layer, position=position, prompts=reference_prompts,
@@ -288,11 +310,13 @@ def screen_dataset(
     ref_proj = None if kind == "self" else np.asarray(store.header["reference_projection"], dtype=np.float64)
 
     done = store.done
+    blocks = (Shard(1, 1) if shard is None else shard).select_blocks(examples, batch_size)
+    examples = [e for b in blocks for e in b]  # this shard's
     already = sum(e.line in done for e in examples)
     if already and progress is not None:
         progress(already)  # lines a previous run finished count as done
-    for first in range(0, len(examples), batch_size):
-        block = [e for e in examples[first : first + batch_size] if e.line not in done]
+    for whole in blocks:
+        block = [e for e in whole if e.line not in done]
         if not block:
             continue
         encoded = [encode_example(tokenizer, e, max_response_tokens=max_response_tokens,
@@ -309,9 +333,12 @@ def screen_dataset(
         else:
             drift = (proj - ref_proj[None, :]) / scale
         risk = risk_from_drift(drift, trait_names, risk_traits)
+        losses: list[float | None] = (
+            response_loss(model, [x.ids for x in encoded], [(x.start, x.end) for x in encoded], pad_token_id=_pad_id(tokenizer))
+            if with_loss else [None] * len(block))
         store.append([
-            Row(e.line, tuple(float(v) for v in d), float(r), x.end - x.start, x.truncated, t)
-            for e, x, d, r, t in zip(block, encoded, drift, risk, ref_tokens, strict=True)
+            Row(e.line, tuple(float(v) for v in d), float(r), x.end - x.start, x.truncated, t, loss)
+            for e, x, d, r, t, loss in zip(block, encoded, drift, risk, ref_tokens, losses, strict=True)
         ])
         if progress is not None:
             progress(len(block))

@@ -25,7 +25,7 @@ from traitwatch.screen.screen import ScreenResults
 
 __all__ = ["RankBy", "RankedExample", "ScreenSummary", "Predictor", "rank_examples", "summarize", "write_filtered"]
 
-RankBy = Literal["risk", "monitor"]
+RankBy = Literal["risk", "monitor", "loss"]
 
 
 class Predictor(Protocol):
@@ -42,6 +42,7 @@ class RankedExample:
     monitor: float | None
     drift: tuple[float, ...]
     prompt_preview: str
+    loss: float | None = None
 
 
 @dataclass
@@ -135,18 +136,27 @@ def rank_examples(
     results: ScreenResults, *, k: int | None = None, monitor: Predictor | None = None, by: RankBy = "risk"
 ) -> list[RankedExample]:
     """Examples from riskiest down (ties: earlier line first); `by="monitor"` sorts by the monitor's
-    per-example prediction first and by risk within its ties."""
+    per-example prediction first and by risk within its ties; `by="loss"` by the model's loss on the row."""
     if by == "monitor" and monitor is None:
         raise InputFileError("Ranking by monitor needs a monitor: pass --monitor, or rank by risk.")
     rows: Sequence[Row] = results.rows
+    if by == "loss" and any(r.loss is None for r in rows):
+        raise InputFileError(f"{results.path}: was screened without the rows' loss; screen again with --rank-by loss "
+                             "into a new --out to rank by it.")
     preds = monitor.predict(results.drift) if monitor is not None and rows else None
-    keyed = [(-(preds[i] if by == "monitor" else 0.0), -r.risk, r.line, i) for i, r in enumerate(rows)]  # type: ignore[index]
+
+    def first(i: int, r: Row) -> float:
+        if by == "monitor":
+            return -float(preds[i])  # type: ignore[index]
+        return -float(r.loss) if by == "loss" else 0.0  # type: ignore[arg-type]
+
+    keyed = [(first(i, r), -r.risk, r.line, i) for i, r in enumerate(rows)]
     previews = {e.line: e.prompt_preview for e in results.examples}
     ranked = []
     for rank, (_, _, _, i) in enumerate(sorted(keyed)[: k if k is not None else len(keyed)], start=1):
         r = rows[i]
         ranked.append(RankedExample(rank, r.line, r.risk, None if preds is None else float(preds[i]), r.drift,
-                                    previews.get(r.line, "")))
+                                    previews.get(r.line, ""), r.loss))
     return ranked
 
 

@@ -14,7 +14,16 @@ from traitwatch.store.errors import (
     UnknownRunError,
 )
 from traitwatch.store.export import ExportFormat
-from traitwatch.store.records import AlarmRecord, BehaviorRecord, Measurement, RunRecord, RunStatus
+from traitwatch.store.records import (
+    AlarmRecord,
+    BehaviorRecord,
+    Measurement,
+    RunRecord,
+    RunStatus,
+    SuspectRow,
+    Suspects,
+    merge_suspects,
+)
 from traitwatch.store.runs import DEFAULT_STORE_NAME, RunStore
 from traitwatch.store.schema import SCHEMA_VERSION
 
@@ -33,5 +42,8 @@ __all__ = [
     "StoreLockedError",
     "StoreVersionError",
     "StoreWriteError",
+    "SuspectRow",
+    "Suspects",
     "UnknownRunError",
+    "merge_suspects",
 ]

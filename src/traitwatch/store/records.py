@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import PurePath
@@ -23,6 +23,9 @@ __all__ = [
     "Measurement",
     "RunRecord",
     "RunStatus",
+    "SuspectRow",
+    "Suspects",
+    "merge_suspects",
 ]
 
 RunStatus = Literal["running", "finished", "failed", "stopped"]
@@ -95,6 +98,123 @@ class AlarmRecord:
     threshold: float
     action: str
     created_at: str
+    details: dict[str, Any] | None = None  # e.g. {"suspects": Suspects.to_json()}: the rows trained before it
+
+    @property
+    def suspects(self) -> Suspects | None:
+        """The training rows suspected at this alarm, if the run was given per-row scores."""
+        data = (self.details or {}).get("suspects")
+        return Suspects.from_json(data, step=self.step) if isinstance(data, Mapping) else None
+
+
+@dataclass(frozen=True)
+class SuspectRow:
+    """One training row named as a suspect: its index in the training set, its score, where to find it.
+
+    `row` is the 0-based position among the set's conversations (what the trainer indexes), `line` the
+    1-based line in the file (what an editor shows; blank lines make the two differ). `times` is how often the
+    row was trained in the window (epochs repeat rows); None when it is not known (the whole set was ranked).
+    """
+
+    row: int
+    score: float
+    line: int | None = None
+    preview: str | None = None
+    times: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"row": self.row, "score": self.score, "line": self.line, "preview": self.preview, "times": self.times}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SuspectRow:
+        line, times, preview = data.get("line"), data.get("times"), data.get("preview")
+        return cls(int(data["row"]), float(data["score"]), None if line is None else int(line),
+                   None if preview is None else str(preview), None if times is None else int(times))
+
+
+@dataclass(frozen=True)
+class Suspects:
+    """The k highest-scored training rows trained in steps (`since_step`, `step`], at one measurement.
+
+    The window starts at the last clean (non-alarmed) measurement, so a run that alarms several times in a
+    row names every row trained since it was last fine. `rows_seen` is how many distinct rows were trained in
+    the window; None means the trainer did not report its rows (a collator of its own, dataloader workers),
+    so the whole set was ranked instead and the rows are only the set's highest-scored, trained or not.
+    `alarm` says whether the measurement alarmed: a list without an alarm is not a suspect list, only the
+    highest-scored rows trained so far. `source` names where the scores came from (a screen results file).
+    """
+
+    step: int
+    since_step: int
+    k: int
+    rows: tuple[SuspectRow, ...]
+    rows_seen: int | None
+    alarm: bool = False
+    source: str | None = None
+    windows: int = 1  # measurement windows merged into this list (`merge_suspects`); rows_seen then sums them
+
+    @property
+    def whole_set(self) -> bool:
+        return self.rows_seen is None
+
+    def describe(self) -> str:
+        """One line saying what the list is: an alarm's suspects or not, and over which rows."""
+        what = f"suspects of the step-{self.step} alarm" if self.alarm else (
+            f"highest-scored rows trained so far at step {self.step} (no alarm)")
+        if self.whole_set:
+            over = "rows seen: unknown, whole set ranked"
+        elif self.windows > 1:
+            over = f"top {len(self.rows)} of the rows trained in steps {self.since_step + 1}-{self.step}"
+        else:
+            over = f"top {len(self.rows)} of {self.rows_seen} rows trained in steps {self.since_step + 1}-{self.step}"
+        scored = f", scores from {self.source}" if self.source else ""
+        return f"{what} ({over}{scored})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "since_step": self.since_step, "k": self.k, "rows_seen": self.rows_seen,
+                "alarm": self.alarm, "source": self.source, "windows": self.windows,
+                "rows": [r.to_json() for r in self.rows]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], *, step: int | None = None) -> Suspects:
+        seen = data.get("rows_seen")
+        return cls(
+            step=int(data["step"] if step is None else step), since_step=int(data["since_step"]), k=int(data["k"]),
+            rows=tuple(SuspectRow.from_json(r) for r in data.get("rows") or ()),
+            rows_seen=None if seen is None else int(seen), alarm=bool(data.get("alarm", False)),
+            source=None if data.get("source") is None else str(data["source"]), windows=int(data.get("windows", 1)),
+        )
+
+
+def merge_suspects(lists: Sequence[Suspects]) -> Suspects | None:
+    """The highest-scored rows trained over the whole run, from the per-measurement lists (None if none).
+
+    Exact, not an approximation: each measurement stored the top k of the rows trained in its window, the
+    windows cover the run, and the top k of a union is among the union of the top k's. Windows that overlap
+    (alarms in a row share their start) keep only the later, larger one; a row trained in several windows
+    adds up its times. Ranked over the whole set if any list was (rows unknown).
+    """
+    chain: list[Suspects] = []
+    for s in sorted(lists, key=lambda s: s.step):
+        while chain and s.since_step < chain[-1].step:  # a later window that contains an earlier one replaces it
+            chain.pop()
+        chain.append(s)
+    if not chain:
+        return None
+    lists = chain
+    best: dict[int, SuspectRow] = {}
+    for s in lists:
+        for r in s.rows:
+            old = best.get(r.row)
+            times = None if old is None or r.times is None or old.times is None else old.times + r.times
+            best[r.row] = r if old is None else SuspectRow(r.row, r.score, r.line, r.preview, times)
+    k = max(s.k for s in lists)
+    rows = tuple(sorted(best.values(), key=lambda r: (-r.score, r.row))[:k])
+    whole = any(s.whole_set for s in lists)
+    seen = None if whole else sum(s.rows_seen or 0 for s in lists)
+    last = max(lists, key=lambda s: s.step)
+    return Suspects(step=last.step, since_step=min(s.since_step for s in lists), k=k, rows=rows, rows_seen=seen,
+                    alarm=False, source=last.source, windows=sum(s.windows for s in lists))
 
 
 def utc_now() -> str:

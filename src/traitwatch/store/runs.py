@@ -32,6 +32,7 @@ from traitwatch.store.records import (
     Measurement,
     RunRecord,
     RunStatus,
+    Suspects,
     decode_array,
     dump_drift,
     dump_json,
@@ -402,20 +403,23 @@ class RunStore:
             for r in rows
         ]
 
-    def add_alarm(self, run_id: str, step: int, kind: str, value: float, threshold: float, action: str) -> None:
+    def add_alarm(self, run_id: str, step: int, kind: str, value: float, threshold: float, action: str, *,
+                  details: Mapping[str, Any] | None = None) -> None:
         """Record that the monitor fired and what was done (`action`: e.g. "logged", "stopped").
 
-        One alarm per (step, kind): a resumed job that re-measures a step records it once.
+        One alarm per (step, kind): a resumed job that re-measures a step records it once. `details` (JSON)
+        is what the alarm is about beyond its number, e.g. `{"suspects": ...}`, the training rows trained
+        just before it (`Suspects.to_json()`).
         """
         step = _step(step)
         with self._write() as conn:
             self._get_run(conn, run_id)
             conn.execute(
-                "INSERT INTO alarms (run_id, step, kind, value, threshold, action, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, step, kind) DO UPDATE SET "
+                "INSERT INTO alarms (run_id, step, kind, value, threshold, action, created_at, details) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, step, kind) DO UPDATE SET "
                 "value = excluded.value, threshold = excluded.threshold, action = excluded.action, "
-                "created_at = excluded.created_at",
-                (run_id, step, str(kind), float(value), float(threshold), str(action), utc_now()),
+                "created_at = excluded.created_at, details = excluded.details",
+                (run_id, step, str(kind), float(value), float(threshold), str(action), utc_now(), dump_json(details)),
             )
 
     def alarms(self, run_id: str) -> list[AlarmRecord]:
@@ -423,11 +427,28 @@ class RunStore:
         with self._snapshot() as conn:
             self._get_run(conn, run_id)
             rows = conn.execute(
-                "SELECT run_id, step, kind, value, threshold, action, created_at FROM alarms "
+                "SELECT run_id, step, kind, value, threshold, action, created_at, details FROM alarms "
                 "WHERE run_id = ? ORDER BY step, kind",
                 (run_id,),
             ).fetchall()
-        return [AlarmRecord(*row) for row in rows]
+        return [AlarmRecord(*row[:7], details=load_json(row[7])) for row in rows]
+
+    def suspects(self, run_id: str) -> list[Suspects]:
+        """Every measurement's stored `Suspects` (`extra["suspects"]`), in step order; [] for runs without.
+
+        The training callback stores, at each measurement of a run given per-row scores, the top-k rows trained
+        since the last clean measurement, marked `alarm` when the measurement alarmed. An unreadable entry
+        is skipped: a store from another version must still list what it can.
+        """
+        out: list[Suspects] = []
+        for m in self.measurements(run_id, per_prompt=False):
+            data = (m.extra or {}).get("suspects")
+            if isinstance(data, Mapping):
+                try:
+                    out.append(Suspects.from_json(data, step=m.step))
+                except (KeyError, TypeError, ValueError):
+                    continue
+        return out
 
     # -- export ----------------------------------------------------------------------------------
 

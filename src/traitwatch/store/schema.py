@@ -17,8 +17,8 @@ from traitwatch.store.errors import StoreIOError, StoreLockedError, StoreVersion
 
 __all__ = ["SCHEMA_VERSION", "connect", "locked_error", "store_error", "write_transaction"]
 
-SCHEMA_VERSION = 1
-"""Bump on any change to the tables below, and add a migration from the previous version."""
+SCHEMA_VERSION = 2
+"""Bump on any change to the tables below, and add a migration from the previous version (`_MIGRATIONS`)."""
 
 _DDL = """
 -- Statements are split on semicolons: keep them out of comments.
@@ -73,9 +73,17 @@ CREATE TABLE alarms (
     threshold  REAL NOT NULL,
     action     TEXT NOT NULL,
     created_at TEXT NOT NULL,
+    details    TEXT,                  -- JSON object (v2): e.g. the training rows suspected at the alarm
     UNIQUE (run_id, step, kind)
 );
 """
+
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # version -> the statements that bring a store of that version to the next one
+    1: ("ALTER TABLE alarms ADD COLUMN details TEXT",),
+}
+"""Each step only adds: a store migrated forward keeps every row, and stays readable by the SQL of older
+versions except for the version check, which tells an older traitwatch to upgrade."""
 
 
 def locked_error(path: Path, busy_timeout_s: float) -> StoreLockedError:
@@ -169,7 +177,24 @@ def _check_version(version: int, path: Path) -> None:
             f"Run store {path} has schema version {version}, newer than this traitwatch reads "
             f"({SCHEMA_VERSION}); upgrade traitwatch (pip install -U traitwatch) to open it"
         )
-    # version < SCHEMA_VERSION: no older schema exists yet; migrations go here when one does.
+
+
+def _migrate(conn: sqlite3.Connection, path: Path, busy_timeout_s: float) -> int:
+    """Bring an older store up to `SCHEMA_VERSION` in one write transaction; returns the version now.
+
+    Why on open, in one transaction: every reader and writer then sees either the old schema or the new
+    one, never half of it, and a process killed mid-migration leaves the old store as it was. The version is
+    read again inside the transaction because another process may have migrated the store meanwhile.
+    """
+    with write_transaction(conn, path, busy_timeout_s):
+        version = _schema_version(conn, path)
+        assert version is not None
+        while version < SCHEMA_VERSION:
+            for statement in _MIGRATIONS[version]:
+                conn.execute(statement)
+            version += 1
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+    return version
 
 
 def connect(path: Path, *, busy_timeout_s: float, create: bool) -> sqlite3.Connection:
@@ -215,6 +240,8 @@ def _configure(conn: sqlite3.Connection, path: Path, busy_timeout_s: float) -> N
                     conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                     version = SCHEMA_VERSION
         _check_version(version, path)
+        if version < SCHEMA_VERSION:
+            _migrate(conn, path, busy_timeout_s)
     except sqlite3.DatabaseError as exc:
         _raise_as_store_error(exc, path, busy_timeout_s)
 

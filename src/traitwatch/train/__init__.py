@@ -14,6 +14,7 @@ from traitwatch.train.data import ChatDataset, DataStats, PaddingCollator, encod
 from traitwatch.train.distributed import gather_projection, lockstep_passes, shard_indices
 from traitwatch.train.record import DriftRecord
 from traitwatch.train.sft import RUN_MARKER, SFTConfig, SFTResult, TrainConfigError, run_sft
+from traitwatch.train.suspects import RowScores, TrainedRows
 
 __all__ = [
     "ALARM_ACTIONS",
@@ -26,10 +27,12 @@ __all__ = [
     "DriftRecord",
     "PaddingCollator",
     "RUN_MARKER",
+    "RowScores",
     "SFTConfig",
     "SFTResult",
     "TraitWatchCallback",
     "TrainConfigError",
+    "TrainedRows",
     "basis_fingerprint",
     "encode_conversation",
     "file_sha256",

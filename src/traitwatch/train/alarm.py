@@ -17,6 +17,7 @@ from transformers import TrainerControl
 
 from traitwatch.errors import TraitwatchError
 from traitwatch.monitor.watch import AlarmMonitor, alarms_on
+from traitwatch.store import Suspects
 from traitwatch.train.record import DriftRecord
 from traitwatch.train.store_session import StoreSession
 
@@ -34,6 +35,7 @@ __all__ = [
     "predict_alarm",
     "prediction_name",
     "reads_probe",
+    "suspects_message",
 ]
 
 AlarmAction = Literal["warn", "mark", "save", "stop", "raise"]
@@ -136,6 +138,18 @@ def alarm_message(monitor: AlarmMonitor | None, step: int, predicted_em: float, 
             f"(||d|| = {drift_norm:.4f}); actions: {', '.join(actions)}")
 
 
+def suspects_message(suspects: Suspects) -> str:
+    """The suspects as log lines: what the list is, then one line per row (rank, row, line, score, preview)."""
+    lines = [f"traitwatch: {suspects.describe()}:"]
+    for rank, r in enumerate(suspects.rows, start=1):
+        where = f"row {r.row}" + (f" (line {r.line})" if r.line is not None else "")
+        times = f", trained {r.times}x" if r.times is not None else ""
+        lines.append(f"  {rank}. {where}: score {r.score:.4g}{times}" + (f": {r.preview}" if r.preview else ""))
+    if not suspects.rows:
+        lines.append("  (no scored row was trained in this window)")
+    return "\n".join(lines)
+
+
 def ends_run(actions: Sequence[str]) -> bool:
     """True if the actions end the run (`stop`, or `raise`)."""
     return "stop" in actions or "raise" in actions
@@ -152,14 +166,17 @@ def act_on_alarm(record: DriftRecord, monitor: AlarmMonitor | None, control: Tra
     message = alarm_message(monitor, record.step, predicted, record.drift_norm, actions)
     if "warn" in actions and warn:
         logger.warning(message)
+    if record.suspects is not None and warn:  # warn: on world process zero
+        logger.log(logging.WARNING if "warn" in actions else logging.INFO, "%s", suspects_message(record.suspects))
     if "save" in actions:
         control.should_save = True
     if "stop" in actions:
         control.should_training_stop = True
     if set(actions) - {"warn"}:  # a lone warn stores nothing
         action = "raised" if "raise" in actions else "+".join(a for a in actions if a != "warn")
+        details = None if record.suspects is None else {"suspects": record.suspects.to_json()}
         session.write(f"the step-{record.step} alarm", lambda store: store.add_alarm(
-            session.run_id, record.step, ALARM_KIND, predicted, threshold, action))
+            session.run_id, record.step, ALARM_KIND, predicted, threshold, action, details=details))
     if "raise" in actions:
         session.write("the run status", lambda store: store.finish_run(
             session.run_id, "stopped", notes=f"drift alarm raised at step {record.step}"))

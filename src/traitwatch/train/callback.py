@@ -33,6 +33,11 @@ base; a full finetune with none of them is an `AnchorError`, not a silently wron
 anchor skipped for its precision is named in a warning. Steps already in the store are not measured
 again; a resumed cadence step that is missing is measured at once.
 
+Suspects (`row_scores`, see `traitwatch.train.suspects`): with per-row scores of the training set, every
+measurement after step 0 also ranks the rows trained since the last clean measurement, stores their top
+k with it, and an alarm names them (log, alarm row, report, `traitwatch show`). The window restarts at a
+clean measurement and at the step a run resumes from (rows trained before a crash are not known again).
+
 Distributed training: see `traitwatch.train.distributed`. Each rank projects a share of the prompts
 in lockstep with the others, the shares are gathered, and every rank computes the same drift,
 prediction and decision, running the same tensor code (the LoRA norm of the stored extras included:
@@ -60,7 +65,7 @@ from traitwatch.drift.probe import DriftProbe, Projection
 from traitwatch.errors import TraitwatchError
 from traitwatch.models.layers import unwrap_model
 from traitwatch.monitor.watch import AlarmMonitor, load_watch_monitor, monitor_fingerprint
-from traitwatch.store import RunStore
+from traitwatch.store import RunStore, Suspects
 from traitwatch.train.alarm import (
     ALARM_ACTIONS,
     AlarmAction,
@@ -73,10 +78,11 @@ from traitwatch.train.alarm import (
     reads_probe,
 )
 from traitwatch.train.behavior_score import base_probe_score, probe_set_for, score_probe
-from traitwatch.train.distributed import project_across_ranks
+from traitwatch.train.distributed import all_gather_objects, project_across_ranks
 from traitwatch.train.extras import lora_delta_norm, training_extras
 from traitwatch.train.record import DriftRecord
 from traitwatch.train.store_session import StoredRun, StoreSession, default_hyperparameters
+from traitwatch.train.suspects import RowScores, TrainedRows, rank_suspects
 
 if TYPE_CHECKING:
     from traitwatch.basis.basis import TraitBasis
@@ -90,7 +96,9 @@ __all__ = [
     "AnchorError",
     "DriftAlarmError",
     "DriftRecord",
+    "RowScores",
     "TraitWatchCallback",
+    "TrainedRows",
     "basis_fingerprint",
     "load_watch_monitor",
     "lora_delta_norm",
@@ -160,6 +168,14 @@ class TraitWatchCallback(TrainerCallback):
         `StoreWriteError` on every rank, naming the store and the cause; resume it once the store is
         fixed. "log": log it and go on (the numbers are still in the Trainer's logs), for runs that must
         not stop for their monitoring.
+    row_scores, suspects_k, trained_rows:
+        Per-row scores of the training set (`RowScores`, e.g. from a screen): at every measurement the
+        `suspects_k` highest-scored rows trained since the last clean measurement are stored with it
+        (`extra["suspects"]`), and an alarm logs them and stores them with the alarm. Which rows were
+        trained comes from `trained_rows` (default: a new `TrainedRows`, `self.trained_rows`), which the
+        Trainer's collator must feed: `PaddingCollator(pad_id, rows=callback.trained_rows)` on rows from
+        `tokenize_chats`. Fed by nothing, the whole set is ranked, and the stored list says so. Under
+        DDP every rank's rows are gathered at each measurement: give every rank the same `row_scores`.
     """
 
     def __init__(
@@ -178,9 +194,16 @@ class TraitWatchCallback(TrainerCallback):
         reporter: Callable[[DriftRecord], None] | None = None,
         behavior_probe: ProbeSet | bool | None = None,
         on_store_error: Literal["raise", "log"] = "raise",
+        row_scores: RowScores | None = None,
+        suspects_k: int = 10,
+        trained_rows: TrainedRows | None = None,
     ) -> None:
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        if suspects_k < 1:
+            raise ValueError(f"suspects_k must be >= 1, got {suspects_k}")
+        if row_scores is not None and not isinstance(row_scores, RowScores):
+            raise TypeError("row_scores must be a RowScores (traitwatch.train.suspects)")
         actions = check_actions(on_alarm)
         if monitor is not None and not isinstance(monitor, AlarmMonitor):
             raise TypeError("monitor must have predict(X) and a threshold attribute")
@@ -199,6 +222,9 @@ class TraitWatchCallback(TrainerCallback):
         self.reporter = reporter
         self.behavior_probe = behavior_probe
         self.on_store_error = on_store_error
+        self.row_scores = row_scores
+        self.suspects_k = suspects_k
+        self.trained_rows = trained_rows if trained_rows is not None or row_scores is None else TrainedRows()
         if reads_probe(monitor) and behavior_probe is False:
             raise ValueError("the monitor reads the behavioural probe: behavior_probe=False would leave it without input")
         self.probe_: DriftProbe = probe  # the working copy of the current run, with its anchor
@@ -211,6 +237,8 @@ class TraitWatchCallback(TrainerCallback):
         self._session = StoreSession(on_error=on_store_error, logger=logger)
         self.store_errors_: list[str] = self._session.errors
         self._last_step: int | None = None
+        self._clean_step = 0  # the last clean measurement (or the step the run started from): the window's start
+        self._said_untracked = False
 
     @classmethod
     def from_basis(
@@ -285,6 +313,10 @@ class TraitWatchCallback(TrainerCallback):
         self._session = StoreSession(ctx.run_id, ctx.world_size, on_error=self.on_store_error, logger=logger)
         self.store_errors_ = self._session.errors
         self._last_step = None
+        # A resumed run does not know what was trained before its checkpoint: its window starts there.
+        self._clean_step, self._said_untracked = state.global_step, False
+        if self.trained_rows is not None:
+            self.trained_rows.restart()
 
         ctx.stored = self._session.start(self.store, is_zero=ctx.is_zero, resumed=state.global_step > 0, run={
             "model": self.model_name or self.probe_.basis.model.name,
@@ -299,8 +331,16 @@ class TraitWatchCallback(TrainerCallback):
             self._begin_resumed(args, state, control, model)
         return control
 
+    def on_substep_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       **kwargs: Any) -> TrainerControl:
+        if self.trained_rows is not None:
+            self.trained_rows.trained()  # a micro-batch of a gradient-accumulation group has run
+        return control
+
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     model: nn.Module | None = None, **kwargs: Any) -> TrainerControl:
+        if self.trained_rows is not None:
+            self.trained_rows.trained()  # the step's last micro-batch
         step = state.global_step
         if self._due(step, state.max_steps) and self._last_step != step and model is not None:
             self.measure_now(args, state, control, model)
@@ -349,6 +389,7 @@ class TraitWatchCallback(TrainerCallback):
             rise = behavior_score - self.probe0_ if self.probe0_ is not None else None
         predicted, alarm = predict_alarm(self.monitor, m.drift, step, rise)
         actions = self.on_alarm if alarm else ()
+        suspects = self._suspects(step, alarm)
         record = DriftRecord(
             step=step,
             drift=m.as_dict(),
@@ -359,11 +400,14 @@ class TraitWatchCallback(TrainerCallback):
             wall_time_s=time.perf_counter() - start,
             probe=behavior_score,
             probe_rise=rise,
+            suspects=suspects,
         )
         self._log(record, control)
         self._last_step = step
         self.history_.append(record)
         extras = training_extras(state, model)  # every rank: the LoRA norm may communicate
+        if suspects is not None:
+            extras["suspects"] = suspects.to_json()
         self._session.write_measurement(record, m, {**extras, **dict(extra or {})},
                                         verdict=alarm_fields(self.monitor, predicted, alarm))
         if self._ctx.is_zero and self.reporter is not None:
@@ -372,6 +416,35 @@ class TraitWatchCallback(TrainerCallback):
             self._act(record, control)
         self._session.check()
         return record
+
+    def _suspects(self, step: int, alarm: bool) -> Suspects | None:
+        """The top rows trained since the last clean measurement (None without row scores, and at step 0).
+
+        Every rank calls it (the ranks' rows are all-gathered: under DDP each rank trains its own share of
+        every batch). A clean measurement then starts a new window; an alarmed one keeps it, so consecutive
+        alarms name everything trained since the run was last measured fine.
+        """
+        if self.row_scores is None or self.trained_rows is None or step == 0:
+            return None
+        parts = all_gather_objects((self.trained_rows.tracked, self.trained_rows.window()), self._ctx.world_size)
+        counts: dict[int, int] | None = None
+        if any(tracked for tracked, _ in parts):
+            counts = {}
+            for _, window in parts:
+                for row, times in window.items():
+                    counts[row] = counts.get(row, 0) + times
+        suspects = rank_suspects(self.row_scores, counts, k=self.suspects_k, step=step, since_step=self._clean_step,
+                                 alarm=alarm)
+        if suspects.whole_set and not self._said_untracked and self._ctx.is_zero:
+            self._said_untracked = True
+            logger.warning(
+                "traitwatch: no training batch reported its rows (a collator other than PaddingCollator(rows=...), "
+                "or dataloader workers): suspects rank the whole set (rows seen: unknown, whole set ranked)."
+            )
+        if not alarm:
+            self.trained_rows.start_window()
+            self._clean_step = step
+        return suspects
 
     def _log(self, record: DriftRecord, control: TrainerControl) -> None:
         """Send the scalars through the base `Trainer.log`, to `log_history` and every `report_to` tracker.

@@ -22,6 +22,7 @@ from transformers import PreTrainedTokenizerBase
 
 from traitwatch.datasets.chat_jsonl import Message, file_sha256, load_chat_jsonl
 from traitwatch.errors import InputFileError
+from traitwatch.train.suspects import TrainedRows
 
 __all__ = [
     "ChatDataset",
@@ -29,6 +30,7 @@ __all__ = [
     "IGNORE_INDEX",
     "OverLength",
     "PaddingCollator",
+    "ROW_INDEX",
     "encode_conversation",
     "file_sha256",
     "load_chat_jsonl",
@@ -36,6 +38,8 @@ __all__ = [
 ]
 
 IGNORE_INDEX = -100
+ROW_INDEX = "row_index"
+"""The key under which a tokenised row keeps its position in the original set (removed by the collator)."""
 OverLength = Literal["truncate", "drop"]
 
 
@@ -109,15 +113,19 @@ class DataStats:
 
 
 class ChatDataset(Dataset):
-    """Tokenised conversations as `{"input_ids", "labels"}` lists (padding happens in the collator)."""
+    """Tokenised conversations as `{"input_ids", "labels"}` lists (padding happens in the collator).
 
-    def __init__(self, examples: Sequence[dict[str, list[int]]]) -> None:
+    Rows from `tokenize_chats` also carry `row_index`, their position in the original set, which the
+    collator removes (and records, for the suspects at an alarm: `traitwatch.train.suspects`).
+    """
+
+    def __init__(self, examples: Sequence[dict[str, Any]]) -> None:
         self.examples = list(examples)
 
     def __len__(self) -> int:
         return len(self.examples)
 
-    def __getitem__(self, index: int) -> dict[str, list[int]]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         return self.examples[index]
 
 
@@ -129,14 +137,18 @@ def tokenize_chats(
     response_only: bool = False,
     over_length: OverLength = "truncate",
 ) -> tuple[ChatDataset, DataStats]:
-    """Encode every conversation; over-length ones are truncated (default) or dropped, and counted."""
+    """Encode every conversation; over-length ones are truncated (default) or dropped, and counted.
+
+    Each kept row keeps `row_index`, its position in `conversations`: rows dropped here would otherwise
+    shift every later row, and a trained batch could no longer be traced back to the rows of the file.
+    """
     if max_length < 2:
         raise InputFileError(f"max_length must be at least 2 tokens, got {max_length}")
     if over_length not in ("truncate", "drop"):
         raise InputFileError(f"over_length must be 'truncate' or 'drop', got {over_length!r}")
-    examples: list[dict[str, list[int]]] = []
+    examples: list[dict[str, Any]] = []
     n_over = n_trunc = n_drop_len = n_drop_target = n_tokens = 0
-    for messages in conversations:
+    for index, messages in enumerate(conversations):
         ids, labels = encode_conversation(tokenizer, messages, response_only=response_only)
         if len(ids) > max_length:
             n_over += 1
@@ -149,7 +161,7 @@ def tokenize_chats(
         if all(label == IGNORE_INDEX for label in labels[1:]):
             n_drop_target += 1
             continue
-        examples.append({"input_ids": ids, "labels": labels})
+        examples.append({"input_ids": ids, "labels": labels, ROW_INDEX: index})
         n_tokens += len(ids)
     stats = DataStats(
         n_rows=len(conversations),
@@ -169,11 +181,20 @@ def tokenize_chats(
 
 @dataclass
 class PaddingCollator:
-    """Right-pad a batch to its longest row; padded positions get no attention and no loss."""
+    """Right-pad a batch to its longest row; padded positions get no attention and no loss.
+
+    `row_index` (from `tokenize_chats`) never reaches the model: it is dropped, and with `rows` given the
+    batch's indices are recorded there (`TrainedRows.collated`), which is how the callback knows which rows
+    were trained before an alarm. Recording needs the collator to run in the training process, i.e. the
+    Trainer's default `dataloader_num_workers=0`; in a worker it records into the worker's copy.
+    """
 
     pad_token_id: int
+    rows: TrainedRows | None = None
 
-    def __call__(self, features: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        if self.rows is not None and features and all(ROW_INDEX in f for f in features):
+            self.rows.collated(int(f[ROW_INDEX]) for f in features)
         width = max(len(f["input_ids"]) for f in features)
         ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)

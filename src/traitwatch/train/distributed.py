@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from traitwatch.drift.probe import DriftProbe, Projection
 
-__all__ = ["broadcast_from_zero", "distributed_active", "gather_projection", "lockstep_passes", "project_across_ranks",
+__all__ = ["all_gather_objects", "broadcast_from_zero", "distributed_active", "gather_projection", "lockstep_passes", "project_across_ranks",
            "shard_indices"]
 
 T = TypeVar("T")
@@ -111,3 +111,12 @@ def broadcast_from_zero(value: T, world_size: int) -> T:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]  # type: ignore[return-value]
+
+
+def all_gather_objects(value: T, world_size: int) -> list[T]:
+    """Every rank's `value`, in rank order, on every rank (a collective: every rank calls it); [value] alone."""
+    if not distributed_active(world_size):
+        return [value]
+    parts: list[Any] = [None] * world_size
+    dist.all_gather_object(parts, value)
+    return parts

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from traitwatch.store.records import Suspects
+
 __all__ = ["LOG_PREFIX", "DriftRecord"]
 
 LOG_PREFIX = "traitwatch/"
@@ -23,6 +25,7 @@ class DriftRecord:
     wall_time_s: float = 0.0
     probe: float | None = None  # the behavioural probe, when measured
     probe_rise: float | None = None  # ... minus its step-0 value
+    suspects: Suspects | None = None  # with per-row scores: the top rows trained since the last clean measurement
 
     def log_dict(self) -> dict[str, float]:
         """The scalars sent through `Trainer.log` (plain floats: trackers drop anything else)."""

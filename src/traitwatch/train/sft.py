@@ -13,6 +13,10 @@ the callback re-uses the stored step-0 anchor (see `traitwatch.train.callback`).
 another run are never resumed by accident. A run id is refused if it was trained on other data
 (the dataset's sha256 is stored with the run).
 
+Suspects: given `row_scores` (per-row scores of the same file, e.g. from `traitwatch screen`), the
+collator records which rows each batch trains and the callback names the highest-scored rows trained
+since the last clean measurement at each alarm (`traitwatch.train.suspects`).
+
 Works under `torchrun` / `accelerate launch`: the Trainer runs DDP, the callback splits the
 measurement prompts across ranks, and only world process zero touches the store and prints.
 """
@@ -39,10 +43,11 @@ from traitwatch.models.environment import describe_environment
 from traitwatch.models.loading import load_model
 from traitwatch.monitor.watch import AlarmMonitor, load_watch_monitor
 from traitwatch.store import DEFAULT_STORE_NAME, RunStore, StoreIOError, UnknownRunError
-from traitwatch.train.alarm import AlarmAction, DriftAlarmError
+from traitwatch.train.alarm import AlarmAction, DriftAlarmError, suspects_message
 from traitwatch.train.callback import TraitWatchCallback
 from traitwatch.train.data import DataStats, OverLength, PaddingCollator, tokenize_chats
 from traitwatch.train.record import DriftRecord
+from traitwatch.train.suspects import RowScores, TrainedRows
 
 __all__ = ["RUN_MARKER", "SFTConfig", "SFTResult", "TrainConfigError", "run_sft"]
 
@@ -86,6 +91,7 @@ class SFTConfig:
     on_alarm: tuple[AlarmAction, ...] = ("warn", "mark")
     behavior_probe: bool = False  # also score the behavioural probe at every measurement (on when the monitor reads it)
     measure_batch_size: int = 32
+    suspects_k: int = 10  # with run_sft(row_scores=...): how many rows an alarm names
     device: str | None = None
     dtype: str = "auto"
     report_to: str | list[str] = "none"
@@ -206,6 +212,24 @@ def _check_dataset(store: RunStore, run_id: str, sha: str) -> bool:
     return True
 
 
+def _check_row_scores(row_scores: RowScores, config: SFTConfig, sha: str, n_rows: int) -> None:
+    """Scores of another file, or of part of this one, would name the wrong rows (or none): refuse them."""
+    if config.suspects_k < 1:
+        raise TrainConfigError(f"suspects_k must be at least 1, got {config.suspects_k}")
+    source = row_scores.source or "the row scores"
+    if row_scores.dataset_sha256 is not None and row_scores.dataset_sha256 != sha:
+        raise InputFileError(
+            f"{source} scores another file than {config.data} (sha256 {row_scores.dataset_sha256[:12]}..., the "
+            f"training file {sha[:12]}...); screen {config.data} itself and pass that results file."
+        )
+    missing = row_scores.missing(n_rows)
+    if missing:
+        raise InputFileError(
+            f"{source} has no score for {len(missing)} of the {n_rows} rows of {config.data} (first missing: row "
+            f"{missing[0]}); finish the screen of {config.data} (rerun it: it resumes) and pass its results file."
+        )
+
+
 @contextmanager
 def _run_store(given: RunStore | None, path: Path, rank: int) -> Iterator[RunStore | None]:
     """The one connection this process keeps to the run store for the whole run (rank 0 only).
@@ -224,6 +248,19 @@ def _run_store(given: RunStore | None, path: Path, rank: int) -> Iterator[RunSto
             yield store
 
 
+def _say_suspects(reporter: Callable[[DriftRecord], None] | None,
+                  say: Callable[[str], None]) -> Callable[[DriftRecord], None]:
+    """The reporter, plus an `info` line with an alarm's suspects (the callback calls it on rank 0 only)."""
+
+    def report(record: DriftRecord) -> None:
+        if reporter is not None:
+            reporter(record)
+        if record.alarm and record.suspects is not None:
+            say(suspects_message(record.suspects))
+
+    return report
+
+
 def run_sft(
     config: SFTConfig,
     *,
@@ -232,6 +269,7 @@ def run_sft(
     reporter: Callable[[DriftRecord], None] | None = None,
     info: Callable[[str], None] | None = None,
     store: RunStore | None = None,
+    row_scores: RowScores | None = None,
 ) -> SFTResult:
     """Finetune `config.model` on `config.data` while measuring trait drift; returns what happened.
 
@@ -240,7 +278,9 @@ def run_sft(
     only; with a reporter the Trainer's own progress printing is turned off. `store` is an open
     `RunStore` of `config.store` that the caller's own callbacks (labels, judges) write to as well;
     without it the store is opened once here. A store write that fails stops the run with
-    `StoreWriteError` and marks it failed.
+    `StoreWriteError` and marks it failed. `row_scores` (scores of `config.data`'s rows, all of the first
+    `n_samples`) makes every alarm name the `config.suspects_k` highest-scored rows trained since the last
+    clean measurement, in the store and as an `info` line.
     """
     rank, world = _world()
     say = info if (info is not None and rank == 0) else (lambda _msg: None)
@@ -254,6 +294,8 @@ def run_sft(
 
     conversations = load_chat_jsonl(config.data, limit=config.n_samples)
     sha = file_sha256(config.data)
+    if row_scores is not None:
+        _check_row_scores(row_scores, config, sha, len(conversations))
     basis = TraitBasis.load(config.basis)
     resume_from = _check_output_dir(output_dir, run_id, config.resume)
     if store is not None and store.path != store_path.expanduser().absolute():
@@ -298,6 +340,7 @@ def run_sft(
             "save_steps": save_steps,
             "dataset_sha256": sha,
             "dtype": config.dtype,
+            **({"row_scores": row_scores.source, "suspects_k": config.suspects_k} if row_scores is not None else {}),
             # What "auto" became, on what hardware, with which libraries: the same command differs across machines.
             "environment": describe_environment(lm.model),
             **config.tags,
@@ -337,6 +380,7 @@ def run_sft(
         elif existing:
             say(f"Run {run_id!r} is in {store_path} but {output_dir} has no checkpoint: starting again from step 0.")
 
+        trained_rows = TrainedRows() if row_scores is not None else None
         watch = TraitWatchCallback(
             probe,
             tokenizer=lm.tokenizer,
@@ -348,15 +392,18 @@ def run_sft(
             monitor=monitor,
             every_n_steps=config.every_n_steps,
             on_alarm=config.on_alarm,
-            reporter=reporter,
+            reporter=_say_suspects(reporter, say) if row_scores is not None else reporter,
             behavior_probe=config.behavior_probe or None,
+            row_scores=row_scores,
+            suspects_k=config.suspects_k,
+            trained_rows=trained_rows,
         )
         pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
         trainer = Trainer(
             model=model,
             args=args,
             train_dataset=dataset,
-            data_collator=PaddingCollator(int(pad if pad is not None else 0)),
+            data_collator=PaddingCollator(int(pad if pad is not None else 0), rows=trained_rows),
             processing_class=lm.tokenizer,
             callbacks=[watch, *callbacks],
         )
