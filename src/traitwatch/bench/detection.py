@@ -45,7 +45,8 @@ from traitwatch.calibration.baselines import RandomDirectionFeatures, SAEDriftFe
 from traitwatch.calibration.loto import Candidate, Checkpoints, LOTOResult, choose, leave_one_type_out, relative_rise
 from traitwatch.store import RunStore
 
-__all__ = ["DetectionData", "analyze_detection", "kind_labels", "load_detection_data", "misalignment_directions_for"]
+__all__ = ["DetectionData", "analyze_detection", "kind_labels", "load_detection_data", "misalignment_directions_for",
+           "probe_rise"]
 
 ALPHAS = (1.0, 10.0, 100.0)
 """Ridge regularisation strengths tried (inside the loop) for multi-column features."""
@@ -291,8 +292,13 @@ def _misaligned_layers(d: DetectionData) -> Feature:
     return lambda s, z: np.concatenate([_misaligned(d, layer)(s, z) for layer in sorted(d.misalignment)])
 
 
+def probe_rise(s: _Summary, z: _Summary) -> float:
+    """The behavioural probe's rise from checkpoint `z` (step 0) to `s`: mean sigmoid of its margins."""
+    return float(_sigmoid(s.margins).mean() - _sigmoid(z.margins).mean())
+
+
 def _probe(s: _Summary, z: _Summary) -> np.ndarray:
-    return np.array([_sigmoid(s.margins).mean() - _sigmoid(z.margins).mean()])
+    return np.array([probe_rise(s, z)])
 
 
 def _probe_categories(d: DetectionData) -> Feature:

@@ -29,7 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from traitwatch.bench.detection import DEFAULT_MONITOR, DetectionData, candidate_features, costs, families, load_detection_data
+from traitwatch.bench.detection import (
+    DEFAULT_MONITOR,
+    DetectionData,
+    candidate_features,
+    costs,
+    families,
+    load_detection_data,
+    probe_rise,
+)
 from traitwatch.bench.labels import RISE_METRIC
 from traitwatch.bench.plan import BenchPlan
 from traitwatch.calibration.crossed import choose_crossed, leave_one_cell_out
@@ -56,10 +64,6 @@ def cell_of(plan: BenchPlan, name: str) -> tuple[str, str, float]:
     return mix.base.name, mix.poison.name if mix.fraction > 0 else "", mix.fraction
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
 def _paired(values: list[float]) -> dict[str, Any]:
     """Mean, sd and the two-sided one-sample t-test of poisoned-minus-clean differences against zero."""
     from scipy.stats import ttest_1samp
@@ -79,8 +83,7 @@ def _rows(plan: BenchPlan, d: DetectionData) -> list[dict[str, Any]]:
     rows = []
     for r in d.rows:
         base, poison, fraction = cell_of(plan, r["type"])
-        probe = float(_sigmoid(d.summaries[(r["run"], r["step"])].margins).mean()
-                      - _sigmoid(d.summaries[(r["run"], 0)].margins).mean())
+        probe = probe_rise(d.summaries[(r["run"], r["step"])], d.summaries[(r["run"], 0)])
         rows.append({**r, "base": base, "poison": poison, "fraction": fraction, "label": float(r["rise"]),
                      "probe": probe})
     clean = {(r["base"], r["seed"], r["step"]): r for r in rows if not r["poison"]}

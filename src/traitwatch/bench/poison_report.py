@@ -348,9 +348,11 @@ def closed_loop_markdown(scr: dict[str, Any]) -> list[str]:
     L.append("| poison type | poison rows dropped / left | benign dropped | label rise: poisoned -> screened | "
              "probe rise: poisoned -> screened | rows named at the measurements that are poison |")
     L.append("|---|---|---|---|---|---|")
+    def rise(a: float | None, b: float | None) -> str:
+        return f"{_f(a, 4)} -> {_f(b, 4)}"
+
     for f in filtered:
         r = loop.get(f["set"])
-        rise = (lambda a, b: f"{_f(a, 4)} -> {_f(b, 4)}")
         sus = "-"
         if r and r.get("suspects_named"):
             sus = (f"{r['suspects_poison']} of {r['suspects_named']} ({100 * r['suspects_poison'] / r['suspects_named']:.0f}%; "

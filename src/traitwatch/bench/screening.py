@@ -27,9 +27,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from traitwatch.capture.activations import capture_rows
+from traitwatch.datasets.chat_jsonl import read_jsonl
 from traitwatch.models.layers import decoder_layers, unwrap_model
-from traitwatch.screen.activations import greedy_responses
+from traitwatch.screen.activations import greedy_responses, span_readings
 from traitwatch.screen.examples import EncodedExample, Example, encode_example
 
 __all__ = ["GridSet", "read_row_scores", "write_row_scores", "RowFeatures", "grid_sets", "row_features", "run_rises", "screen_grid", "unique_rows"]
@@ -56,7 +56,7 @@ def _key(messages: Sequence[dict[str, str]]) -> str:
 
 
 def _read(path: Path) -> list[list[dict[str, str]]]:
-    return [json.loads(line)["messages"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [row["messages"] for row in read_jsonl(Path(path))]
 
 
 def _scores_path(data: Path) -> Path:
@@ -136,38 +136,12 @@ class RowFeatures:
         return {k: i for i, k in enumerate(self.keys)}
 
 
-@torch.no_grad()
 def _span_means(model: nn.Module, seqs: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]], layers: Sequence[int],
                 pad: int, want_loss: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Mean residual over each span at every layer ([n, L, d]), and the mean NLL of the span's tokens."""
-    inner = unwrap_model(model)
-    device = next(inner.parameters()).device
-    n, width = len(seqs), max(len(s) for s in seqs)
-    ids = torch.full((n, width), pad, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    weights = torch.zeros((n, width), dtype=torch.long)
-    for r, (s, (a, b)) in enumerate(zip(seqs, spans, strict=True)):
-        ids[r, : len(s)] = torch.tensor(list(s))
-        mask[r, : len(s)] = 1
-        weights[r, a:b] = 1
-    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    with capture_rows(inner, layers, weights.to(device), "mean", stop_after=not want_loss) as rows:
-        try:
-            out = inner(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                        use_cache=False)
-        except Exception as exc:  # the deepest hook stops the pass when no loss is wanted
-            if want_loss or type(exc).__name__ != "_StopForward":
-                raise
-            out = None
-    means = torch.stack([rows[layer] for layer in layers], dim=1).cpu().numpy().astype(np.float32)
-    if not want_loss:
-        return means, None
-    logp = torch.log_softmax(out.logits.float(), dim=-1)
-    losses = []
-    for r, (s, (a, b)) in enumerate(zip(seqs, spans, strict=True)):
-        target = ids[r, a:b].to(logp.device)
-        losses.append(float(-logp[r, a - 1 : b - 1].gather(1, target[:, None]).mean()))
-    return means, np.array(losses)
+    """Mean residual over each span at every layer ([n, L, d]) and, with `want_loss`, the span's mean NLL."""
+    read, losses = span_readings(model, seqs, spans, layers, pad_token_id=pad, with_loss=want_loss)
+    means = torch.stack([read[layer] for layer in layers], dim=1).numpy().astype(np.float32)
+    return means, None if losses is None else np.array(losses)
 
 
 def row_features(
@@ -317,7 +291,7 @@ def closed_loop(loop_plan_path: Path, loop_work_dir: Path, filtered: Sequence[di
                 rises: dict[str, dict[str, float]]) -> list[dict]:
     """Per poison type: the label and probe rise over the clean base (final step) of the poisoned set (from the
     grid) and of the same set after screening (from the loop's runs), with what the screen dropped."""
-    from traitwatch.bench.detection import load_detection_data
+    from traitwatch.bench.detection import load_detection_data, probe_rise
     from traitwatch.bench.plan_file import load_plan_file
     from traitwatch.bench.shards import gather_shard_stores, work_lock
 
@@ -329,8 +303,7 @@ def closed_loop(loop_plan_path: Path, loop_work_dir: Path, filtered: Sequence[di
         return []
 
     def probe(run: str, step: int) -> float:
-        m = lambda s: float(np.mean(1.0 / (1.0 + np.exp(-data.summaries[(run, s)].margins))))  # noqa: E731
-        return m(step) - m(0)
+        return probe_rise(data.summaries[(run, step)], data.summaries[(run, 0)])
 
     last = {}
     for r in data.rows:

@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
         results: Annotated[Path | None, typer.Option("--out", "-o", help="Per-example results JSONL; rerunning resumes it (default: DATASET-stem.screen.jsonl here).")] = None,
         summary_json: Annotated[Path | None, typer.Option("--summary-json", help="Write the dataset-level summary and the top-k here.")] = None,
         risk_traits: Annotated[str, typer.Option(help="Traits whose negative drift is the risk score (comma-separated).")] = ",".join(DEFAULT_RISK_TRAITS),
-        rank_by: Annotated[Literal["risk", "monitor", "loss"], typer.Option(help="Rank by risk, by the monitor's per-example prediction (ties by risk), or by the model's loss on the row (one more forward pass per batch; the best row screen of benchmarks/poison_small).")] = "risk",
+        rank_by: Annotated[Literal["risk", "monitor", "loss"], typer.Option(help="Rank by risk, by the monitor's per-example prediction (ties by risk), or by the model's loss on the row (the pass then runs to the LM head; the best row screen of benchmarks/poison_small).")] = "risk",
         max_examples: Annotated[int | None, typer.Option(min=1, help="Screen only the first N examples.")] = None,
         max_new_tokens: Annotated[int, typer.Option(min=1, help="Cap on the model's own answers (reference).")] = 64,
         max_response_tokens: Annotated[int, typer.Option(min=1, help="Read at most this many tokens of each dataset response.")] = 256,

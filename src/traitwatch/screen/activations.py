@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from traitwatch.capture.activations import capture_rows
 from traitwatch.models.layers import decoder_layers, unwrap_model
 
-__all__ = ["SpanPosition", "greedy_responses", "response_loss", "span_activations"]
+__all__ = ["SpanPosition", "greedy_responses", "span_activations", "span_readings"]
 
 SpanPosition = Literal["mean", "last"]
 
@@ -51,6 +51,64 @@ def _right_padded(sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int,
 
 
 @torch.no_grad()
+def span_readings(
+    model: nn.Module,
+    sequences: Sequence[Sequence[int]],
+    spans: Sequence[tuple[int, int]],
+    layers: Sequence[int],
+    *,
+    position: SpanPosition = "mean",
+    pad_token_id: int = 0,
+    with_loss: bool = False,
+) -> tuple[dict[int, Tensor], list[float] | None]:
+    """One batch, one forward pass: at each of `layers`, `[n, hidden]` fp32 rows, the mean (or last token) of
+    `seq[start:end]`; with `with_loss`, also each span's mean negative log-likelihood given what precedes it.
+
+    Without the loss the pass stops after the deepest layer read; with it the pass runs to the LM head (a
+    span then needs a token before it). Sequences are right-padded with explicit position ids, so padding
+    never changes a real token. The model is put in eval mode for the pass and restored afterwards. On the
+    poisoned-data benchmark (`benchmarks/poison_small`, screening section) the base model's loss on a row
+    ranks injected rows above a set's own rows better than any trait-space score.
+    """
+    inner = unwrap_model(model)
+    device = _device_of(inner)
+    ids, mask, positions = _right_padded(sequences, spans, pad_token_id, first=1 if with_loss else 0)
+    weights = torch.zeros_like(mask)
+    for row, (start, end) in enumerate(spans):
+        if position == "mean":
+            weights[row, start:end] = 1
+        else:
+            weights[row, end - 1] = 1
+
+    def stop(_m: nn.Module, _i: object, _o: object) -> None:
+        raise _Stop
+
+    logits = None
+    was_training = inner.training
+    inner.eval()
+    try:
+        # capture_rows' "mean" reader averages under its mask: with the span mask it is the span mean.
+        with capture_rows(inner, list(layers), weights.to(device), "mean", stop_after=False) as rows:
+            handle = None if with_loss else decoder_layers(inner)[max(layers)].register_forward_hook(stop)  # after the reader
+            try:
+                logits = inner(input_ids=ids.to(device), attention_mask=mask.to(device),
+                               position_ids=positions.to(device), use_cache=False).logits
+            except _Stop:
+                pass
+            finally:
+                if handle is not None:
+                    handle.remove()
+    finally:
+        inner.train(was_training)
+    losses = None
+    if logits is not None:
+        losses = []
+        for row, (start, end) in enumerate(spans):
+            logp = torch.log_softmax(logits[row, start - 1 : end - 1].float(), dim=-1)
+            losses.append(float(-logp.gather(1, ids[row, start:end].to(logp.device)[:, None]).mean()))
+    return {layer: rows[layer].cpu() for layer in layers}, losses
+
+
 def span_activations(
     model: nn.Module,
     sequences: Sequence[Sequence[int]],
@@ -60,68 +118,8 @@ def span_activations(
     position: SpanPosition = "mean",
     pad_token_id: int = 0,
 ) -> Tensor:
-    """One batch: `[n, hidden]` fp32 rows, the mean (or last token) of `seq[start:end]` at `layer`.
-
-    Sequences are right-padded with explicit position ids, so padding never changes a real token.
-    The model is put in eval mode for the pass and restored afterwards.
-    """
-    inner = unwrap_model(model)
-    device = _device_of(inner)
-    ids, mask, positions = _right_padded(sequences, spans, pad_token_id, first=0)
-    weights = torch.zeros_like(mask)
-    for row, (start, end) in enumerate(spans):
-        if position == "mean":
-            weights[row, start:end] = 1
-        else:
-            weights[row, end - 1] = 1
-    ids, mask, positions, weights = ids.to(device), mask.to(device), positions.to(device), weights.to(device)
-
-    def stop(_m: nn.Module, _i: object, _o: object) -> None:
-        raise _Stop
-
-    was_training = inner.training
-    inner.eval()
-    try:
-        # capture_rows' "mean" reader averages under its mask: with the span mask it is the span mean.
-        with capture_rows(inner, [layer], weights, "mean", stop_after=False) as rows:
-            handle = decoder_layers(inner)[layer].register_forward_hook(stop)  # runs after the reader
-            try:
-                inner(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
-            except _Stop:
-                pass
-            finally:
-                handle.remove()
-    finally:
-        inner.train(was_training)
-    return rows[layer].cpu()
-
-
-@torch.no_grad()
-def response_loss(model: nn.Module, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]], *,
-                  pad_token_id: int = 0) -> list[float]:
-    """One batch: the model's mean negative log-likelihood of each `seq[start:end]` given what precedes it.
-
-    A whole forward pass (to the LM head), right-padded with explicit position ids like `span_activations`.
-    On the poisoned-data benchmark (`benchmarks/poison_small`, screening section) the base model's loss on a
-    row ranks injected rows above a set's own rows better than any trait-space score: they are text the model
-    would not write, in a set whose other rows it finds easy.
-    """
-    inner = unwrap_model(model)
-    device = _device_of(inner)
-    ids, mask, positions = _right_padded(sequences, spans, pad_token_id, first=1)  # a token before the span
-    was_training = inner.training
-    inner.eval()
-    try:
-        logits = inner(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                       use_cache=False).logits
-    finally:
-        inner.train(was_training)
-    out = []
-    for row, (start, end) in enumerate(spans):
-        logp = torch.log_softmax(logits[row, start - 1 : end - 1].float(), dim=-1)
-        target = ids[row, start:end].to(logp.device)
-        out.append(float(-logp.gather(1, target[:, None]).mean()))
-    return out
+    """One batch: `[n, hidden]` fp32 rows, the mean (or last token) of `seq[start:end]` at `layer` (`span_readings`)."""
+    return span_readings(model, sequences, spans, [layer], position=position, pad_token_id=pad_token_id)[0][layer]
 
 
 def _stop_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:

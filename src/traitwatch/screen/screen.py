@@ -57,7 +57,7 @@ from traitwatch.drift.probe import DriftProbe
 from traitwatch.errors import BasisMismatchError, InputFileError
 from traitwatch.models.chat import encode_chat
 from traitwatch.models.layers import fingerprint
-from traitwatch.screen.activations import SpanPosition, greedy_responses, response_loss, span_activations
+from traitwatch.screen.activations import SpanPosition, greedy_responses, span_activations, span_readings
 from traitwatch.screen.examples import Example, encode_example, read_examples
 from traitwatch.screen.results import ResultsFile, Row
 from traitwatch.sharding import Shard
@@ -222,8 +222,9 @@ def screen_dataset(
     run without it continues; a block cut by the limit is finished in a smaller batch, which can
     differ from an uninterrupted run in the last float digits).
 
-    `with_loss` also stores each row's mean NLL of its response under the model (one more whole forward
-    pass per block): `rank_examples(by="loss")`, the best row ranking of the poisoned-data benchmark.
+    `with_loss` also stores each row's mean NLL of its response under the model (the block's pass then runs
+    to the LM head instead of stopping at the layer): `rank_examples(by="loss")`, the best row ranking of
+    the poisoned-data benchmark.
 
     `shard` screens only that shard's blocks (`Shard.select_blocks`: every N-th block of `batch_size`
     examples), so each row equals the unsharded run's; the header records the shard, the block size and
@@ -321,9 +322,9 @@ def screen_dataset(
             continue
         encoded = [encode_example(tokenizer, e, max_response_tokens=max_response_tokens,
                                   where=f"{dataset}, line {e.line}") for e in block]
-        acts = span_activations(model, [x.ids for x in encoded], [(x.start, x.end) for x in encoded], at_layer,
-                                position=position, pad_token_id=_pad_id(tokenizer))
-        proj = _projections(acts, basis, at_layer)
+        read, losses = span_readings(model, [x.ids for x in encoded], [(x.start, x.end) for x in encoded], [at_layer],
+                                     position=position, pad_token_id=_pad_id(tokenizer), with_loss=with_loss)
+        proj = _projections(read[at_layer], basis, at_layer)
         ref_tokens: list[int | None] = [None] * len(block)
         if ref_proj is None:
             own, lengths = _own_answers(model, tokenizer, basis, at_layer, [x.prompt for x in encoded], position,
@@ -333,12 +334,10 @@ def screen_dataset(
         else:
             drift = (proj - ref_proj[None, :]) / scale
         risk = risk_from_drift(drift, trait_names, risk_traits)
-        losses: list[float | None] = (
-            response_loss(model, [x.ids for x in encoded], [(x.start, x.end) for x in encoded], pad_token_id=_pad_id(tokenizer))
-            if with_loss else [None] * len(block))
         store.append([
             Row(e.line, tuple(float(v) for v in d), float(r), x.end - x.start, x.truncated, t, loss)
-            for e, x, d, r, t, loss in zip(block, encoded, drift, risk, ref_tokens, losses, strict=True)
+            for e, x, d, r, t, loss in zip(block, encoded, drift, risk, ref_tokens, losses or [None] * len(block),
+                                           strict=True)
         ])
         if progress is not None:
             progress(len(block))
