@@ -16,10 +16,24 @@ __all__ = [
 ]
 
 
+# Control characters (and Unicode line and paragraph separators) as visible escapes: a message quotes what the
+# user gave (a YAML key, a row's role, SQLite's reading of a damaged page), and one with a newline or an escape
+# sequence in it would no longer be one line, or would print differently from what a caller reads.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(32), 0x7F)} | {0x85: "\\x85", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
 class TraitwatchError(Exception):
-    """Base class for errors caused by the user's input, not by a bug in traitwatch."""
+    """Base class for errors caused by the user's input, not by a bug in traitwatch.
+
+    The message is kept to one printable line: control characters quoted from the input are escaped.
+    """
 
     exit_code: int = 2
+
+    def __init__(self, *args: object, **kwargs: object) -> None:  # kwargs: ImportError's name/path (MissingExtraError)
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (args[0].translate(_ESCAPES),)
+        super().__init__(*args, **kwargs)
 
 
 class InputFileError(TraitwatchError, ValueError):

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 
 import pytest
 import torch
@@ -65,6 +67,16 @@ def test_corrupt_or_missing_basis_files(tmp_path, tiny, small_traits):
     with pytest.raises(InputFileError, match="no basis.json"):
         TraitBasis.load(tmp_path / "empty")
     folder = extract_basis(tiny.model, tiny.tokenizer, small_traits, layers=[1], method="passages").save(tmp_path / "b")
+    good = (folder / "directions.safetensors").read_bytes()
+    (folder / "directions.safetensors").write_bytes(b"garbage")
+    with pytest.raises(InputFileError, match="directions.safetensors does not match the checksum in basis.json"):
+        TraitBasis.load(folder)
+    (folder / "directions.safetensors").write_bytes(good[:-1] + b"!")  # an edit that keeps the size
+    with pytest.raises(InputFileError, match="does not match the checksum"):
+        TraitBasis.load(folder)
+    meta = json.loads((folder / "basis.json").read_text())
+    del meta["files"]  # a folder saved before the checksums: parsed, and garbage is still refused
+    (folder / "basis.json").write_text(json.dumps(meta))
     (folder / "directions.safetensors").write_bytes(b"garbage")
     with pytest.raises(InputFileError, match="directions.safetensors is corrupt"):
         TraitBasis.load(folder)

@@ -184,7 +184,7 @@ def test_a_disk_io_error_on_open_is_reported_once_with_the_file_named(tmp_path, 
 
     calls = []
 
-    def broken(conn, path, busy_timeout_s):
+    def broken(conn, path, busy_timeout_s, **_):
         calls.append(1)
         try:
             raise sqlite3.OperationalError("disk I/O error")

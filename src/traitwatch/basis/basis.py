@@ -6,10 +6,15 @@ A basis folder holds:
 * `directions.safetensors`: `directions` of shape [n_layers, n_traits, hidden], fp32, unit rows;
 * optionally `anchor.safetensors`: the step-0 projections of the measurement prompts (p_0 and N);
   `basis.json` records the layer, prompt hash, model, and the dtype and device type they were computed in.
+
+`basis.json` also records the sha256 of each tensor file (`files`), checked on load: a tensor file that was
+truncated, edited or copied from another basis is refused by name before it is parsed. Folders saved before the
+checksums existed load without the check.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 from torch import Tensor
 
 from traitwatch.errors import BasisMismatchError, InputFileError
@@ -160,13 +165,15 @@ class TraitBasis:
         }
         # Write tensors before the JSON that points at them, each via a temp file + rename, so an
         # interrupted save never leaves a basis.json describing missing or partial tensors.
-        _atomic_save({"directions": self.directions.contiguous()}, folder / "directions.safetensors")
+        files = {"directions.safetensors": _atomic_save({"directions": self.directions.contiguous()},
+                                                         folder / "directions.safetensors")}
         if self.anchor is not None:
-            _atomic_save(
+            files["anchor.safetensors"] = _atomic_save(
                 {"projections": self.anchor.projections.contiguous(), "norms": self.anchor.norms.contiguous()},
                 folder / "anchor.safetensors",
             )
             meta["anchor"] = self.anchor.meta()
+        meta["files"] = files
         tmp = folder / "basis.json.tmp"
         tmp.write_text(json.dumps(meta, indent=2))
         tmp.replace(folder / "basis.json")
@@ -181,22 +188,31 @@ class TraitBasis:
         if not meta_path.is_file():
             raise InputFileError(f"{folder} has no basis.json: it is not a basis folder (see `traitwatch extract`).")
         try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputFileError(f"{meta_path} is corrupt ({exc}); re-create the basis with `traitwatch extract`.") from None
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            raise InputFileError(f"{meta_path} is corrupt ({reason}); re-create the basis with `traitwatch extract`.") from None
         if not isinstance(meta, dict) or meta.get("kind") != "traitwatch.basis":
-            raise InputFileError(f"{meta_path} is not a traitwatch basis file.")
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+            raise InputFileError(f"{meta_path} is not a traitwatch basis file (no \"kind\": \"traitwatch.basis\"); "
+                                 "pass a folder written by `traitwatch extract`.")
+        version = meta.get("format_version", 0)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise InputFileError(f"{meta_path}: format_version {str(version)[:40]!r} is not an integer; re-create the basis.")
+        if version > FORMAT_VERSION:
             raise InputFileError(f"{meta_path} was written by a newer traitwatch; upgrade traitwatch to read it.")
-        tensors = _load_tensors(folder / "directions.safetensors")
+        checksums = meta.get("files")
+        if checksums is not None and not (isinstance(checksums, dict)
+                                          and all(isinstance(v, str) for v in checksums.values())):
+            raise InputFileError(f"{meta_path}: field 'files' must map tensor files to sha256 strings; re-create the basis.")
+        tensors = _load_tensors(folder / "directions.safetensors", checksums)
         if "directions" not in tensors:
             raise InputFileError(f"{folder / 'directions.safetensors'} holds no `directions` tensor; re-extract the basis.")
         try:
             anchor = None
             if meta.get("anchor"):
-                at = _load_tensors(folder / "anchor.safetensors")
+                at = _load_tensors(folder / "anchor.safetensors", checksums)
                 anchor = Anchor.from_meta(meta["anchor"], at["projections"], at["norms"])
-            return cls(
+            basis = cls(
                 trait_names=list(meta["trait_names"]),
                 layers=[int(x) for x in meta["layers"]],
                 directions=tensors["directions"].float(),
@@ -209,24 +225,61 @@ class TraitBasis:
                 diagnostics=meta.get("diagnostics") or {},
                 anchor=anchor,
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputFileError(f"{meta_path} is missing or has a bad field ({exc}); re-create the basis.") from None
+            _check_loaded(basis, meta_path)
+            return basis
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+            reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            raise InputFileError(f"{meta_path} is missing or has a bad field ({reason}); re-create the basis.") from None
+
+
+def _check_loaded(basis: TraitBasis, meta_path: Path) -> None:
+    """What a later step would trip over, refused at load time with the field named (an edited basis.json)."""
+    def bad(what: str) -> InputFileError:
+        return InputFileError(f"{meta_path}: {what}; re-create the basis with `traitwatch extract`.")
+
+    names = basis.trait_names
+    if not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise bad("field 'trait_names' must list distinct, non-empty trait names")
+    if len(set(basis.layers)) != len(basis.layers) or any(x < 0 for x in basis.layers):
+        raise bad("field 'layers' must list distinct layer indices >= 0")
+    if basis.layer is not None and basis.layer not in basis.layers:
+        raise bad(f"field 'layer' ({basis.layer}) is not one of its 'layers' {basis.layers}")
+    if basis.directions.ndim != 3 or not bool(basis.directions.isfinite().all()):
+        raise bad("its directions must be a finite [layers, traits, hidden] tensor")
+    a = basis.anchor
+    if a is not None:
+        n = a.norms.shape[0] if a.norms.ndim == 1 else -1
+        if a.projections.shape != (n, len(names)) or a.layer not in basis.layers or not bool(
+                a.projections.isfinite().all() and (a.norms > 0).all()):
+            raise bad("its anchor does not fit the basis (layer, shape, or non-finite or non-positive norms)")
 
 
 def _optional_str(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-def _atomic_save(tensors: dict[str, Tensor], path: Path) -> None:
+def _atomic_save(tensors: dict[str, Tensor], path: Path) -> str:
+    """Write via a temp file + rename; returns the file's sha256 for `basis.json`."""
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp))
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
     tmp.replace(path)
+    return digest
 
 
-def _load_tensors(path: Path) -> dict[str, Tensor]:
+def _load_tensors(path: Path, checksums: Mapping[str, str] | None = None) -> dict[str, Tensor]:
     if not path.is_file():
         raise InputFileError(f"{path} is missing; the basis folder is incomplete, re-create it with `traitwatch extract`.")
+    blob = path.read_bytes()
+    expected = None if checksums is None else checksums.get(path.name)
+    if checksums is not None and expected != hashlib.sha256(blob).hexdigest():
+        raise InputFileError(f"{path} does not match the checksum in basis.json (truncated, edited, or from another "
+                             "basis); re-create the basis with `traitwatch extract`.")
     try:
-        return load_file(str(path))
+        tensors = load(blob)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise InputFileError(f"{path} is corrupt ({str(exc).splitlines()[0]}); re-create the basis.") from None
+        raise InputFileError(f"{path} is corrupt ({str(exc).splitlines()[0][:120]}); re-create the basis.") from None
+    bad = [k for k, t in tensors.items() if not t.is_floating_point()]
+    if bad:
+        raise InputFileError(f"{path}: tensor {bad[0]!r} is not floating point; re-create the basis.")
+    return tensors

@@ -119,9 +119,9 @@ def _mapping(value: Any, allowed: set[str], source: str, key: str) -> dict[str, 
         return {}
     if not isinstance(value, dict):
         raise InputFileError(f"{_where(source, key)} must be a mapping of {', '.join(sorted(allowed))}.")
-    unknown = sorted(set(value) - allowed)
+    unknown = sorted(repr(k) if not isinstance(k, str) else k for k in set(value) - allowed)
     if unknown:
-        raise InputFileError(f"{_where(source, key)} has unknown key(s) {', '.join(map(str, unknown))}; "
+        raise InputFileError(f"{_where(source, key)} has unknown key(s) {', '.join(unknown)}; "
                              f"allowed: {', '.join(sorted(allowed))}.")
     return value
 
@@ -323,10 +323,14 @@ def load_plan_file(spec: str | Path, *, check_files: bool = True) -> PlanFile:
     source = str(spec)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InputFileError(f"{source} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8.") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise InputFileError(f"{source} is not valid YAML{where}; fix the file.") from None
+    except RecursionError:
+        raise InputFileError(f"{source} is nested too deeply to be a plan; fix the file.") from None
     top = _mapping(raw, _TOP, source, "top level")
     names, user_sets, poisoned_sets, missing = _sets(top.get("sets"), source, base, check_files)
     common: dict[str, Any] = {"user_sets": user_sets, "poisoned_sets": poisoned_sets,

@@ -27,7 +27,8 @@ StoreOption = Annotated[
 
 def _fail(err: Console, error: TraitwatchError) -> typer.Exit:
     # markup=False: messages quote paths and ids that may contain [brackets].
-    err.print(str(error), style="red", markup=False, highlight=False, soft_wrap=True)
+    # The same line as every other command's (`cli.common.user_errors`).
+    err.print(Text.assemble(("error:", "red"), f" {error}"), highlight=False, soft_wrap=True)
     return typer.Exit(code=error.exit_code)
 
 

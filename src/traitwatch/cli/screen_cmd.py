@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @user_errors
     def screen(
-        dataset: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Chat JSONL, one {\"messages\": [...]} per line.")],
+        dataset: Annotated[Path, typer.Argument(help="Chat JSONL, one {\"messages\": [...]} per line.")],
         basis_dir: Annotated[Path, typer.Option("--basis", "-b", help="Basis folder from `traitwatch extract`.")],
         model: Annotated[str | None, typer.Option("--model", "-m", help="Model to be finetuned (default: the basis's).")] = None,
         monitor: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Calibrated monitor .json: adds an extrapolated EM risk.")] = None,

@@ -358,8 +358,9 @@ def load_monitor(
         raise InputFileError(f"{json_path}: no monitor file there; pass the .json written when the monitor was saved")
     try:
         doc = json.loads(json_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputFileError(f"{json_path}: not a readable monitor file ({exc}); re-save the monitor") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting past the stack
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise InputFileError(f"{json_path}: not a readable monitor file ({reason}); re-save the monitor") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise InputFileError(f"{json_path}: not a traitwatch monitor file (no format '{FORMAT}')")
     if doc.get("format_version") not in READABLE_VERSIONS:
@@ -410,7 +411,7 @@ def load_monitor(
         raise InputFileError(f"{tensor_path}: unreadable safetensors file ({exc}); re-save the monitor") from None
     try:
         return LoadedMonitor(doc, tensors, json_path)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
         raise InputFileError(
             f"{json_path}: monitor file and its tensors disagree ({exc}); re-save the monitor"
         ) from None

@@ -2,7 +2,7 @@
 
 Screening results are keyed by the example's 1-based line number in the dataset file, so a rerun can
 skip lines already done and a filtered copy can drop exact lines. Parsing and validation reuse the
-training loader (`traitwatch.datasets.load_chat_jsonl`), so a file that screens is a file that
+training loader's rule (`traitwatch.datasets.iter_chat_jsonl`), so a file that screens is a file that
 trains, and a bad line is reported the same way (file and line number).
 
 The response is the conversation's **last** assistant message; everything before it (system, user,
@@ -23,7 +23,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from traitwatch.datasets.chat_jsonl import load_chat_jsonl
+from traitwatch.datasets.chat_jsonl import iter_chat_jsonl
 from traitwatch.errors import InputFileError
 
 __all__ = ["EncodedExample", "Example", "encode_example", "read_examples"]
@@ -68,16 +68,7 @@ def read_examples(path: str | Path, *, limit: int | None = None) -> list[Example
     Blank lines are skipped (as the training loader does) but still count as lines, so line numbers
     are those an editor shows.
     """
-    path = Path(path)
-    conversations = load_chat_jsonl(path, limit=limit)  # validates, errors name the line
-    lines: list[int] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if line.strip():
-                lines.append(lineno)
-                if len(lines) == len(conversations):
-                    break
-    return [Example(n, list(m)) for n, m in zip(lines, conversations, strict=True)]
+    return [Example(n, m) for n, m in iter_chat_jsonl(path, limit=limit)]
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

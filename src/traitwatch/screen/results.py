@@ -72,9 +72,9 @@ def read_results(path: Path, *, not_results: str, corrupt: str) -> tuple[dict[st
     lines = data[: data.rfind(b"\n") + 1].decode("utf-8", errors="replace").splitlines()
     try:
         header = json.loads(lines[0]) if lines else None
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # JSONDecodeError, a >4300-digit number, nesting past the stack
         header = None
-    if not isinstance(header, dict) or header.get("format") != FORMAT or "trait_names" not in header:
+    if not isinstance(header, dict) or header.get("format") != FORMAT or not isinstance(header.get("trait_names"), list):
         raise InputFileError(f"{path}: not a traitwatch screen results file; {not_results}")
     names = list(header["trait_names"])
     rows: dict[int, Row] = {}
@@ -82,7 +82,7 @@ def read_results(path: Path, *, not_results: str, corrupt: str) -> tuple[dict[st
         if text.strip():
             try:
                 row = Row.from_json(json.loads(text), names)
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, AttributeError, RecursionError):
                 raise InputFileError(f"{path}, line {i}: corrupt result row; {corrupt}") from None
             rows[row.line] = row
     return header, rows
@@ -129,7 +129,7 @@ class ResultsFile:
             raise InputFileError(f"{self.path}: not a screening results file (no header line); pass another --out")
         try:
             stored = json.loads(lines[0])
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # JSONDecodeError, a >4300-digit number, nesting past the stack
             stored = None
         if not isinstance(stored, dict) or stored.get("format") != FORMAT:
             raise InputFileError(f"{self.path}: not a traitwatch screening results file; pass another --out")
@@ -145,7 +145,7 @@ class ResultsFile:
                 continue
             try:
                 row = Row.from_json(json.loads(text), self.trait_names)
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, AttributeError, RecursionError):
                 raise InputFileError(f"{self.path}, line {i}: corrupt result row; delete the file to start over") from None
             self.rows[row.line] = row
         if good < len(data):

@@ -281,7 +281,31 @@ def screen_dataset(
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         header["shard"] = {"index": shard.index, "count": shard.count, "block": batch_size, "dtype": dtype}
     store = ResultsFile(out, header)
-    if store.is_new:
+    created = store.is_new
+    try:
+        return _fill(store, created, model, tokenizer, basis, probe, dataset, examples, reference, kind, ref_prompts,
+                     at_layer=at_layer, position=position, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                     max_response_tokens=max_response_tokens, reference_prompts=reference_prompts,
+                     risk_traits=risk_traits, trait_names=trait_names, progress=progress,
+                     on_reference=on_reference, shard=shard, with_loss=with_loss)
+    except BaseException:
+        # A file this call created and could not add one row to holds only a header: nothing to resume, and a
+        # results file that looks like a started screen. Remove it (a resumed file keeps everything it had).
+        if created and not store.rows and store.path.exists():
+            store.path.unlink()
+        raise
+
+
+def _fill(store: ResultsFile, created: bool, model: nn.Module, tokenizer: PreTrainedTokenizerBase,
+          basis: TraitBasis, probe: DriftProbe, dataset: Path, examples: list[Example],
+          reference: ReferenceKind | Reference | Callable[[], Reference], kind: ReferenceKind,
+          ref_prompts: dict[str, Any] | None, *, at_layer: int, position: SpanPosition, batch_size: int,
+          max_new_tokens: int, max_response_tokens: int | None, reference_prompts: Sequence[str] | None,
+          risk_traits: Sequence[str], trait_names: list[str], progress: Callable[[int], None] | None,
+          on_reference: Callable[[int], Callable[[int], None] | None] | None, shard: Shard | None,
+          with_loss: bool) -> ScreenResults:
+    """Compute the file's reference if it is new, then screen the rows not yet in it."""
+    if created:
         extra: dict[str, Any] = {}
         # Screening happens before training: without a basis anchor (of any precision: only N is read
         # here) this model is step 0.

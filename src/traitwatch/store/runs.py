@@ -11,18 +11,20 @@ file on a local disk: WAL needs shared memory, which network filesystems (NFS) d
 
 from __future__ import annotations
 
+import functools
 import json
 import operator
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
+from traitwatch.errors import InputFileError, TraitwatchError
 from traitwatch.store.errors import RunMismatchError, UnknownRunError
 from traitwatch.store.export import ExportFormat, trajectory_arrays, write_export
 from traitwatch.store.records import (
@@ -40,7 +42,7 @@ from traitwatch.store.records import (
     load_json,
     utc_now,
 )
-from traitwatch.store.schema import connect, write_transaction
+from traitwatch.store.schema import connect, store_error, write_transaction
 
 __all__ = ["DEFAULT_STORE_NAME", "RunStore"]
 
@@ -65,6 +67,37 @@ def _step(step: int) -> int:
 
 def _optional_float(value: float | None) -> float | None:
     return None if value is None else float(value)
+
+
+T = TypeVar("T")
+
+
+def _reads(method: Callable[..., T]) -> Callable[..., T]:
+    """A read that meets a damaged file or record raises one line naming the store, never SQLite's or json's error.
+
+    SQLite finds a corrupt page only when a query reaches it, and a record edited outside traitwatch (a drift
+    that is not a JSON object, a per-prompt blob of the wrong size) fails only when it is decoded: both are
+    the store's input errors, reported with the file and the fix.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: RunStore, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except TraitwatchError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            error = store_error(exc, self.path)
+            if error is exc:  # no mapping of its own: still the file's fault, not the caller's
+                error = InputFileError(f"Run store {self.path} cannot be read ({str(exc)[:100]}); it is damaged or "
+                                       "was not written by traitwatch: pass another --store path")
+            raise error from None
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            reason = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+            raise InputFileError(f"Run store {self.path} holds a damaged record ({reason}); copy out what is readable "
+                                 f"with `sqlite3 {self.path} .recover` and pass a new --store path") from None
+
+    return wrapper
 
 
 class RunStore:
@@ -221,10 +254,26 @@ class RunStore:
         finally:
             self._conn.execute("DETACH DATABASE other")
 
+    @_reads
+    def check(self) -> int:
+        """Read and decode every record (runs, measurements, labels, alarms, suspects); returns the number of runs.
+
+        `traitwatch check` runs this: a store it passes is one every reader can read in full.
+        """
+        records = self.runs()
+        for run in records:
+            self.measurements(run.run_id)
+            self.behavior(run.run_id)
+            self.alarms(run.run_id)
+            self.suspects(run.run_id)
+        return len(records)
+
+    @_reads
     def get_run(self, run_id: str) -> RunRecord:
         """The run's record; `UnknownRunError` lists the known ids, as the fix is usually a typo."""
         return self._get_run(self._conn, run_id)
 
+    @_reads
     def runs(self) -> list[RunRecord]:
         """All runs, oldest first."""
         rows = self._conn.execute(
@@ -306,6 +355,7 @@ class RunStore:
                 (run_id, step, drift_json, norm, blob, shape, _optional_float(wall_time_s), utc_now(), dump_json(extra)),
             )
 
+    @_reads
     def measurements(self, run_id: str, *, per_prompt: bool = True) -> list[Measurement]:
         """The run's measurements in step order; `per_prompt=False` skips the arrays (faster)."""
         blob_cols = "per_prompt, per_prompt_shape" if per_prompt else "NULL, NULL"
@@ -330,10 +380,12 @@ class RunStore:
             for row in rows
         ]
 
+    @_reads
     def last_step(self, run_id: str) -> int | None:
         """The highest measured step, or None: where a resumed job continues from."""
         return self.get_run(run_id).last_step
 
+    @_reads
     def trajectory(self, run_id: str) -> dict[str, np.ndarray]:
         """The run's drift as arrays for plotting and the monitor.
 
@@ -386,6 +438,7 @@ class RunStore:
                 ),
             )
 
+    @_reads
     def behavior(self, run_id: str, metric: str | None = None) -> list[BehaviorRecord]:
         """Behavioural metrics of a run in step order, optionally only one metric."""
         with self._snapshot() as conn:
@@ -422,6 +475,7 @@ class RunStore:
                 (run_id, step, str(kind), float(value), float(threshold), str(action), utc_now(), dump_json(details)),
             )
 
+    @_reads
     def alarms(self, run_id: str) -> list[AlarmRecord]:
         """The run's alarms in step order."""
         with self._snapshot() as conn:
@@ -433,6 +487,7 @@ class RunStore:
             ).fetchall()
         return [AlarmRecord(*row[:7], details=load_json(row[7])) for row in rows]
 
+    @_reads
     def suspects(self, run_id: str) -> list[Suspects]:
         """Every measurement's stored `Suspects` (`extra["suspects"]`), in step order; [] for runs without.
 

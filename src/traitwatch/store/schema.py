@@ -78,6 +78,9 @@ CREATE TABLE alarms (
 );
 """
 
+_TABLES = {"meta", "runs", "measurements", "behavior", "alarms"}
+"""The tables every version has: a store without one of them is refused when it is opened."""
+
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # version -> the statements that bring a store of that version to the next one
     1: ("ALTER TABLE alarms ADD COLUMN details TEXT",),
@@ -165,13 +168,26 @@ def _schema_version(conn: sqlite3.Connection, path: Path) -> int | None:
             f"{path} is an SQLite database but not a traitwatch run store (no meta table); "
             "pass another --store path so traitwatch does not write into it"
         )
-    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    if row is None:
-        raise InputFileError(f"Run store {path} has no schema_version; it is damaged or was not written by traitwatch")
-    return int(row[0])
+    missing = sorted(_TABLES - tables)
+    if missing:
+        raise InputFileError(f"Run store {path} lacks the table(s) {', '.join(missing)}; it is damaged or was not "
+                             "written by traitwatch: pass another --store path")
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.OperationalError:  # a table named meta of another shape
+        row = None
+    try:
+        return int(row[0]) if row is not None else None
+    except (TypeError, ValueError):
+        pass
+    raise InputFileError(f"Run store {path} has no readable schema_version; it is damaged or was not written by "
+                         "traitwatch: pass another --store path")
 
 
 def _check_version(version: int, path: Path) -> None:
+    if version < 1:
+        raise InputFileError(f"Run store {path} has schema version {version}, which no traitwatch writes; it is damaged "
+                             "or not a traitwatch store: pass another --store path")
     if version > SCHEMA_VERSION:
         raise StoreVersionError(
             f"Run store {path} has schema version {version}, newer than this traitwatch reads "
@@ -211,16 +227,24 @@ def connect(path: Path, *, busy_timeout_s: float, create: bool) -> sqlite3.Conne
         path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
     try:
-        _configure(conn, path, busy_timeout_s)
+        _configure(conn, path, busy_timeout_s, create=create)
     except BaseException:
         conn.close()
         raise
     return conn
 
 
-def _configure(conn: sqlite3.Connection, path: Path, busy_timeout_s: float) -> None:
+def _configure(conn: sqlite3.Connection, path: Path, busy_timeout_s: float, *, create: bool = True) -> None:
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        # Read what the file is before anything writes to it: switching another program's database to WAL, or
+        # creating tables in an empty file a read-only command was given, would change a file that is not ours.
+        found = _schema_version(conn, path)
+        if found is None and not create:
+            raise InputFileError(f"Run store {path} is empty (no traitwatch tables); pass the .db file written "
+                                 "during training")
+        if found is not None:
+            _check_version(found, path)
         # WAL lets `traitwatch runs` read while training writes, and a killed writer's
         # half-written transaction is simply never seen (it has no commit record).
         conn.execute("PRAGMA journal_mode = WAL")

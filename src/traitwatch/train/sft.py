@@ -297,6 +297,12 @@ def run_sft(
     if row_scores is not None:
         _check_row_scores(row_scores, config, sha, len(conversations))
     basis = TraitBasis.load(config.basis)
+    probe = DriftProbe(basis, batch_size=config.measure_batch_size)
+    if monitor is None and config.monitor is not None:
+        # The monitor was calibrated on runs recorded with this callback, so it carries the fingerprint of
+        # what measured its inputs (a drift monitor: model, layer, directions hash, prompts; a probe monitor:
+        # model and probe set): inputs from anything else are refused, before the store or the model is opened.
+        monitor = load_watch_monitor(config.monitor, probe)
     resume_from = _check_output_dir(output_dir, run_id, config.resume)
     if store is not None and store.path != store_path.expanduser().absolute():
         raise TrainConfigError(f"run_sft was given the open store {store.path} but config.store is {store_path}; "
@@ -305,13 +311,7 @@ def run_sft(
         existing = _check_dataset(store, run_id, sha) if store is not None else False
 
         lm = load_model(config.model, device=_device(config), dtype=config.dtype)  # type: ignore[arg-type]
-        probe = DriftProbe(basis, batch_size=config.measure_batch_size)
         probe.check_model(lm.model, lm.tokenizer, lm.name)
-        if monitor is None and config.monitor is not None:
-            # The monitor was calibrated on runs recorded with this callback, so it carries the fingerprint of
-            # what measured its inputs (a drift monitor: model, layer, directions hash, prompts; a probe monitor:
-            # model and probe set): inputs from anything else are refused.
-            monitor = load_watch_monitor(config.monitor, probe)
 
         dataset, stats = tokenize_chats(
             lm.tokenizer, conversations, max_length=config.max_length, response_only=config.response_only,
