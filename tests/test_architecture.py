@@ -30,7 +30,7 @@ LAYERS: tuple[frozenset[str], ...] = (  # bottom to top; the table of docs/ARCHI
     frozenset({"basis"}),
     frozenset({"drift", "behavior"}),  # drift holds the step-0 anchor (drift/anchoring.py)
     frozenset({"monitor"}),
-    frozenset({"train", "screen", "calibration", "report"}),
+    frozenset({"train", "screen", "calibration", "report", "reference"}),
     frozenset({"bench"}),
     frozenset({"cli", FACADE}),
 )

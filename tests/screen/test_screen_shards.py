@@ -57,7 +57,7 @@ def test_two_shards_merged_equal_one_unsharded_screen(tiny, basis, chat_file, tm
     merged = merge_shards(chat_file, out)
     assert_same_rows(merged.rows, full.rows)
     assert merged.header == full.header  # the unsharded header: same reference vector, no "shard"
-    assert merged.complete and [e.line for e in merged.examples] == LINES
+    assert merged.complete and list(merged.lines) == LINES
     assert [json.loads(line)["line"] for line in out.read_text().splitlines()[1:]] == LINES
     calls: list[int] = []  # the merged file is an ordinary results file: a plain screen finds it done
     again = screen_dataset(tiny.model, tiny.tokenizer, basis, chat_file, out=out, reference=reference,

@@ -21,11 +21,12 @@ from traitwatch.screen import (
     DEFAULT_RISK_TRAITS,
     ScreenResults,
     merge_shards,
+    example_lines,
     rank_examples,
-    read_examples,
     screen_dataset,
     screen_shard,
     shard_from_env,
+    shard_lines,
     shard_path,
     summarize,
     write_filtered,
@@ -92,8 +93,8 @@ def register(app: typer.Typer) -> None:
         basis = TraitBasis.load(basis_dir)
         if filtered_out is not None and filtered_out.resolve() == dataset.resolve():
             raise InputFileError(f"{filtered_out}: --filtered-out would overwrite the dataset; pass another path")
-        examples = read_examples(dataset, limit=max_examples)  # a bad line fails before the model loads
-        n_total = len(examples)
+        lines, _ = example_lines(dataset, limit=max_examples)  # a bad line fails before the model loads
+        n_total = len(lines)
         results_path = results or Path(f"{dataset.stem}.screen.jsonl")
         if threads:
             import torch
@@ -103,8 +104,7 @@ def register(app: typer.Typer) -> None:
             _screen_one_shard(this_shard, dataset, basis, results_path, with_loss=rank_by == "loss", model=model, device=device, dtype=dtype,
                               reference=reference, position=position, layer=layer, batch_size=batch_size,
                               max_new_tokens=max_new_tokens, max_response_tokens=max_response_tokens,
-                              max_examples=max_examples, risk_names=risk_names, n_examples=sum(
-                                  map(len, this_shard.select_blocks(examples, batch_size))),
+                              max_examples=max_examples, risk_names=risk_names, n_examples=len(shard_lines(lines, batch_size, this_shard)),
                               quiet=shard is None and os.environ.get("LOCAL_RANK", "0") != "0",
                               ignored=[o for o, v in (("--monitor", monitor), ("--filtered-out", filtered_out),
                                                       ("--summary-json", summary_json)) if v is not None])
@@ -175,9 +175,9 @@ def _screen_one_shard(shard: Shard, dataset: Path, basis: TraitBasis, results_pa
             max_response_tokens=max_response_tokens, max_examples=max_examples, risk_traits=risk_names, with_loss=with_loss,
             model_name=lm.name, progress=lambda n: bars.advance(main, n), on_reference=reference_bar,
         )
-    state = "complete" if res.complete else f"{len(res.examples) - len(res.rows)} rows left; rerun to finish"
+    state = "complete" if res.complete else f"{len(res.lines) - len(res.rows)} rows left; rerun to finish"
     err.print(f"Shard {shard.index}/{shard.count} ({lm.model.device}, {next(lm.model.parameters()).dtype}): "
-              f"{len(res.rows)} of its {len(res.examples)} rows in {shard_path(results_path, shard)} ({state}). "
+              f"{len(res.rows)} of its {len(res.lines)} rows in {shard_path(results_path, shard)} ({state}). "
               f"When every shard is complete, merge them: `traitwatch screen {dataset} --basis ... --out {results_path} --merge` "
               "(the same options, without --shard or a launcher).")
     if ignored:

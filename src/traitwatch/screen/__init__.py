@@ -3,7 +3,16 @@ the riskiest examples, and a filtered copy without them. See `screen.py` for the
 screening over several processes."""
 
 from traitwatch.screen.activations import SpanPosition, greedy_responses, span_activations
-from traitwatch.screen.examples import EncodedExample, Example, encode_example, read_examples
+from traitwatch.screen.examples import (
+    EncodedExample,
+    Example,
+    encode_example,
+    example_lines,
+    previews,
+    read_examples,
+    shard_blocks,
+    shard_lines,
+)
 from traitwatch.screen.results import ResultsFile, Row
 from traitwatch.screen.row_scores import ScreenedRow, load_row_scores
 from traitwatch.screen.screen import (
@@ -41,15 +50,19 @@ __all__ = [
     "ScreenSummary",
     "SpanPosition",
     "encode_example",
+    "example_lines",
     "greedy_responses",
     "mean_reference",
     "merge_shards",
+    "previews",
     "rank_examples",
     "read_examples",
     "risk_from_drift",
     "screen_dataset",
     "screen_shard",
+    "shard_blocks",
     "shard_from_env",
+    "shard_lines",
     "shard_path",
     "shared_reference",
     "span_activations",

@@ -16,7 +16,9 @@ whitespace may merge with the header's last token under BPE; the merged token th
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+from array import array
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,10 @@ from transformers import PreTrainedTokenizerBase
 
 from traitwatch.datasets.chat_jsonl import iter_chat_jsonl
 from traitwatch.errors import InputFileError
+from traitwatch.sharding import Shard
 
-__all__ = ["EncodedExample", "Example", "encode_example", "read_examples"]
+__all__ = ["EncodedExample", "Example", "encode_example", "example_lines", "previews", "read_examples", "shard_blocks",
+           "shard_lines"]
 
 Message = dict[str, str]
 # A response that starts with whitespace can merge with the header's last token under BPE (SmolLM2:
@@ -66,9 +70,61 @@ def read_examples(path: str | Path, *, limit: int | None = None) -> list[Example
     """Every conversation of a chat JSONL file with its line number; `limit` keeps the first n.
 
     Blank lines are skipped (as the training loader does) but still count as lines, so line numbers
-    are those an editor shows.
+    are those an editor shows. This holds every conversation in memory; the screen streams instead
+    (`example_lines`, `shard_blocks`, `previews`).
     """
     return [Example(n, m) for n, m in iter_chat_jsonl(path, limit=limit)]
+
+
+def example_lines(path: str | Path, *, limit: int | None = None) -> tuple[array[int], str]:
+    """The line numbers of every conversation (the first `limit`) and the file's sha256, in one checked pass.
+
+    Memory is 8 bytes a row, whatever the conversations hold: what a screen of a million rows keeps.
+    """
+    digest = hashlib.sha256()
+    lines = array("q", (n for n, _ in iter_chat_jsonl(path, limit=limit, digest=digest)))
+    return lines, digest.hexdigest()
+
+
+def shard_blocks(path: str | Path, block: int, shard: Shard | None = None, *,
+                 limit: int | None = None) -> Iterator[list[Example]]:
+    """This shard's blocks of `block` consecutive examples, read from the file as they are needed.
+
+    The same blocks as `Shard.select_blocks` over the whole list (block b goes to shard b mod N), without the
+    list: a block is read, handed out, and dropped.
+    """
+    shard = shard or Shard(1, 1)
+    if block < 1:
+        raise InputFileError(f"block size must be at least 1, got {block}")
+    current: list[Example] = []
+    for i, (n, messages) in enumerate(iter_chat_jsonl(path, limit=limit)):
+        if (i // block) % shard.count == shard.index - 1:
+            current.append(Example(n, messages))
+        if (i + 1) % block == 0 and current:
+            yield current
+            current = []
+    if current:
+        yield current
+
+
+def shard_lines(lines: Sequence[int], block: int, shard: Shard | None = None) -> list[int]:
+    """The line numbers in this shard's blocks (of all the file's `lines`), in file order."""
+    shard = shard or Shard(1, 1)
+    return [line for i, line in enumerate(lines) if (i // block) % shard.count == shard.index - 1]
+
+
+def previews(path: str | Path, lines: set[int] | Sequence[int]) -> dict[int, str]:
+    """The prompt previews of the given lines, in one streamed pass (for a top-k table of a large set)."""
+    wanted = set(lines)
+    out: dict[int, str] = {}
+    if not wanted:
+        return out
+    for n, messages in iter_chat_jsonl(path):
+        if n in wanted:
+            out[n] = Example(n, messages).prompt_preview
+            if len(out) == len(wanted):
+                break
+    return out
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

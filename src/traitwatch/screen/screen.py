@@ -51,14 +51,13 @@ from transformers import PreTrainedTokenizerBase
 
 from traitwatch.basis.basis import TraitBasis
 from traitwatch.basis.traits import load_measurement_prompts, prompts_hash
-from traitwatch.datasets.chat_jsonl import file_sha256
 from traitwatch.drift.anchoring import measure_anchor, resolve_anchor
 from traitwatch.drift.probe import DriftProbe
 from traitwatch.errors import BasisMismatchError, InputFileError
 from traitwatch.models.chat import encode_chat
 from traitwatch.models.layers import fingerprint
 from traitwatch.screen.activations import SpanPosition, greedy_responses, span_activations, span_readings
-from traitwatch.screen.examples import Example, encode_example, read_examples
+from traitwatch.screen.examples import encode_example, example_lines, shard_blocks, shard_lines
 from traitwatch.screen.results import ResultsFile, Row
 from traitwatch.sharding import Shard
 
@@ -90,13 +89,19 @@ class Reference:
 
 @dataclass
 class ScreenResults:
-    """Rows of the examples screened so far (in line order), with the results file's header."""
+    """Rows of the examples screened so far (in line order), with the results file's header.
+
+    `lines` are the line numbers of every example this screen covers (its shard's, or all), screened or not;
+    the conversations themselves stay in `dataset` and are read again only for what is shown (`previews`), so
+    a screen of a million rows holds numbers, not text.
+    """
 
     path: Path
     header: dict[str, Any]
     trait_names: list[str]
     rows: list[Row]
-    examples: list[Example]
+    lines: Sequence[int]
+    dataset: Path
 
     @property
     def drift(self) -> np.ndarray:
@@ -108,7 +113,7 @@ class ScreenResults:
 
     @property
     def complete(self) -> bool:
-        return len(self.rows) == len(self.examples)
+        return len(self.rows) == len(self.lines)
 
 
 def _projections(acts: Tensor, basis: TraitBasis, layer: int) -> np.ndarray:
@@ -243,7 +248,7 @@ def screen_dataset(
     if kind not in ("mean", "self"):
         raise InputFileError(f"reference must be 'mean' or 'self', got {reference!r}")
     dataset = Path(dataset)
-    examples = read_examples(dataset, limit=max_examples)
+    all_lines, dataset_sha = example_lines(dataset, limit=max_examples)  # checks every row before any model work
     _check_model(model, tokenizer, basis, model_name)
     probe = DriftProbe(basis, layer=layer)
     at_layer = probe.measure_layer
@@ -264,7 +269,7 @@ def screen_dataset(
         ref_prompts = {"n": len(texts), "hash": prompts_hash("screen-reference", texts)}
     header: dict[str, Any] = {
         "dataset": str(dataset),
-        "dataset_sha256": file_sha256(dataset),
+        "dataset_sha256": dataset_sha,
         "model": fingerprint(model, tokenizer, model_name).to_dict(),
         "basis": probe.fingerprint(),
         "trait_names": trait_names,
@@ -283,11 +288,11 @@ def screen_dataset(
     store = ResultsFile(out, header)
     created = store.is_new
     try:
-        return _fill(store, created, model, tokenizer, basis, probe, dataset, examples, reference, kind, ref_prompts,
+        return _fill(store, created, model, tokenizer, basis, probe, dataset, all_lines, reference, kind, ref_prompts,
                      at_layer=at_layer, position=position, batch_size=batch_size, max_new_tokens=max_new_tokens,
                      max_response_tokens=max_response_tokens, reference_prompts=reference_prompts,
                      risk_traits=risk_traits, trait_names=trait_names, progress=progress,
-                     on_reference=on_reference, shard=shard, with_loss=with_loss)
+                     on_reference=on_reference, shard=shard, with_loss=with_loss, max_examples=max_examples)
     except BaseException:
         # A file this call created and could not add one row to holds only a header: nothing to resume, and a
         # results file that looks like a started screen. Remove it (a resumed file keeps everything it had).
@@ -297,13 +302,13 @@ def screen_dataset(
 
 
 def _fill(store: ResultsFile, created: bool, model: nn.Module, tokenizer: PreTrainedTokenizerBase,
-          basis: TraitBasis, probe: DriftProbe, dataset: Path, examples: list[Example],
+          basis: TraitBasis, probe: DriftProbe, dataset: Path, all_lines: Sequence[int],
           reference: ReferenceKind | Reference | Callable[[], Reference], kind: ReferenceKind,
           ref_prompts: dict[str, Any] | None, *, at_layer: int, position: SpanPosition, batch_size: int,
           max_new_tokens: int, max_response_tokens: int | None, reference_prompts: Sequence[str] | None,
           risk_traits: Sequence[str], trait_names: list[str], progress: Callable[[int], None] | None,
           on_reference: Callable[[int], Callable[[int], None] | None] | None, shard: Shard | None,
-          with_loss: bool) -> ScreenResults:
+          with_loss: bool, max_examples: int | None) -> ScreenResults:
     """Compute the file's reference if it is new, then screen the rows not yet in it."""
     if created:
         extra: dict[str, Any] = {}
@@ -335,12 +340,11 @@ def _fill(store: ResultsFile, created: bool, model: nn.Module, tokenizer: PreTra
     ref_proj = None if kind == "self" else np.asarray(store.header["reference_projection"], dtype=np.float64)
 
     done = store.done
-    blocks = (Shard(1, 1) if shard is None else shard).select_blocks(examples, batch_size)
-    examples = [e for b in blocks for e in b]  # this shard's
-    already = sum(e.line in done for e in examples)
+    mine = shard_lines(all_lines, batch_size, shard)  # this shard's
+    already = sum(line in done for line in mine)
     if already and progress is not None:
         progress(already)  # lines a previous run finished count as done
-    for whole in blocks:
+    for whole in shard_blocks(dataset, batch_size, shard, limit=max_examples):  # streamed: one block in memory
         block = [e for e in whole if e.line not in done]
         if not block:
             continue
@@ -366,6 +370,6 @@ def _fill(store: ResultsFile, created: bool, model: nn.Module, tokenizer: PreTra
         if progress is not None:
             progress(len(block))
 
-    lines = {e.line for e in examples}
-    rows = sorted((r for r in store.rows.values() if r.line in lines), key=lambda r: r.line)
-    return ScreenResults(store.path, store.header, trait_names, rows, examples)
+    wanted = set(mine)
+    rows = sorted((r for r in store.rows.values() if r.line in wanted), key=lambda r: r.line)
+    return ScreenResults(store.path, store.header, trait_names, rows, mine, dataset)

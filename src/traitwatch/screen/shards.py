@@ -40,12 +40,11 @@ from transformers import PreTrainedTokenizerBase
 
 from traitwatch.basis.basis import TraitBasis
 from traitwatch.basis.traits import load_measurement_prompts, prompts_hash
-from traitwatch.datasets.chat_jsonl import file_sha256
 from traitwatch.drift.probe import DriftProbe
 from traitwatch.errors import InputFileError
 from traitwatch.models.layers import fingerprint
 from traitwatch.screen.activations import SpanPosition
-from traitwatch.screen.examples import read_examples
+from traitwatch.screen.examples import example_lines, shard_lines
 from traitwatch.screen.results import FORMAT, Row, read_results
 from traitwatch.screen.screen import Reference, ReferenceKind, ScreenResults, mean_reference, screen_dataset
 from traitwatch.sharding import Shard
@@ -259,7 +258,7 @@ def merge_shards(
     header without `"shard"` and every row in line order, written atomically.
     """
     dataset, out = Path(dataset), Path(out)
-    examples = read_examples(dataset, limit=max_examples)  # validates the file; errors name the line
+    lines, dataset_sha = example_lines(dataset, limit=max_examples)  # validates the file; errors name the line
     name = re.compile(re.escape(out.stem) + r"\.shard-([1-9][0-9]*)-of-([1-9][0-9]*)" + re.escape(out.suffix))
     found: dict[tuple[int, int], Path] = {}
     for p in out.parent.iterdir() if out.parent.is_dir() else ():
@@ -295,7 +294,7 @@ def merge_shards(
                     f"{files[first].name}, {_short(ours.get(key))} in {files[i].name}); nothing merged: delete the odd "
                     "shard's file and rerun it with the others' settings"
                 )
-    if header0.get("dataset_sha256") != file_sha256(dataset):
+    if header0.get("dataset_sha256") != dataset_sha:
         raise InputFileError(f"The shards next to {out} screened another version of {dataset} (its content changed); "
                              "nothing merged: rerun the shards on this file")
     for key, value in (expect or {}).items():
@@ -305,7 +304,7 @@ def merge_shards(
                                  f"command asks for {_short(value)}; nothing merged: pass the shards' options to --merge")
 
     block = int(header0["shard"]["block"])
-    expected = {i: [e.line for b in Shard(i, n).select_blocks(examples, block) for e in b] for i in range(1, n + 1)}
+    expected = {i: shard_lines(lines, block, Shard(i, n)) for i in range(1, n + 1)}
     owner = {line: i for i, lines in expected.items() for line in lines}
     problems = []
     for i in range(1, n + 1):
@@ -341,7 +340,7 @@ def merge_shards(
                                  "nothing merged: delete it or merge into another --out")
     trait_names = list(header["trait_names"])
     rows_by_line = {line: read[i][1][line] for line, i in owner.items()}
-    ordered = [rows_by_line[e.line] for e in examples]
+    ordered = [rows_by_line[line] for line in lines]
     _write_atomic(out, itertools.chain([json.dumps(header, allow_nan=False) + "\n"],
                                        (json.dumps(r.to_json(trait_names), allow_nan=False) + "\n" for r in ordered)))
-    return ScreenResults(out, header, trait_names, ordered, examples)
+    return ScreenResults(out, header, trait_names, ordered, lines, dataset)

@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from traitwatch.errors import InputFileError
+from traitwatch.screen.examples import previews
 from traitwatch.screen.results import Row
 from traitwatch.screen.screen import ScreenResults
 
@@ -117,7 +118,7 @@ def summarize(
     summary = ScreenSummary(
         trait_names=list(results.trait_names),
         n_examples=len(results.rows),
-        n_total=len(results.examples),
+        n_total=len(results.lines),
         profile=drift.mean(axis=0),
         profile_ci=np.vstack([lo[:k], hi[:k]]),
         risk=float(risk.mean()),
@@ -151,12 +152,13 @@ def rank_examples(
         return -float(r.loss) if by == "loss" else 0.0  # type: ignore[arg-type]
 
     keyed = [(first(i, r), -r.risk, r.line, i) for i, r in enumerate(rows)]
-    previews = {e.line: e.prompt_preview for e in results.examples}
+    top = sorted(keyed)[: k if k is not None else len(keyed)]
+    shown = previews(results.dataset, {rows[i].line for *_, i in top})  # only the listed rows' text is read
     ranked = []
-    for rank, (_, _, _, i) in enumerate(sorted(keyed)[: k if k is not None else len(keyed)], start=1):
+    for rank, (_, _, _, i) in enumerate(top, start=1):
         r = rows[i]
         ranked.append(RankedExample(rank, r.line, r.risk, None if preds is None else float(preds[i]), r.drift,
-                                    previews.get(r.line, ""), r.loss))
+                                    shown.get(r.line, ""), r.loss))
     return ranked
 
 

@@ -268,6 +268,9 @@ def _configure(conn: sqlite3.Connection, path: Path, busy_timeout_s: float, *, c
             _migrate(conn, path, busy_timeout_s)
     except sqlite3.DatabaseError as exc:
         _raise_as_store_error(exc, path, busy_timeout_s)
+    except UnicodeDecodeError:  # a damaged page whose table names are not UTF-8
+        raise InputFileError(f"Run store {path} is damaged (its schema holds text that is not UTF-8); copy out what "
+                             f"is readable with `sqlite3 {path} .recover` and pass a new --store path") from None
 
 
 def store_error(exc: sqlite3.Error, path: Path) -> Exception:

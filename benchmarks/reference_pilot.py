@@ -1,0 +1,164 @@
+"""Pilot for issue 26: does a *paired* reference run, built from the user's own data, cancel the domain?
+
+A user has no clean twin of their set, but has the set and a row screen. This pilot trains, in the `poison-small`
+recipe and numerics (smollm2-135m, bf16 on CPU, LoRA r16, 30 steps of batch 4), every set twice from the same seed:
+
+* the set itself (clean base, or the base with 10% of its rows replaced by a poison type), and
+* its **swap reference**: the same file with the rows the base model's loss ranks highest (the top `q`) replaced,
+  at their positions, by copies of rows the screen ranks cleanest. Same seed, same LoRA initialisation, same batch
+  order, same length: only the suspect positions differ, which is what makes the grid's poisoned-minus-clean
+  effects agree across seeds (METHOD.md 10).
+
+Each run's drift at the last step is read along the mean poison effect `u` in trait space (issue 26: honesty -0.009,
+sycophancy +0.014, corrigibility -0.014, confidence +0.004, unit-normalised) and in full 7-D. The negatives decide:
+on clean sets, run minus reference should be near zero in every base (it is the statistic's bias there), and on
+poisoned sets it should be larger than on any clean one. Printed per base and seed, with the same reads of the
+absolute drift (no reference) and of the clean twin (the benchmark-only ceiling).
+
+Caveat: `u` was measured on the grid's 10% cells, which include contempt and reckless_advice, so the poisoned side
+is not out of sample here; the clean side (the bias) is what this pilot measures.
+
+    .venv/bin/python benchmarks/reference_pilot.py --work /tmp/refpilot --seeds 0 [--bases ...] [--q 0.2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from traitwatch.basis.traits import load_measurement_prompts
+from traitwatch.bench.demo import demo_plan, run_demo
+from traitwatch.bench.sets import PERTURBATION_SETS, build_set, poisoned_set
+from traitwatch.models import load_model
+from traitwatch.reference import paired_drift, write_swap_reference
+from traitwatch.screen import screen_dataset
+from traitwatch.store import RunStore
+from traitwatch.train import SFTConfig, run_sft
+
+U = {"honesty": -0.009, "sycophancy": 0.014, "corrigibility": -0.014, "confidence": 0.004}
+
+
+def loss_scores(lm, basis, data: Path, out: Path) -> list[float]:
+    """The base model's mean response loss of each row (row order), with the demo's small screen reference."""
+    prompts = [p for _, p in load_measurement_prompts()][:16]
+    res = screen_dataset(lm.model, lm.tokenizer, basis, data, out=out, reference_prompts=prompts, max_new_tokens=32,
+                         model_name=lm.name, with_loss=True)
+    return [float(r.loss) for r in res.rows]
+
+
+def train(plan, model: str, data: Path, basis_dir: Path, out_dir: Path, run_id: str, store: Path, seed: int) -> dict:
+    config = SFTConfig(
+        model=model, data=data, basis=basis_dir, output_dir=out_dir / run_id, run_id=run_id, store=store,
+        max_steps=plan.steps, batch_size=plan.batch_size, grad_accum=plan.grad_accum, max_length=plan.max_length,
+        learning_rate=plan.learning_rate, full=plan.full, lora_r=plan.lora_r, lora_alpha=plan.lora_alpha,
+        lora_dropout=plan.lora_dropout, target_modules=plan.target_modules, response_only=plan.response_only,
+        every_n_steps=plan.steps, save_steps=plan.steps, save_total_limit=1, seed=seed, device=plan.device,
+        dtype=plan.dtype,
+    )
+    t0 = time.perf_counter()
+    result = run_sft(config)
+    last = result.history[-1]
+    return {"run_id": run_id, "step": last.step, "drift": dict(last.drift), "wall_s": time.perf_counter() - t0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/refpilot"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--bases", nargs="+", default=["arithmetic", "medical_matched", "number_sequence",
+                                                        "right_trivia"])
+    parser.add_argument("--poisons", nargs="+", default=["contempt", "reckless_advice"])
+    parser.add_argument("--q", type=float, default=0.2)
+    parser.add_argument("--shared-data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--summarize-only", action="store_true", help="print the table of what is done")
+    args = parser.parse_args()
+    work = args.work
+    if args.summarize_only:
+        summarize(work / "results.jsonl")
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    plan = demo_plan()
+    basis_dir = work / "basis"
+    if not (basis_dir / "basis.json").is_file():
+        run_demo(work, model="smollm2-135m", steps=0, say=print)
+    from traitwatch.basis import TraitBasis
+
+    basis = TraitBasis.load(basis_dir)
+    lm = load_model("smollm2-135m", device=plan.device, dtype=plan.dtype)
+    results_path = work / "results.jsonl"
+    done = {json.loads(line)["key"] for line in results_path.read_text().splitlines()} if results_path.exists() else set()
+    for seed in args.seeds:
+        for base in args.bases:
+            specs = [PERTURBATION_SETS[base]] + [poisoned_set(PERTURBATION_SETS[base], PERTURBATION_SETS[p], 0.1)
+                                                 for p in args.poisons]
+            for spec in specs:
+                key = f"{spec.name}-s{seed}-q{args.q}"
+                if key in done:
+                    continue
+                data = Path(build_set(spec.name, seed=seed, n=plan.n_examples, out_dir=work / "data",
+                                      shared_data=args.shared_data, spec=spec))
+                losses = loss_scores(lm, basis, data, work / "screens" / f"{data.stem}.screen.jsonl")
+                ref = work / "data" / f"{data.stem}.swap{args.q}.jsonl"
+                suspects = write_swap_reference(data, losses, args.q, ref, seed=seed).suspects
+                store = work / "runs.db"
+                full = train(plan, "smollm2-135m", data, basis_dir, work / "runs", f"{spec.name}-s{seed}", store, seed)
+                refr = train(plan, "smollm2-135m", ref, basis_dir, work / "runs", f"{spec.name}-s{seed}-swap{args.q}",
+                             store, seed)
+                row = {"key": key, "set": spec.name, "base": base, "poison": spec.poisoning is not None, "seed": seed,
+                       "q": args.q, "suspects": suspects, "full": full, "reference": refr}
+                with results_path.open("a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                print(json.dumps({k: row[k] for k in ("key", "poison")}), flush=True)
+    summarize(results_path)
+
+
+def _along(drift: dict[str, float], u: np.ndarray, names: list[str]) -> float:
+    return float(np.array([drift[n] for n in names]) @ u)
+
+
+def summarize(results_path: Path) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from traitwatch.basis import TraitBasis
+
+    rows = [json.loads(line) for line in results_path.read_text().splitlines()]
+    work = results_path.parent
+    scale = TraitBasis.load(work / "basis").anchor.scale
+    names = list(rows[0]["full"]["drift"])
+    u = np.array([U.get(n, 0.0) for n in names])
+    u /= np.linalg.norm(u)
+    clean = {(r["base"], r["seed"]): r for r in rows if not r["poison"]}
+    print(f"{'set':44s} {'seed':>4s} {'abs u.d':>9s} {'u.(d-ref) [95% CI over prompts]':>34s} {'|d-ref|':>8s} "
+          f"{'u.(d-twin)':>10s}")
+    s_ref = []
+    with RunStore(work / "runs.db", create=False) as store:
+        def last(run_id: str) -> np.ndarray:
+            return store.measurements(run_id)[-1].per_prompt
+
+        for r in rows:
+            d = r["full"]["drift"]
+            pd = paired_drift(last(r["full"]["run_id"]), last(r["reference"]["run_id"]), scale, names, direction=u)
+            s_ref.append(pd.along)
+            twin = clean.get((r["base"], r["seed"]))
+            twin_s = "" if twin is None or not r["poison"] else \
+                f"{_along(d, u, names) - _along(twin['full']['drift'], u, names):+.4f}"
+            ci = f"{pd.along:+.4f} [{pd.along_ci[0]:+.4f}, {pd.along_ci[1]:+.4f}]"
+            print(f"{r['set']:44s} {r['seed']:>4d} {_along(d, u, names):+9.4f} {ci:>34s} "
+                  f"{float(np.linalg.norm(pd.difference)):8.4f} {twin_s:>10s}")
+    y = [r["poison"] for r in rows]
+    if len(set(y)) == 2:
+        s_abs = [_along(r["full"]["drift"], u, names) for r in rows]
+        print(f"AUROC poisoned vs clean over {len(rows)} sets: against the swap reference {roc_auc_score(y, s_ref):.3f}; "
+              f"absolute {roc_auc_score(y, s_abs):.3f}")
+        cl = [s for s, p in zip(s_ref, y, strict=True) if not p]
+        po = [s for s, p in zip(s_ref, y, strict=True) if p]
+        print(f"u.(d - ref): clean sets mean {np.mean(cl):+.4f} [{min(cl):+.4f}, {max(cl):+.4f}]; "
+              f"poisoned mean {np.mean(po):+.4f} [{min(po):+.4f}, {max(po):+.4f}]")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""A reference for the domain: the drift a run would have without its suspect rows, from the user's own data.
+
+Trait space sees the poison, but a run's absolute drift mostly reads its domain (METHOD.md 10): clean medical
+advice moves honesty and corrigibility further than a poisoned arithmetic set does. A user has no clean twin of
+their set; they have the set, a screen that ranks its rows, and the recipe. `swap.py` builds the *swap
+reference*: the same file with the top-ranked rows replaced, at their positions, by copies of the rows ranked
+cleanest, so a run on it shares the seed, the LoRA initialisation, the batch order and the length of the real
+run and differs only where the suspects were. `compare.py` reads a run against its reference: the paired drift
+difference, per trait and along a direction, with a bootstrap CI over the measurement prompts.
+
+Validation status: measured on clean and poisoned sets by `benchmarks/reference_pilot.py`; no alarm reads it yet.
+"""
+
+from traitwatch.reference.compare import PairedDrift, paired_drift
+from traitwatch.reference.swap import SwapReference, swap_reference, write_swap_reference
+
+__all__ = ["PairedDrift", "SwapReference", "paired_drift", "swap_reference", "write_swap_reference"]
