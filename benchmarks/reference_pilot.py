@@ -75,10 +75,12 @@ def main() -> None:
     parser.add_argument("--q", type=float, default=0.2)
     parser.add_argument("--shared-data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--summarize-only", action="store_true", help="print the table of what is done")
+    parser.add_argument("--write-calibration", type=Path, default=None,
+                        help="with --summarize-only: write the audit calibration (direction, threshold) here")
     args = parser.parse_args()
     work = args.work
     if args.summarize_only:
-        summarize(work / "results.jsonl")
+        summarize(work / "results.jsonl", calibration=args.write_calibration)
         return
     work.mkdir(parents=True, exist_ok=True)
     plan = demo_plan()
@@ -120,7 +122,7 @@ def _along(drift: dict[str, float], u: np.ndarray, names: list[str]) -> float:
     return float(np.array([drift[n] for n in names]) @ u)
 
 
-def summarize(results_path: Path) -> None:
+def summarize(results_path: Path, calibration: Path | None = None) -> None:
     from sklearn.metrics import roc_auc_score
 
     from traitwatch.basis import TraitBasis
@@ -132,8 +134,8 @@ def summarize(results_path: Path) -> None:
     u = np.array([U.get(n, 0.0) for n in names])
     u /= np.linalg.norm(u)
     clean = {(r["base"], r["seed"]): r for r in rows if not r["poison"]}
-    print(f"{'set':44s} {'seed':>4s} {'abs u.d':>9s} {'u.(d-ref) [95% CI over prompts]':>34s} {'|d-ref|':>8s} "
-          f"{'u.(d-twin)':>10s}")
+    print("| set | seed | u.d (absolute) | u.(d - ref) [95% CI over prompts] | \\|d - ref\\| | u.(d - clean twin) |")
+    print("|---|---|---|---|---|---|")
     s_ref = []
     with RunStore(work / "runs.db", create=False) as store:
         def last(run_id: str) -> np.ndarray:
@@ -147,8 +149,8 @@ def summarize(results_path: Path) -> None:
             twin_s = "" if twin is None or not r["poison"] else \
                 f"{_along(d, u, names) - _along(twin['full']['drift'], u, names):+.4f}"
             ci = f"{pd.along:+.4f} [{pd.along_ci[0]:+.4f}, {pd.along_ci[1]:+.4f}]"
-            print(f"{r['set']:44s} {r['seed']:>4d} {_along(d, u, names):+9.4f} {ci:>34s} "
-                  f"{float(np.linalg.norm(pd.difference)):8.4f} {twin_s:>10s}")
+            print(f"| {r['set']} | {r['seed']} | {_along(d, u, names):+.4f} | {ci} | "
+                  f"{float(np.linalg.norm(pd.difference)):.4f} | {twin_s} |")
     y = [r["poison"] for r in rows]
     if len(set(y)) == 2:
         s_abs = [_along(r["full"]["drift"], u, names) for r in rows]
@@ -158,6 +160,63 @@ def summarize(results_path: Path) -> None:
         po = [s for s, p in zip(s_ref, y, strict=True) if p]
         print(f"u.(d - ref): clean sets mean {np.mean(cl):+.4f} [{min(cl):+.4f}, {max(cl):+.4f}]; "
               f"poisoned mean {np.mean(po):+.4f} [{min(po):+.4f}, {max(po):+.4f}]")
+        lobo = lobo_thresholds(rows, s_ref)
+        print(lobo)
+        if calibration is not None:
+            import subprocess
+
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+            tau = youden(s_ref, y)
+            calibration.write_text(json.dumps({
+                "model": "smollm2-135m",
+                "direction": U,
+                "threshold": round(tau, 5),
+                "provenance": {
+                    "command": "benchmarks/reference_pilot.py --summarize-only --write-calibration ...",
+                    "commit": commit,
+                    "direction": "the mean poisoned-minus-clean drift of benchmarks/poison_small's 10% cells (issue 26)",
+                    "threshold": f"the highest TPR - FPR over the pilot's {len(rows)} sets (midpoints between "
+                                 "neighbouring scores; ties: the highest)",
+                    "pilot": {"sets": len(rows), "clean": [round(x, 5) for x in cl], "poisoned": [round(x, 5) for x in po],
+                              "leave_one_base_out": lobo},
+                    "validated": "a pilot on 4 bases with the two replicated poison types the direction was measured "
+                                 "on; not the grid issue 26 asks for",
+                },
+            }, indent=2) + "\n")
+            print(f"wrote {calibration}")
+
+
+def youden(scores: list[float], labels: list[bool]) -> float:
+    """The threshold with the highest TPR - FPR on these sets (ties: the highest such threshold, fewer false
+    alarms); candidates are the midpoints between neighbouring scores, as the poison benchmark chooses."""
+    xs = sorted(set(scores))
+    candidates = [(a + b) / 2 for a, b in zip(xs, xs[1:], strict=False)] or [xs[0]]
+    pos, neg = sum(labels), len(labels) - sum(labels)
+
+    def j(t: float) -> float:
+        tpr = sum(s > t and y for s, y in zip(scores, labels, strict=True)) / max(pos, 1)
+        fpr = sum(s > t and not y for s, y in zip(scores, labels, strict=True)) / max(neg, 1)
+        return tpr - fpr
+
+    return max(candidates, key=lambda t: (round(j(t), 12), t))
+
+
+def lobo_thresholds(rows: list[dict], scores: list[float]) -> str:
+    """Leave one base out: the threshold chosen (`youden`) on the other bases' sets, applied to the held-out
+    base's sets. Returns the errors and each fold's threshold."""
+    bases = sorted({r["base"] for r in rows})
+    lines, errors, n = [], 0, 0
+    for held in bases:
+        train = [(s, r["poison"]) for s, r in zip(scores, rows, strict=True) if r["base"] != held]
+        if len({p for _, p in train}) < 2:
+            continue
+        tau = youden([s for s, _ in train], [p for _, p in train])
+        wrong = [f"{r['set']}-s{r['seed']}" for s, r in zip(scores, rows, strict=True)
+                 if r["base"] == held and (s > tau) != r["poison"]]
+        n += sum(r["base"] == held for r in rows)
+        errors += len(wrong)
+        lines.append(f"{held}: threshold {tau:+.4f}, wrong {wrong or 'none'}")
+    return f"leave one base out: {errors} wrong of {n} held-out sets ({'; '.join(lines)})"
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ LAYERS: tuple[frozenset[str], ...] = (  # bottom to top; the table of docs/ARCHI
     frozenset({"drift", "behavior"}),  # drift holds the step-0 anchor (drift/anchoring.py)
     frozenset({"monitor"}),
     frozenset({"train", "screen", "calibration", "report", "reference"}),
-    frozenset({"bench"}),
+    frozenset({"bench", "audit"}),
     frozenset({"cli", FACADE}),
 )
 

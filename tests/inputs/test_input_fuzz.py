@@ -71,7 +71,8 @@ def no_model(monkeypatch):
     def refuse(*_a: Any, **_k: Any) -> None:
         raise AssertionError("a model was loaded before the input was checked")
 
-    for target in ("traitwatch.cli.screen_cmd.load_model", "traitwatch.train.sft.load_model"):
+    for target in ("traitwatch.cli.screen_cmd.load_model", "traitwatch.train.sft.load_model",
+                   "traitwatch.audit.run.load_model"):
         monkeypatch.setattr(target, refuse)
 
 
@@ -122,6 +123,8 @@ def _chat_case(seeds: dict[str, Path], tally: Tally) -> Callable[[Any], None]:
                      message, folder),
                 _cli(["train", str(path), "--basis", str(seeds["basis"]), "--output-dir", str(folder / "run"),
                       "--store", str(folder / "runs.db")], message, folder),
+                _cli(["audit", str(path), "--basis", str(seeds["basis"]), "--out", str(folder / "audit")],
+                     message, folder),
             )
         tally.add(message is not None, cli_s)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from traitwatch.cli import basis_cmd, bench_cmd, calibrate_cmd, check_cmd, demo_cmd, drift_cmd, eval_cmd, report_cmd, runs_cmd, screen_cmd, train_cmd
+from traitwatch.cli import audit_cmd, basis_cmd, bench_cmd, calibrate_cmd, check_cmd, demo_cmd, drift_cmd, eval_cmd, report_cmd, runs_cmd, screen_cmd, train_cmd
 
 __all__ = ["app", "main"]
 
@@ -25,6 +25,7 @@ screen_cmd.register(app)
 report_cmd.register(app)
 bench_cmd.register(app)
 check_cmd.register(app)
+audit_cmd.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,240 @@
+"""`traitwatch audit`'s job: a verdict on a finetuning set before the real run spends GPU hours.
+
+1. The set is checked (`check_chat_jsonl`) before anything loads.
+2. The base model reads every row once and keeps its loss on the response (`screen_dataset(with_loss=True)`,
+   the best row screen of `benchmarks/poison_small`).
+3. The *swap reference* (`reference.swap`) replaces the `fraction` highest-loss rows, in place, by copies of the
+   lowest-loss ones.
+4. Two short pilots in one recipe and seed (the `poison-small` plan's by default: LoRA r16 on every projection,
+   lr 1e-3, 30 steps of batch 4): one on the set, one on its reference. Each measures the trait drift (and the
+   behavioural probe) at step 0 and at the last step.
+5. The full pilot is read against the reference (`reference.compare.paired_drift`): per trait, and along the
+   model's calibrated misalignment direction with a CI over the measurement prompts. Above the calibrated
+   threshold the set is *suspect* (exit 1), below it *clean* (exit 0). A model without a calibration gets the
+   measurements and no verdict.
+
+Everything is written to the output folder: the screen, the reference set, both runs (a run store), the cleaned
+set (the set without the swapped-out rows), `audit.json` and `audit.html`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from traitwatch.basis.basis import TraitBasis
+from traitwatch.basis.traits import load_measurement_prompts
+from traitwatch.datasets.chat_jsonl import check_chat_jsonl
+from traitwatch.drift.anchoring import anchor_from_record
+from traitwatch.errors import InputFileError
+from traitwatch.models.loading import load_model
+from traitwatch.reference import PairedDrift, paired_drift, write_swap_reference
+from traitwatch.screen import screen_dataset, write_filtered
+from traitwatch.screen.examples import previews
+from traitwatch.store import RunStore
+from traitwatch.train import SFTConfig, run_sft
+
+__all__ = ["AuditCalibration", "AuditResult", "AuditSettings", "audit_dataset", "audit_calibration"]
+
+ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+SCREEN_PROMPTS = 16  # the screen's "mean" reference only shifts every row's drift alike; the loss ranks the rows
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """The pilots' recipe: by default the `poison-small` plan's, in which the reference was measured."""
+
+    fraction: float = 0.2
+    steps: int = 30
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = ALL_PROJECTIONS
+    max_length: int = 128
+    seed: int = 0
+    probe: bool = True
+    device: str | None = None
+    dtype: str = "auto"
+
+
+@dataclass(frozen=True)
+class AuditCalibration:
+    """A model's misalignment direction in trait space and the threshold on run-minus-reference along it."""
+
+    model: str
+    direction: dict[str, float]
+    threshold: float | None
+    provenance: dict[str, Any]
+
+    def vector(self, trait_names: list[str]) -> np.ndarray:
+        return np.array([float(self.direction.get(t, 0.0)) for t in trait_names])
+
+
+def audit_calibration(model: str, path: Path | None = None) -> AuditCalibration | None:
+    """The calibration shipped for `model` (`audit/data/MODEL.json`), or the one at `path`; None if there is none."""
+    if path is None:
+        candidate = Path(str(resources.files("traitwatch.audit").joinpath("data", f"{model}.json")))
+        if not candidate.is_file():
+            return None
+        path = candidate
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        threshold = doc.get("threshold")
+        return AuditCalibration(str(doc["model"]), {str(k): float(v) for k, v in doc["direction"].items()},
+                                None if threshold is None else float(threshold), dict(doc.get("provenance", {})))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise InputFileError(f"{path}: not a readable audit calibration ({str(exc)[:100]}); pass a file with "
+                             '"model", "direction" (trait -> weight) and "threshold"') from None
+
+
+@dataclass
+class AuditResult:
+    """What the audit measured and decided; `verdict` is "suspect", "clean" or None (no calibrated threshold)."""
+
+    data: Path
+    n_rows: int
+    out_dir: Path
+    settings: AuditSettings
+    calibration: AuditCalibration | None
+    suspects: list[tuple[int, float, str]]  # (line, loss, prompt preview), highest loss first
+    paired: PairedDrift
+    probe_rise: dict[str, float | None] = field(default_factory=dict)  # "full" / "reference"
+    verdict: str | None = None
+    cleaned: Path | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "data": str(self.data), "n_rows": self.n_rows, "settings": asdict(self.settings),
+            "calibration": None if self.calibration is None else asdict(self.calibration),
+            "verdict": self.verdict,
+            "run_minus_reference": dict(zip(self.paired.trait_names, map(float, self.paired.difference), strict=True)),
+            "along_direction": self.paired.along, "along_ci": self.paired.along_ci, "n_prompts": self.paired.n_prompts,
+            "probe_rise": self.probe_rise, "cleaned": None if self.cleaned is None else str(self.cleaned),
+            "suspects": [{"line": line, "loss": loss, "prompt": text} for line, loss, text in self.suspects],
+            "seconds": self.seconds,
+        }
+
+
+def _pilot(settings: AuditSettings, model: str, data: Path, basis_dir: Path, out_dir: Path, run_id: str,
+           store: RunStore, say: Callable[[str], None]) -> None:
+    config = SFTConfig(
+        model=model, data=data, basis=basis_dir, output_dir=out_dir / "runs" / run_id, run_id=run_id,
+        store=store.path, max_steps=settings.steps, batch_size=settings.batch_size, grad_accum=1,
+        max_length=settings.max_length, learning_rate=settings.learning_rate, lora_r=settings.lora_r,
+        lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout, target_modules=settings.target_modules,
+        response_only=True, every_n_steps=settings.steps, save_steps=settings.steps, save_total_limit=1,
+        seed=settings.seed, device=settings.device, dtype=settings.dtype, behavior_probe=settings.probe,
+        resume=False, tags={"audit": run_id},
+    )
+    run_sft(config, store=store, info=say)
+
+
+def _last_projections(store: RunStore, run_id: str) -> tuple[np.ndarray, float, list[str], float | None]:
+    rows = store.measurements(run_id)
+    first, last = rows[0], rows[-1]
+    record = (first.extra or {}).get("anchor")
+    found = anchor_from_record(record, first.per_prompt) if isinstance(record, dict) else None
+    if found is None or last.per_prompt is None:
+        raise InputFileError(f"{store.path}: run {run_id!r} has no stored step-0 anchor or projections; rerun the audit "
+                             "into a new --out")
+    probe = (last.extra or {}).get("probe_rise")
+    return np.asarray(last.per_prompt), float(found[0].scale), list(last.drift), probe
+
+
+def audit_dataset(data: str | Path, *, basis_dir: str | Path, out_dir: str | Path, model: str | None = None,
+                  settings: AuditSettings = AuditSettings(), calibration: Path | None = None,
+                  say: Callable[[str], None] = lambda _line: None) -> AuditResult:
+    """Screen `data`, train the two pilots and read one against the other; see the module docstring."""
+    data, basis_dir, out_dir = Path(data), Path(basis_dir), Path(out_dir)
+    info = check_chat_jsonl(data)  # every row, before any model loads
+    if info.n_rows < 10:
+        raise InputFileError(f"{data}: {info.n_rows} conversations are too few to audit (the reference swaps a "
+                             "fraction of them); pass a set of at least 10")
+    basis = TraitBasis.load(basis_dir)
+    model_name = model or basis.model.name
+    cal = audit_calibration(model_name, calibration)
+    if (out_dir / "audit.db").exists():
+        raise InputFileError(f"{out_dir}: holds an earlier audit (audit.db); pass a new --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    say(f"Reading the {info.n_rows} rows of {data.name} with {model_name} (the base model's loss on each response) ...")
+    lm = load_model(model_name, device=settings.device, dtype=settings.dtype)  # type: ignore[arg-type]
+    prompts = [p for _, p in load_measurement_prompts()][:SCREEN_PROMPTS]
+    screened = screen_dataset(lm.model, lm.tokenizer, basis, data, out=out_dir / "screen.jsonl",
+                              reference_prompts=prompts, max_new_tokens=32, model_name=lm.name, with_loss=True)
+    del lm
+    losses = [float(r.loss) for r in screened.rows]  # type: ignore[arg-type]
+    seconds["screen"] = time.perf_counter() - t0
+
+    ref = write_swap_reference(data, losses, settings.fraction, out_dir / "reference.jsonl", seed=settings.seed)
+    lines = [r.line for r in screened.rows]
+    suspect_lines = [lines[i] for i in ref.suspects]
+    shown = previews(data, set(suspect_lines))
+    suspects = [(lines[i], losses[i], shown.get(lines[i], "")) for i in ref.suspects]
+
+    with RunStore(out_dir / "audit.db") as store:
+        for run_id, path in (("full", data), ("reference", out_dir / "reference.jsonl")):
+            t0 = time.perf_counter()
+            say(f"Pilot on the {'whole set' if run_id == 'full' else 'swap reference'}: {settings.steps} steps ...")
+            _pilot(settings, model_name, path, basis_dir, out_dir, run_id, store, say)
+            seconds[f"pilot {run_id}"] = time.perf_counter() - t0
+        full, scale, names, probe_full = _last_projections(store, "full")
+        reference, _, _, probe_ref = _last_projections(store, "reference")
+    paired = paired_drift(full, reference, scale, names, direction=None if cal is None else cal.vector(names))
+    verdict = None
+    if cal is not None and cal.threshold is not None and paired.along is not None:
+        verdict = "suspect" if paired.along > cal.threshold else "clean"
+    cleaned = out_dir / "cleaned.jsonl"
+    write_filtered(data, cleaned, set(suspect_lines))
+    result = AuditResult(data=data, n_rows=info.n_rows, out_dir=out_dir, settings=settings, calibration=cal,
+                         suspects=suspects, paired=paired, probe_rise={"full": probe_full, "reference": probe_ref},
+                         verdict=verdict, cleaned=cleaned, seconds=seconds)
+    (out_dir / "audit.json").write_text(json.dumps(result.as_dict(), indent=2), encoding="utf-8")
+    (out_dir / "audit.html").write_text(audit_html(result), encoding="utf-8")
+    return result
+
+
+def audit_html(result: AuditResult) -> str:
+    """One self-contained page: the verdict first, then the paired drift, the probe and the suspect rows."""
+    e = html.escape
+    p = result.paired
+    cal = result.calibration
+    if result.verdict is None:
+        head = ("No verdict: no calibrated threshold for this model" if cal is None or cal.threshold is None else "")
+    else:
+        head = f"Verdict: {result.verdict.upper()}"
+    along = "" if p.along is None else (
+        f"<p>Run minus reference along the misalignment direction: <b>{p.along:+.4f}</b> "
+        f"[95% CI {p.along_ci[0]:+.4f}, {p.along_ci[1]:+.4f}] over {p.n_prompts} prompts"  # type: ignore[index]
+        + ("" if cal is None or cal.threshold is None else f"; threshold {cal.threshold:+.4f}") + "</p>")
+    traits = "".join(f"<tr><td>{e(t)}</td><td>{v:+.4f}</td></tr>" for t, v in zip(p.trait_names, p.difference,
+                                                                                    strict=True))
+    probe = "".join(f"<tr><td>{e(k)}</td><td>{'' if v is None else f'{v:+.4f}'}</td></tr>"
+                    for k, v in result.probe_rise.items())
+    rows = "".join(f"<tr><td>{line}</td><td>{loss:.3f}</td><td>{e(text)}</td></tr>"
+                   for line, loss, text in result.suspects[:50])
+    provenance = "" if cal is None else f"<p>Calibration: {e(json.dumps(cal.provenance))}</p>"
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>traitwatch audit of {e(result.data.name)}</title>
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td{{padding:2px 8px}}</style></head><body>
+<h1>{e(head)}</h1>
+<p>{e(str(result.data))}: {result.n_rows} conversations; the {len(result.suspects)} rows with the highest base-model
+loss ({result.settings.fraction:.0%}) were swapped for copies of the lowest-loss rows to make the reference, and both
+sets were trained {result.settings.steps} steps from seed {result.settings.seed}.</p>
+{along}{provenance}
+<h2>Run minus reference, per trait (drift units)</h2><table>{traits}</table>
+<h2>Behavioural probe rise over step 0</h2><table>{probe}</table>
+<h2>Suspect rows (highest loss first; the first 50)</h2><table><tr><th>line</th><th>loss</th><th>prompt</th></tr>
+{rows}</table><p>The set without them: {e(str(result.cleaned))}</p></body></html>"""
