@@ -137,7 +137,7 @@ def _pilot(settings: AuditSettings, model: str, data: Path, basis_dir: Path, out
         seed=settings.seed, device=settings.device, dtype=settings.dtype, behavior_probe=settings.probe,
         resume=False, tags={"audit": run_id},
     )
-    run_sft(config, store=store, info=say)
+    run_sft(config, store=store, info=say, reporter=lambda _record: None)  # a reporter turns the Trainer's bars off
 
 
 def _last_projections(store: RunStore, run_id: str) -> tuple[np.ndarray, float, list[str], float | None]:
