@@ -30,38 +30,21 @@ from pathlib import Path
 
 import numpy as np
 
-from traitwatch.basis.traits import load_measurement_prompts
+from traitwatch.audit import AuditSettings, loss_screen, pilot_projections, train_pilot
 from traitwatch.bench.demo import demo_plan, run_demo
 from traitwatch.bench.sets import PERTURBATION_SETS, build_set, poisoned_set
 from traitwatch.models import load_model
 from traitwatch.reference import paired_drift, write_swap_reference
-from traitwatch.screen import screen_dataset
 from traitwatch.store import RunStore
-from traitwatch.train import SFTConfig, run_sft
 
 U = {"honesty": -0.009, "sycophancy": 0.014, "corrigibility": -0.014, "confidence": 0.004}
 
 
-def loss_scores(lm, basis, data: Path, out: Path) -> list[float]:
-    """The base model's mean response loss of each row (row order), with the demo's small screen reference."""
-    prompts = [p for _, p in load_measurement_prompts()][:16]
-    res = screen_dataset(lm.model, lm.tokenizer, basis, data, out=out, reference_prompts=prompts, max_new_tokens=32,
-                         model_name=lm.name, with_loss=True)
-    return [float(r.loss) for r in res.rows]
-
-
-def train(plan, model: str, data: Path, basis_dir: Path, out_dir: Path, run_id: str, store: Path, seed: int) -> dict:
-    config = SFTConfig(
-        model=model, data=data, basis=basis_dir, output_dir=out_dir / run_id, run_id=run_id, store=store,
-        max_steps=plan.steps, batch_size=plan.batch_size, grad_accum=plan.grad_accum, max_length=plan.max_length,
-        learning_rate=plan.learning_rate, full=plan.full, lora_r=plan.lora_r, lora_alpha=plan.lora_alpha,
-        lora_dropout=plan.lora_dropout, target_modules=plan.target_modules, response_only=plan.response_only,
-        every_n_steps=plan.steps, save_steps=plan.steps, save_total_limit=1, seed=seed, device=plan.device,
-        dtype=plan.dtype,
-    )
+def train(settings: AuditSettings, data: Path, basis_dir: Path, work: Path, run_id: str, store: RunStore) -> dict:
+    """One pilot in the audit's recipe (`audit.train_pilot`); its drift at the last step."""
     t0 = time.perf_counter()
-    result = run_sft(config)
-    last = result.history[-1]
+    train_pilot(settings, "smollm2-135m", data, basis_dir, work, run_id, store, lambda _line: None)
+    last = store.measurements(run_id, per_prompt=False)[-1]
     return {"run_id": run_id, "step": last.step, "drift": dict(last.drift), "wall_s": time.perf_counter() - t0}
 
 
@@ -103,13 +86,14 @@ def main() -> None:
                     continue
                 data = Path(build_set(spec.name, seed=seed, n=plan.n_examples, out_dir=work / "data",
                                       shared_data=args.shared_data, spec=spec))
-                losses = loss_scores(lm, basis, data, work / "screens" / f"{data.stem}.screen.jsonl")
+                screened = loss_screen(lm, basis, data, work / "screens" / f"{data.stem}.screen.jsonl")
+                losses = [float(r.loss) for r in screened.rows]  # type: ignore[arg-type]
                 ref = work / "data" / f"{data.stem}.swap{args.q}.jsonl"
                 suspects = write_swap_reference(data, losses, args.q, ref, seed=seed).suspects
-                store = work / "runs.db"
-                full = train(plan, "smollm2-135m", data, basis_dir, work / "runs", f"{spec.name}-s{seed}", store, seed)
-                refr = train(plan, "smollm2-135m", ref, basis_dir, work / "runs", f"{spec.name}-s{seed}-swap{args.q}",
-                             store, seed)
+                settings = AuditSettings(fraction=args.q, seed=seed, probe=False, device=plan.device, dtype=plan.dtype)
+                with RunStore(work / "runs.db") as store:
+                    full = train(settings, data, basis_dir, work, f"{spec.name}-s{seed}", store)
+                    refr = train(settings, ref, basis_dir, work, f"{spec.name}-s{seed}-swap{args.q}", store)
                 row = {"key": key, "set": spec.name, "base": base, "poison": spec.poisoning is not None, "seed": seed,
                        "q": args.q, "suspects": suspects, "full": full, "reference": refr}
                 with results_path.open("a") as fh:
@@ -125,11 +109,8 @@ def _along(drift: dict[str, float], u: np.ndarray, names: list[str]) -> float:
 def summarize(results_path: Path, calibration: Path | None = None) -> None:
     from sklearn.metrics import roc_auc_score
 
-    from traitwatch.basis import TraitBasis
-
     rows = [json.loads(line) for line in results_path.read_text().splitlines()]
     work = results_path.parent
-    scale = TraitBasis.load(work / "basis").anchor.scale
     names = list(rows[0]["full"]["drift"])
     u = np.array([U.get(n, 0.0) for n in names])
     u /= np.linalg.norm(u)
@@ -138,12 +119,10 @@ def summarize(results_path: Path, calibration: Path | None = None) -> None:
     print("|---|---|---|---|---|---|")
     s_ref = []
     with RunStore(work / "runs.db", create=False) as store:
-        def last(run_id: str) -> np.ndarray:
-            return store.measurements(run_id)[-1].per_prompt
-
         for r in rows:
             d = r["full"]["drift"]
-            pd = paired_drift(last(r["full"]["run_id"]), last(r["reference"]["run_id"]), scale, names, direction=u)
+            run, scale, _, _ = pilot_projections(store, r["full"]["run_id"])
+            pd = paired_drift(run, pilot_projections(store, r["reference"]["run_id"])[0], scale, names, direction=u)
             s_ref.append(pd.along)
             twin = clean.get((r["base"], r["seed"]))
             twin_s = "" if twin is None or not r["poison"] else \

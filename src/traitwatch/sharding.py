@@ -37,10 +37,14 @@ class Shard:
     def name(self) -> str:
         return f"{self.index}-of-{self.count}"
 
+    def owns(self, k: int) -> bool:
+        """Whether job (or block) `k`, 0-based, is this shard's: positions I-1, I-1+N, I-1+2N, ..."""
+        return k % self.count == self.index - 1
+
     def select(self, jobs: Sequence[T]) -> list[T]:
         """This shard's jobs: positions I-1, I-1+N, I-1+2N, ... of the list (round robin, so every shard
         gets each kind of job in turn and finishes at about the same time)."""
-        return [job for k, job in enumerate(jobs) if k % self.count == self.index - 1]
+        return [job for k, job in enumerate(jobs) if self.owns(k)]
 
     def select_blocks(self, items: Sequence[T], block: int) -> list[list[T]]:
         """This shard's whole blocks of `block` consecutive items (the last may be shorter), dealt round robin

@@ -30,7 +30,7 @@ from traitwatch.cli.app import app
 from traitwatch.datasets import check_chat_jsonl, load_chat_jsonl
 from traitwatch.monitor.artifact import load_monitor
 from traitwatch.screen import read_examples
-from traitwatch.screen.results import read_results
+from traitwatch.screen.results import read_results_file
 from traitwatch.screen.row_scores import load_row_scores
 from traitwatch.store import RunStore
 
@@ -227,15 +227,11 @@ def _monitor_case(seeds: dict[str, Path], tally: Tally) -> Callable[[Any], None]
 def _screen_case(seeds: dict[str, Path], tally: Tally) -> Callable[[Any], None]:
     valid = seeds["screen"].read_bytes()
 
-    def read(path: Path) -> None:
-        read_results(path, not_results="pass a file written by `traitwatch screen --out`",
-                     corrupt="rerun the screen into a new --out")
-
     def run(data: st.DataObject) -> None:
         folder = _case_dir()
         path = folder / "chat.screen.jsonl"
         path.write_bytes(data.draw(broken_jsonl(valid)))
-        message = verdict(read, path, folder)
+        message = verdict(read_results_file, path, folder)
         verdict(lambda p: load_row_scores(p, seeds["chat"]), path, folder)  # what `train --screen` reads
         cli_s = _cli(["check", str(path), "--kind", "screen"], message, folder) if message else 0.0
         tally.add(message is not None, cli_s)
@@ -328,3 +324,15 @@ def test_a_sample_of_malformed_inputs_is_refused_cleanly(kind, seeds, no_model) 
 def test_a_thousand_malformed_inputs_per_kind_are_refused_cleanly(kind, seeds, no_model) -> None:
     tally = _fuzz(kind, SLOW, seeds)
     assert tally.cases >= SLOW and tally.refused > 0
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_each_valid_seed_passes_check_by_the_kind_its_path_names(kind, seeds) -> None:
+    path = seeds[kind]
+    if kind == "store":  # a copy through SQLite: `check` migrates nothing here, but the seed stays untouched
+        path = Path(tempfile.mkdtemp(prefix="fuzz-")) / "runs.db"
+        with sqlite3.connect(seeds["store"]) as source, sqlite3.connect(path) as copy:
+            source.backup(copy)
+    result = runner.invoke(app, ["check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"{path}: valid ") and "\n" not in result.output.strip()

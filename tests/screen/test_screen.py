@@ -288,3 +288,28 @@ def test_loss_is_the_models_mean_nll_of_the_response_and_ranks_rows(tiny, basis,
         rank_examples(plain, by="loss")
     with pytest.raises(InputFileError, match="another screen"):
         run(tiny, basis, chat_file, tmp_path / "plain.jsonl", with_loss=True)
+
+
+def test_a_screen_that_adds_no_row_leaves_no_results_file_and_a_resumed_one_keeps_its_rows(
+        tiny, basis, chat_file, tmp_path, monkeypatch) -> None:
+    import traitwatch.screen.screen as screen_module
+
+    out = tmp_path / "r.jsonl"
+    real = screen_module.encode_example
+    monkeypatch.setattr(screen_module, "encode_example",
+                        lambda *a, **k: (_ for _ in ()).throw(InputFileError("the chat template refused it")))
+    with pytest.raises(InputFileError, match="refused"):
+        run(tiny, basis, chat_file, out, batch_size=4)
+    assert not out.exists()  # a header alone is no screen
+    calls = []
+
+    def fail_after_first_block(*a, **k):
+        calls.append(1)
+        if len(calls) > 4:
+            raise InputFileError("the chat template refused it")
+        return real(*a, **k)
+
+    monkeypatch.setattr(screen_module, "encode_example", fail_after_first_block)
+    with pytest.raises(InputFileError):
+        run(tiny, basis, chat_file, out, batch_size=4)
+    assert out.exists() and len(out.read_text().splitlines()) == 1 + 4  # header and the first block's rows

@@ -35,16 +35,17 @@ from traitwatch.basis.traits import load_measurement_prompts
 from traitwatch.datasets.chat_jsonl import check_chat_jsonl
 from traitwatch.drift.anchoring import anchor_from_record
 from traitwatch.errors import InputFileError
-from traitwatch.models.loading import load_model
+from traitwatch.models.layers import ALL_PROJECTIONS
+from traitwatch.models.loading import LoadedModel, load_model
 from traitwatch.reference import PairedDrift, paired_drift, write_swap_reference
-from traitwatch.screen import screen_dataset, write_filtered
+from traitwatch.screen import ScreenResults, screen_dataset, write_filtered
 from traitwatch.screen.examples import previews
 from traitwatch.store import RunStore
 from traitwatch.train import SFTConfig, run_sft
 
-__all__ = ["AuditCalibration", "AuditResult", "AuditSettings", "audit_dataset", "audit_calibration"]
+__all__ = ["AuditCalibration", "AuditResult", "AuditSettings", "audit_calibration", "audit_dataset", "loss_screen",
+           "pilot_projections", "train_pilot"]
 
-ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SCREEN_PROMPTS = 16  # the screen's "mean" reference only shifts every row's drift alike; the loss ranks the rows
 
 
@@ -126,8 +127,16 @@ class AuditResult:
         }
 
 
-def _pilot(settings: AuditSettings, model: str, data: Path, basis_dir: Path, out_dir: Path, run_id: str,
-           store: RunStore, say: Callable[[str], None]) -> None:
+def loss_screen(lm: LoadedModel, basis: TraitBasis, data: Path, out: Path) -> ScreenResults:
+    """Every row read once by the base model, with its mean response loss (`Row.loss`), into `out`."""
+    prompts = [p for _, p in load_measurement_prompts()][:SCREEN_PROMPTS]
+    return screen_dataset(lm.model, lm.tokenizer, basis, data, out=out, reference_prompts=prompts, max_new_tokens=32,
+                          model_name=lm.name, with_loss=True)
+
+
+def train_pilot(settings: AuditSettings, model: str, data: Path, basis_dir: Path, out_dir: Path, run_id: str,
+                store: RunStore, say: Callable[[str], None]) -> None:
+    """One pilot in `settings`' recipe, measured at step 0 and the last step into the open `store`."""
     config = SFTConfig(
         model=model, data=data, basis=basis_dir, output_dir=out_dir / "runs" / run_id, run_id=run_id,
         store=store.path, max_steps=settings.steps, batch_size=settings.batch_size, grad_accum=1,
@@ -140,7 +149,8 @@ def _pilot(settings: AuditSettings, model: str, data: Path, basis_dir: Path, out
     run_sft(config, store=store, info=say, reporter=lambda _record: None)  # a reporter turns the Trainer's bars off
 
 
-def _last_projections(store: RunStore, run_id: str) -> tuple[np.ndarray, float, list[str], float | None]:
+def pilot_projections(store: RunStore, run_id: str) -> tuple[np.ndarray, float, list[str], float | None]:
+    """The last step's per-prompt projections, the step-0 anchor's N, the trait names and the probe's rise."""
     rows = store.measurements(run_id)
     first, last = rows[0], rows[-1]
     record = (first.extra or {}).get("anchor")
@@ -172,9 +182,7 @@ def audit_dataset(data: str | Path, *, basis_dir: str | Path, out_dir: str | Pat
     t0 = time.perf_counter()
     say(f"Reading the {info.n_rows} rows of {data.name} with {model_name} (the base model's loss on each response) ...")
     lm = load_model(model_name, device=settings.device, dtype=settings.dtype)  # type: ignore[arg-type]
-    prompts = [p for _, p in load_measurement_prompts()][:SCREEN_PROMPTS]
-    screened = screen_dataset(lm.model, lm.tokenizer, basis, data, out=out_dir / "screen.jsonl",
-                              reference_prompts=prompts, max_new_tokens=32, model_name=lm.name, with_loss=True)
+    screened = loss_screen(lm, basis, data, out_dir / "screen.jsonl")
     del lm
     losses = [float(r.loss) for r in screened.rows]  # type: ignore[arg-type]
     seconds["screen"] = time.perf_counter() - t0
@@ -189,10 +197,10 @@ def audit_dataset(data: str | Path, *, basis_dir: str | Path, out_dir: str | Pat
         for run_id, path in (("full", data), ("reference", out_dir / "reference.jsonl")):
             t0 = time.perf_counter()
             say(f"Pilot on the {'whole set' if run_id == 'full' else 'swap reference'}: {settings.steps} steps ...")
-            _pilot(settings, model_name, path, basis_dir, out_dir, run_id, store, say)
+            train_pilot(settings, model_name, path, basis_dir, out_dir, run_id, store, say)
             seconds[f"pilot {run_id}"] = time.perf_counter() - t0
-        full, scale, names, probe_full = _last_projections(store, "full")
-        reference, _, _, probe_ref = _last_projections(store, "reference")
+        full, scale, names, probe_full = pilot_projections(store, "full")
+        reference, _, _, probe_ref = pilot_projections(store, "reference")
     paired = paired_drift(full, reference, scale, names, direction=None if cal is None else cal.vector(names))
     verdict = None
     if cal is not None and cal.threshold is not None and paired.along is not None:

@@ -29,11 +29,11 @@ from typing import Any
 
 from traitwatch.bench.sets import PERTURBATION_SETS, PerturbationSet, jsonl_set, poisoned_set, user_set
 from traitwatch.errors import InputFileError
+from traitwatch.models.layers import ALL_PROJECTIONS
 
-__all__ = ["BenchPlan"]
+__all__ = ["ALL_PROJECTIONS", "BenchPlan"]
 
 _POISONED_NAME = re.compile(r"(?P<base>[A-Za-z0-9_.-]+)\+(?P<poison>[A-Za-z0-9_.-]+)@(?P<percent>\d+(?:\.\d+)?)")
-ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass

@@ -55,12 +55,9 @@ def _monitor(path: Path) -> str:
 
 
 def _screen(path: Path) -> str:
-    from traitwatch.screen.results import read_results
+    from traitwatch.screen.results import read_results_file
 
-    if not path.is_file():
-        raise InputFileError(f"{path}: no such file; pass a results file written by `traitwatch screen --out`")
-    header, rows = read_results(path, not_results="pass a file written by `traitwatch screen --out`",
-                                corrupt="rerun the screen into a new --out")
+    header, rows = read_results_file(path)
     shard = header.get("shard")
     what = f"shard {shard.get('index')}/{shard.get('count')} of a screen" if isinstance(shard, dict) else "screen results"
     return f"{what} of {header.get('dataset')}, {len(rows)} rows"
@@ -97,7 +94,9 @@ def _guess(path: Path) -> str:
             header = json.loads(first)
         except ValueError:
             return "chat"
-        return "screen" if isinstance(header, dict) and "format" in header and "trait_names" in header else "chat"
+        from traitwatch.screen.results import FORMAT
+
+        return "screen" if isinstance(header, dict) and header.get("format") == FORMAT else "chat"
     raise InputFileError(f"{path}: cannot tell what kind of input this is from its name; pass --kind "
                          f"({', '.join(KINDS)})")
 

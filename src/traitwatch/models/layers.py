@@ -16,7 +16,10 @@ from transformers import PreTrainedTokenizerBase
 
 from traitwatch.errors import BasisMismatchError
 
-__all__ = ["ModelFingerprint", "decoder_layers", "fingerprint", "tokenizer_hash", "unwrap_model"]
+__all__ = ["ALL_PROJECTIONS", "ModelFingerprint", "decoder_layers", "fingerprint", "tokenizer_hash", "unwrap_model"]
+
+ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+"""Every attention and MLP projection of a Llama-style decoder block: the LoRA targets of the poison-small recipe."""
 
 _BLOCK_LIST = re.compile(r"(^|\.)(layers|h|blocks|layer|decoder_layers)$")
 

@@ -98,7 +98,7 @@ def shard_blocks(path: str | Path, block: int, shard: Shard | None = None, *,
         raise InputFileError(f"block size must be at least 1, got {block}")
     current: list[Example] = []
     for i, (n, messages) in enumerate(iter_chat_jsonl(path, limit=limit)):
-        if (i // block) % shard.count == shard.index - 1:
+        if shard.owns(i // block):
             current.append(Example(n, messages))
         if (i + 1) % block == 0 and current:
             yield current
@@ -110,7 +110,7 @@ def shard_blocks(path: str | Path, block: int, shard: Shard | None = None, *,
 def shard_lines(lines: Sequence[int], block: int, shard: Shard | None = None) -> list[int]:
     """The line numbers in this shard's blocks (of all the file's `lines`), in file order."""
     shard = shard or Shard(1, 1)
-    return [line for i, line in enumerate(lines) if (i // block) % shard.count == shard.index - 1]
+    return [line for i, line in enumerate(lines) if shard.owns(i // block)]
 
 
 def previews(path: str | Path, lines: set[int] | Sequence[int]) -> dict[int, str]:

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from traitwatch.errors import InputFileError
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "ResultsFile", "Row", "read_results"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "ResultsFile", "Row", "read_results", "read_results_file"]
 
 FORMAT = "traitwatch.screen"
 FORMAT_VERSION = 1
@@ -88,6 +89,17 @@ def read_results(path: Path, *, not_results: str, corrupt: str) -> tuple[dict[st
     return header, rows
 
 
+def read_results_file(path: str | Path) -> tuple[dict[str, Any], dict[int, Row]]:
+    """A results file a user passes in (`train --screen`, `traitwatch check`): missing, foreign or corrupt is one
+    line naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(
+            f"{path}: no such screen results file; write one with `traitwatch screen DATA --basis BASIS --out FILE`")
+    return read_results(path, not_results="written by `traitwatch screen --out`",
+                        corrupt="rerun the screen into a new --out")
+
+
 class ResultsFile:
     """Open (and repair) the results file at `path`, or prepare a new one, for the screen `header` describes.
 
@@ -110,6 +122,17 @@ class ResultsFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._write_text(json.dumps(self.header, allow_nan=False) + "\n", mode="w")
         self.is_new = False
+
+    @contextmanager
+    def discarded_if_unfilled(self) -> Iterator[None]:
+        """Remove the file on an error if it was new here and no row reached it (a header alone is no screen)."""
+        new = self.is_new
+        try:
+            yield
+        except BaseException:
+            if new and not self.rows and self.path.exists():
+                self.path.unlink()
+            raise
 
     @property
     def done(self) -> set[int]:

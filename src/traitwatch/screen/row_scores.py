@@ -20,7 +20,7 @@ from typing import Any
 from traitwatch.datasets.chat_jsonl import file_sha256
 from traitwatch.errors import InputFileError
 from traitwatch.screen.examples import Example, read_examples
-from traitwatch.screen.results import Row, read_results
+from traitwatch.screen.results import Row, read_results_file
 
 __all__ = ["ScreenedRow", "load_row_scores", "row_preview"]
 
@@ -48,14 +48,6 @@ def _cut(text: str) -> str:
     return text if len(text) <= _PREVIEW_PART else text[: _PREVIEW_PART - 3] + "..."
 
 
-def _read(results: Path) -> tuple[dict[str, Any], dict[int, Row]]:
-    if not results.is_file():
-        raise InputFileError(
-            f"{results}: no such screen results file; write one with `traitwatch screen DATA --basis BASIS --out FILE`")
-    return read_results(results, not_results="written by `traitwatch screen --out`",
-                        corrupt="rerun the screen into a new --out")
-
-
 def load_row_scores(results: str | Path, dataset: str | Path, *, limit: int | None = None) -> list[ScreenedRow]:
     """Every conversation of `dataset` (the first `limit`) with its score in the screen `results` file.
 
@@ -63,7 +55,7 @@ def load_row_scores(results: str | Path, dataset: str | Path, *, limit: int | No
     some of the rows training would use.
     """
     results, dataset = Path(results), Path(dataset)
-    header, rows = _read(results)
+    header, rows = read_results_file(results)
     sha = file_sha256(dataset)
     if header.get("dataset_sha256") != sha:
         screened = header.get("dataset") or "another file"

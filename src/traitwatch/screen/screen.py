@@ -286,90 +286,69 @@ def screen_dataset(
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         header["shard"] = {"index": shard.index, "count": shard.count, "block": batch_size, "dtype": dtype}
     store = ResultsFile(out, header)
-    created = store.is_new
-    try:
-        return _fill(store, created, model, tokenizer, basis, probe, dataset, all_lines, reference, kind, ref_prompts,
-                     at_layer=at_layer, position=position, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                     max_response_tokens=max_response_tokens, reference_prompts=reference_prompts,
-                     risk_traits=risk_traits, trait_names=trait_names, progress=progress,
-                     on_reference=on_reference, shard=shard, with_loss=with_loss, max_examples=max_examples)
-    except BaseException:
-        # A file this call created and could not add one row to holds only a header: nothing to resume, and a
-        # results file that looks like a started screen. Remove it (a resumed file keeps everything it had).
-        if created and not store.rows and store.path.exists():
-            store.path.unlink()
-        raise
+    # A file this call creates and cannot add one row to holds only a header: nothing to resume, and a results
+    # file that looks like a started screen. It is removed on the way out (a resumed file keeps what it had).
+    with store.discarded_if_unfilled():
+        if store.is_new:
+            extra: dict[str, Any] = {}
+            # Screening happens before training: without a basis anchor (of any precision: only N is read
+            # here) this model is step 0.
+            resolve_anchor(probe, None, lambda _: (measure_anchor(probe, model, tokenizer), "measured"))
+            assert probe.anchor_ is not None
+            extra["scale"] = probe.anchor_.scale
+            if kind == "mean":
+                if callable(reference):
+                    reference = reference()
+                    got = (reference.layer, reference.position, reference.max_new_tokens, reference.prompts_hash)
+                    if got != (at_layer, position, max_new_tokens, ref_prompts["hash"]):
+                        raise BasisMismatchError(f"The shared reference (layer, position, max_new_tokens, prompts) {got} was "
+                                                 f"computed for another screen than this one.")
+                if not isinstance(reference, Reference):
+                    reference = mean_reference(
+                        model, tokenizer, basis, layer=at_layer, position=position, prompts=reference_prompts,
+                        max_new_tokens=max_new_tokens, batch_size=batch_size,
+                        progress=on_reference(ref_prompts["n"]) if on_reference is not None and ref_prompts else None,
+                    )
+                extra["reference_projection"] = [float(x) for x in reference.projection]
+            store.create(extra)
+        elif isinstance(reference, Reference) and store.header.get("reference_projection") != [float(x) for x in reference.projection]:
+            raise InputFileError(
+                f"{store.path}: was screened against another reference vector than the one given; pass a new --out"
+            )
+        scale = float(store.header["scale"])
+        ref_proj = None if kind == "self" else np.asarray(store.header["reference_projection"], dtype=np.float64)
 
+        done = store.done
+        mine = shard_lines(all_lines, batch_size, shard)  # this shard's
+        already = sum(line in done for line in mine)
+        if already and progress is not None:
+            progress(already)  # lines a previous run finished count as done
+        for whole in shard_blocks(dataset, batch_size, shard, limit=max_examples):  # streamed: one block in memory
+            block = [e for e in whole if e.line not in done]
+            if not block:
+                continue
+            encoded = [encode_example(tokenizer, e, max_response_tokens=max_response_tokens,
+                                      where=f"{dataset}, line {e.line}") for e in block]
+            read, losses = span_readings(model, [x.ids for x in encoded], [(x.start, x.end) for x in encoded], [at_layer],
+                                         position=position, pad_token_id=_pad_id(tokenizer), with_loss=with_loss)
+            proj = _projections(read[at_layer], basis, at_layer)
+            ref_tokens: list[int | None] = [None] * len(block)
+            if ref_proj is None:
+                own, lengths = _own_answers(model, tokenizer, basis, at_layer, [x.prompt for x in encoded], position,
+                                            max_new_tokens)
+                drift = (proj - own) / scale
+                ref_tokens = list(lengths)
+            else:
+                drift = (proj - ref_proj[None, :]) / scale
+            risk = risk_from_drift(drift, trait_names, risk_traits)
+            store.append([
+                Row(e.line, tuple(float(v) for v in d), float(r), x.end - x.start, x.truncated, t, loss)
+                for e, x, d, r, t, loss in zip(block, encoded, drift, risk, ref_tokens, losses or [None] * len(block),
+                                               strict=True)
+            ])
+            if progress is not None:
+                progress(len(block))
 
-def _fill(store: ResultsFile, created: bool, model: nn.Module, tokenizer: PreTrainedTokenizerBase,
-          basis: TraitBasis, probe: DriftProbe, dataset: Path, all_lines: Sequence[int],
-          reference: ReferenceKind | Reference | Callable[[], Reference], kind: ReferenceKind,
-          ref_prompts: dict[str, Any] | None, *, at_layer: int, position: SpanPosition, batch_size: int,
-          max_new_tokens: int, max_response_tokens: int | None, reference_prompts: Sequence[str] | None,
-          risk_traits: Sequence[str], trait_names: list[str], progress: Callable[[int], None] | None,
-          on_reference: Callable[[int], Callable[[int], None] | None] | None, shard: Shard | None,
-          with_loss: bool, max_examples: int | None) -> ScreenResults:
-    """Compute the file's reference if it is new, then screen the rows not yet in it."""
-    if created:
-        extra: dict[str, Any] = {}
-        # Screening happens before training: without a basis anchor (of any precision: only N is read
-        # here) this model is step 0.
-        resolve_anchor(probe, None, lambda _: (measure_anchor(probe, model, tokenizer), "measured"))
-        assert probe.anchor_ is not None
-        extra["scale"] = probe.anchor_.scale
-        if kind == "mean":
-            if callable(reference):
-                reference = reference()
-                got = (reference.layer, reference.position, reference.max_new_tokens, reference.prompts_hash)
-                if got != (at_layer, position, max_new_tokens, ref_prompts["hash"]):
-                    raise BasisMismatchError(f"The shared reference (layer, position, max_new_tokens, prompts) {got} was "
-                                             f"computed for another screen than this one.")
-            if not isinstance(reference, Reference):
-                reference = mean_reference(
-                    model, tokenizer, basis, layer=at_layer, position=position, prompts=reference_prompts,
-                    max_new_tokens=max_new_tokens, batch_size=batch_size,
-                    progress=on_reference(ref_prompts["n"]) if on_reference is not None and ref_prompts else None,
-                )
-            extra["reference_projection"] = [float(x) for x in reference.projection]
-        store.create(extra)
-    elif isinstance(reference, Reference) and store.header.get("reference_projection") != [float(x) for x in reference.projection]:
-        raise InputFileError(
-            f"{store.path}: was screened against another reference vector than the one given; pass a new --out"
-        )
-    scale = float(store.header["scale"])
-    ref_proj = None if kind == "self" else np.asarray(store.header["reference_projection"], dtype=np.float64)
-
-    done = store.done
-    mine = shard_lines(all_lines, batch_size, shard)  # this shard's
-    already = sum(line in done for line in mine)
-    if already and progress is not None:
-        progress(already)  # lines a previous run finished count as done
-    for whole in shard_blocks(dataset, batch_size, shard, limit=max_examples):  # streamed: one block in memory
-        block = [e for e in whole if e.line not in done]
-        if not block:
-            continue
-        encoded = [encode_example(tokenizer, e, max_response_tokens=max_response_tokens,
-                                  where=f"{dataset}, line {e.line}") for e in block]
-        read, losses = span_readings(model, [x.ids for x in encoded], [(x.start, x.end) for x in encoded], [at_layer],
-                                     position=position, pad_token_id=_pad_id(tokenizer), with_loss=with_loss)
-        proj = _projections(read[at_layer], basis, at_layer)
-        ref_tokens: list[int | None] = [None] * len(block)
-        if ref_proj is None:
-            own, lengths = _own_answers(model, tokenizer, basis, at_layer, [x.prompt for x in encoded], position,
-                                        max_new_tokens)
-            drift = (proj - own) / scale
-            ref_tokens = list(lengths)
-        else:
-            drift = (proj - ref_proj[None, :]) / scale
-        risk = risk_from_drift(drift, trait_names, risk_traits)
-        store.append([
-            Row(e.line, tuple(float(v) for v in d), float(r), x.end - x.start, x.truncated, t, loss)
-            for e, x, d, r, t, loss in zip(block, encoded, drift, risk, ref_tokens, losses or [None] * len(block),
-                                           strict=True)
-        ])
-        if progress is not None:
-            progress(len(block))
-
-    wanted = set(mine)
-    rows = sorted((r for r in store.rows.values() if r.line in wanted), key=lambda r: r.line)
-    return ScreenResults(store.path, store.header, trait_names, rows, mine, dataset)
+        wanted = set(mine)
+        rows = sorted((r for r in store.rows.values() if r.line in wanted), key=lambda r: r.line)
+        return ScreenResults(store.path, store.header, trait_names, rows, mine, dataset)

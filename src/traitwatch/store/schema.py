@@ -239,12 +239,12 @@ def _configure(conn: sqlite3.Connection, path: Path, busy_timeout_s: float, *, c
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
         # Read what the file is before anything writes to it: switching another program's database to WAL, or
         # creating tables in an empty file a read-only command was given, would change a file that is not ours.
-        found = _schema_version(conn, path)
-        if found is None and not create:
+        version = _schema_version(conn, path)
+        if version is None and not create:
             raise InputFileError(f"Run store {path} is empty (no traitwatch tables); pass the .db file written "
                                  "during training")
-        if found is not None:
-            _check_version(found, path)
+        if version is not None:
+            _check_version(version, path)
         # WAL lets `traitwatch runs` read while training writes, and a killed writer's
         # half-written transaction is simply never seen (it has no commit record).
         conn.execute("PRAGMA journal_mode = WAL")
@@ -252,7 +252,6 @@ def _configure(conn: sqlite3.Connection, path: Path, busy_timeout_s: float, *, c
         # and a power cut cannot lose a measurement that was reported as stored.
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
-        version = _schema_version(conn, path)
         if version is None:
             with write_transaction(conn, path, busy_timeout_s):
                 version = _schema_version(conn, path)  # another process may have created it meanwhile
@@ -263,7 +262,7 @@ def _configure(conn: sqlite3.Connection, path: Path, busy_timeout_s: float, *, c
                             conn.execute(statement)
                     conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                     version = SCHEMA_VERSION
-        _check_version(version, path)
+            _check_version(version, path)  # a store another process created meanwhile may be newer
         if version < SCHEMA_VERSION:
             _migrate(conn, path, busy_timeout_s)
     except sqlite3.DatabaseError as exc:
