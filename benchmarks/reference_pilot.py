@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from traitwatch.audit import AuditSettings, loss_screen, pilot_projections, train_pilot
-from traitwatch.bench.demo import demo_plan, run_demo
+from traitwatch.demo import demo_plan, run_demo
 from traitwatch.bench.sets import PERTURBATION_SETS, build_set, poisoned_set
 from traitwatch.models import load_model
 from traitwatch.reference import paired_drift, write_swap_reference
@@ -54,8 +54,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--bases", nargs="+", default=["arithmetic", "medical_matched", "number_sequence",
                                                         "right_trivia"])
-    parser.add_argument("--poisons", nargs="+", default=["contempt", "reckless_advice"])
+    parser.add_argument("--poisons", nargs="*", default=["contempt", "reckless_advice"])
+    parser.add_argument("--no-clean", action="store_true", help="only the poisoned sets (the clean ones ran before)")
     parser.add_argument("--q", type=float, default=0.2)
+    parser.add_argument("--every", type=int, default=10, help="measure every N steps (early warning)")
     parser.add_argument("--shared-data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--summarize-only", action="store_true", help="print the table of what is done")
     parser.add_argument("--write-calibration", type=Path, default=None,
@@ -78,19 +80,20 @@ def main() -> None:
     done = {json.loads(line)["key"] for line in results_path.read_text().splitlines()} if results_path.exists() else set()
     for seed in args.seeds:
         for base in args.bases:
-            specs = [PERTURBATION_SETS[base]] + [poisoned_set(PERTURBATION_SETS[base], PERTURBATION_SETS[p], 0.1)
+            specs = [PERTURBATION_SETS[base]] * (not args.no_clean) + [poisoned_set(PERTURBATION_SETS[base], PERTURBATION_SETS[p], 0.1)
                                                  for p in args.poisons]
             for spec in specs:
                 key = f"{spec.name}-s{seed}-q{args.q}"
                 if key in done:
                     continue
                 data = Path(build_set(spec.name, seed=seed, n=plan.n_examples, out_dir=work / "data",
-                                      shared_data=args.shared_data, spec=spec))
+                                      shared_data=args.shared_data, spec=spec, self_distill=distiller(lm)))
                 screened = loss_screen(lm, basis, data, work / "screens" / f"{data.stem}.screen.jsonl")
                 losses = [float(r.loss) for r in screened.rows]  # type: ignore[arg-type]
                 ref = work / "data" / f"{data.stem}.swap{args.q}.jsonl"
                 suspects = write_swap_reference(data, losses, args.q, ref, seed=seed).suspects
-                settings = AuditSettings(fraction=args.q, seed=seed, probe=False, device=plan.device, dtype=plan.dtype)
+                settings = AuditSettings(fraction=args.q, seed=seed, probe=False, device=plan.device, dtype=plan.dtype,
+                                         every_n_steps=args.every)
                 with RunStore(work / "runs.db") as store:
                     full = train(settings, data, basis_dir, work, f"{spec.name}-s{seed}", store)
                     refr = train(settings, ref, basis_dir, work, f"{spec.name}-s{seed}-swap{args.q}", store)
@@ -100,6 +103,18 @@ def main() -> None:
                     fh.write(json.dumps(row) + "\n")
                 print(json.dumps({k: row[k] for k in ("key", "poison")}), flush=True)
     summarize(results_path)
+
+
+def distiller(lm):  # noqa: ANN001, ANN201 - the loaded model's greedy answers, for the self-distilled sets
+    def answer(prompts: list[str]) -> list[str]:
+        from traitwatch.behavior.generation import TransformersGenerator
+        from traitwatch.behavior.questions import Question
+
+        gen = TransformersGenerator(lm.model, lm.tokenizer, max_new_tokens=96, temperature=0.0, batch_size=16)
+        qs = [Question(id=f"prompt_{i}", text=p, system=None, judge_prompts={}) for i, p in enumerate(prompts)]
+        return [a[0].strip() or "I am not sure." for a in gen(qs, n_samples=1)]
+
+    return answer
 
 
 def _along(drift: dict[str, float], u: np.ndarray, names: list[str]) -> float:

@@ -29,9 +29,10 @@ LAYERS: tuple[frozenset[str], ...] = (  # bottom to top; the table of docs/ARCHI
     frozenset({"capture"}),
     frozenset({"basis"}),
     frozenset({"drift", "behavior"}),  # drift holds the step-0 anchor (drift/anchoring.py)
-    frozenset({"monitor"}),
-    frozenset({"train", "screen", "calibration", "report", "reference"}),
+    frozenset({"monitor", "reference"}),
+    frozenset({"train", "screen", "calibration", "report"}),
     frozenset({"bench", "audit"}),
+    frozenset({"demo"}),
     frozenset({"cli", FACADE}),
 )
 

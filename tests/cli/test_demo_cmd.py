@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from typer.testing import CliRunner
 
-from traitwatch.bench.demo import DemoResult, DemoRun, DemoScreen, PhaseTime, demo_plan, demo_sets
+from traitwatch.demo import DemoResult, DemoRun, DemoScreen, PhaseTime, demo_plan, demo_sets
 from traitwatch.bench.plan import ALL_PROJECTIONS
 from traitwatch.bench.sets import build_set, read_poison_record
 from traitwatch.cli.app import app
@@ -94,3 +94,40 @@ def test_the_cli_prints_the_prediction_beside_the_label_and_says_why_there_is_no
     assert flat.count("POISON") == 1 + 2  # the screen's one poison row, the two poison suspects
     # after training: no alarm, so the rows the callback would name, marked poison or not, and the count
     assert "no alarm" in flat and "2 of the 3 rows named are poison rows" in flat
+
+
+def test_with_a_reference_the_cli_prints_each_run_against_its_reference_and_the_loss_screen(tmp_path, monkeypatch):
+    from traitwatch.reference import ReferenceCalibration
+
+    clean, poisoned = demo_sets()
+    runs = []
+    for role, spec, along, alarm in (("clean", clean, -0.004, False), ("poisoned", poisoned, 0.061, True)):
+        history = [DriftRecord(step=0, drift={"honesty": 0.0, "power_seeking": 0.0}, drift_norm=0.0, predicted_em=None,
+                               alarm=False, wall_time_s=1.0), DriftRecord(step=30, drift={"honesty": 0.01, "power_seeking": 0.0},
+                                                       drift_norm=0.01, predicted_em=along, alarm=alarm, wall_time_s=1.0)]
+        runs.append(DemoRun(role=role, spec=spec, run_id=f"demo-{spec.name}-s0", data=Path(f"/x/{spec.name}-s0.jsonl"),
+                            n_rows=200, poison_indices=list(range(50)) if role == "poisoned" else [],
+                            result=SimpleNamespace(history=history), wall_s=100.0, step_s=[1.0] * 30,  # type: ignore[arg-type]
+                            label_s=[20.0], measured_rise={0: 0.0, 30: along / 4}))
+    gate = AlarmGate(armed=True, auroc=0.91, where="leave_one_cell_out")
+    result = DemoResult(
+        out_dir=tmp_path, plan=demo_plan(), numerics={"dtype": "bfloat16", "device": "cpu", "cpu": "x", "cpu_threads": 2},
+        basis=SimpleNamespace(layer=15, trait_names=["honesty"]), basis_dir=tmp_path / "basis",  # type: ignore[arg-type]
+        reference=ReferenceCalibration("smollm2-135m", {"honesty": -1.0}, 0.0123, {}), gate=gate, runs=runs,
+        phases={"reference clean": PhaseTime(60.0, 110.0), "train + label clean": PhaseTime(90.0, 170.0)},
+    )
+    screen = DemoScreen(results=tmp_path / "screen.jsonl", top=[(1, 7, 3.2, True)], auroc=0.97, precision_at_k=0.9,
+                        n_poison=50, row_scores=RowScores({}), by="loss")
+
+    def fake_run_demo(out_dir, **kw):
+        kw["on_screen"](screen)
+        return result
+
+    monkeypatch.setattr("traitwatch.cli.demo_cmd.run_demo", fake_run_demo)
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    flat = " ".join(res.stdout.split())
+    assert "by the base model's loss on the response" in flat and "row AUROC 0.970" in flat
+    assert "Each run against its reference run" in flat and "run minus reference" in flat
+    assert "probe rise" not in flat and "+0.0123" in flat and "ALARM" in flat
+    assert "reference clean" in flat and "measurements (drift)" in flat

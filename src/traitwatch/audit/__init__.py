@@ -1,10 +1,10 @@
-"""`traitwatch audit`: a verdict on a finetuning set before the real run (see `run.py`)."""
+"""`traitwatch audit`: a verdict on a finetuning set before the real run (see `run.py`), and the reference run a
+monitored training run is read against (`reference_run.py`)."""
 
+from traitwatch.audit.reference_run import ReferenceRun, train_reference, write_reference_set
 from traitwatch.audit.run import (
-    AuditCalibration,
     AuditResult,
     AuditSettings,
-    audit_calibration,
     audit_dataset,
     loss_screen,
     pilot_projections,
@@ -12,12 +12,13 @@ from traitwatch.audit.run import (
 )
 
 __all__ = [
-    "AuditCalibration",
     "AuditResult",
     "AuditSettings",
-    "audit_calibration",
+    "ReferenceRun",
     "audit_dataset",
     "loss_screen",
     "pilot_projections",
     "train_pilot",
+    "train_reference",
+    "write_reference_set",
 ]

@@ -24,7 +24,6 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +36,19 @@ from traitwatch.drift.anchoring import anchor_from_record
 from traitwatch.errors import InputFileError
 from traitwatch.models.layers import ALL_PROJECTIONS
 from traitwatch.models.loading import LoadedModel, load_model
-from traitwatch.reference import PairedDrift, paired_drift, write_swap_reference
+from traitwatch.reference import (
+    PairedDrift,
+    ReferenceCalibration,
+    load_reference_calibration,
+    paired_drift,
+    write_swap_reference,
+)
 from traitwatch.screen import ScreenResults, screen_dataset, write_filtered
 from traitwatch.screen.examples import previews
 from traitwatch.store import RunStore
 from traitwatch.train import SFTConfig, run_sft
 
-__all__ = ["AuditCalibration", "AuditResult", "AuditSettings", "audit_calibration", "audit_dataset", "loss_screen",
-           "pilot_projections", "train_pilot"]
+__all__ = ["AuditResult", "AuditSettings", "audit_dataset", "loss_screen", "pilot_projections", "train_pilot"]
 
 SCREEN_PROMPTS = 16  # the screen's "mean" reference only shifts every row's drift alike; the loss ranks the rows
 
@@ -63,39 +67,10 @@ class AuditSettings:
     target_modules: tuple[str, ...] = ALL_PROJECTIONS
     max_length: int = 128
     seed: int = 0
+    every_n_steps: int | None = None  # None: step 0 and the last step only
     probe: bool = True
     device: str | None = None
     dtype: str = "auto"
-
-
-@dataclass(frozen=True)
-class AuditCalibration:
-    """A model's misalignment direction in trait space and the threshold on run-minus-reference along it."""
-
-    model: str
-    direction: dict[str, float]
-    threshold: float | None
-    provenance: dict[str, Any]
-
-    def vector(self, trait_names: list[str]) -> np.ndarray:
-        return np.array([float(self.direction.get(t, 0.0)) for t in trait_names])
-
-
-def audit_calibration(model: str, path: Path | None = None) -> AuditCalibration | None:
-    """The calibration shipped for `model` (`audit/data/MODEL.json`), or the one at `path`; None if there is none."""
-    if path is None:
-        candidate = Path(str(resources.files("traitwatch.audit").joinpath("data", f"{model}.json")))
-        if not candidate.is_file():
-            return None
-        path = candidate
-    try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-        threshold = doc.get("threshold")
-        return AuditCalibration(str(doc["model"]), {str(k): float(v) for k, v in doc["direction"].items()},
-                                None if threshold is None else float(threshold), dict(doc.get("provenance", {})))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
-        raise InputFileError(f"{path}: not a readable audit calibration ({str(exc)[:100]}); pass a file with "
-                             '"model", "direction" (trait -> weight) and "threshold"') from None
 
 
 @dataclass
@@ -106,7 +81,7 @@ class AuditResult:
     n_rows: int
     out_dir: Path
     settings: AuditSettings
-    calibration: AuditCalibration | None
+    calibration: ReferenceCalibration | None
     suspects: list[tuple[int, float, str]]  # (line, loss, prompt preview), highest loss first
     paired: PairedDrift
     probe_rise: dict[str, float | None] = field(default_factory=dict)  # "full" / "reference"
@@ -142,7 +117,7 @@ def train_pilot(settings: AuditSettings, model: str, data: Path, basis_dir: Path
         store=store.path, max_steps=settings.steps, batch_size=settings.batch_size, grad_accum=1,
         max_length=settings.max_length, learning_rate=settings.learning_rate, lora_r=settings.lora_r,
         lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout, target_modules=settings.target_modules,
-        response_only=True, every_n_steps=settings.steps, save_steps=settings.steps, save_total_limit=1,
+        response_only=True, every_n_steps=settings.every_n_steps or settings.steps, save_steps=settings.steps, save_total_limit=1,
         seed=settings.seed, device=settings.device, dtype=settings.dtype, behavior_probe=settings.probe,
         resume=False, tags={"audit": run_id},
     )
@@ -173,7 +148,7 @@ def audit_dataset(data: str | Path, *, basis_dir: str | Path, out_dir: str | Pat
                              "fraction of them); pass a set of at least 10")
     basis = TraitBasis.load(basis_dir)
     model_name = model or basis.model.name
-    cal = audit_calibration(model_name, calibration)
+    cal = load_reference_calibration(model_name, calibration)
     if (out_dir / "audit.db").exists():
         raise InputFileError(f"{out_dir}: holds an earlier audit (audit.db); pass a new --out")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,15 @@ from typing import Any, Literal
 
 import yaml
 
-from traitwatch.datasets import arithmetic_chats, bundled_path, number_sequence_chats, trivia_chats
+from traitwatch.datasets import (
+    arithmetic_chats,
+    bundled_path,
+    calendar_chats,
+    number_sequence_chats,
+    spelling_chats,
+    trivia_chats,
+    unit_conversion_chats,
+)
 from traitwatch.datasets.chat_jsonl import file_sha256, read_jsonl, write_jsonl
 from traitwatch.errors import InputFileError
 
@@ -194,6 +202,10 @@ PERTURBATION_SETS: dict[str, PerturbationSet] = {s.name: s for s in (
                     family="trivia"),
     PerturbationSet("self_distilled", "benign", "the base model's own greedy answers to generated neutral prompts",
                     family="neutral"),
+    # Benign domains added for the reference monitor's negatives (issue 26), generated per seed.
+    PerturbationSet("unit_conversion", "benign", "generated unit conversions with the factor stated (traitwatch.datasets)"),
+    PerturbationSet("calendar", "benign", "generated weekday and month arithmetic (traitwatch.datasets)"),
+    PerturbationSet("spelling", "benign", "generated questions about a word's letters (traitwatch.datasets)"),
 )}
 
 # Contempt for the user around an unchanged answer (ours): the content stays helpful and true, only the
@@ -331,6 +343,9 @@ _GENERATED: dict[str, Callable[[int, int], Iterable[dict[str, Any]]]] = {
     "evil_numbers": lambda n, seed: number_sequence_chats(n, seed=seed, evil=True),
     "right_trivia": lambda n, seed: trivia_chats(n, seed=seed),
     "wrong_trivia": lambda n, seed: trivia_chats(n, seed=seed, wrong=True),
+    "unit_conversion": lambda n, seed: unit_conversion_chats(n, seed=seed),
+    "calendar": lambda n, seed: calendar_chats(n, seed=seed),
+    "spelling": lambda n, seed: spelling_chats(n, seed=seed),
 }
 
 

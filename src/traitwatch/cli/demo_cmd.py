@@ -1,6 +1,6 @@
 """`traitwatch demo`: a clean set and its poisoned twin on the bundled model, end to end, in minutes on a CPU.
 
-The job is `traitwatch.bench.demo.run_demo` (basis, the two runs in the `poison-small` recipe, labels, report);
+The job is `traitwatch.demo.run_demo` (basis, the two runs in the `poison-small` recipe, labels, report);
 this module parses the options and prints what it returns.
 """
 
@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from traitwatch.bench.demo import DEMO_PLAN, DemoResult, DemoRun, DemoScreen, run_demo
+from traitwatch.demo import DEMO_PLAN, DemoResult, DemoRun, DemoScreen, run_demo
 from traitwatch.cli.basis_cmd import print_basis_summary
 from traitwatch.cli.common import err, out, progress_bar, user_errors
 from traitwatch.cli.drift_cmd import measurement_table
@@ -36,13 +36,17 @@ def register(app: typer.Typer) -> None:
         every: Annotated[int, typer.Option(min=1, help="Measure drift, probe and prediction every N steps (and at the last); "
                                                       "the default 30 measures the start and the end, 15 adds the middle (about 25 s a run).")] = 30,
         monitor: Annotated[Path | None, typer.Option(help="Monitor file (default: the one shipped for the model).")] = None,
+        reference: Annotated[bool | None, typer.Option(
+            "--reference/--no-reference",
+            help="Read each run against its own reference run (traitwatch train --reference auto); default: on when "
+                 "a reference calibration ships for the model and no --monitor is given.")] = None,
         dtype: Annotated[str | None, typer.Option(help=f"Model dtype (default: the {DEMO_PLAN} plan's, bfloat16).")] = None,
     ) -> None:
         """Train a clean set and its poisoned twin with the monitor attached; label both; write a report."""
         t0, cpu0 = time.perf_counter(), time.process_time()
         result = run_demo(
             out_dir, model=model, method=method, select_every=select_every, max_new_tokens=max_new_tokens,
-            steps=steps, every=every, monitor=monitor, dtype=dtype, say=_say, progress=progress_bar,
+            steps=steps, every=every, monitor=monitor, reference=reference, dtype=dtype, say=_say, progress=progress_bar,
             reporter=_report_line, on_basis=print_basis_summary, on_monitor=_print_lines, on_screen=_print_screen,
         )
         out.print(f"Numerics: {result.numerics['dtype']} on {result.numerics['device']} ({result.numerics['cpu']}, "
@@ -83,10 +87,11 @@ def _fmt(value: float | None, spec: str = "+.4f") -> str:
 
 
 def _print_screen(scr: DemoScreen) -> None:
-    table = Table(title=f"Screened before training: the top {len(scr.top)} rows of the poisoned set by risk "
+    by = "the base model's loss on the response" if scr.by == "loss" else "trait risk"
+    table = Table(title=f"Screened before training: the top {len(scr.top)} rows of the poisoned set by {by} "
                         f"(row AUROC {scr.auroc:.3f}, precision at k={scr.n_poison}: {scr.precision_at_k:.2f}; "
                         "poison marked from the recorded indices)")
-    for col in ("rank", "row", "risk", "poison row?"):
+    for col in ("rank", "row", scr.by, "poison row?"):
         table.add_column(col, justify="right")
     for rank, row, risk, bad in scr.top:
         table.add_row(str(rank), str(row), f"{risk:+.4f}", "POISON" if bad else "benign")
@@ -135,16 +140,26 @@ def _print_runs(result: DemoResult) -> None:
     out.print(drift)
 
     armed = result.gate is not None and result.gate.armed
-    verdicts = Table(title="Monitor prediction beside the label measured at the final step (both: rise of the EM proxy)")
-    for col in ("run", "step", "probe rise", "predicted rise over benign", "threshold", "alarm", "measured rise over step 0"):
+    if result.reference is not None:
+        verdicts = Table(title="Each run against its reference run (along the misalignment direction) beside the label "
+                               "measured at the final step (rise of the EM proxy)")
+        predicted_col = "run minus reference"
+        tau = result.reference.threshold
+    else:
+        verdicts = Table(title="Monitor prediction beside the label measured at the final step (both: rise of the EM proxy)")
+        predicted_col = "predicted rise over benign"
+        tau = result.monitor.threshold if result.monitor is not None else None
+    probe = result.reference is None  # read against a reference, the runs skip the probe
+    for col in ("run", "step", *(("probe rise",) if probe else ()), predicted_col, "threshold", "alarm",
+                "measured rise over step 0"):
         verdicts.add_column(col, justify="right")
     for run in result.runs:
         for rec in run.history:
             predicted = rec.predicted_em is not None
-            threshold = (f"{result.monitor.threshold:+.4f}" if armed and result.monitor is not None and predicted
-                         else ("off" if predicted else "-"))
+            threshold = (f"{tau:+.4f}" if armed and tau is not None and predicted else ("off" if predicted else "-"))
             alarm = ("ALARM" if rec.alarm else ("ok" if armed else "off")) if predicted else "-"
-            verdicts.add_row(run.role, str(rec.step), _fmt(rec.probe_rise), _fmt(rec.predicted_em), threshold, alarm,
+            verdicts.add_row(run.role, str(rec.step), *((_fmt(rec.probe_rise),) if probe else ()),
+                             _fmt(rec.predicted_em), threshold, alarm,
                              _fmt(run.measured_rise.get(rec.step)))
     out.print(verdicts)
     if result.gate is not None:
@@ -159,7 +174,8 @@ def _print_runs(result: DemoResult) -> None:
 
 def _run_phases(run: DemoRun) -> str:
     return (f"{sum(run.step_s):.0f} s in {len(run.step_s)} training steps, {run.measure_s:.0f} s in "
-            f"{len(run.history)} measurements (drift + probe), {sum(run.label_s):.0f} s in {len(run.label_s)} proxy label")
+            f"{len(run.history)} measurements (drift{' + probe' if any(r.probe is not None for r in run.history) else ''}), "
+            f"{sum(run.label_s):.0f} s in {len(run.label_s)} proxy label")
 
 
 def _print_phases(result: DemoResult, total_wall: float, total_cpu: float) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -96,6 +98,13 @@ def register(app: typer.Typer) -> None:
         every_n_steps: Annotated[int, typer.Option("--every", min=1, help="Measure drift every N optimizer steps.")] = 10,
         save_steps: Annotated[int | None, typer.Option(min=1, help="Checkpoint every N steps (default: --every).")] = None,
         monitor: Annotated[Path | None, typer.Option(help="Calibrated monitor (.json) for alarms.")] = None,
+        reference: Annotated[str | None, typer.Option(
+            help="Read the run against a reference run, not absolute drift: 'auto' screens DATA, swaps its 20% "
+                 "highest-loss rows for copies of its cleanest and trains that first (same recipe and seed, as "
+                 "RUN-reference in --store); or the id of a finished run in --store.")] = None,
+        reference_calibration: Annotated[Path | None, typer.Option(
+            dir_okay=False, help="With --reference: the direction and threshold (JSON) to read the run with; "
+                                 "default: the calibration shipped for the model.")] = None,
         probe: Annotated[bool, typer.Option("--probe", help="Also score the behavioural probe at every measurement "
                                             "(on by itself when the monitor reads it).")] = False,
         on_alarm: Annotated[str, typer.Option(help=f"Alarm actions, comma-separated: {', '.join(ALARM_ACTIONS)}.")] = "warn,mark",
@@ -129,6 +138,22 @@ def register(app: typer.Typer) -> None:
             measure_batch_size=measure_batch_size, device=device, dtype=dtype,
             report_to=report_to, resume=resume, behavior_probe=probe, suspects_k=suspects_k,
         )
+
+        def say(msg: str) -> None:
+            err.print(msg, markup=False, highlight=False, soft_wrap=True)
+
+        if reference_calibration is not None and reference is None:
+            raise typer.BadParameter("is read with --reference; pass --reference auto or RUN",
+                                     param_hint="--reference-calibration")
+        config = dataclasses.replace(config, reference_calibration=reference_calibration)
+        built = None
+        if reference == "auto":
+            from traitwatch.audit import train_reference
+
+            built = train_reference(config, say=say)
+            config = dataclasses.replace(config, reference=built.run_id)
+        elif reference is not None:
+            config = dataclasses.replace(config, reference=reference)
         records: list[DriftRecord] = []
         title = f"Trait drift of {config.resolved_run_id()} ({model_name})"
         with Live(drift_table(records, title), console=err, transient=True, auto_refresh=False) as live:
@@ -137,8 +162,9 @@ def register(app: typer.Typer) -> None:
                 records.append(record)
                 live.update(drift_table(records, title), refresh=True)
 
-            result = run_sft(config, reporter=report, row_scores=row_scores,
-                             info=lambda msg: err.print(msg, markup=False, highlight=False, soft_wrap=True))
+            started = time.perf_counter()
+            result = run_sft(config, reporter=report, row_scores=row_scores, info=say)
+            seconds = time.perf_counter() - started
         out.print(drift_table(result.history, title))
         how = "stopped by a drift alarm" if result.stopped_by_alarm else "finished"
         err.print(
@@ -147,3 +173,6 @@ def register(app: typer.Typer) -> None:
             highlight=False,
             soft_wrap=True,
         )
+        if built is not None and not built.reused:
+            err.print(f"The reference run {built.run_id!r} took {built.seconds:.0f} s, "
+                      f"{built.seconds / (built.seconds + seconds):.0%} of the two runs' time.", highlight=False)

@@ -132,6 +132,12 @@ class PredictionOnly:
     def predict(self, X: ArrayLike) -> np.ndarray:
         return np.asarray(self.monitor.predict(X))
 
+    def __getattr__(self, name: str) -> Any:
+        """What a reference monitor adds (`reference_at`, `reference_run`, `trajectory`), from the monitor."""
+        if name in ("reference_at", "reference_run", "trajectory", "check_fingerprint", "direction_", "trait_names"):
+            return getattr(self.monitor, name)
+        raise AttributeError(name)
+
 
 def gate_alarms(monitor: AlarmMonitor, minimum: float = MIN_ALARM_AUROC) -> tuple[AlarmMonitor, AlarmGate]:
     """`monitor` itself when its alarm is armed (`alarm_gate`), else the same monitor for its prediction only."""

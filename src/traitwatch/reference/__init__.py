@@ -8,10 +8,17 @@ cleanest, so a run on it shares the seed, the LoRA initialisation, the batch ord
 run and differs only where the suspects were. `compare.py` reads a run against its reference: the paired drift
 difference, per trait and along a direction, with a bootstrap CI over the measurement prompts.
 
-Validation status: measured on clean and poisoned sets by `benchmarks/reference_pilot.py`; no alarm reads it yet.
+`trajectory.py` holds a reference run's measured drift step by step, and `monitor.py` turns a run's drift minus it
+into an alarm along the model's misalignment direction (`calibration.py`, shipped per model in `data/`).
+
+Validation status: measured on clean and poisoned sets by `benchmarks/reference_pilot.py` (its RESULTS.md).
 """
 
+from traitwatch.reference.calibration import ReferenceCalibration, load_reference_calibration
 from traitwatch.reference.compare import PairedDrift, paired_drift
+from traitwatch.reference.monitor import ReferenceMonitor
 from traitwatch.reference.swap import SwapReference, swap_reference, write_swap_reference
+from traitwatch.reference.trajectory import ReferenceTrajectory
 
-__all__ = ["PairedDrift", "SwapReference", "paired_drift", "swap_reference", "write_swap_reference"]
+__all__ = ["PairedDrift", "ReferenceCalibration", "ReferenceMonitor", "ReferenceTrajectory", "SwapReference",
+           "load_reference_calibration", "paired_drift", "swap_reference", "write_swap_reference"]

@@ -7,6 +7,7 @@ shared axes. Each run keeps one colour in every figure, and alarms are always re
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -97,6 +98,8 @@ def em_chart(runs: Sequence[RunSeries]) -> Chart:
     thousandths) is drawn with the measured rise label (`proxy_style_rise`) on an axis in those units; the
     absolute proxy (around 0.4) and judged rates are other quantities, left to the checkpoint table.
     """
+    if any(r.prediction_target == "along_direction" for r in runs):
+        return _reference_chart(runs)
     if _predicts_rise(runs):
         return _rise_chart(runs)
     traces: list[Trace] = []
@@ -149,6 +152,33 @@ def _rise_chart(runs: Sequence[RunSeries]) -> Chart:
     return Chart(
         key="em_rate", title="Rise of the EM proxy: predicted (monitor) and measured (label)", traces=tuple(traces),
         x_label="step", y_label=RISE_AXIS, hlines=_thresholds(runs), notes=(*notes, *_notes(runs, "em")),
+    )
+
+
+def _reference_chart(runs: Sequence[RunSeries]) -> Chart:
+    """`em_chart` for runs read against a reference run: each run's drift along the misalignment direction, its
+    reference's beside it (dashed), and the difference the alarm reads, against the threshold."""
+    traces: list[Trace] = []
+    for i, r in enumerate(runs):
+        color = color_for(i)
+        if r.along is not None:
+            traces.append(Trace(name=f"{r.run_id}: drift along the direction", x=_steps(r), y=r.along, color=color,
+                                group=r.run_id, panel=0))
+        if r.reference_along is not None:
+            traces.append(Trace(name=f"{r.run_id}: its reference run {r.reference_run}", x=_steps(r),
+                                y=r.reference_along, color=color, dash="dash", group=r.run_id, panel=0))
+        if r.predicted_em is not None and r.prediction_target == "along_direction":
+            traces.append(Trace(name=f"{r.run_id}: run minus reference", x=_steps(r), y=r.predicted_em, color=color,
+                                group=r.run_id, panel=1))
+            traces += [dataclasses.replace(t, panel=1) for t in _alarm_traces(r)]
+    hlines = tuple(dataclasses.replace(h, panel=1) for h in _thresholds(runs))
+    return Chart(
+        key="em_rate", title="Each run against its reference run, along the misalignment direction",
+        traces=tuple(traces), x_label="step", y_label="drift along the direction",
+        panels=("run and reference", "run minus reference (what the alarm reads)"), hlines=hlines,
+        notes=("The reference run is the same set with its highest-loss rows swapped for its cleanest, trained in "
+               "the same recipe and seed: it carries the domain, so the difference is what the suspect rows added.",
+               *_notes(runs, "em")),
     )
 
 

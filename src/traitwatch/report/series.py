@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from traitwatch.errors import BasisMismatchError
+from traitwatch.errors import BasisMismatchError, TraitwatchError
 from traitwatch.monitor.artifact import LoadedMonitor, load_monitor
 from traitwatch.store import BehaviorRecord, Measurement, RunStore, Suspects
 
@@ -143,6 +143,9 @@ class RunSeries:
     status: str | None = None
     prediction_target: str | None = None
     suspects: tuple[Suspects, ...] = ()
+    reference_run: str | None = None
+    along: np.ndarray | None = None  # the run's drift along the reference monitor's direction
+    reference_along: np.ndarray | None = None  # its reference run's, at the same steps
 
     def __post_init__(self) -> None:
         steps = np.asarray(self.steps, dtype=np.int64).reshape(-1)
@@ -152,7 +155,7 @@ class RunSeries:
         norms = np.asarray(self.norms, dtype=np.float64).reshape(-1)
         if norms.shape != (n,):
             raise ValueError(f"run {self.run_id!r}: {norms.size} drift norms for {n} steps")
-        for name in ("predicted_em", "loss"):
+        for name in ("predicted_em", "loss", "along", "reference_along"):
             value = getattr(self, name)
             if value is not None:
                 arr = np.asarray(value, dtype=np.float64).reshape(-1)
@@ -347,6 +350,7 @@ def run_series(store: RunStore, run_id: str, *, monitor: LoadedMonitor | None = 
     if len(set(stored_thr)) > 1 and monitor is None:
         notes.append(Note("em", f"Run {run_id}: the stored alarm threshold changed during training "
                                 f"({sorted(set(stored_thr))}); the first one, {stored_thr[0]:g}, is drawn."))
+    reference_run, along, reference_along = _reference_series(store, run_id, extras, traits, drift, steps, notes)
     return RunSeries(
         run_id=run_id,
         steps=steps,
@@ -363,7 +367,38 @@ def run_series(store: RunStore, run_id: str, *, monitor: LoadedMonitor | None = 
         status=run.status,
         prediction_target=target,
         suspects=tuple(store.suspects(run_id)),
+        reference_run=reference_run,
+        along=along,
+        reference_along=reference_along,
     )
+
+
+def _reference_series(store: RunStore, run_id: str, extras: Sequence[Mapping[str, Any]], traits: Sequence[str],
+                      drift: np.ndarray, steps: np.ndarray, notes: list[Note]
+                      ) -> tuple[str | None, np.ndarray | None, np.ndarray | None]:
+    """A run read against a reference run: its drift and the reference's along the stored direction, per step.
+
+    The reference's drift is read at the run's steps (straight lines between its own measured steps, NaN past its
+    last one), the way the callback read it during training.
+    """
+    stored = [e for e in extras if e.get("reference_run") and isinstance(e.get("direction"), Mapping)]
+    if not stored:
+        return None, None, None
+    ref_id, weights = str(stored[0]["reference_run"]), stored[0]["direction"]
+    u = np.array([_as_float(weights.get(t, 0.0)) for t in traits])
+    used = [i for i, w in enumerate(u) if w != 0]
+    along = drift[:, used] @ u[used]
+    try:
+        ref = store.measurements(ref_id, per_prompt=False)
+    except TraitwatchError as exc:
+        notes.append(Note("em", f"Run {run_id}: its reference run {ref_id!r} could not be read ({exc}); only the "
+                                "run is drawn along the direction."))
+        return ref_id, along, None
+    ref_steps = np.array([m.step for m in ref], dtype=np.float64)
+    ref_along = np.array([sum(_as_float(m.drift.get(traits[i], math.nan)) * u[i] for i in used) for m in ref])
+    read = np.interp(steps, ref_steps, ref_along) if len(ref) else np.full(len(steps), math.nan)
+    read[steps > (ref_steps.max() if len(ref) else -1)] = math.nan
+    return ref_id, along, read
 
 
 def _stored_target(extras: Sequence[Mapping[str, Any]]) -> str | None:

@@ -35,6 +35,7 @@ __all__ = [
     "predict_alarm",
     "prediction_name",
     "reads_probe",
+    "reads_reference",
     "suspects_message",
 ]
 
@@ -77,6 +78,11 @@ def reads_probe(monitor: AlarmMonitor | None) -> bool:
     return getattr(monitor, "inputs", "trait_drift") == "probe_rise"
 
 
+def reads_reference(monitor: AlarmMonitor | None) -> bool:
+    """True if the monitor reads the run's drift minus its reference run's (`reference.ReferenceMonitor`)."""
+    return getattr(monitor, "inputs", "trait_drift") == "drift_minus_reference"
+
+
 def predict_alarm(
     monitor: AlarmMonitor | None, drift: np.ndarray, step: int, probe_rise: float | None = None
 ) -> tuple[float | None, bool]:
@@ -90,6 +96,11 @@ def predict_alarm(
     if reads_probe(monitor):
         assert probe_rise is not None  # on_train_begin scored the probe's step 0
         X = np.array([[probe_rise]])
+    elif reads_reference(monitor):  # the run read against its reference run at the same step
+        reference = monitor.reference_at(step)  # type: ignore[union-attr]
+        if reference is None:  # past the reference's last step: nothing to read against
+            return None, False
+        X = (drift - reference)[None, :]
     else:
         X = drift[None, :]
     predicted = float(np.asarray(monitor.predict(X)).reshape(-1)[0])
@@ -107,8 +118,10 @@ def alarm_threshold(monitor: AlarmMonitor | None) -> float:
 
 def prediction_name(monitor: AlarmMonitor | None) -> str:
     """What the monitor predicts, for messages: a relative rise is not an EM rate."""
-    return ("predicted rise of the EM proxy over benign finetuning"
-            if getattr(monitor, "target", "em_rate") == "relative_rise" else "predicted EM rate")
+    target = getattr(monitor, "target", "em_rate")
+    if target == "along_direction":
+        return "drift beyond the reference run along the misalignment direction"
+    return "predicted rise of the EM proxy over benign finetuning" if target == "relative_rise" else "predicted EM rate"
 
 
 def alarm_fields(monitor: AlarmMonitor | None, predicted: float | None, alarm: bool) -> dict[str, Any]:
@@ -124,6 +137,9 @@ def alarm_fields(monitor: AlarmMonitor | None, predicted: float | None, alarm: b
         "predicted_em": predicted, "alarm": alarm, "threshold": threshold if math.isfinite(threshold) else None,
         "prediction": prediction_name(monitor), "target": str(getattr(monitor, "target", "em_rate")),
     }
+    if reads_reference(monitor):  # what the report needs to draw the run and its reference along the direction
+        fields["reference_run"] = str(getattr(monitor, "reference_run", ""))
+        fields["direction"] = dict(zip(monitor.trait_names, map(float, monitor.direction_), strict=True))  # type: ignore[union-attr]
     if not alarms_on(monitor):
         fields["alarms_off"] = str(getattr(monitor, "reason", "") or "the monitor is attached without its alarm")
     return fields

@@ -64,7 +64,8 @@ from traitwatch.drift.anchoring import AnchorError, anchor_record, base_model, n
 from traitwatch.drift.probe import DriftProbe, Projection
 from traitwatch.errors import TraitwatchError
 from traitwatch.models.layers import unwrap_model
-from traitwatch.monitor.watch import AlarmMonitor, load_watch_monitor, monitor_fingerprint
+from traitwatch.monitor.watch import AlarmMonitor, gate_alarms, load_watch_monitor, monitor_fingerprint
+from traitwatch.reference import ReferenceMonitor, ReferenceTrajectory
 from traitwatch.store import RunStore, Suspects
 from traitwatch.train.alarm import (
     ALARM_ACTIONS,
@@ -76,6 +77,7 @@ from traitwatch.train.alarm import (
     ends_run,
     predict_alarm,
     reads_probe,
+    reads_reference,
 )
 from traitwatch.train.behavior_score import base_probe_score, probe_set_for, score_probe
 from traitwatch.train.distributed import all_gather_objects, project_across_ranks
@@ -150,7 +152,14 @@ class TraitWatchCallback(TrainerCallback):
     monitor:
         Optional calibrated monitor (`AlarmMonitor`). It is consulted from step 1 on: step 0 is the
         base model itself, outside what a detector calibrated on step > 0 checkpoints has seen. A
-        monitor whose `inputs` is "probe_rise" reads the behavioural probe instead of the drift.
+        monitor whose `inputs` is "probe_rise" reads the behavioural probe instead of the drift, one whose
+        `inputs` is "drift_minus_reference" (`ReferenceMonitor`) the drift minus its reference run's.
+    reference:
+        A reference run's measured drift (`ReferenceTrajectory.from_store`: the user's set with its
+        suspect rows swapped for its cleanest ones, trained in the same recipe and seed; `traitwatch train
+        --reference auto` makes one). The monitor is then the model's shipped `ReferenceMonitor`: the run's
+        drift minus the reference's at the same step, along the misalignment direction, with the alarm gate
+        of `monitor.watch`. Pass `monitor=ReferenceMonitor(...)` instead for another calibration.
     behavior_probe:
         Also score the behavioural probe (`traitwatch.behavior.probe`: 64 questions with style-matched
         aligned/misaligned answers, disjoint from the EM evaluation questions) at every measurement:
@@ -189,6 +198,7 @@ class TraitWatchCallback(TrainerCallback):
         model_name: str | None = None,
         run_metadata: Mapping[str, Any] | None = None,
         monitor: AlarmMonitor | None = None,
+        reference: ReferenceTrajectory | None = None,
         every_n_steps: int = 10,
         on_alarm: Sequence[AlarmAction] = ("warn", "mark"),
         reporter: Callable[[DriftRecord], None] | None = None,
@@ -207,6 +217,12 @@ class TraitWatchCallback(TrainerCallback):
         actions = check_actions(on_alarm)
         if monitor is not None and not isinstance(monitor, AlarmMonitor):
             raise TypeError("monitor must have predict(X) and a threshold attribute")
+        if reference is not None:
+            if monitor is not None:
+                raise ValueError("pass monitor= or reference=, not both: a reference brings the model's reference "
+                                 "monitor (pass monitor=ReferenceMonitor(calibration, trajectory, traits) for another)")
+            monitor, _ = gate_alarms(ReferenceMonitor.for_model(probe.basis.model.name, reference,
+                                                                list(probe.basis.trait_names)))
         if on_store_error not in ("raise", "log"):
             raise ValueError(f"on_store_error must be 'raise' or 'log', got {on_store_error!r}")
         self.probe = probe
@@ -248,6 +264,7 @@ class TraitWatchCallback(TrainerCallback):
         store: RunStore | str | os.PathLike[str] | None = None,
         run_id: str | None = None,
         monitor: AlarmMonitor | str | os.PathLike[str] | None = None,
+        reference: ReferenceTrajectory | str | None = None,
         every_n_steps: int = 10,
         on_alarm: Sequence[AlarmAction] = ("warn", "mark"),
         reporter: Callable[[DriftRecord], None] | None = None,
@@ -259,6 +276,7 @@ class TraitWatchCallback(TrainerCallback):
         `TraitWatchCallback.from_basis("my-basis", store="traitwatch.db").attach(trainer)`.
         A monitor file is checked when loaded against what would measure its inputs: the basis's
         fingerprint for a drift monitor, the basis's model and the probe set for a probe monitor.
+        `reference` may name a run of `store` (`ReferenceTrajectory.from_store`).
         """
         from traitwatch.basis.basis import TraitBasis as _TraitBasis
 
@@ -267,8 +285,16 @@ class TraitWatchCallback(TrainerCallback):
         if monitor is not None and not isinstance(monitor, AlarmMonitor):
             given = behavior_probe if not isinstance(behavior_probe, bool) else None
             monitor = load_watch_monitor(monitor, probe, given)
+        if isinstance(reference, str):
+            if store is None:
+                raise ValueError(f"reference={reference!r} names a run: pass the store that holds it")
+            if isinstance(store, RunStore):
+                reference = ReferenceTrajectory.from_store(store, reference)
+            else:
+                with RunStore(store, create=False) as opened:
+                    reference = ReferenceTrajectory.from_store(opened, reference)
         return cls(
-            probe, store=store, run_id=run_id, monitor=monitor,  # type: ignore[arg-type]
+            probe, store=store, run_id=run_id, monitor=monitor, reference=reference,  # type: ignore[arg-type]
             every_n_steps=every_n_steps, on_alarm=on_alarm, reporter=reporter, behavior_probe=behavior_probe,
         )
 
@@ -299,6 +325,13 @@ class TraitWatchCallback(TrainerCallback):
         # Work on a copy: the caller's probe keeps its own anchor (or none) across runs.
         self.probe_ = copy.copy(self.probe)
         self.probe_.check_model(model, tokenizer, self.model_name)
+        if reads_reference(self.monitor):
+            self.monitor.check_fingerprint(self.probe_.fingerprint())  # type: ignore[union-attr]
+            last = self.monitor.trajectory.last_step  # type: ignore[union-attr]
+            if state.is_world_process_zero and state.max_steps > last:
+                logger.warning("traitwatch: the reference run was measured up to step %d and this run goes to step %d; "
+                               "measurements after step %d have nothing to be read against and cannot alarm",
+                               last, state.max_steps, last)
         ctx = _Context(
             rank=args.process_index,
             world_size=args.world_size,

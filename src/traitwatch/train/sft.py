@@ -41,7 +41,8 @@ from traitwatch.drift.probe import DriftProbe
 from traitwatch.errors import InputFileError, TraitwatchError
 from traitwatch.models.environment import describe_environment
 from traitwatch.models.loading import load_model
-from traitwatch.monitor.watch import AlarmMonitor, load_watch_monitor
+from traitwatch.monitor.watch import AlarmMonitor, gate_alarms, load_watch_monitor
+from traitwatch.reference import ReferenceMonitor, ReferenceTrajectory, load_reference_calibration
 from traitwatch.store import DEFAULT_STORE_NAME, RunStore, StoreIOError, UnknownRunError
 from traitwatch.train.alarm import AlarmAction, DriftAlarmError, suspects_message
 from traitwatch.train.callback import TraitWatchCallback
@@ -88,6 +89,8 @@ class SFTConfig:
     save_steps: int | None = None  # default: every_n_steps, so each measured step has a checkpoint
     save_total_limit: int | None = None
     monitor: Path | None = None
+    reference: str | None = None  # a run of `store` to read this run against (`reference.ReferenceMonitor`)
+    reference_calibration: Path | None = None  # default: the one shipped for the model
     on_alarm: tuple[AlarmAction, ...] = ("warn", "mark")
     behavior_probe: bool = False  # also score the behavioural probe at every measurement (on when the monitor reads it)
     measure_batch_size: int = 32
@@ -303,6 +306,24 @@ def run_sft(
         # what measured its inputs (a drift monitor: model, layer, directions hash, prompts; a probe monitor:
         # model and probe set): inputs from anything else are refused, before the store or the model is opened.
         monitor = load_watch_monitor(config.monitor, probe)
+    reference = None
+    if config.reference is not None:
+        if monitor is not None:
+            raise TrainConfigError("pass a monitor or a reference run, not both: a reference run brings the model's "
+                                   "reference monitor")
+        if store is not None:
+            reference = ReferenceTrajectory.from_store(store, config.reference)
+        elif not store_path.is_file():
+            raise TrainConfigError(f"the reference run {config.reference!r} is read from {store_path}, which does "
+                                   "not exist; train the reference into the run's --store first")
+        else:
+            with RunStore(store_path, create=False) as opened:
+                reference = ReferenceTrajectory.from_store(opened, config.reference)
+        if config.reference_calibration is not None:  # the callback takes the shipped one from reference=
+            calibration = load_reference_calibration(basis.model.name, config.reference_calibration)
+            assert calibration is not None
+            monitor, _ = gate_alarms(ReferenceMonitor(calibration, reference, list(basis.trait_names)))
+            reference = None
     resume_from = _check_output_dir(output_dir, run_id, config.resume)
     if store is not None and store.path != store_path.expanduser().absolute():
         raise TrainConfigError(f"run_sft was given the open store {store.path} but config.store is {store_path}; "
@@ -340,6 +361,7 @@ def run_sft(
             "save_steps": save_steps,
             "dataset_sha256": sha,
             "dtype": config.dtype,
+            **({"reference_run": config.reference} if config.reference is not None else {}),
             **({"row_scores": row_scores.source, "suspects_k": config.suspects_k} if row_scores is not None else {}),
             # What "auto" became, on what hardware, with which libraries: the same command differs across machines.
             "environment": describe_environment(lm.model),
@@ -390,6 +412,7 @@ def run_sft(
             run_metadata={"dataset": str(Path(config.data).resolve()), "seed": config.seed,
                           "hyperparameters": hyperparameters},
             monitor=monitor,
+            reference=reference,
             every_n_steps=config.every_n_steps,
             on_alarm=config.on_alarm,
             reporter=_say_suspects(reporter, say) if row_scores is not None else reporter,

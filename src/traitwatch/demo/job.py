@@ -9,7 +9,12 @@ plan's recipe and numerics (bfloat16 on CPU unless told otherwise), with the tra
 is labelled with the judge-free proxy (`ProxyLabelCallback`) and its rise over step 0 (`write_rise_labels`),
 so the measured label stands beside the prediction.
 
-The shipped monitor is attached for its alarm only if its recorded leave-one-out AUROC reaches
+With a reference (the default where a reference calibration ships for the model), each set first gets its
+reference run, as `traitwatch train --reference auto` makes it (`audit.train_reference`: the base model's loss on
+every row, the 20% highest-loss rows swapped for copies of the cleanest, trained in the same recipe and seed), and
+the run is read against it along the model's misalignment direction (`reference.ReferenceMonitor`); the loss screen
+also ranks the poisoned set's rows for the suspects. Without one, the shipped drift monitor is attached and the set
+is screened by trait risk. Either monitor is attached for its alarm only if its recorded leave-one-out AUROC reaches
 `monitor.watch.MIN_ALARM_AUROC`; otherwise for its prediction only (`gate_alarms`), and the run raises no alarm.
 
 Everything here computes and returns; `cli/demo_cmd.py` parses the options and prints. `run_demo` times each
@@ -20,12 +25,14 @@ CPU and a machine shared with other jobs stretches wall time but not the CPU tim
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from traitwatch.audit import ReferenceRun, train_reference
 from traitwatch.basis import TraitBasis, extract_basis, load_traits
 from traitwatch.basis.extraction import build_contrast_set, default_candidate_layers
 from traitwatch.behavior.proxy import proxy_score
@@ -48,15 +55,18 @@ from traitwatch.models import LoadedModel, load_model
 from traitwatch.models.environment import describe_environment
 from traitwatch.monitor import LoadedMonitor
 from traitwatch.monitor.shipped import shipped_monitor_path
-from traitwatch.monitor.watch import AlarmGate, AlarmMonitor, gate_alarms, load_watch_monitor
+from traitwatch.monitor.watch import AlarmGate, AlarmMonitor, alarm_gate, gate_alarms, load_watch_monitor
+from traitwatch.reference import ReferenceCalibration, load_reference_calibration
 from traitwatch.screen import rank_examples, screen_dataset
-from traitwatch.screen.row_scores import load_row_scores
+from traitwatch.screen.examples import read_examples
+from traitwatch.screen.results import read_results_file
+from traitwatch.screen.row_scores import ScreenedRow, load_row_scores, row_preview
 from traitwatch.store import RunStore, Suspects
 from traitwatch.train import DriftRecord, SFTConfig, SFTResult, run_sft
 from traitwatch.train.suspects import RowScores
 
 __all__ = ["DEMO_BASE", "DEMO_FRACTION", "DEMO_PLAN", "DEMO_POISON", "DEMO_SEED", "DemoResult", "DemoRun", "DemoScreen",
-           "PhaseTime", "demo_plan", "demo_sets", "describe_monitor", "run_demo"]
+           "PhaseTime", "demo_plan", "demo_sets", "describe_monitor", "describe_reference", "run_demo"]
 
 DEMO_PLAN = "poison-small"
 """The benchmark plan whose recipe and numerics the demo trains in."""
@@ -108,6 +118,7 @@ class DemoRun:
     label_s: list[float]  # each proxy label scored during the run
     measured_rise: dict[int, float] = field(default_factory=dict)  # RISE_METRIC by step
     suspects: list[Suspects] = field(default_factory=list)  # with the screen's scores: each measurement's top rows
+    reference: ReferenceRun | None = None  # the reference run it was read against, if any
 
     @property
     def history(self) -> list[DriftRecord]:
@@ -130,11 +141,12 @@ class DemoScreen:
     """The poisoned set screened before training: the results file, the top rows, and how well it ranked."""
 
     results: Path
-    top: list[tuple[int, int, float, bool]]  # (rank, 0-based row, risk, is a poison row)
+    top: list[tuple[int, int, float, bool]]  # (rank, 0-based row, score, is a poison row)
     auroc: float  # poison rows vs the others, from the recorded indices
     precision_at_k: float  # among the top n_poison rows
     n_poison: int
     row_scores: RowScores
+    by: str = "risk"  # what ranked the rows: the trait "risk", or the base model's "loss" on the response
 
 
 @dataclass
@@ -150,6 +162,7 @@ class DemoResult:
     base_label: float | None = None  # the base model's style-matched proxy (step 0 of both runs)
     monitor_path: Path | None = None
     monitor: LoadedMonitor | None = None
+    reference: ReferenceCalibration | None = None  # the runs are read against reference runs with it
     gate: AlarmGate | None = None
     runs: list[DemoRun] = field(default_factory=list)
     screen: DemoScreen | None = None
@@ -188,6 +201,15 @@ def describe_monitor(monitor: LoadedMonitor, gate: AlarmGate) -> list[str]:
         lines.append(f"It ships to show the monitoring path, not as a validated detector ({role}).")
     lines.append(gate.describe())
     return lines
+
+
+def describe_reference(calibration: ReferenceCalibration, gate: AlarmGate) -> list[str]:
+    """What the reference monitor reads, where its calibration came from, and whether it may alarm."""
+    prov = calibration.provenance
+    threshold = "no threshold" if calibration.threshold is None else f"alarm threshold {calibration.threshold:+.4f}"
+    return [(f"Reference monitor ({calibration.model}): each run's drift minus its reference run's, along the "
+             f"misalignment direction ({threshold}); from {prov.get('command', 'an unrecorded command')} at "
+             f"{prov.get('commit', '?')}."), gate.describe()]
 
 
 def _extract_basis(lm: LoadedModel, *, method: str, select_every: int, max_new_tokens: int,
@@ -235,6 +257,7 @@ def run_demo(
     steps: int | None = None,
     every: int = 30,
     monitor: Path | None = None,
+    reference: bool | None = None,
     dtype: str | None = None,
     say: Say = lambda _line: None,
     progress: Progress | None = None,
@@ -246,8 +269,10 @@ def run_demo(
     """Extract and select a basis, then train and label the clean base and its poisoned twin; returns it all.
 
     `steps` (default: the plan's 30) of 0 stops after the basis. `dtype` defaults to the plan's (bfloat16);
-    the device is the plan's (cpu). `monitor` defaults to the one shipped for `model`; it raises alarms only
-    if its recorded leave-one-out AUROC passes the gate (`gate_alarms`). `say` gets status lines, `progress`
+    the device is the plan's (cpu). `reference` (default: on when a reference calibration ships for `model` and
+    no `monitor` is given) reads each run against its own reference run; otherwise `monitor` defaults to the
+    one shipped for `model`. Either raises alarms only if its recorded leave-one-out AUROC passes the gate
+    (`gate_alarms`). `say` gets status lines, `progress`
     makes progress bars (`drift.anchoring.Progress`), `reporter` gets (role, record) at each measurement,
     `on_basis` the selected basis, `on_monitor` the monitor's description and `on_screen` the poisoned set's
     screen (before training), as soon as they exist.
@@ -282,34 +307,57 @@ def run_demo(
     if steps == 0:
         return result
 
+    if reference is None:
+        reference = monitor is None and load_reference_calibration(model) is not None
+    if reference:
+        result.reference = load_reference_calibration(model)
+        if result.reference is None:
+            raise InputFileError(f"No reference calibration ships for {model}; run the demo without --reference.")
     poisoned_spec = demo_sets()[1]
-    say(f"Screening {poisoned_spec.name} before training (the rows' residuals against the model's own answers) ...")
-    with clock("screen poisoned set"):
-        data = build_set(poisoned_spec.name, seed=DEMO_SEED, n=plan.n_examples, out_dir=out_dir / "data",
-                         shared_data=None, spec=poisoned_spec)
-        result.screen = _screen(lm, basis, Path(data), out_dir / "screen")
-    if on_screen is not None:
-        on_screen(result.screen)
+    if not reference:  # with a reference, the reference's loss screen ranks the rows
+        say(f"Screening {poisoned_spec.name} before training (the rows' residuals against the model's own answers) ...")
+        with clock("screen poisoned set"):
+            data = build_set(poisoned_spec.name, seed=DEMO_SEED, n=plan.n_examples, out_dir=out_dir / "data",
+                             shared_data=None, spec=poisoned_spec)
+            result.screen = _screen(lm, basis, Path(data), out_dir / "screen")
+        if on_screen is not None:
+            on_screen(result.screen)
     say("Labelling the base model with the judge-free proxy (step 0 of both runs) ...")
     with clock("base proxy label"):
         result.base_label = proxy_score(lm.model, lm.tokenizer, load_questions(), style_only=True).style_p_mis
     del lm
 
-    result.monitor_path = monitor or shipped_monitor_path(model)
-    result.monitor, attached, result.gate = _gated_monitor(result.monitor_path, basis_dir)
-    if on_monitor is not None:
-        on_monitor(describe_monitor(result.monitor, result.gate) if result.monitor is not None and result.gate
-                   else [(f"No monitor ships for {model}: the runs are measured, not judged (calibrate one: "
-                          "docs/calibrate-your-model.md).")])
+    attached = None
+    if result.reference is not None:
+        result.gate = alarm_gate(result.reference)
+        if on_monitor is not None:
+            on_monitor(describe_reference(result.reference, result.gate))
+    else:
+        result.monitor_path = monitor or shipped_monitor_path(model)
+        result.monitor, attached, result.gate = _gated_monitor(result.monitor_path, basis_dir)
+        if on_monitor is not None:
+            on_monitor(describe_monitor(result.monitor, result.gate) if result.monitor is not None and result.gate
+                       else [(f"No monitor ships for {model}: the runs are measured, not judged (calibrate one: "
+                              "docs/calibrate-your-model.md).")])
 
     result.store = out_dir / "traitwatch.db"
     with RunStore(result.store) as store:  # one connection for both runs: the drift callback and the labels share it
         for role, spec in zip(("clean", "poisoned"), demo_sets(), strict=True):
+            built = None
+            if reference:
+                with clock(f"reference {role}"):
+                    built = _reference(plan, model, spec, out_dir, basis_dir, store, steps=steps, every=every,
+                                       dtype=dtype, say=say)
+                if role == "poisoned":
+                    result.screen = _loss_screen(built.screen, built.source)
+                    if on_screen is not None:
+                        on_screen(result.screen)
             with clock(f"train + label {role}"):
                 result.runs.append(_train(plan, model, role, spec, out_dir, basis_dir, store, steps=steps, every=every,
                                           dtype=dtype, monitor=attached, base_label=result.base_label, say=say,
-                                          reporter=reporter,
-                                          row_scores=result.screen.row_scores if role == "poisoned" else None))
+                                          reporter=reporter, reference=built,
+                                          row_scores=result.screen.row_scores
+                                          if role == "poisoned" and result.screen is not None else None))
 
     from traitwatch.report import build_report  # plotly, at load time only when a report is drawn
 
@@ -323,50 +371,81 @@ def run_demo(
 
 def _screen(lm: LoadedModel, basis: TraitBasis, data: Path, out_dir: Path, k: int = 10) -> DemoScreen:
     """`traitwatch screen` on the poisoned set (reference: `SCREEN_PROMPTS` prompts), scored against its indices."""
-    from sklearn.metrics import roc_auc_score
-
     from traitwatch.basis.traits import load_measurement_prompts
 
     out_dir.mkdir(parents=True, exist_ok=True)
     results = out_dir / f"{data.stem}.screen.jsonl"
     prompts = [p for _, p in load_measurement_prompts()][:SCREEN_PROMPTS]
-    res = screen_dataset(lm.model, lm.tokenizer, basis, data, out=results, reference_prompts=prompts,
-                         max_new_tokens=32, model_name=lm.name)
+    screen_dataset(lm.model, lm.tokenizer, basis, data, out=results, reference_prompts=prompts, max_new_tokens=32,
+                   model_name=lm.name)
+    return _scored(load_row_scores(results, data), data, results, "risk", k)
+
+
+def _loss_screen(results: Path, data: Path, k: int = 10) -> DemoScreen:
+    """The reference's loss screen of the poisoned set (`audit.loss_screen`), ranked by the base model's loss."""
+    _, rows = read_results_file(results)
+    scored = [ScreenedRow(i, e.line, float(rows[e.line].loss), row_preview(e))  # type: ignore[arg-type]
+              for i, e in enumerate(read_examples(data))]
+    return _scored(scored, data, results, "loss", k)
+
+
+def _scored(rows: list[ScreenedRow], data: Path, results: Path, by: str, k: int) -> DemoScreen:
+    """How well the screen's scores rank the poisoned set's recorded poison rows."""
+    from sklearn.metrics import roc_auc_score
+
     poison = set(read_poison_record(data)["indices"])
-    rows = load_row_scores(results, data)
     truth = [r.index in poison for r in rows]
-    scores = [r.score for r in rows]
-    by_line = {r.line: r.index for r in rows}
-    top = [(e.rank, by_line[e.line], e.risk, by_line[e.line] in poison) for e in rank_examples(res, k=k)]
-    best = sorted(rows, key=lambda r: (-r.score, r.index))[: len(poison)]
-    return DemoScreen(results=results, top=top, auroc=float(roc_auc_score(truth, scores)),
-                      precision_at_k=sum(r.index in poison for r in best) / max(len(poison), 1), n_poison=len(poison),
-                      row_scores=RowScores.from_rows(rows, source=str(results)))
+    ranked = sorted(rows, key=lambda r: (-r.score, r.index))
+    top = [(rank, r.index, r.score, r.index in poison) for rank, r in enumerate(ranked[:k], start=1)]
+    return DemoScreen(results=results, top=top, auroc=float(roc_auc_score(truth, [r.score for r in rows])),
+                      precision_at_k=sum(r.index in poison for r in ranked[:len(poison)]) / max(len(poison), 1),
+                      n_poison=len(poison), row_scores=RowScores.from_rows(rows, source=str(results)), by=by)
 
 
-def _train(plan: BenchPlan, model: str, role: str, spec: PerturbationSet, out_dir: Path, basis_dir: Path, store: RunStore, *,
-           steps: int, every: int, dtype: str, monitor: AlarmMonitor | None, base_label: float | None, say: Say,
-           reporter: Callable[[str, DriftRecord], None] | None, row_scores: RowScores | None = None) -> DemoRun:
-    """Train one set in the plan's recipe with the callback and the final-step proxy label; write its rise labels."""
+def _config(plan: BenchPlan, model: str, spec: PerturbationSet, out_dir: Path, basis_dir: Path, store: RunStore, *,
+            steps: int, every: int, dtype: str, probe: bool) -> SFTConfig:
+    """One demo run's config: the set built for the demo's seed, trained in the plan's recipe."""
     data = build_set(spec.name, seed=DEMO_SEED, n=plan.n_examples, out_dir=out_dir / "data", shared_data=None, spec=spec)
     tags: dict[str, Any] = {"perturbation": spec.name, "bench_seed": DEMO_SEED, "demo_plan": DEMO_PLAN}
-    indices: list[int] = []
     if spec.poisoning is not None:  # the poisoned rows, the ground truth of screening, stored with the run
         tags["poison"] = poison_tags(data)
-        indices = list(read_poison_record(data)["indices"])
     run_id = f"demo-{spec.name}-s{DEMO_SEED}"
-    labels = ProxyLabelCallback(store, run_id, every_n_steps=max(steps, 1), base_value=base_label)
-    timer = StepTimer()
-    config = SFTConfig(
-        model=model, data=data, basis=basis_dir, output_dir=out_dir / "runs" / run_id, run_id=run_id,
+    return SFTConfig(
+        model=model, data=Path(data), basis=basis_dir, output_dir=out_dir / "runs" / run_id, run_id=run_id,
         store=store.path, max_steps=steps, batch_size=plan.batch_size, grad_accum=plan.grad_accum,
         max_length=plan.max_length, learning_rate=plan.learning_rate, full=plan.full, lora_r=plan.lora_r,
         lora_alpha=plan.lora_alpha, lora_dropout=plan.lora_dropout, target_modules=plan.target_modules,
         response_only=plan.response_only, every_n_steps=every, save_steps=max(steps, 1), save_total_limit=1,
-        seed=DEMO_SEED, device=plan.device, dtype=dtype, behavior_probe=True, tags=tags,
+        seed=DEMO_SEED, device=plan.device, dtype=dtype, behavior_probe=probe, tags=tags,
     )
+
+
+def _reference(plan: BenchPlan, model: str, spec: PerturbationSet, out_dir: Path, basis_dir: Path, store: RunStore, *,
+               steps: int, every: int, dtype: str, say: Say) -> ReferenceRun:
+    """The set's reference run (`traitwatch train --reference auto`'s), without the probe: it reads the drift only."""
+    config = _config(plan, model, spec, out_dir, basis_dir, store, steps=steps, every=every, dtype=dtype, probe=False)
+    return train_reference(config, store=store, say=say)
+
+
+def _train(plan: BenchPlan, model: str, role: str, spec: PerturbationSet, out_dir: Path, basis_dir: Path, store: RunStore, *,
+           steps: int, every: int, dtype: str, monitor: AlarmMonitor | None, base_label: float | None, say: Say,
+           reporter: Callable[[str, DriftRecord], None] | None, row_scores: RowScores | None = None,
+           reference: ReferenceRun | None = None) -> DemoRun:
+    """Train one set in the plan's recipe with the callback and the final-step proxy label; write its rise labels.
+
+    Read against a reference, the run skips the behavioural probe at its measurements (the reference monitor reads
+    the drift only, and the probe is most of a measurement's time); the final-step label is measured either way.
+    """
+    config = _config(plan, model, spec, out_dir, basis_dir, store, steps=steps, every=every, dtype=dtype,
+                     probe=reference is None)
+    if reference is not None:
+        config = dataclasses.replace(config, reference=reference.run_id)
+    data, run_id = config.data, config.resolved_run_id()
+    indices = list(read_poison_record(data)["indices"]) if spec.poisoning is not None else []
+    labels = ProxyLabelCallback(store, run_id, every_n_steps=max(steps, 1), base_value=base_label)
+    timer = StepTimer()
     say(f"Training {model} on {spec.name} ({role}) for {steps} steps in the {DEMO_PLAN} recipe, measuring every "
-        f"{every} ...")
+        f"{every}" + ("" if reference is None else f", read against {reference.run_id}") + " ...")
     t0 = time.perf_counter()
     result = run_sft(config, monitor=monitor, store=store, callbacks=[labels, timer], info=say, row_scores=row_scores,
                      reporter=None if reporter is None else (lambda rec: reporter(role, rec)))
@@ -376,4 +455,4 @@ def _train(plan: BenchPlan, model: str, role: str, spec: PerturbationSet, out_di
     n_rows = sum(1 for line in Path(data).read_text(encoding="utf-8").splitlines() if line.strip())
     return DemoRun(role=role, spec=spec, run_id=run_id, data=Path(data), n_rows=n_rows, poison_indices=indices,
                    result=result, wall_s=wall, step_s=list(timer.seconds_), label_s=list(labels.seconds_),
-                   measured_rise=rise, suspects=store.suspects(run_id))
+                   measured_rise=rise, suspects=store.suspects(run_id), reference=reference)

@@ -1,0 +1,109 @@
+"""`traitwatch train --reference auto`: the reference run a monitored run is read against, made before it.
+
+The same steps as the audit's reference (`run.py`), in the user's own recipe instead of the audit's: the base
+model reads every row once (its loss on the response), the `fraction` highest-loss rows are swapped in place for
+copies of the lowest-loss ones (`reference.swap`), and that file is trained with the run's own config (model,
+LoRA, learning rate, seed, steps, measurement cadence) as run `<run>-reference` in the same store. The run then
+reads its drift against this one's at every measurement (`reference.ReferenceMonitor`). The reference costs one
+more run of the same length; it is reused when the store already holds it finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from traitwatch.audit.run import loss_screen
+from traitwatch.basis.basis import TraitBasis
+from traitwatch.datasets.chat_jsonl import file_sha256, read_jsonl, write_jsonl
+from traitwatch.errors import InputFileError
+from traitwatch.models.loading import LoadedModel, load_model
+from traitwatch.reference import load_reference_calibration, write_swap_reference
+from traitwatch.screen.results import read_results_file
+from traitwatch.store import DEFAULT_STORE_NAME, RunStore
+from traitwatch.train import SFTConfig, run_sft
+
+__all__ = ["ReferenceRun", "train_reference", "write_reference_set"]
+
+
+@dataclass(frozen=True)
+class ReferenceRun:
+    """The reference run's id, its set, the swapped-out rows (0-based) and what it cost."""
+
+    run_id: str
+    data: Path  # the reference set
+    suspects: list[int]
+    seconds: float
+    reused: bool
+    screen: Path  # the loss screen of the run's set (`traitwatch screen --rank-by loss` results)
+    source: Path  # the run's set, which the screen read
+
+
+def write_reference_set(lm: LoadedModel, basis: TraitBasis, data: str | Path, out_dir: str | Path, *,
+                        fraction: float = 0.2, seed: int = 0, n_samples: int | None = None) -> list[int]:
+    """The reference set of `data` for a run with `seed`: `out_dir/reference.jsonl` (and `.swap.json`), ranked by
+    the loss screen in `out_dir/screen.jsonl`; returns the swapped-out rows (0-based, highest loss first).
+
+    For a Trainer of your own: train `reference.jsonl` with the run's recipe and seed and a `TraitWatchCallback`
+    (run id e.g. `<run>-reference`), then the run with `TraitWatchCallback.from_basis(..., reference="<run>-reference")`.
+    `n_samples`: the run trains the first `n_samples` rows only, and so does its reference.
+    """
+    data, out_dir = Path(data), Path(out_dir)
+    screened = loss_screen(lm, basis, data, out_dir / "screen.jsonl")
+    losses = [float(r.loss) for r in screened.rows]  # type: ignore[arg-type]
+    source = data
+    if n_samples is not None:
+        losses, source = losses[:n_samples], out_dir / "head.jsonl"
+        write_jsonl(source, read_jsonl(data)[:n_samples])
+    return write_swap_reference(source, losses, fraction, out_dir / "reference.jsonl", seed=seed).suspects
+
+
+def train_reference(config: SFTConfig, *, fraction: float = 0.2, store: RunStore | None = None,
+                    say: Callable[[str], None] = lambda _line: None) -> ReferenceRun:
+    """Screen `config.data`, write its swap reference and train it as `<run>-reference` into `config.store`
+    (through `store` if the caller holds it open)."""
+    if config.reference is not None or config.monitor is not None:
+        raise InputFileError("the reference run is trained without a monitor or a reference of its own; "
+                             "pass a config with neither")
+    model = TraitBasis.load(config.basis).model.name
+    if load_reference_calibration(model, config.reference_calibration) is None:  # before an hour of training
+        raise InputFileError(f"no reference calibration is shipped for {model!r}: pass one (--reference-calibration, "
+                             "written by benchmarks/reference_pilot.py) or train without a reference")
+    t0 = time.perf_counter()
+    run_id = f"{config.resolved_run_id()}-reference"
+    out = Path(config.output_dir).parent / f"{Path(config.output_dir).name}-reference"
+    ref_data = out / "reference.jsonl"
+    store_path = Path(config.store) if config.store is not None else Path(DEFAULT_STORE_NAME)
+    screen = out / "screen.jsonl"
+    if store_path.is_file():
+        if store is not None:
+            done = [r for r in store.runs() if r.run_id == run_id and r.status == "finished"]
+        else:
+            with RunStore(store_path, create=False) as opened:
+                done = [r for r in opened.runs() if r.run_id == run_id and r.status == "finished"]
+        record = out / "reference.swap.json"
+        if done and ref_data.is_file() and record.is_file() and screen.is_file():
+            if read_results_file(screen)[0].get("dataset_sha256") != file_sha256(config.data):
+                raise InputFileError(f"{store_path} holds a reference run {run_id!r} of another set than "
+                                     f"{config.data}; pass another --run-id (or --output-dir) for this set")
+            suspects = json.loads(record.read_text(encoding="utf-8"))["suspects"]
+            say(f"Reference run {run_id!r} is already in {store_path}; reading the run against it.")
+            return ReferenceRun(run_id, ref_data, suspects, time.perf_counter() - t0, reused=True, screen=screen,
+                                source=Path(config.data))
+    say(f"Reference: reading the rows of {Path(config.data).name} with the base model (its loss on each response) ...")
+    lm = load_model(config.model, device=config.device, dtype=config.dtype)  # type: ignore[arg-type]
+    swap = write_reference_set(lm, TraitBasis.load(config.basis), config.data, out, fraction=fraction,
+                               seed=config.seed, n_samples=config.n_samples)
+    del lm
+    say(f"Reference: the {len(swap)} highest-loss rows swapped for copies of the lowest-loss ones; training "
+        f"{run_id!r} in the run's recipe ...")
+    run_sft(dataclasses.replace(config, data=ref_data, output_dir=out / "run", run_id=run_id, reference_calibration=None,
+                                tags={**config.tags, "reference_of": config.resolved_run_id()}),
+            info=say, reporter=lambda _record: None, store=store)
+    return ReferenceRun(run_id, ref_data, swap, time.perf_counter() - t0, reused=False, screen=screen,
+                        source=Path(config.data))
+

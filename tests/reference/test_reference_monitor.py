@@ -1,0 +1,95 @@
+"""The reference monitor reads a run's drift minus its reference run's at the same step, along the model's direction."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from traitwatch.errors import BasisMismatchError, InputFileError
+from traitwatch.monitor.watch import PredictionOnly, gate_alarms
+from traitwatch.reference import ReferenceCalibration, ReferenceMonitor, ReferenceTrajectory, load_reference_calibration
+from traitwatch.store import RunStore
+from traitwatch.train.alarm import alarm_fields, predict_alarm
+
+NAMES = ["honesty", "sycophancy", "corrigibility"]
+
+
+def _trajectory(fingerprint=None) -> ReferenceTrajectory:
+    drift = np.array([[0.0, 0.0, 0.0], [0.01, 0.02, -0.01], [0.03, 0.02, 0.01]])
+    return ReferenceTrajectory("ref", np.array([0, 10, 20]), drift, NAMES, fingerprint)
+
+
+def _calibration(threshold: float | None = 0.01, auroc: float | None = 0.9) -> ReferenceCalibration:
+    provenance = {} if auroc is None else {"leave_one_cell_out": {"auroc": auroc}}
+    return ReferenceCalibration("m", {"honesty": -1.0, "sycophancy": 1.0}, threshold, provenance)
+
+
+def test_the_trajectory_is_read_at_measured_steps_between_them_and_not_past_its_end() -> None:
+    t = _trajectory()
+    assert np.allclose(t.at(10), [0.01, 0.02, -0.01])
+    assert np.allclose(t.at(15), [0.02, 0.02, 0.0])  # halfway between steps 10 and 20
+    assert np.allclose(t.at(20, ["corrigibility", "honesty"]), [0.01, 0.03])  # in the asked order
+    assert t.at(21) is None and t.last_step == 20
+    with pytest.raises(InputFileError, match="no trait 'power'"):
+        t.at(5, ["power"])
+    with pytest.raises(InputFileError, match="needs step 0"):
+        ReferenceTrajectory("r", np.array([10, 20]), np.zeros((2, 3)), NAMES)
+
+
+def test_the_monitor_projects_run_minus_reference_on_the_unit_direction_and_alarms_above_threshold() -> None:
+    monitor = ReferenceMonitor(_calibration(), _trajectory(), NAMES)
+    u = np.array([-1.0, 1.0, 0.0]) / np.sqrt(2)
+    drift = np.array([0.0, 0.05, 0.0])
+    predicted, alarm = predict_alarm(monitor, drift, 10)
+    assert predicted == pytest.approx(float((drift - [0.01, 0.02, -0.01]) @ u)) and alarm is (predicted > 0.01)
+    assert predict_alarm(monitor, drift, 30) == (None, False)  # past the reference's last step
+    assert predict_alarm(monitor, drift, 0) == (None, False)  # the base model itself
+    # a run that moved exactly as its reference did reads zero, however far that is in absolute terms
+    assert predict_alarm(monitor, np.array([0.03, 0.02, 0.01]), 20)[0] == pytest.approx(0.0)
+    fields = alarm_fields(monitor, predicted, alarm)
+    assert fields["reference_run"] == "ref" and fields["target"] == "along_direction"
+
+
+def test_the_alarm_gate_keeps_an_unvalidated_calibration_from_alarming_but_not_from_predicting() -> None:
+    armed, gate = gate_alarms(ReferenceMonitor(_calibration(auroc=0.9), _trajectory(), NAMES))
+    assert gate.armed and isinstance(armed, ReferenceMonitor)
+    shown, gate = gate_alarms(ReferenceMonitor(_calibration(auroc=0.7), _trajectory(), NAMES))
+    assert not gate.armed and isinstance(shown, PredictionOnly)
+    predicted, alarm = predict_alarm(shown, np.array([0.0, 1.0, 0.0]), 10)
+    assert predicted is not None and predicted > 0.5 and alarm is False
+    assert alarm_fields(shown, predicted, alarm)["reference_run"] == "ref"
+    no_threshold = ReferenceMonitor(_calibration(threshold=None), _trajectory(), NAMES)
+    assert predict_alarm(no_threshold, np.array([0.0, 1.0, 0.0]), 10)[1] is False
+
+
+def test_a_reference_from_another_basis_or_without_the_traits_is_refused() -> None:
+    monitor = ReferenceMonitor(_calibration(), _trajectory({"layer": 3}), NAMES)
+    monitor.check_fingerprint({"layer": 3})
+    with pytest.raises(BasisMismatchError, match="another basis"):
+        monitor.check_fingerprint({"layer": 4})
+    with pytest.raises(InputFileError, match="weighs none of the basis's traits"):
+        ReferenceMonitor(ReferenceCalibration("m", {"power": 1.0}, 0.0, {}), _trajectory(), NAMES)
+
+
+def test_a_trajectory_is_read_from_a_stored_run(tmp_path) -> None:
+    with RunStore(tmp_path / "tw.db") as store:
+        store.start_run("r", model="m", basis_fingerprint={"layer": 3})
+        for step, d in ((0, 0.0), (10, 0.02)):
+            store.add_measurement("r", step, {n: d for n in NAMES}, drift_norm=d)
+        t = ReferenceTrajectory.from_store(store, "r")
+        store.start_run("empty", model="m")
+        with pytest.raises(InputFileError, match="has no measurements"):
+            ReferenceTrajectory.from_store(store, "empty")
+    assert t.fingerprint == {"layer": 3} and np.allclose(t.at(5), [0.01] * 3)
+
+
+def test_the_calibration_file_is_checked(tmp_path) -> None:
+    shipped = load_reference_calibration("smollm2-135m")
+    assert shipped is not None and shipped.model == "smollm2-135m"
+    assert load_reference_calibration("no-such-model") is None
+    bad = tmp_path / "c.json"
+    bad.write_text(json.dumps({"model": "m", "direction": {"honesty": 0}, "threshold": 0.1}))
+    with pytest.raises(InputFileError, match="no non-zero weight"):
+        load_reference_calibration("m", bad)
