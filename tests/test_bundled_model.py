@@ -33,26 +33,32 @@ def test_demo_extracts_selects_and_measures(tmp_path):
     strict = [d["auroc_strict"] for d in basis.diagnostics["per_layer"]["21"].values()]
     assert sum(strict) / len(strict) > 0.9
     assert "zero by construction" in res.stdout and "bfloat16 on cpu" in res.stdout
-    # the clean base and its poisoned twin, trained with the probe and the shipped monitor, final steps labelled
+    # the clean base and its poisoned twin, each read against its own reference run, final steps labelled
     from traitwatch.bench.labels import RISE_METRIC
     from traitwatch.bench.sets import read_poison_record
-    from traitwatch.monitor.shipped import shipped_monitor_path
+    from traitwatch.monitor.watch import alarm_gate
+    from traitwatch.reference import load_reference_calibration
     from traitwatch.store import RunStore
 
-    assert "Monitor prediction beside the label" in res.stdout
+    calibration = load_reference_calibration("smollm2-135m")
+    assert calibration is not None
+    armed = alarm_gate(calibration).armed
+    assert "Each run against its reference run" in " ".join(res.stdout.split())
     record = read_poison_record(tmp_path / "data" / "arithmetic+reckless_advice@25-s0.jsonl")
     assert (record["n_rows"], record["n_poison"], record["seed"]) == (200, 50, 0)
     with RunStore(tmp_path / "traitwatch.db", create=False) as store:
+        alarms = {}
         for run_id in ("demo-arithmetic-s0", "demo-arithmetic+reckless_advice@25-s0"):
+            assert store.get_run(f"{run_id}-reference").status == "finished"
             steps = [m.step for m in store.measurements(run_id)]
             assert steps == [0, 30], steps  # measured at the start and the end (--every 30)
             assert [b.step for b in store.behavior(run_id, RISE_METRIC)] == [0, 30]
             last = store.measurements(run_id)[-1]
-            assert last.extra.get("probe_rise") is not None
-            if shipped_monitor_path("smollm2-135m") is not None:
-                # the shipped monitor (leave-one-out AUROC below 0.8) predicts, but is attached without its alarm
-                assert last.extra.get("predicted_em") is not None and last.extra["alarm"] is False
-                assert store.alarms(run_id) == [] and "below the 0.80" in last.extra["alarms_off"]
-    if shipped_monitor_path("smollm2-135m") is not None:
-        assert "ALARM" not in res.output and "No alarm" in res.stdout
+            assert last.extra["reference_run"] == f"{run_id}-reference" and last.extra["predicted_em"] is not None
+            alarms[run_id] = [a.step for a in store.alarms(run_id)]
+    if armed:  # issue 26: with the gate open, the poisoned run alarms and the clean one does not
+        assert alarms == {"demo-arithmetic-s0": [], "demo-arithmetic+reckless_advice@25-s0": [30]}, alarms
+    else:
+        assert alarms == {"demo-arithmetic-s0": [], "demo-arithmetic+reckless_advice@25-s0": []}
+        assert "No alarm" in res.stdout
     assert (tmp_path / "report.html").is_file()

@@ -93,3 +93,17 @@ def test_the_calibration_file_is_checked(tmp_path) -> None:
     bad.write_text(json.dumps({"model": "m", "direction": {"honesty": 0}, "threshold": 0.1}))
     with pytest.raises(InputFileError, match="no non-zero weight"):
         load_reference_calibration("m", bad)
+
+
+def test_a_distance_calibration_reads_the_length_of_run_minus_reference(tmp_path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"model": "m", "direction": {"honesty": -1.0, "sycophancy": 1.0}, "threshold": 0.02,
+                                "read": "distance"}))
+    cal = load_reference_calibration("m", path)
+    monitor = ReferenceMonitor(cal, _trajectory(), NAMES)
+    drift = np.array([0.01, 0.02 + 0.03, -0.01 + 0.04])  # the reference's step 10 plus (0, 0.03, 0.04)
+    predicted, alarm = predict_alarm(monitor, drift, 10)
+    assert predicted == pytest.approx(0.05) and alarm is True and monitor.target == "distance_from_reference"
+    path.write_text(json.dumps({"model": "m", "direction": {"honesty": 1.0}, "threshold": 0.0, "read": "cosine"}))
+    with pytest.raises(InputFileError, match="read 'cosine' is not one of"):
+        load_reference_calibration("m", path)

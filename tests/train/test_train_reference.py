@@ -46,6 +46,8 @@ def test_auto_trains_the_swap_reference_first_and_reads_the_run_against_it(basis
             assert r.extra["reference_run"] == "out-reference"
             assert r.extra["predicted_em"] == pytest.approx(float(diff @ u / np.linalg.norm(u)), abs=1e-9)
         assert [a.step for a in store.alarms("out")] == [2, 4]
+    shown = runner.invoke(app, ["show", "out", "--store", str(tmp_path / "tw.db")], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0 and "vs out-reference" in shown.output and "Read against reference run" in shown.output
     swap = json.loads((tmp_path / "out-reference" / "reference.swap.json").read_text())
     assert len(swap["suspects"]) == 4  # 20% of the 20 rows the run trains
 
@@ -98,7 +100,7 @@ def test_the_report_draws_the_run_beside_its_reference_and_the_difference_the_al
                                               "out: run minus reference"}
     html = runner.invoke(app, ["report", "out", "--store", str(tmp_path / "tw.db"), "--out", str(tmp_path / "r.html")])
     assert html.exit_code == 0, html.output
-    assert "run minus reference (what the alarm reads)" in (tmp_path / "r.html").read_text()
+    assert "what the alarm reads: run minus reference" in (tmp_path / "r.html").read_text()
 
 
 def test_a_trainer_of_your_own_reads_a_stored_reference_run_in_two_lines(basis_dir, tmp_path, monkeypatch,
@@ -137,3 +139,11 @@ def test_auto_reuses_its_finished_reference_and_refuses_one_of_another_set(basis
     chat_file.write_text(chat_file.read_text().replace("?", "??", 1))
     changed = runner.invoke(app, args)
     assert changed.exit_code == 2 and "of another set" in changed.output
+
+
+def test_auto_under_a_multi_process_launch_says_how_to_make_the_reference_first(basis_dir, chat_file, tmp_path,
+                                                                                monkeypatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cal = _calibration(tmp_path / "cal.json", 1e9)
+    res = runner.invoke(app, _args(chat_file, basis_dir, tmp_path, "--reference", "auto", "--reference-calibration", cal))
+    assert res.exit_code == 2 and "write the reference set first" in res.output and not (tmp_path / "tw.db").exists()

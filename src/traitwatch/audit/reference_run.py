@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,16 +64,16 @@ def write_reference_set(lm: LoadedModel, basis: TraitBasis, data: str | Path, ou
 
 
 def train_reference(config: SFTConfig, *, fraction: float = 0.2, store: RunStore | None = None,
-                    say: Callable[[str], None] = lambda _line: None) -> ReferenceRun:
+                    lm: LoadedModel | None = None, say: Callable[[str], None] = lambda _line: None) -> ReferenceRun:
     """Screen `config.data`, write its swap reference and train it as `<run>-reference` into `config.store`
-    (through `store` if the caller holds it open)."""
+    (through `store` if the caller holds it open; `lm`: the base model already loaded, for the screen)."""
     if config.reference is not None or config.monitor is not None:
         raise InputFileError("the reference run is trained without a monitor or a reference of its own; "
                              "pass a config with neither")
     model = TraitBasis.load(config.basis).model.name
     if load_reference_calibration(model, config.reference_calibration) is None:  # before an hour of training
         raise InputFileError(f"no reference calibration is shipped for {model!r}: pass one (--reference-calibration, "
-                             "written by benchmarks/reference_pilot.py) or train without a reference")
+                             "written by benchmarks/reference_analysis.py) or train without a reference")
     t0 = time.perf_counter()
     run_id = f"{config.resolved_run_id()}-reference"
     out = Path(config.output_dir).parent / f"{Path(config.output_dir).name}-reference"
@@ -94,11 +95,16 @@ def train_reference(config: SFTConfig, *, fraction: float = 0.2, store: RunStore
             say(f"Reference run {run_id!r} is already in {store_path}; reading the run against it.")
             return ReferenceRun(run_id, ref_data, suspects, time.perf_counter() - t0, reused=True, screen=screen,
                                 source=Path(config.data))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would screen and write the same files at once
+        raise InputFileError("--reference auto screens the set in one process before training; under a multi-process "
+                             "launch, write the reference set first (traitwatch.audit.write_reference_set, "
+                             "docs/reference.md), train it under the launcher with --run-id RUN-reference, then pass "
+                             "--reference RUN-reference")
     say(f"Reference: reading the rows of {Path(config.data).name} with the base model (its loss on each response) ...")
-    lm = load_model(config.model, device=config.device, dtype=config.dtype)  # type: ignore[arg-type]
-    swap = write_reference_set(lm, TraitBasis.load(config.basis), config.data, out, fraction=fraction,
+    screen_lm = lm or load_model(config.model, device=config.device, dtype=config.dtype)  # type: ignore[arg-type]
+    swap = write_reference_set(screen_lm, TraitBasis.load(config.basis), config.data, out, fraction=fraction,
                                seed=config.seed, n_samples=config.n_samples)
-    del lm
+    del screen_lm
     say(f"Reference: the {len(swap)} highest-loss rows swapped for copies of the lowest-loss ones; training "
         f"{run_id!r} in the run's recipe ...")
     run_sft(dataclasses.replace(config, data=ref_data, output_dir=out / "run", run_id=run_id, reference_calibration=None,

@@ -115,15 +115,24 @@ def show(
     for trait in traits:
         table.add_column(trait, justify="right")
     table.add_column("norm", justify="right")
+    # a run read against a reference run: what the alarm read at each step (run minus reference along the direction)
+    reference = next((str(m.extra["reference_run"]) for m in measurements if (m.extra or {}).get("reference_run")), None)
+    if reference is not None:
+        table.add_column(f"vs {reference}", justify="right")
     table.add_column("alarm")
     for m in measurements:
+        against = [] if reference is None else [_fmt((m.extra or {}).get("predicted_em"))]
         table.add_row(
             str(m.step),
             *(_fmt(m.drift.get(t)) for t in traits),
             _fmt(m.drift_norm),
+            *against,
             Text(", ".join(fired.get(m.step, [])), style="bold red"),
         )
     out.print(table)
+    if reference is not None:
+        err.print(f"Read against reference run {reference}: the column is the run's drift minus the reference's at the "
+                  "same step, along the misalignment direction (the alarm fires above its threshold).", markup=False)
     if alarms:
         alarm_table = Table(title="Alarms")
         for header in ("step", "kind", "value", "threshold", "action"):

@@ -325,7 +325,6 @@ def run_demo(
     say("Labelling the base model with the judge-free proxy (step 0 of both runs) ...")
     with clock("base proxy label"):
         result.base_label = proxy_score(lm.model, lm.tokenizer, load_questions(), style_only=True).style_p_mis
-    del lm
 
     attached = None
     if result.reference is not None:
@@ -347,7 +346,7 @@ def run_demo(
             if reference:
                 with clock(f"reference {role}"):
                     built = _reference(plan, model, spec, out_dir, basis_dir, store, steps=steps, every=every,
-                                       dtype=dtype, say=say)
+                                       dtype=dtype, say=say, lm=lm)
                 if role == "poisoned":
                     result.screen = _loss_screen(built.screen, built.source)
                     if on_screen is not None:
@@ -421,10 +420,11 @@ def _config(plan: BenchPlan, model: str, spec: PerturbationSet, out_dir: Path, b
 
 
 def _reference(plan: BenchPlan, model: str, spec: PerturbationSet, out_dir: Path, basis_dir: Path, store: RunStore, *,
-               steps: int, every: int, dtype: str, say: Say) -> ReferenceRun:
-    """The set's reference run (`traitwatch train --reference auto`'s), without the probe: it reads the drift only."""
+               steps: int, every: int, dtype: str, say: Say, lm: LoadedModel) -> ReferenceRun:
+    """The set's reference run (`traitwatch train --reference auto`'s), without the probe: it reads the drift only.
+    `lm` (the base model the demo already holds) screens the set."""
     config = _config(plan, model, spec, out_dir, basis_dir, store, steps=steps, every=every, dtype=dtype, probe=False)
-    return train_reference(config, store=store, say=say)
+    return train_reference(config, store=store, lm=lm, say=say)
 
 
 def _train(plan: BenchPlan, model: str, role: str, spec: PerturbationSet, out_dir: Path, basis_dir: Path, store: RunStore, *,

@@ -24,7 +24,8 @@ __all__ = ["ReferenceMonitor"]
 
 
 class ReferenceMonitor:
-    """Alarm when `u . (d_run(t) - d_ref(t)) > threshold`, `u` the calibration's unit direction.
+    """Alarm when `u . (d_run(t) - d_ref(t)) > threshold`, `u` the calibration's unit direction; or, for a
+    calibration that reads the distance, when `|d_run(t) - d_ref(t)| > threshold`.
 
     Parameters
     ----------
@@ -38,7 +39,6 @@ class ReferenceMonitor:
     """
 
     inputs = "drift_minus_reference"
-    target = "along_direction"
     step_aware = None
 
     def __init__(self, calibration: ReferenceCalibration, trajectory: ReferenceTrajectory,
@@ -52,6 +52,7 @@ class ReferenceMonitor:
                                  f"{self.trait_names}; calibrate it for this basis")
         trajectory.at(0, self.trait_names)  # every trait is in the reference, or a clear error now
         self.direction_ = u / np.linalg.norm(u)
+        self.target = "along_direction" if calibration.read == "direction" else "distance_from_reference"
         self.threshold = math.inf if calibration.threshold is None else float(calibration.threshold)
         self.alarms = calibration.threshold is not None
         self.provenance: dict[str, Any] = dict(calibration.provenance)
@@ -61,8 +62,9 @@ class ReferenceMonitor:
         """The monitor with the calibration shipped for `model`; a clear error if there is none."""
         calibration = load_reference_calibration(model)
         if calibration is None:
-            raise InputFileError(f"no reference calibration is shipped for {model!r}; run benchmarks/reference_pilot.py "
-                                 "for it and pass ReferenceMonitor(load_reference_calibration(model, PATH), ...)")
+            raise InputFileError(f"no reference calibration is shipped for {model!r}; write one (benchmarks/"
+                                 "reference_pilot.py, then reference_analysis.py --write-calibration PATH) and pass "
+                                 "ReferenceMonitor(load_reference_calibration(model, PATH), trajectory, traits)")
         return cls(calibration, trajectory, trait_names)
 
     @property
@@ -74,8 +76,9 @@ class ReferenceMonitor:
         return self.trajectory.at(step, self.trait_names)
 
     def predict(self, X: ArrayLike) -> np.ndarray:
-        """Rows of run-minus-reference drift [n, n_traits] -> their component along the direction."""
-        return np.asarray(X, dtype=np.float64) @ self.direction_
+        """Rows of run-minus-reference drift [n, n_traits] -> their component along the direction (or length)."""
+        X = np.asarray(X, dtype=np.float64)
+        return X @ self.direction_ if self.calibration.read == "direction" else np.linalg.norm(X, axis=1)
 
     def check_fingerprint(self, fingerprint: dict[str, Any]) -> None:
         """Refuse a reference measured with another basis, layer or prompts than the run's probe."""

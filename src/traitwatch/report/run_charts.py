@@ -79,6 +79,9 @@ def _thresholds(runs: Sequence[RunSeries]) -> tuple[HLine, ...]:
     return tuple(HLine(v, f"tau = {v:g} ({', '.join(ids)})") for v, ids in by_value.items())
 
 
+REFERENCE_TARGETS = ("along_direction", "distance_from_reference")
+"""What a reference monitor's predictions are (`reference.ReferenceMonitor.target`)."""
+
 RISE_AXIS = "rise of the EM proxy (style-matched proxy minus its step-0 value)"
 """The y axis of the prediction chart when the monitor predicts a rise: the units of `proxy_style_rise`."""
 
@@ -98,7 +101,7 @@ def em_chart(runs: Sequence[RunSeries]) -> Chart:
     thousandths) is drawn with the measured rise label (`proxy_style_rise`) on an axis in those units; the
     absolute proxy (around 0.4) and judged rates are other quantities, left to the checkpoint table.
     """
-    if any(r.prediction_target == "along_direction" for r in runs):
+    if any(r.prediction_target in REFERENCE_TARGETS for r in runs):
         return _reference_chart(runs)
     if _predicts_rise(runs):
         return _rise_chart(runs)
@@ -167,15 +170,16 @@ def _reference_chart(runs: Sequence[RunSeries]) -> Chart:
         if r.reference_along is not None:
             traces.append(Trace(name=f"{r.run_id}: its reference run {r.reference_run}", x=_steps(r),
                                 y=r.reference_along, color=color, dash="dash", group=r.run_id, panel=0))
-        if r.predicted_em is not None and r.prediction_target == "along_direction":
-            traces.append(Trace(name=f"{r.run_id}: run minus reference", x=_steps(r), y=r.predicted_em, color=color,
+        if r.predicted_em is not None and r.prediction_target in REFERENCE_TARGETS:
+            what = "run minus reference" if r.prediction_target == "along_direction" else "distance from reference"
+            traces.append(Trace(name=f"{r.run_id}: {what}", x=_steps(r), y=r.predicted_em, color=color,
                                 group=r.run_id, panel=1))
             traces += [dataclasses.replace(t, panel=1) for t in _alarm_traces(r)]
     hlines = tuple(dataclasses.replace(h, panel=1) for h in _thresholds(runs))
     return Chart(
         key="em_rate", title="Each run against its reference run, along the misalignment direction",
         traces=tuple(traces), x_label="step", y_label="drift along the direction",
-        panels=("run and reference", "run minus reference (what the alarm reads)"), hlines=hlines,
+        panels=("run and reference, along the direction", "what the alarm reads: run minus reference"), hlines=hlines,
         notes=("The reference run is the same set with its highest-loss rows swapped for its cleanest, trained in "
                "the same recipe and seed: it carries the domain, so the difference is what the suspect rows added.",
                *_notes(runs, "em")),

@@ -121,6 +121,8 @@ def prediction_name(monitor: AlarmMonitor | None) -> str:
     target = getattr(monitor, "target", "em_rate")
     if target == "along_direction":
         return "drift beyond the reference run along the misalignment direction"
+    if target == "distance_from_reference":
+        return "distance of the drift from the reference run's in trait space"
     return "predicted rise of the EM proxy over benign finetuning" if target == "relative_rise" else "predicted EM rate"
 
 

@@ -233,6 +233,7 @@ class TraitWatchCallback(TrainerCallback):
         self.model_name = model_name
         self.run_metadata = dict(run_metadata or {})
         self.monitor = monitor
+        self.reference = reference
         self.every_n_steps = every_n_steps
         self.on_alarm = actions
         self.reporter = reporter
