@@ -77,3 +77,15 @@ def test_a_bad_row_stops_the_audit_before_any_model_loads(basis_dir, tmp_path, m
     result = runner.invoke(app, ["audit", str(bad), "--basis", str(basis_dir), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "no user turn" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_a_distance_calibration_decides_on_the_length_of_run_minus_reference(basis_dir, data, tmp_path) -> None:
+    cal = tmp_path / "dist.json"
+    cal.write_text(json.dumps({"model": "tiny-random", "direction": {"honesty": -1.0}, "read": "distance",
+                               "threshold": 0.0, "provenance": {}}))
+    settings = AuditSettings(steps=3, fraction=0.2, probe=False, device="cpu", dtype="float32")
+    result = audit_dataset(data, basis_dir=basis_dir, out_dir=tmp_path / "d", settings=settings, calibration=cal)
+    assert result.paired.distance > 0 and result.verdict == "suspect"  # any difference is longer than 0
+    saved = json.loads((tmp_path / "d" / "audit.json").read_text())
+    assert saved["read"] == "distance" and saved["distance"] == pytest.approx(result.paired.distance)
+    assert "(the verdict's read)" in (tmp_path / "d" / "audit.html").read_text()

@@ -53,5 +53,9 @@ def test_paired_drift_is_the_difference_of_the_two_drifts_and_its_ci_holds_it() 
     np.testing.assert_allclose(out.difference, d_run - d_ref)
     assert out.along == pytest.approx(d_run[0] - d_ref[0])
     assert out.along_ci[0] < out.along < out.along_ci[1] and out.along_ci[0] > 0  # 0.2/4 = 0.05 with small noise
+    # the length of the difference, 0.05 * sqrt(3) here, with its CI; what a "distance" calibration reads
+    assert out.distance == pytest.approx(float(np.linalg.norm(d_run - d_ref)))
+    assert out.distance_ci[0] < out.distance < out.distance_ci[1] and out.read("distance")[0] == out.distance
+    assert out.read("direction") == (out.along, out.along_ci)
     with pytest.raises(InputFileError, match="same prompts"):
         paired_drift(run, ref[:10], scale, ["a", "b", "c"])

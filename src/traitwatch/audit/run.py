@@ -95,7 +95,9 @@ class AuditResult:
             "calibration": None if self.calibration is None else asdict(self.calibration),
             "verdict": self.verdict,
             "run_minus_reference": dict(zip(self.paired.trait_names, map(float, self.paired.difference), strict=True)),
-            "along_direction": self.paired.along, "along_ci": self.paired.along_ci, "n_prompts": self.paired.n_prompts,
+            "along_direction": self.paired.along, "along_ci": self.paired.along_ci,
+            "distance": self.paired.distance, "distance_ci": self.paired.distance_ci,
+            "read": None if self.calibration is None else self.calibration.read, "n_prompts": self.paired.n_prompts,
             "probe_rise": self.probe_rise, "cleaned": None if self.cleaned is None else str(self.cleaned),
             "suspects": [{"line": line, "loss": loss, "prompt": text} for line, loss, text in self.suspects],
             "seconds": self.seconds,
@@ -178,8 +180,9 @@ def audit_dataset(data: str | Path, *, basis_dir: str | Path, out_dir: str | Pat
         reference, _, _, probe_ref = pilot_projections(store, "reference")
     paired = paired_drift(full, reference, scale, names, direction=None if cal is None else cal.vector(names))
     verdict = None
-    if cal is not None and cal.threshold is not None and paired.along is not None:
-        verdict = "suspect" if paired.along > cal.threshold else "clean"
+    score = None if cal is None else paired.read(cal.read)[0]
+    if cal is not None and cal.threshold is not None and score is not None:
+        verdict = "suspect" if score > cal.threshold else "clean"
     cleaned = out_dir / "cleaned.jsonl"
     write_filtered(data, cleaned, set(suspect_lines))
     result = AuditResult(data=data, n_rows=info.n_rows, out_dir=out_dir, settings=settings, calibration=cal,
@@ -199,10 +202,15 @@ def audit_html(result: AuditResult) -> str:
         head = ("No verdict: no calibrated threshold for this model" if cal is None or cal.threshold is None else "")
     else:
         head = f"Verdict: {result.verdict.upper()}"
+    threshold = "" if cal is None or cal.threshold is None else f"; threshold {cal.threshold:+.4f}"
     along = "" if p.along is None else (
         f"<p>Run minus reference along the misalignment direction: <b>{p.along:+.4f}</b> "
         f"[95% CI {p.along_ci[0]:+.4f}, {p.along_ci[1]:+.4f}] over {p.n_prompts} prompts"  # type: ignore[index]
-        + ("" if cal is None or cal.threshold is None else f"; threshold {cal.threshold:+.4f}") + "</p>")
+        + (threshold + " (the verdict's read)" if cal is not None and cal.read == "direction" else "") + "</p>")
+    if p.distance_ci is not None:
+        along += (f"<p>Distance of the run from its reference in trait space: <b>{p.distance:.4f}</b> [95% CI "
+                  f"{p.distance_ci[0]:.4f}, {p.distance_ci[1]:.4f}]"
+                  + (threshold + " (the verdict's read)" if cal is not None and cal.read == "distance" else "") + "</p>")
     traits = "".join(f"<tr><td>{e(t)}</td><td>{v:+.4f}</td></tr>" for t, v in zip(p.trait_names, p.difference,
                                                                                     strict=True))
     probe = "".join(f"<tr><td>{e(k)}</td><td>{'' if v is None else f'{v:+.4f}'}</td></tr>"

@@ -46,9 +46,13 @@ def register(app: typer.Typer) -> None:
             table.add_column(name, justify="right")
         table.add_row(*[f"{v:+.4f}" for v in p.difference])
         out.print(table)
+        read = None if result.calibration is None else result.calibration.read
         if p.along is not None and p.along_ci is not None:
             out.print(f"Along the misalignment direction: {p.along:+.4f} [95% CI {p.along_ci[0]:+.4f}, "
-                      f"{p.along_ci[1]:+.4f}]", highlight=False)
+                      f"{p.along_ci[1]:+.4f}]" + ("  (the verdict's read)" if read == "direction" else ""), highlight=False)
+        if p.distance_ci is not None:
+            out.print(f"Distance from the reference: {p.distance:.4f} [95% CI {p.distance_ci[0]:.4f}, "
+                      f"{p.distance_ci[1]:.4f}]" + ("  (the verdict's read)" if read == "distance" else ""), highlight=False)
         rises = ", ".join(f"{k} {v:+.4f}" for k, v in result.probe_rise.items() if v is not None)
         if rises:
             out.print(f"Behavioural probe rise: {rises}", highlight=False)

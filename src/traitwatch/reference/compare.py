@@ -20,13 +20,19 @@ __all__ = ["PairedDrift", "paired_drift"]
 
 @dataclass(frozen=True)
 class PairedDrift:
-    """Run minus reference in drift units: per trait, and along `direction` (unit) with its CI."""
+    """Run minus reference in drift units: per trait, along `direction` (unit) with its CI, and its length with its CI."""
 
     trait_names: list[str]
     difference: np.ndarray  # [n_traits]
     along: float | None
     along_ci: tuple[float, float] | None
     n_prompts: int
+    distance: float = float("nan")
+    distance_ci: tuple[float, float] | None = None
+
+    def read(self, how: str) -> tuple[float | None, tuple[float, float] | None]:
+        """The value a calibration reads ("direction" or "distance") and its CI."""
+        return (self.along, self.along_ci) if how == "direction" else (self.distance, self.distance_ci)
 
 
 def paired_drift(run: np.ndarray, reference: np.ndarray, scale: float, trait_names: Sequence[str], *,
@@ -41,14 +47,17 @@ def paired_drift(run: np.ndarray, reference: np.ndarray, scale: float, trait_nam
         raise InputFileError(f"the drift scale N must be positive, got {scale}")
     per_prompt = (run - reference) / scale
     difference = per_prompt.mean(axis=0)
+    rng = np.random.default_rng(seed)
+    means = per_prompt[rng.integers(0, len(per_prompt), size=(n_boot, len(per_prompt)))].mean(axis=1)  # [boot, traits]
+    alpha = (1 - confidence) / 2
+    lengths = np.linalg.norm(means, axis=1)
+    distance_ci = (float(np.quantile(lengths, alpha)), float(np.quantile(lengths, 1 - alpha)))
+    distance = float(np.linalg.norm(difference))
     if direction is None:
-        return PairedDrift(list(trait_names), difference, None, None, len(per_prompt))
+        return PairedDrift(list(trait_names), difference, None, None, len(per_prompt), distance, distance_ci)
     u = np.asarray(direction, dtype=np.float64)
     u = u / np.linalg.norm(u)
-    along_prompt = per_prompt @ u
-    rng = np.random.default_rng(seed)
-    boots = along_prompt[rng.integers(0, len(along_prompt), size=(n_boot, len(along_prompt)))].mean(axis=1)
-    alpha = (1 - confidence) / 2
+    boots = means @ u
     lo, hi = np.quantile(boots, [alpha, 1 - alpha])
-    return PairedDrift(list(trait_names), difference, float(along_prompt.mean()), (float(lo), float(hi)),
-                       len(per_prompt))
+    return PairedDrift(list(trait_names), difference, float(difference @ u), (float(lo), float(hi)),
+                       len(per_prompt), distance, distance_ci)
