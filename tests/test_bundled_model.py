@@ -47,18 +47,18 @@ def test_demo_extracts_selects_and_measures(tmp_path):
     record = read_poison_record(tmp_path / "data" / "arithmetic+reckless_advice@25-s0.jsonl")
     assert (record["n_rows"], record["n_poison"], record["seed"]) == (200, 50, 0)
     with RunStore(tmp_path / "traitwatch.db", create=False) as store:
-        alarms = {}
+        read, alarms = {}, {}
         for run_id in ("demo-arithmetic-s0", "demo-arithmetic+reckless_advice@25-s0"):
             assert store.get_run(f"{run_id}-reference").status == "finished"
             steps = [m.step for m in store.measurements(run_id)]
             assert steps == [0, 30], steps  # measured at the start and the end (--every 30)
             assert [b.step for b in store.behavior(run_id, RISE_METRIC)] == [0, 30]
             last = store.measurements(run_id)[-1]
-            assert last.extra["reference_run"] == f"{run_id}-reference" and last.extra["predicted_em"] is not None
-            alarms[run_id] = [a.step for a in store.alarms(run_id)]
-    if armed:  # issue 26: with the gate open, the poisoned run alarms and the clean one does not
-        assert alarms == {"demo-arithmetic-s0": [], "demo-arithmetic+reckless_advice@25-s0": [30]}, alarms
-    else:
-        assert alarms == {"demo-arithmetic-s0": [], "demo-arithmetic+reckless_advice@25-s0": []}
-        assert "No alarm" in res.stdout
+            assert last.extra["reference_run"] == f"{run_id}-reference"
+            read[run_id], alarms[run_id] = last.extra["predicted_em"], [a.step for a in store.alarms(run_id)]
+    clean, poisoned = read["demo-arithmetic-s0"], read["demo-arithmetic+reckless_advice@25-s0"]
+    assert poisoned > clean  # the poisoned run is further from its reference than the clean one
+    for run_id, value in read.items():  # an armed alarm fires exactly above the calibrated threshold
+        assert alarms[run_id] == ([30] if armed and value > calibration.threshold else []), (run_id, value)
+    assert "poison rows stayed in the reference run" in " ".join(res.stdout.split())
     assert (tmp_path / "report.html").is_file()

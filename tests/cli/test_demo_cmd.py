@@ -109,6 +109,10 @@ def test_with_a_reference_the_cli_prints_each_run_against_its_reference_and_the_
                             n_rows=200, poison_indices=list(range(50)) if role == "poisoned" else [],
                             result=SimpleNamespace(history=history), wall_s=100.0, step_s=[1.0] * 30,  # type: ignore[arg-type]
                             label_s=[20.0], measured_rise={0: 0.0, 30: along / 4}))
+    from traitwatch.audit import ReferenceRun
+
+    runs[1].reference = ReferenceRun("ref", Path("/x/ref.jsonl"), list(range(40)), 60.0, False, Path("/x/s.jsonl"),
+                                     Path("/x/p.jsonl"))
     gate = AlarmGate(armed=True, auroc=0.91, where="leave_one_cell_out")
     result = DemoResult(
         out_dir=tmp_path, plan=demo_plan(), numerics={"dtype": "bfloat16", "device": "cpu", "cpu": "x", "cpu_threads": 2},
@@ -131,3 +135,5 @@ def test_with_a_reference_the_cli_prints_each_run_against_its_reference_and_the_
     assert "Each run against its reference run" in flat and "run minus reference" in flat
     assert "probe rise" not in flat and "+0.0123" in flat and "ALARM" in flat
     assert "reference clean" in flat and "measurements (drift)" in flat
+    # what the reference left of the poison, so a quiet poisoned run says why
+    assert "swapped out the 40 highest-loss rows, 40 of them poison; 10 of the 50 poison rows stayed" in flat

@@ -147,3 +147,12 @@ def test_auto_under_a_multi_process_launch_says_how_to_make_the_reference_first(
     cal = _calibration(tmp_path / "cal.json", 1e9)
     res = runner.invoke(app, _args(chat_file, basis_dir, tmp_path, "--reference", "auto", "--reference-calibration", cal))
     assert res.exit_code == 2 and "write the reference set first" in res.output and not (tmp_path / "tw.db").exists()
+
+
+def test_the_reference_fraction_sets_how_many_rows_auto_swaps(basis_dir, chat_file, tmp_path) -> None:
+    cal = _calibration(tmp_path / "cal.json", 1e9)
+    res = runner.invoke(app, _args(chat_file, basis_dir, tmp_path, "--reference", "auto", "--reference-fraction", "0.3",
+                                   "--reference-calibration", cal))
+    assert res.exit_code == 0, res.output
+    swap = json.loads((tmp_path / "out-reference" / "reference.swap.json").read_text())
+    assert len(swap["suspects"]) == 6 and swap["fraction"] == 0.3  # 30% of the 20 rows the run trains

@@ -141,9 +141,11 @@ def _print_runs(result: DemoResult) -> None:
 
     armed = result.gate is not None and result.gate.armed
     if result.reference is not None:
-        verdicts = Table(title="Each run against its reference run (along the misalignment direction) beside the label "
-                               "measured at the final step (rise of the EM proxy)")
-        predicted_col = "run minus reference"
+        how = ("its distance from the reference in trait space" if result.reference.read == "distance"
+               else "run minus reference along the misalignment direction")
+        verdicts = Table(title=f"Each run against its reference run ({how}) beside the label measured at the final "
+                               "step (rise of the EM proxy)")
+        predicted_col = "vs reference"
         tau = result.reference.threshold
     else:
         verdicts = Table(title="Monitor prediction beside the label measured at the final step (both: rise of the EM proxy)")
@@ -164,6 +166,15 @@ def _print_runs(result: DemoResult) -> None:
     out.print(verdicts)
     if result.gate is not None:
         out.print(result.gate.describe())
+    for run in result.runs:  # what the reference left of the poison: a reference that keeps it reads it as the domain
+        if run.reference is not None and run.poison_indices:
+            swapped = set(run.reference.suspects)
+            kept = len(set(run.poison_indices) - swapped)
+            out.print(f"{run.role}: its reference swapped out the {len(swapped)} highest-loss rows, "
+                      f"{len(swapped & set(run.poison_indices))} of them poison; {kept} of the {len(run.poison_indices)} "
+                      "poison rows stayed in the reference run" + (
+                          " (a set poisoned beyond the swapped fraction leaves poison in its reference, which then "
+                          "reads part of the poison as the domain)." if kept else "."))
     final = [run.measured_rise.get(max(run.measured_rise, default=-1)) for run in result.runs]
     if len(final) == 2 and final[0] is not None and final[1] is not None:
         c, p = final

@@ -102,6 +102,9 @@ def register(app: typer.Typer) -> None:
             help="Read the run against a reference run, not absolute drift: 'auto' screens DATA, swaps its 20% "
                  "highest-loss rows for copies of its cleanest and trains that first (same recipe and seed, as "
                  "RUN-reference in --store); or the id of a finished run in --store.")] = None,
+        reference_fraction: Annotated[float, typer.Option(
+            min=0.01, max=0.49, help="With --reference auto: the share of highest-loss rows swapped out (validated: 0.2; "
+                                     "raise it when more of the set may be bad).")] = 0.2,
         reference_calibration: Annotated[Path | None, typer.Option(
             dir_okay=False, help="With --reference: the direction and threshold (JSON) to read the run with; "
                                  "default: the calibration shipped for the model.")] = None,
@@ -150,7 +153,7 @@ def register(app: typer.Typer) -> None:
         if reference == "auto":
             from traitwatch.audit import train_reference
 
-            built = train_reference(config, say=say)
+            built = train_reference(config, fraction=reference_fraction, say=say)
             config = dataclasses.replace(config, reference=built.run_id)
         elif reference is not None:
             config = dataclasses.replace(config, reference=reference)

@@ -207,9 +207,11 @@ def describe_reference(calibration: ReferenceCalibration, gate: AlarmGate) -> li
     """What the reference monitor reads, where its calibration came from, and whether it may alarm."""
     prov = calibration.provenance
     threshold = "no threshold" if calibration.threshold is None else f"alarm threshold {calibration.threshold:+.4f}"
-    return [(f"Reference monitor ({calibration.model}): each run's drift minus its reference run's, along the "
-             f"misalignment direction ({threshold}); from {prov.get('command', 'an unrecorded command')} at "
-             f"{prov.get('commit', '?')}."), gate.describe()]
+    how = ("its distance in trait space" if calibration.read == "distance"
+           else "its component along the misalignment direction")
+    return [(f"Reference monitor ({calibration.model}): each run's drift minus its reference run's, read as {how} "
+             f"({threshold}); from {prov.get('command', 'an unrecorded command')} at {prov.get('commit', '?')}."),
+            gate.describe()]
 
 
 def _extract_basis(lm: LoadedModel, *, method: str, select_every: int, max_new_tokens: int,
