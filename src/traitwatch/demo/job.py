@@ -57,7 +57,7 @@ from traitwatch.monitor import LoadedMonitor
 from traitwatch.monitor.shipped import shipped_monitor_path
 from traitwatch.monitor.watch import AlarmGate, AlarmMonitor, alarm_gate, gate_alarms, load_watch_monitor
 from traitwatch.reference import ReferenceCalibration, load_reference_calibration
-from traitwatch.screen import rank_examples, screen_dataset
+from traitwatch.screen import screen_dataset
 from traitwatch.screen.examples import read_examples
 from traitwatch.screen.results import read_results_file
 from traitwatch.screen.row_scores import ScreenedRow, load_row_scores, row_preview
