@@ -9,7 +9,8 @@ run and differs only where the suspects were. `compare.py` reads a run against i
 difference, per trait and along a direction, with a bootstrap CI over the measurement prompts.
 
 `trajectory.py` holds a reference run's measured drift step by step, and `monitor.py` turns a run's drift minus it
-into an alarm along the model's misalignment direction (`calibration.py`, shipped per model in `data/`).
+into an alarm, along the model's misalignment direction or as its length (`calibration.py`, shipped per model in
+`data/`).
 
 Validation status: measured on clean and poisoned sets by `benchmarks/reference_pilot.py` (its RESULTS.md).
 """

@@ -158,8 +158,9 @@ class TraitWatchCallback(TrainerCallback):
         A reference run's measured drift (`ReferenceTrajectory.from_store`: the user's set with its
         suspect rows swapped for its cleanest ones, trained in the same recipe and seed; `traitwatch train
         --reference auto` makes one). The monitor is then the model's shipped `ReferenceMonitor`: the run's
-        drift minus the reference's at the same step, along the misalignment direction, with the alarm gate
-        of `monitor.watch`. Pass `monitor=ReferenceMonitor(...)` instead for another calibration.
+        drift minus the reference's at the same step, read as its calibration says (along the misalignment
+        direction, or its length), with the alarm gate of `monitor.watch`. Pass
+        `monitor=ReferenceMonitor(...)` instead for another calibration.
     behavior_probe:
         Also score the behavioural probe (`traitwatch.behavior.probe`: 64 questions with style-matched
         aligned/misaligned answers, disjoint from the EM evaluation questions) at every measurement:
