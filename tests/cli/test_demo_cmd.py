@@ -1,4 +1,4 @@
-"""`traitwatch demo`: the benchmark cell it trains, and the CLI only printing what `bench.demo.run_demo` returns."""
+"""`traitwatch demo`: the benchmark cell it trains, and the CLI only printing what `demo.run_demo` returns."""
 
 from __future__ import annotations
 
