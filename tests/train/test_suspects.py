@@ -243,6 +243,19 @@ def test_screen_scores_map_to_training_rows_by_line(tmp_path):
     assert len(scores) == 4 and scores.lines[3] == 5
 
 
+def test_a_screen_with_the_loss_scores_rows_by_it_and_one_without_is_refused(tmp_path):
+    data = _chat_file(tmp_path)
+    results = ResultsFile(tmp_path / "l.jsonl", {"dataset": str(data), "dataset_sha256": file_sha256(data),
+                                                  "trait_names": ["honesty"]})
+    results.create({})
+    results.append([Row(line, (0.0,), float(line), 5, False, loss=100.0 - line) for line in _lines()])
+    rows = load_row_scores(tmp_path / "l.jsonl", data, by="loss")
+    assert [r.score for r in rows][:4] == [99.0, 98.0, 97.0, 95.0]  # the loss, not the risk (line 4 is blank)
+    plain = _results(tmp_path / "s.jsonl", data, _lines())
+    with pytest.raises(InputFileError, match="no loss for line 1 .*--rank-by loss"):
+        load_row_scores(plain, data, by="loss")
+
+
 def test_screen_of_another_file_or_an_incomplete_screen_is_refused_with_the_fix(tmp_path):
     data = _chat_file(tmp_path)
     other = write_jsonl(tmp_path / "other.jsonl", [{"messages": c} for c in conversations(12)])

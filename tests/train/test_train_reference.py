@@ -112,7 +112,7 @@ def test_a_trainer_of_your_own_reads_a_stored_reference_run_in_two_lines(basis_d
 
     # the shipped calibration of tiny-random, for this test: armed, and low enough that any rise alarms
     cal = ReferenceCalibration("tiny-random", DIRECTION, -1e9, {"leave_one_cell_out": {"auroc": 0.9}})
-    monkeypatch.setattr("traitwatch.reference.monitor.load_reference_calibration", lambda model: cal)
+    monkeypatch.setattr("traitwatch.reference.monitor.load_reference_calibration", lambda model, path=None: cal)
     ref = TraitWatchCallback.from_basis(basis_dir, store=tmp_path / "tw.db", run_id="ref", every_n_steps=2)
     ref.attach(tiny_trainer(tmp_path / "ref", [], max_steps=4)).trainer.train()
     watch = TraitWatchCallback.from_basis(basis_dir, store=tmp_path / "tw.db", run_id="run", every_n_steps=2,

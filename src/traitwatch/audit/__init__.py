@@ -1,15 +1,8 @@
 """`traitwatch audit`: a verdict on a finetuning set before the real run (see `run.py`), and the reference run a
 monitored training run is read against (`reference_run.py`)."""
 
-from traitwatch.audit.reference_run import ReferenceRun, train_reference, write_reference_set
-from traitwatch.audit.run import (
-    AuditResult,
-    AuditSettings,
-    audit_dataset,
-    loss_screen,
-    pilot_projections,
-    train_pilot,
-)
+from traitwatch.audit.reference_run import ReferenceRun, loss_screen, train_reference, write_reference_set
+from traitwatch.audit.run import AuditResult, AuditSettings, audit_dataset, pilot_projections, train_pilot
 
 __all__ = [
     "AuditResult",

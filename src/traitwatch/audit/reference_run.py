@@ -1,9 +1,9 @@
 """`traitwatch train --reference auto`: the reference run a monitored run is read against, made before it.
 
-The same steps as the audit's reference (`run.py`), in the user's own recipe instead of the audit's: the base
-model reads every row once (its loss on the response), the `fraction` highest-loss rows are swapped in place for
-copies of the lowest-loss ones (`reference.swap`), and that file is trained with the run's own config (model,
-LoRA, learning rate, seed, steps, measurement cadence) as run `<run>-reference` in the same store. The run then
+The reference set is built as the audit's is (`write_reference_set`, which `run.py` calls too): the base model reads
+every row once (its loss on the response), and the `fraction` highest-loss rows are swapped in place for copies of
+the lowest-loss ones (`reference.swap`). Unlike the audit's pilots, that file is trained with the run's own config
+(model, LoRA, learning rate, seed, steps, measurement cadence) as run `<run>-reference` in the same store. The run then
 reads its drift against this one's at every measurement (`reference.ReferenceMonitor`). The reference costs one
 more run of the same length; it is reused when the store already holds it finished.
 """
@@ -18,17 +18,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from traitwatch.audit.run import loss_screen
 from traitwatch.basis.basis import TraitBasis
+from traitwatch.basis.traits import load_measurement_prompts
 from traitwatch.datasets.chat_jsonl import file_sha256, read_jsonl, write_jsonl
 from traitwatch.errors import InputFileError
 from traitwatch.models.loading import LoadedModel, load_model
-from traitwatch.reference import load_reference_calibration, write_swap_reference
+from traitwatch.reference import SwapReference, load_reference_calibration, write_swap_reference
+from traitwatch.screen import ScreenResults, screen_dataset
 from traitwatch.screen.results import read_results_file
 from traitwatch.store import DEFAULT_STORE_NAME, RunStore
 from traitwatch.train import SFTConfig, run_sft
 
-__all__ = ["ReferenceRun", "train_reference", "write_reference_set"]
+__all__ = ["ReferenceRun", "loss_screen", "train_reference", "write_reference_set"]
+
+SCREEN_PROMPTS = 16  # the screen's "mean" reference only shifts every row's drift alike; the loss ranks the rows
 
 
 @dataclass(frozen=True)
@@ -44,10 +47,19 @@ class ReferenceRun:
     source: Path  # the run's set, which the screen read
 
 
+def loss_screen(lm: LoadedModel, basis: TraitBasis, data: Path, out: Path) -> ScreenResults:
+    """Every row read once by the base model, with its mean response loss (`Row.loss`), into `out`."""
+    prompts = [p for _, p in load_measurement_prompts()][:SCREEN_PROMPTS]
+    return screen_dataset(lm.model, lm.tokenizer, basis, data, out=out, reference_prompts=prompts, max_new_tokens=32,
+                          model_name=lm.name, with_loss=True)
+
+
 def write_reference_set(lm: LoadedModel, basis: TraitBasis, data: str | Path, out_dir: str | Path, *,
-                        fraction: float = 0.2, seed: int = 0, n_samples: int | None = None) -> list[int]:
+                        fraction: float = 0.2, seed: int = 0,
+                        n_samples: int | None = None) -> tuple[ScreenResults, SwapReference]:
     """The reference set of `data` for a run with `seed`: `out_dir/reference.jsonl` (and `.swap.json`), ranked by
-    the loss screen in `out_dir/screen.jsonl`; returns the swapped-out rows (0-based, highest loss first).
+    the loss screen in `out_dir/screen.jsonl`; returns the screen and the swap (`.suspects`: the swapped-out rows,
+    0-based, highest loss first).
 
     For a Trainer of your own: train `reference.jsonl` with the run's recipe and seed and a `TraitWatchCallback`
     (run id e.g. `<run>-reference`), then the run with `TraitWatchCallback.from_basis(..., reference="<run>-reference")`.
@@ -60,7 +72,7 @@ def write_reference_set(lm: LoadedModel, basis: TraitBasis, data: str | Path, ou
     if n_samples is not None:
         losses, source = losses[:n_samples], out_dir / "head.jsonl"
         write_jsonl(source, read_jsonl(data)[:n_samples])
-    return write_swap_reference(source, losses, fraction, out_dir / "reference.jsonl", seed=seed).suspects
+    return screened, write_swap_reference(source, losses, fraction, out_dir / "reference.jsonl", seed=seed)
 
 
 def train_reference(config: SFTConfig, *, fraction: float = 0.2, store: RunStore | None = None,
@@ -70,7 +82,8 @@ def train_reference(config: SFTConfig, *, fraction: float = 0.2, store: RunStore
     if config.reference is not None or config.monitor is not None:
         raise InputFileError("the reference run is trained without a monitor or a reference of its own; "
                              "pass a config with neither")
-    model = TraitBasis.load(config.basis).model.name
+    basis = TraitBasis.load(config.basis)
+    model = basis.model.name
     if load_reference_calibration(model, config.reference_calibration) is None:  # before an hour of training
         raise InputFileError(f"no reference calibration is shipped for {model!r}: pass one (--reference-calibration, "
                              "written by benchmarks/reference_analysis.py) or train without a reference")
@@ -102,8 +115,8 @@ def train_reference(config: SFTConfig, *, fraction: float = 0.2, store: RunStore
                              "--reference RUN-reference")
     say(f"Reference: reading the rows of {Path(config.data).name} with the base model (its loss on each response) ...")
     screen_lm = lm or load_model(config.model, device=config.device, dtype=config.dtype)  # type: ignore[arg-type]
-    swap = write_reference_set(screen_lm, TraitBasis.load(config.basis), config.data, out, fraction=fraction,
-                               seed=config.seed, n_samples=config.n_samples)
+    swap = write_reference_set(screen_lm, basis, config.data, out, fraction=fraction, seed=config.seed,
+                               n_samples=config.n_samples)[1].suspects
     del screen_lm
     say(f"Reference: the {len(swap)} highest-loss rows swapped for copies of the lowest-loss ones; training "
         f"{run_id!r} in the run's recipe ...")

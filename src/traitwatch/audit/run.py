@@ -4,7 +4,7 @@
 2. The base model reads every row once and keeps its loss on the response (`screen_dataset(with_loss=True)`,
    the best row screen of `benchmarks/poison_small`).
 3. The *swap reference* (`reference.swap`) replaces the `fraction` highest-loss rows, in place, by copies of the
-   lowest-loss ones.
+   lowest-loss ones (2 and 3: `reference_run.write_reference_set`, as `traitwatch train --reference auto` does).
 4. Two short pilots in one recipe and seed (the `poison-small` plan's by default: LoRA r16 on every projection,
    lr 1e-3, 30 steps of batch 4): one on the set, one on its reference. Each measures the trait drift (and the
    behavioural probe) at step 0 and at the last step.
@@ -30,27 +30,19 @@ from typing import Any
 import numpy as np
 
 from traitwatch.basis.basis import TraitBasis
-from traitwatch.basis.traits import load_measurement_prompts
 from traitwatch.datasets.chat_jsonl import check_chat_jsonl
 from traitwatch.drift.anchoring import anchor_from_record
 from traitwatch.errors import InputFileError
 from traitwatch.models.layers import ALL_PROJECTIONS
-from traitwatch.models.loading import LoadedModel, load_model
-from traitwatch.reference import (
-    PairedDrift,
-    ReferenceCalibration,
-    load_reference_calibration,
-    paired_drift,
-    write_swap_reference,
-)
-from traitwatch.screen import ScreenResults, screen_dataset, write_filtered
+from traitwatch.models.loading import load_model
+from traitwatch.audit.reference_run import write_reference_set
+from traitwatch.reference import PairedDrift, ReferenceCalibration, load_reference_calibration, paired_drift
+from traitwatch.screen import write_filtered
 from traitwatch.screen.examples import previews
 from traitwatch.store import RunStore
 from traitwatch.train import SFTConfig, run_sft
 
-__all__ = ["AuditResult", "AuditSettings", "audit_dataset", "loss_screen", "pilot_projections", "train_pilot"]
-
-SCREEN_PROMPTS = 16  # the screen's "mean" reference only shifts every row's drift alike; the loss ranks the rows
+__all__ = ["AuditResult", "AuditSettings", "audit_dataset", "pilot_projections", "train_pilot"]
 
 
 @dataclass(frozen=True)
@@ -104,13 +96,6 @@ class AuditResult:
         }
 
 
-def loss_screen(lm: LoadedModel, basis: TraitBasis, data: Path, out: Path) -> ScreenResults:
-    """Every row read once by the base model, with its mean response loss (`Row.loss`), into `out`."""
-    prompts = [p for _, p in load_measurement_prompts()][:SCREEN_PROMPTS]
-    return screen_dataset(lm.model, lm.tokenizer, basis, data, out=out, reference_prompts=prompts, max_new_tokens=32,
-                          model_name=lm.name, with_loss=True)
-
-
 def train_pilot(settings: AuditSettings, model: str, data: Path, basis_dir: Path, out_dir: Path, run_id: str,
                 store: RunStore, say: Callable[[str], None]) -> None:
     """One pilot in `settings`' recipe, measured at step 0 and the last step into the open `store`."""
@@ -159,12 +144,11 @@ def audit_dataset(data: str | Path, *, basis_dir: str | Path, out_dir: str | Pat
     t0 = time.perf_counter()
     say(f"Reading the {info.n_rows} rows of {data.name} with {model_name} (the base model's loss on each response) ...")
     lm = load_model(model_name, device=settings.device, dtype=settings.dtype)  # type: ignore[arg-type]
-    screened = loss_screen(lm, basis, data, out_dir / "screen.jsonl")
+    screened, ref = write_reference_set(lm, basis, data, out_dir, fraction=settings.fraction, seed=settings.seed)
     del lm
     losses = [float(r.loss) for r in screened.rows]  # type: ignore[arg-type]
     seconds["screen"] = time.perf_counter() - t0
 
-    ref = write_swap_reference(data, losses, settings.fraction, out_dir / "reference.jsonl", seed=settings.seed)
     lines = [r.line for r in screened.rows]
     suspect_lines = [lines[i] for i in ref.suspects]
     shown = previews(data, set(suspect_lines))

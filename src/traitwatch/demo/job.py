@@ -58,9 +58,7 @@ from traitwatch.monitor.shipped import shipped_monitor_path
 from traitwatch.monitor.watch import AlarmGate, AlarmMonitor, alarm_gate, gate_alarms, load_watch_monitor
 from traitwatch.reference import ReferenceCalibration, load_reference_calibration
 from traitwatch.screen import screen_dataset
-from traitwatch.screen.examples import read_examples
-from traitwatch.screen.results import read_results_file
-from traitwatch.screen.row_scores import ScreenedRow, load_row_scores, row_preview
+from traitwatch.screen.row_scores import ScreenedRow, load_row_scores
 from traitwatch.store import RunStore, Suspects
 from traitwatch.train import DriftRecord, SFTConfig, SFTResult, run_sft
 from traitwatch.train.suspects import RowScores
@@ -384,10 +382,7 @@ def _screen(lm: LoadedModel, basis: TraitBasis, data: Path, out_dir: Path, k: in
 
 def _loss_screen(results: Path, data: Path, k: int = 10) -> DemoScreen:
     """The reference's loss screen of the poisoned set (`audit.loss_screen`), ranked by the base model's loss."""
-    _, rows = read_results_file(results)
-    scored = [ScreenedRow(i, e.line, float(rows[e.line].loss), row_preview(e))  # type: ignore[arg-type]
-              for i, e in enumerate(read_examples(data))]
-    return _scored(scored, data, results, "loss", k)
+    return _scored(load_row_scores(results, data, by="loss"), data, results, "loss", k)
 
 
 def _scored(rows: list[ScreenedRow], data: Path, results: Path, by: str, k: int) -> DemoScreen:

@@ -11,6 +11,7 @@ like the fitted ones (`predict`, `threshold`, `provenance` for the alarm gate), 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,14 +59,16 @@ class ReferenceMonitor:
         self.provenance: dict[str, Any] = dict(calibration.provenance)
 
     @classmethod
-    def for_model(cls, model: str, trajectory: ReferenceTrajectory, trait_names: list[str]) -> ReferenceMonitor:
-        """The monitor with the calibration shipped for `model`; a clear error if there is none."""
-        calibration = load_reference_calibration(model)
-        if calibration is None:
+    def for_model(cls, model: str, trajectory: ReferenceTrajectory, trait_names: list[str],
+                  calibration: str | Path | None = None) -> ReferenceMonitor:
+        """The monitor with the calibration at `calibration`, or the one shipped for `model`; a clear error if
+        there is none."""
+        loaded = load_reference_calibration(model, calibration)
+        if loaded is None:
             raise InputFileError(f"no reference calibration is shipped for {model!r}; write one (benchmarks/"
                                  "reference_pilot.py, then reference_analysis.py --write-calibration PATH) and pass "
                                  "ReferenceMonitor(load_reference_calibration(model, PATH), trajectory, traits)")
-        return cls(calibration, trajectory, trait_names)
+        return cls(loaded, trajectory, trait_names)
 
     @property
     def reference_run(self) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 
 from traitwatch.errors import BasisMismatchError, TraitwatchError
 from traitwatch.monitor.artifact import LoadedMonitor, load_monitor
+from traitwatch.reference import ReferenceTrajectory
 from traitwatch.store import BehaviorRecord, Measurement, RunStore, Suspects
 
 __all__ = [
@@ -388,16 +389,15 @@ def _reference_series(store: RunStore, run_id: str, extras: Sequence[Mapping[str
     u = np.array([_as_float(weights.get(t, 0.0)) for t in traits])
     used = [i for i, w in enumerate(u) if w != 0]
     along = drift[:, used] @ u[used]
-    try:
-        ref = store.measurements(ref_id, per_prompt=False)
+    names = [traits[i] for i in used]
+    try:  # read as the callback read it (`ReferenceTrajectory.at`)
+        trajectory = ReferenceTrajectory.from_store(store, ref_id)
+        at = [trajectory.at(int(step), names) for step in steps]
     except TraitwatchError as exc:
         notes.append(Note("em", f"Run {run_id}: its reference run {ref_id!r} could not be read ({exc}); only the "
                                 "run is drawn along the direction."))
         return ref_id, along, None
-    ref_steps = np.array([m.step for m in ref], dtype=np.float64)
-    ref_along = np.array([sum(_as_float(m.drift.get(traits[i], math.nan)) * u[i] for i in used) for m in ref])
-    read = np.interp(steps, ref_steps, ref_along) if len(ref) else np.full(len(steps), math.nan)
-    read[steps > (ref_steps.max() if len(ref) else -1)] = math.nan
+    read = np.array([math.nan if d is None else float(d @ u[used]) for d in at])
     return ref_id, along, read
 
 

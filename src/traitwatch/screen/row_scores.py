@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from traitwatch.datasets.chat_jsonl import file_sha256
 from traitwatch.errors import InputFileError
@@ -29,7 +29,7 @@ _PREVIEW_PART = 60
 
 @dataclass(frozen=True)
 class ScreenedRow:
-    """One row of the training set with its screen score (`risk`, what the screen ranks by)."""
+    """One row of the training set with its screen score (`risk` by default, or the model's `loss` on it)."""
 
     index: int  # 0-based position among the set's conversations: what training calls the row
     line: int  # 1-based line in the file
@@ -48,11 +48,13 @@ def _cut(text: str) -> str:
     return text if len(text) <= _PREVIEW_PART else text[: _PREVIEW_PART - 3] + "..."
 
 
-def load_row_scores(results: str | Path, dataset: str | Path, *, limit: int | None = None) -> list[ScreenedRow]:
-    """Every conversation of `dataset` (the first `limit`) with its score in the screen `results` file.
+def load_row_scores(results: str | Path, dataset: str | Path, *, limit: int | None = None,
+                    by: Literal["risk", "loss"] = "risk") -> list[ScreenedRow]:
+    """Every conversation of `dataset` (the first `limit`) with its score in the screen `results` file: its trait
+    `risk`, or with `by="loss"` the model's loss on its response (a screen run with the loss).
 
     Raises `InputFileError`, naming both files and the fix, when the results are of another file or miss
-    some of the rows training would use.
+    some of the rows training would use (or their loss).
     """
     results, dataset = Path(results), Path(dataset)
     header, rows = read_results_file(results)
@@ -72,4 +74,11 @@ def load_row_scores(results: str | Path, dataset: str | Path, *, limit: int | No
             f"(first missing: line {missing[0]}): the screen is incomplete; rerun the same `traitwatch screen "
             f"{dataset}` command (it resumes) to finish it."
         )
+    if by == "loss":
+        unscored = [e.line for e in examples if rows[e.line].loss is None]
+        if unscored:
+            raise InputFileError(f"{results} holds no loss for line {unscored[0]} of {dataset}: screen it with "
+                                 "`traitwatch screen --rank-by loss`")
+        return [ScreenedRow(i, e.line, float(rows[e.line].loss), row_preview(e))  # type: ignore[arg-type]
+                for i, e in enumerate(examples)]
     return [ScreenedRow(i, e.line, rows[e.line].risk, row_preview(e)) for i, e in enumerate(examples)]

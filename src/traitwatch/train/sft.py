@@ -42,7 +42,7 @@ from traitwatch.errors import InputFileError, TraitwatchError
 from traitwatch.models.environment import describe_environment
 from traitwatch.models.loading import load_model
 from traitwatch.monitor.watch import AlarmMonitor, gate_alarms, load_watch_monitor
-from traitwatch.reference import ReferenceMonitor, ReferenceTrajectory, load_reference_calibration
+from traitwatch.reference import ReferenceMonitor, ReferenceTrajectory
 from traitwatch.store import DEFAULT_STORE_NAME, RunStore, StoreIOError, UnknownRunError
 from traitwatch.train.alarm import AlarmAction, DriftAlarmError, suspects_message
 from traitwatch.train.callback import TraitWatchCallback
@@ -306,7 +306,6 @@ def run_sft(
         # what measured its inputs (a drift monitor: model, layer, directions hash, prompts; a probe monitor:
         # model and probe set): inputs from anything else are refused, before the store or the model is opened.
         monitor = load_watch_monitor(config.monitor, probe)
-    reference = None
     if config.reference is not None:
         if monitor is not None:
             raise TrainConfigError("pass a monitor or a reference run, not both: a reference run brings the model's "
@@ -319,11 +318,8 @@ def run_sft(
         else:
             with RunStore(store_path, create=False) as opened:
                 reference = ReferenceTrajectory.from_store(opened, config.reference)
-        if config.reference_calibration is not None:  # the callback takes the shipped one from reference=
-            calibration = load_reference_calibration(basis.model.name, config.reference_calibration)
-            assert calibration is not None
-            monitor, _ = gate_alarms(ReferenceMonitor(calibration, reference, list(basis.trait_names)))
-            reference = None
+        monitor, _ = gate_alarms(ReferenceMonitor.for_model(basis.model.name, reference, list(basis.trait_names),
+                                                            config.reference_calibration))
     resume_from = _check_output_dir(output_dir, run_id, config.resume)
     if store is not None and store.path != store_path.expanduser().absolute():
         raise TrainConfigError(f"run_sft was given the open store {store.path} but config.store is {store_path}; "
@@ -412,7 +408,6 @@ def run_sft(
             run_metadata={"dataset": str(Path(config.data).resolve()), "seed": config.seed,
                           "hyperparameters": hyperparameters},
             monitor=monitor,
-            reference=reference,
             every_n_steps=config.every_n_steps,
             on_alarm=config.on_alarm,
             reporter=_say_suspects(reporter, say) if row_scores is not None else reporter,
