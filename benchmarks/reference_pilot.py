@@ -10,9 +10,8 @@ recipe and numerics (smollm2-135m, bf16 on CPU, LoRA r16, 30 steps of batch 4), 
   effects agree across seeds (METHOD.md 10).
 
 Both runs are measured every `--every` steps into the work folder's run store; `results.jsonl` lists what ran.
-`--summarize-only` prints each run's drift at the last step along the shipped direction (`reference/data/`: the mean
-poisoned-minus-clean drift of the grid's 10% cells, in-sample for the types the grid has) with a CI over the
-measurement prompts, read absolutely, against the reference and against the clean twin (the benchmark-only ceiling).
+`--summarize-only` prints each set at the last step: its distance from the reference in trait space with a CI over
+the measurement prompts, and the shipped calibration's read (`reference/data/`, in-sample for the pilot's sets).
 
     .venv/bin/python benchmarks/reference_pilot.py --work /tmp/refpilot --seeds 0 [--bases ...] [--q 0.2]
 
@@ -27,13 +26,12 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 
 from traitwatch.audit import AuditSettings, loss_screen, pilot_projections, train_pilot
 from traitwatch.demo import demo_plan, run_demo
 from traitwatch.bench.sets import PERTURBATION_SETS, build_set, poisoned_set
 from traitwatch.models import load_model
-from traitwatch.reference import load_reference_calibration, paired_drift, write_swap_reference
+from traitwatch.reference import load_reference_calibration, paired_drift, swap_fraction, write_swap_reference
 from traitwatch.store import RunStore
 
 
@@ -53,7 +51,9 @@ def main() -> None:
                                                         "right_trivia"])
     parser.add_argument("--poisons", nargs="*", default=["contempt", "reckless_advice"])
     parser.add_argument("--no-clean", action="store_true", help="only the poisoned sets (the clean ones ran before)")
-    parser.add_argument("--q", type=float, default=0.2)
+    parser.add_argument("--q", default="0.2", help="share of rows the reference swaps: a number, or 'auto' "
+                                                   "(reference.swap_fraction, as the product does)")
+    parser.add_argument("--poison-fraction", type=float, default=0.1, help="share of poison rows in the poisoned sets")
     parser.add_argument("--every", type=int, default=10, help="measure every N steps (early warning)")
     parser.add_argument("--shared-data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--summarize-only", action="store_true", help="print the table of what is done")
@@ -75,8 +75,8 @@ def main() -> None:
     done = {json.loads(line)["key"] for line in results_path.read_text().splitlines()} if results_path.exists() else set()
     for seed in args.seeds:
         for base in args.bases:
-            specs = [PERTURBATION_SETS[base]] * (not args.no_clean) + [poisoned_set(PERTURBATION_SETS[base], PERTURBATION_SETS[p], 0.1)
-                                                 for p in args.poisons]
+            specs = [PERTURBATION_SETS[base]] * (not args.no_clean) + [poisoned_set(PERTURBATION_SETS[base], PERTURBATION_SETS[p],
+                                                              args.poison_fraction) for p in args.poisons]
             for spec in specs:
                 key = f"{spec.name}-s{seed}-q{args.q}"
                 if key in done:
@@ -86,14 +86,15 @@ def main() -> None:
                 screened = loss_screen(lm, basis, data, work / "screens" / f"{data.stem}.screen.jsonl")
                 losses = [float(r.loss) for r in screened.rows]  # type: ignore[arg-type]
                 ref = work / "data" / f"{data.stem}.swap{args.q}.jsonl"
-                suspects = write_swap_reference(data, losses, args.q, ref, seed=seed).suspects
-                settings = AuditSettings(fraction=args.q, seed=seed, probe=False, device=plan.device, dtype=plan.dtype,
+                q = swap_fraction(losses) if args.q == "auto" else float(args.q)
+                suspects = write_swap_reference(data, losses, q, ref, seed=seed).suspects
+                settings = AuditSettings(fraction=q, seed=seed, probe=False, device=plan.device, dtype=plan.dtype,
                                          every_n_steps=args.every)
                 with RunStore(work / "runs.db") as store:
                     full = train(settings, data, basis_dir, work, f"{spec.name}-s{seed}", store)
                     refr = train(settings, ref, basis_dir, work, f"{spec.name}-s{seed}-swap{args.q}", store)
                 row = {"key": key, "set": spec.name, "base": base, "poison": spec.poisoning is not None, "seed": seed,
-                       "q": args.q, "suspects": suspects, "full": full, "reference": refr}
+                       "q": args.q, "swapped": q, "suspects": suspects, "full": full, "reference": refr}
                 with results_path.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
                 print(json.dumps({k: row[k] for k in ("key", "poison")}), flush=True)
@@ -112,43 +113,34 @@ def distiller(lm):  # noqa: ANN001, ANN201 - the loaded model's greedy answers, 
     return answer
 
 
-def _along(drift: dict[str, float], u: np.ndarray, names: list[str]) -> float:
-    return float(np.array([drift[n] for n in names]) @ u)
-
-
 def summarize(results_path: Path) -> None:
+    """Every set at its last step: its distance from the reference in trait space (with the CI over the measurement
+    prompts) and the shipped calibration's read of it, as the product computes it."""
     from sklearn.metrics import roc_auc_score
+
+    from traitwatch.audit.run import pilot_activation
 
     rows = [json.loads(line) for line in results_path.read_text().splitlines()]
     work = results_path.parent
     names = list(rows[0]["full"]["drift"])
-    u = load_reference_calibration("smollm2-135m").vector(names)  # type: ignore[union-attr]
-    u /= np.linalg.norm(u)
-    clean = {(r["base"], r["seed"]): r for r in rows if not r["poison"]}
-    print("| set | seed | u.d (absolute) | u.(d - ref) [95% CI over prompts] | \\|d - ref\\| | u.(d - clean twin) |")
-    print("|---|---|---|---|---|---|")
-    s_ref = []
+    cal = load_reference_calibration("smollm2-135m")
+    assert cal is not None
+    print(f"| set | seed | \\|d - ref\\| in trait space [95% CI over prompts] | the shipped read ({cal.describe()}) |")
+    print("|---|---|---|---|")
+    shipped = []
     with RunStore(work / "runs.db", create=False) as store:
         for r in rows:
-            d = r["full"]["drift"]
             run, scale, _, _ = pilot_projections(store, r["full"]["run_id"])
-            pd = paired_drift(run, pilot_projections(store, r["reference"]["run_id"])[0], scale, names, direction=u)
-            s_ref.append(pd.along)
-            twin = clean.get((r["base"], r["seed"]))
-            twin_s = "" if twin is None or not r["poison"] else \
-                f"{_along(d, u, names) - _along(twin['full']['drift'], u, names):+.4f}"
-            ci = f"{pd.along:+.4f} [{pd.along_ci[0]:+.4f}, {pd.along_ci[1]:+.4f}]"
-            print(f"| {r['set']} | {r['seed']} | {_along(d, u, names):+.4f} | {ci} | "
-                  f"{float(np.linalg.norm(pd.difference)):.4f} | {twin_s} |")
+            pd = paired_drift(run, pilot_projections(store, r["reference"]["run_id"])[0], scale, names)
+            a_run, a_ref = pilot_activation(store, r["full"]["run_id"]), pilot_activation(store, r["reference"]["run_id"])
+            value = cal.value(cal.features(pd.difference, None if a_run is None or a_ref is None else a_run - a_ref),
+                              names if cal.space == "traits" else cal.component_names)
+            shipped.append(value)
+            ci = f"{pd.distance:.4f} [{pd.distance_ci[0]:.4f}, {pd.distance_ci[1]:.4f}]"  # type: ignore[index]
+            print(f"| {r['set']} | {r['seed']} | {ci} | {value:.4f} |")
     y = [r["poison"] for r in rows]
     if len(set(y)) == 2:
-        s_abs = [_along(r["full"]["drift"], u, names) for r in rows]
-        print(f"AUROC poisoned vs clean over {len(rows)} sets: against the swap reference {roc_auc_score(y, s_ref):.3f}; "
-              f"absolute {roc_auc_score(y, s_abs):.3f}")
-        cl = [s for s, p in zip(s_ref, y, strict=True) if not p]
-        po = [s for s, p in zip(s_ref, y, strict=True) if p]
-        print(f"u.(d - ref): clean sets mean {np.mean(cl):+.4f} [{min(cl):+.4f}, {max(cl):+.4f}]; "
-              f"poisoned mean {np.mean(po):+.4f} [{min(po):+.4f}, {max(po):+.4f}]")
+        print(f"AUROC poisoned vs clean over {len(rows)} sets, the shipped read (in-sample): {roc_auc_score(y, shipped):.3f}")
 
 
 if __name__ == "__main__":

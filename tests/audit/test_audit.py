@@ -51,6 +51,7 @@ def test_the_audit_reads_the_pilot_against_its_swap_reference_and_decides(basis_
     assert result.verdict == ("suspect" if result.paired.along > 0 else "clean")
     saved = json.loads((tmp_path / "a" / "audit.json").read_text())
     assert saved["verdict"] == result.verdict and len(saved["suspects"]) == 4
+    assert saved["swapped_fraction"] == 0.2 and 0 <= saved["outlying_fraction"] <= 1
     swap = json.loads((tmp_path / "a" / "reference.swap.json").read_text())
     assert len(swap["suspects"]) == 4
     assert (tmp_path / "a" / "audit.html").read_text().count("Verdict:") == 1
@@ -68,6 +69,8 @@ def test_the_cli_exit_code_is_the_verdict_and_3_without_a_threshold(basis_dir, d
     assert low.exit_code == 1 and "Verdict: suspect" in low.output
     again = runner.invoke(app, [*args, "--out", str(tmp_path / "l")])
     assert again.exit_code == 2 and "earlier audit" in again.output
+    bad = runner.invoke(app, [*args, "--out", str(tmp_path / "b"), "--fraction", "0.6"])
+    assert bad.exit_code == 2 and "'auto' or a share of rows" in bad.output and not (tmp_path / "b").exists()
 
 
 def test_a_bad_row_stops_the_audit_before_any_model_loads(basis_dir, tmp_path, monkeypatch) -> None:
@@ -89,3 +92,26 @@ def test_a_distance_calibration_decides_on_the_length_of_run_minus_reference(bas
     saved = json.loads((tmp_path / "d" / "audit.json").read_text())
     assert saved["read"] == "distance" and saved["distance"] == pytest.approx(result.paired.distance)
     assert "(the verdict's read)" in (tmp_path / "d" / "audit.html").read_text()
+
+
+def test_an_activation_space_calibration_decides_on_the_pilots_mean_residual_rows(basis_dir, data, tmp_path) -> None:
+    import numpy as np
+
+    from traitwatch.basis import TraitBasis
+    from traitwatch.store import RunStore
+
+    hidden = TraitBasis.load(basis_dir).hidden_size
+    components = np.eye(hidden)[:3]
+    cal = tmp_path / "act.json"
+    cal.write_text(json.dumps({"model": "tiny-random", "direction": {"pc1": 1.0}, "read": "distance",
+                               "space": "activations", "components": components.tolist(), "threshold": 0.0}))
+    settings = AuditSettings(steps=3, probe=False, device="cpu", dtype="float32")
+    result = audit_dataset(data, basis_dir=basis_dir, out_dir=tmp_path / "act", settings=settings, calibration=cal)
+    with RunStore(tmp_path / "act" / "audit.db") as store:
+        rows = [np.array(store.measurements(r, per_prompt=False)[-1].extra["mean_activation"])
+                for r in ("full", "reference")]
+    assert result.score == pytest.approx(float(np.linalg.norm((rows[0] - rows[1])[:3])))
+    assert result.verdict == ("suspect" if result.score > 0 else "clean")
+    saved = json.loads((tmp_path / "act" / "audit.json").read_text())
+    assert "principal components" in saved["score_read"] and "components" not in saved["calibration"]
+    assert "the verdict's read; the residual stream" in (tmp_path / "act" / "audit.html").read_text()

@@ -9,7 +9,7 @@ import pytest
 
 from traitwatch.datasets import read_jsonl
 from traitwatch.errors import InputFileError
-from traitwatch.reference import paired_drift, swap_reference, write_swap_reference
+from traitwatch.reference import outlying_share, paired_drift, swap_fraction, swap_reference, write_swap_reference
 
 
 def test_the_highest_scored_rows_are_swapped_in_place_for_copies_of_the_lowest() -> None:
@@ -41,6 +41,21 @@ def test_the_written_reference_records_what_it_swapped(tmp_path) -> None:
     assert json.loads((tmp_path / "ref.swap.json").read_text())["suspects"] == [19, 18]
     with pytest.raises(InputFileError, match="overwrite"):
         write_swap_reference(data, list(range(20)), 0.1, data)
+
+
+def test_the_swapped_share_grows_past_the_validated_fifth_only_where_more_rows_stand_out() -> None:
+    rng = np.random.default_rng(0)
+    clean = list(rng.normal(1.0, 0.1, size=200))  # a domain's losses, no row far out
+    assert outlying_share(clean) == 0.0 and swap_fraction(clean) == 0.2
+    poisoned = clean[:150] + list(rng.normal(5.0, 0.3, size=50))  # a quarter of the rows far above the rest
+    assert outlying_share(poisoned) == pytest.approx(0.25)
+    assert swap_fraction(poisoned) == pytest.approx(0.30)  # the outlying share and a margin: every poison row out
+    assert swap_fraction(clean[:110] + [9.0] * 90) == 0.45  # capped: the reference swaps a minority
+    assert swap_fraction(clean, floor=0.1) == 0.1
+    assert outlying_share([2.0] * 190 + [3.0] * 10) == 0.05  # most rows alike: the mean deviation scales the z
+    assert outlying_share([2.0] * 10) == 0.0
+    with pytest.raises(InputFileError, match="no scores"):
+        outlying_share([])
 
 
 def test_paired_drift_is_the_difference_of_the_two_drifts_and_its_ci_holds_it() -> None:

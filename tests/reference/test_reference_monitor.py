@@ -107,3 +107,60 @@ def test_a_distance_calibration_reads_the_length_of_run_minus_reference(tmp_path
     path.write_text(json.dumps({"model": "m", "direction": {"honesty": 1.0}, "threshold": 0.0, "read": "cosine"}))
     with pytest.raises(InputFileError, match="read 'cosine' is not one of"):
         load_reference_calibration("m", path)
+
+
+def _activation_calibration(tmp_path, components, read="distance", **extra):
+    path = tmp_path / "act.json"
+    path.write_text(json.dumps({"model": "m", "direction": {"pc1": 1.0}, "threshold": 0.5, "read": read,
+                                "space": "activations", "components": components, **extra}))
+    return load_reference_calibration("m", path)
+
+
+def test_an_activation_calibration_reads_the_mean_residual_rows_projected_on_its_components(tmp_path) -> None:
+    cal = _activation_calibration(tmp_path, [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]], layer=3)
+    rows = np.array([[0.0, 0.0, 5.0, 0.0], [0.2, 0.0, 5.0, 0.0], [0.4, 0.2, 9.0, 0.0]])  # mean rows at steps 0, 10, 20
+    ref = ReferenceTrajectory("ref", np.array([0, 10, 20]), _trajectory().drift, NAMES, {"layer": 3}, rows)
+    monitor = ReferenceMonitor(cal, ref, NAMES)
+    assert monitor.feature_names == ["pc1", "pc2"] and "principal components" in monitor.describe_read()
+    assert np.allclose(ref.activation_at(15), [0.3, 0.1, 7.0, 0.0]) and ref.activation_at(21) is None
+    run = np.array([0.5, 0.5, -100.0, 3.0])  # what lies outside the components is not read
+    # at step 15 the reference is (0.3, 0.1) on the components: the run is (0.2, 0.4) from it
+    predicted, alarm = predict_alarm(monitor, np.zeros(3), 15, activation=run)
+    assert predicted == pytest.approx(np.hypot(0.2, 0.4)) and alarm is False
+    assert predict_alarm(monitor, np.zeros(3), 10, activation=np.array([1.0, 0.0, 0.0, 0.0]))[1] is True
+    assert predict_alarm(monitor, np.zeros(3), 25, activation=run) == (None, False)  # past its last step
+    assert "direction" not in alarm_fields(monitor, predicted, alarm)  # no trait direction to draw
+    monitor.check_fingerprint({"layer": 3})
+    with pytest.raises(BasisMismatchError, match="at layer 3"):
+        ReferenceMonitor(cal, ReferenceTrajectory("ref", np.array([0, 10, 20]), _trajectory().drift, NAMES,
+                                                  {"layer": 4}, rows), NAMES).check_fingerprint({"layer": 4})
+    with pytest.raises(InputFileError, match="stored no mean residual rows"):
+        ReferenceMonitor(cal, _trajectory(), NAMES)
+    with pytest.raises(InputFileError, match="4-wide"):
+        ReferenceMonitor(_activation_calibration(tmp_path, [[1.0, 0.0]]), ref, NAMES)
+    with pytest.raises(InputFileError, match="measurement has none"):
+        predict_alarm(monitor, np.zeros(3), 10)
+
+
+def test_an_activation_calibration_read_along_its_direction_and_a_bad_one_refused(tmp_path) -> None:
+    cal = _activation_calibration(tmp_path, [[1.0, 0.0], [0.0, 1.0]], read="direction")
+    assert cal.value(np.array([0.3, -2.0]), cal.component_names) == pytest.approx(0.3)  # along pc1 only
+    with pytest.raises(InputFileError, match="components must be"):
+        _activation_calibration(tmp_path, [[1.0, float("nan")]])
+    with pytest.raises(InputFileError, match="space 'logits' is not one of"):
+        (tmp_path / "s.json").write_text(json.dumps({"model": "m", "direction": {"h": 1.0}, "threshold": 0.1,
+                                                     "space": "logits"}))
+        load_reference_calibration("m", tmp_path / "s.json")
+
+
+def test_a_stored_run_gives_its_mean_residual_rows_to_the_trajectory(tmp_path) -> None:
+    with RunStore(tmp_path / "tw.db") as store:
+        store.start_run("r", model="m")
+        for step, d in ((0, 0.0), (10, 0.02)):
+            store.add_measurement("r", step, {n: d for n in NAMES}, drift_norm=d,
+                                  extra={"mean_activation": [d, 2 * d]})
+        store.start_run("old", model="m")
+        for step in (0, 10):
+            store.add_measurement("old", step, {n: 0.0 for n in NAMES}, drift_norm=0.0)
+        with_rows, without = ReferenceTrajectory.from_store(store, "r"), ReferenceTrajectory.from_store(store, "old")
+    assert np.allclose(with_rows.activation_at(5), [0.01, 0.02]) and without.activations is None

@@ -156,3 +156,38 @@ def test_the_reference_fraction_sets_how_many_rows_auto_swaps(basis_dir, chat_fi
     assert res.exit_code == 0, res.output
     swap = json.loads((tmp_path / "out-reference" / "reference.swap.json").read_text())
     assert len(swap["suspects"]) == 6 and swap["fraction"] == 0.3  # 30% of the 20 rows the run trains
+    args = _args(chat_file, basis_dir, tmp_path, "--reference", "auto", "--reference-calibration", cal)
+    reused = runner.invoke(app, args)  # auto (no fraction asked for) reuses it
+    assert reused.exit_code == 0 and "is already in" in reused.output
+    other = runner.invoke(app, [*args, "--reference-fraction", "0.4"])
+    assert other.exit_code == 2 and "not the 40% asked for" in other.output
+    bad = runner.invoke(app, [*args, "--reference-fraction", "half"])
+    assert bad.exit_code == 2 and "'auto' or a share of rows" in bad.output
+
+
+def test_an_activation_space_calibration_reads_the_stored_mean_residual_rows_end_to_end(basis_dir, chat_file,
+                                                                                        tmp_path) -> None:
+    from traitwatch.basis import TraitBasis
+
+    basis = TraitBasis.load(basis_dir)
+    q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((basis.hidden_size, 2)))
+    cal = tmp_path / "act.json"
+    cal.write_text(json.dumps({"model": "tiny-random", "direction": {"pc1": 1.0}, "threshold": 1e9, "read": "distance",
+                               "space": "activations", "components": q.T.tolist(), "layer": basis.measure_layer,
+                               "provenance": {"leave_one_cell_out": {"auroc": 0.9}}}))
+    res = runner.invoke(app, _args(chat_file, basis_dir, tmp_path, "--reference", "auto", "--reference-calibration", cal))
+    assert res.exit_code == 0, res.output
+    with RunStore(tmp_path / "tw.db") as store:
+        run, ref = store.measurements("out", per_prompt=False), store.measurements("out-reference", per_prompt=False)
+        for r, f in zip(run[1:], ref[1:], strict=True):
+            diff = np.array(r.extra["mean_activation"]) - np.array(f.extra["mean_activation"])
+            assert r.extra["predicted_em"] == pytest.approx(float(np.linalg.norm(q.T @ diff)), rel=1e-6)
+            assert "principal components of the residual stream" in r.extra["prediction"]
+    html = runner.invoke(app, ["report", "out", "--store", str(tmp_path / "tw.db"), "--out", str(tmp_path / "r.html")])
+    assert html.exit_code == 0, html.output
+    assert "what the alarm reads: run against reference" in (tmp_path / "r.html").read_text()
+    other_layer = json.loads(cal.read_text()) | {"layer": basis.measure_layer + 1}
+    cal.write_text(json.dumps(other_layer))
+    refused = runner.invoke(app, _args(chat_file, basis_dir, tmp_path, "--reference", "out-reference",
+                                       "--reference-calibration", cal, out="other"))
+    assert refused.exit_code == 2 and "fitted on the residual stream at layer" in refused.output

@@ -1,8 +1,8 @@
 """`traitwatch train --reference auto`: the reference run a monitored run is read against, made before it.
 
 The reference set is built as the audit's is (`write_reference_set`, which `run.py` calls too): the base model reads
-every row once (its loss on the response), and the `fraction` highest-loss rows are swapped in place for copies of
-the lowest-loss ones (`reference.swap`). Unlike the audit's pilots, that file is trained with the run's own config
+every row once (its loss on the response), and the `fraction` highest-loss rows (20%, or more where more rows' loss
+stands out: `reference.swap_fraction`) are swapped in place for copies of the lowest-loss ones (`reference.swap`). Unlike the audit's pilots, that file is trained with the run's own config
 (model, LoRA, learning rate, seed, steps, measurement cadence) as run `<run>-reference` in the same store. The run then
 reads its drift against this one's at every measurement (`reference.ReferenceMonitor`). The reference costs one
 more run of the same length; it is reused when the store already holds it finished.
@@ -23,7 +23,7 @@ from traitwatch.basis.traits import load_measurement_prompts
 from traitwatch.datasets.chat_jsonl import file_sha256, read_jsonl, write_jsonl
 from traitwatch.errors import InputFileError
 from traitwatch.models.loading import LoadedModel, load_model
-from traitwatch.reference import SwapReference, load_reference_calibration, write_swap_reference
+from traitwatch.reference import SwapReference, load_reference_calibration, swap_fraction, write_swap_reference
 from traitwatch.screen import ScreenResults, screen_dataset
 from traitwatch.screen.results import read_results_file
 from traitwatch.store import DEFAULT_STORE_NAME, RunStore
@@ -45,6 +45,7 @@ class ReferenceRun:
     reused: bool
     screen: Path  # the loss screen of the run's set (`traitwatch screen --rank-by loss` results)
     source: Path  # the run's set, which the screen read
+    fraction: float = 0.2  # the share of rows swapped out
 
 
 def loss_screen(lm: LoadedModel, basis: TraitBasis, data: Path, out: Path) -> ScreenResults:
@@ -55,11 +56,13 @@ def loss_screen(lm: LoadedModel, basis: TraitBasis, data: Path, out: Path) -> Sc
 
 
 def write_reference_set(lm: LoadedModel, basis: TraitBasis, data: str | Path, out_dir: str | Path, *,
-                        fraction: float = 0.2, seed: int = 0,
+                        fraction: float | None = None, seed: int = 0,
                         n_samples: int | None = None) -> tuple[ScreenResults, SwapReference]:
     """The reference set of `data` for a run with `seed`: `out_dir/reference.jsonl` (and `.swap.json`), ranked by
     the loss screen in `out_dir/screen.jsonl`; returns the screen and the swap (`.suspects`: the swapped-out rows,
-    0-based, highest loss first).
+    0-based, highest loss first; `.fraction`: the share swapped).
+
+    `fraction` None swaps `reference.swap_fraction` of the losses: 0.2 (validated), more where more rows stand out.
 
     For a Trainer of your own: train `reference.jsonl` with the run's recipe and seed and a `TraitWatchCallback`
     (run id e.g. `<run>-reference`), then the run with `TraitWatchCallback.from_basis(..., reference="<run>-reference")`.
@@ -72,10 +75,11 @@ def write_reference_set(lm: LoadedModel, basis: TraitBasis, data: str | Path, ou
     if n_samples is not None:
         losses, source = losses[:n_samples], out_dir / "head.jsonl"
         write_jsonl(source, read_jsonl(data)[:n_samples])
-    return screened, write_swap_reference(source, losses, fraction, out_dir / "reference.jsonl", seed=seed)
+    share = swap_fraction(losses) if fraction is None else fraction
+    return screened, write_swap_reference(source, losses, share, out_dir / "reference.jsonl", seed=seed)
 
 
-def train_reference(config: SFTConfig, *, fraction: float = 0.2, store: RunStore | None = None,
+def train_reference(config: SFTConfig, *, fraction: float | None = None, store: RunStore | None = None,
                     lm: LoadedModel | None = None, say: Callable[[str], None] = lambda _line: None) -> ReferenceRun:
     """Screen `config.data`, write its swap reference and train it as `<run>-reference` into `config.store`
     (through `store` if the caller holds it open; `lm`: the base model already loaded, for the screen)."""
@@ -104,10 +108,14 @@ def train_reference(config: SFTConfig, *, fraction: float = 0.2, store: RunStore
             if read_results_file(screen)[0].get("dataset_sha256") != file_sha256(config.data):
                 raise InputFileError(f"{store_path} holds a reference run {run_id!r} of another set than "
                                      f"{config.data}; pass another --run-id (or --output-dir) for this set")
-            suspects = json.loads(record.read_text(encoding="utf-8"))["suspects"]
+            recorded = json.loads(record.read_text(encoding="utf-8"))
+            if fraction is not None and abs(float(recorded["fraction"]) - fraction) > 1e-9:
+                raise InputFileError(f"{store_path} holds a reference run {run_id!r} that swapped "
+                                     f"{float(recorded['fraction']):.0%} of the rows, not the {fraction:.0%} asked for; "
+                                     "pass another --run-id (or --output-dir), or drop --reference-fraction to reuse it")
             say(f"Reference run {run_id!r} is already in {store_path}; reading the run against it.")
-            return ReferenceRun(run_id, ref_data, suspects, time.perf_counter() - t0, reused=True, screen=screen,
-                                source=Path(config.data))
+            return ReferenceRun(run_id, ref_data, recorded["suspects"], time.perf_counter() - t0, reused=True,
+                                screen=screen, source=Path(config.data), fraction=float(recorded["fraction"]))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would screen and write the same files at once
         raise InputFileError("--reference auto screens the set in one process before training; under a multi-process "
                              "launch, write the reference set first (traitwatch.audit.write_reference_set, "
@@ -115,14 +123,17 @@ def train_reference(config: SFTConfig, *, fraction: float = 0.2, store: RunStore
                              "--reference RUN-reference")
     say(f"Reference: reading the rows of {Path(config.data).name} with the base model (its loss on each response) ...")
     screen_lm = lm or load_model(config.model, device=config.device, dtype=config.dtype)  # type: ignore[arg-type]
-    swap = write_reference_set(screen_lm, basis, config.data, out, fraction=fraction, seed=config.seed,
-                               n_samples=config.n_samples)[1].suspects
+    written = write_reference_set(screen_lm, basis, config.data, out, fraction=fraction, seed=config.seed,
+                                  n_samples=config.n_samples)[1]
     del screen_lm
-    say(f"Reference: the {len(swap)} highest-loss rows swapped for copies of the lowest-loss ones; training "
-        f"{run_id!r} in the run's recipe ...")
+    swap = written.suspects
+    why = ("" if fraction is not None else " (more than 20%: that many rows stand out)" if written.fraction > 0.2
+           else "")
+    say(f"Reference: the {len(swap)} highest-loss rows ({written.fraction:.0%}{why}) swapped for copies of the "
+        f"lowest-loss ones; training {run_id!r} in the run's recipe ...")
     run_sft(dataclasses.replace(config, data=ref_data, output_dir=out / "run", run_id=run_id, reference_calibration=None,
                                 tags={**config.tags, "reference_of": config.resolved_run_id()}),
             info=say, reporter=lambda _record: None, store=store)
     return ReferenceRun(run_id, ref_data, swap, time.perf_counter() - t0, reused=False, screen=screen,
-                        source=Path(config.data))
+                        source=Path(config.data), fraction=written.fraction)
 

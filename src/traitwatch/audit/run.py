@@ -3,8 +3,9 @@
 1. The set is checked (`check_chat_jsonl`) before anything loads.
 2. The base model reads every row once and keeps its loss on the response (`screen_dataset(with_loss=True)`,
    the best row screen of `benchmarks/poison_small`).
-3. The *swap reference* (`reference.swap`) replaces the `fraction` highest-loss rows, in place, by copies of the
-   lowest-loss ones (2 and 3: `reference_run.write_reference_set`, as `traitwatch train --reference auto` does).
+3. The *swap reference* (`reference.swap`) replaces the `fraction` highest-loss rows (by default 20%, or more
+   where more rows stand out: `reference.swap_fraction`), in place, by copies of the lowest-loss ones (2 and 3:
+   `reference_run.write_reference_set`, as `traitwatch train --reference auto` does).
 4. Two short pilots in one recipe and seed (the `poison-small` plan's by default: LoRA r16 on every projection,
    lr 1e-3, 30 steps of batch 4): one on the set, one on its reference. Each measures the trait drift (and the
    behavioural probe) at step 0 and at the last step.
@@ -36,7 +37,8 @@ from traitwatch.errors import InputFileError
 from traitwatch.models.layers import ALL_PROJECTIONS
 from traitwatch.models.loading import load_model
 from traitwatch.audit.reference_run import write_reference_set
-from traitwatch.reference import PairedDrift, ReferenceCalibration, load_reference_calibration, paired_drift
+from traitwatch.reference import (PairedDrift, ReferenceCalibration, load_reference_calibration, outlying_share,
+                                  paired_drift)
 from traitwatch.screen import write_filtered
 from traitwatch.screen.examples import previews
 from traitwatch.store import RunStore
@@ -49,7 +51,7 @@ __all__ = ["AuditResult", "AuditSettings", "audit_dataset", "pilot_projections",
 class AuditSettings:
     """The pilots' recipe: by default the `poison-small` plan's, in which the reference was measured."""
 
-    fraction: float = 0.2
+    fraction: float | None = None  # None: `reference.swap_fraction` (0.2, more where more rows stand out)
     steps: int = 30
     batch_size: int = 4
     learning_rate: float = 1e-3
@@ -80,11 +82,16 @@ class AuditResult:
     verdict: str | None = None
     cleaned: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    score: float | None = None  # the calibration's read of run minus reference (what the verdict compares)
+    swapped: float = 0.2  # the share of rows the reference swapped
+    outlying: float = 0.0  # the share of rows whose loss stands out (`reference.outlying_share`)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "data": str(self.data), "n_rows": self.n_rows, "settings": asdict(self.settings),
-            "calibration": None if self.calibration is None else asdict(self.calibration),
+            "calibration": None if self.calibration is None else {
+                k: v for k, v in asdict(self.calibration).items() if k != "components"},
+            "score": self.score, "score_read": None if self.calibration is None else self.calibration.describe(),
             "verdict": self.verdict,
             "run_minus_reference": dict(zip(self.paired.trait_names, map(float, self.paired.difference), strict=True)),
             "along_direction": self.paired.along, "along_ci": self.paired.along_ci,
@@ -92,7 +99,7 @@ class AuditResult:
             "read": None if self.calibration is None else self.calibration.read, "n_prompts": self.paired.n_prompts,
             "probe_rise": self.probe_rise, "cleaned": None if self.cleaned is None else str(self.cleaned),
             "suspects": [{"line": line, "loss": loss, "prompt": text} for line, loss, text in self.suspects],
-            "seconds": self.seconds,
+            "seconds": self.seconds, "swapped_fraction": self.swapped, "outlying_fraction": self.outlying,
         }
 
 
@@ -109,6 +116,12 @@ def train_pilot(settings: AuditSettings, model: str, data: Path, basis_dir: Path
         resume=False, tags={"audit": run_id},
     )
     run_sft(config, store=store, info=say, reporter=lambda _record: None)  # a reporter turns the Trainer's bars off
+
+
+def pilot_activation(store: RunStore, run_id: str) -> np.ndarray | None:
+    """The last step's mean residual row (what an activation-space calibration reads), or None if not stored."""
+    stored = (store.measurements(run_id, per_prompt=False)[-1].extra or {}).get("mean_activation")
+    return np.asarray(stored, dtype=np.float64) if isinstance(stored, list) and stored else None
 
 
 def pilot_projections(store: RunStore, run_id: str) -> tuple[np.ndarray, float, list[str], float | None]:
@@ -162,16 +175,22 @@ def audit_dataset(data: str | Path, *, basis_dir: str | Path, out_dir: str | Pat
             seconds[f"pilot {run_id}"] = time.perf_counter() - t0
         full, scale, names, probe_full = pilot_projections(store, "full")
         reference, _, _, probe_ref = pilot_projections(store, "reference")
-    paired = paired_drift(full, reference, scale, names, direction=None if cal is None else cal.vector(names))
+        activations = [pilot_activation(store, run_id) for run_id in ("full", "reference")]
+    trait_direction = None if cal is None or cal.space != "traits" else cal.vector(names)
+    paired = paired_drift(full, reference, scale, names, direction=trait_direction)
     verdict = None
-    score = None if cal is None else paired.read(cal.read)[0]
+    score = None if cal is None else (
+        paired.read(cal.read)[0] if cal.space == "traits" else
+        cal.value(cal.features(None, None if any(a is None for a in activations) else activations[0] - activations[1]),
+                  cal.component_names))
     if cal is not None and cal.threshold is not None and score is not None:
         verdict = "suspect" if score > cal.threshold else "clean"
     cleaned = out_dir / "cleaned.jsonl"
     write_filtered(data, cleaned, set(suspect_lines))
     result = AuditResult(data=data, n_rows=info.n_rows, out_dir=out_dir, settings=settings, calibration=cal,
                          suspects=suspects, paired=paired, probe_rise={"full": probe_full, "reference": probe_ref},
-                         verdict=verdict, cleaned=cleaned, seconds=seconds)
+                         verdict=verdict, cleaned=cleaned, seconds=seconds, score=score, swapped=ref.fraction,
+                         outlying=outlying_share(losses))
     (out_dir / "audit.json").write_text(json.dumps(result.as_dict(), indent=2), encoding="utf-8")
     (out_dir / "audit.html").write_text(audit_html(result), encoding="utf-8")
     return result
@@ -187,14 +206,19 @@ def audit_html(result: AuditResult) -> str:
     else:
         head = f"Verdict: {result.verdict.upper()}"
     threshold = "" if cal is None or cal.threshold is None else f"; threshold {cal.threshold:+.4f}"
-    along = "" if p.along is None else (
+    verdict_read = "" if cal is None or result.score is None or cal.space == "traits" else (
+        f"<p>{e(cal.describe()).capitalize()}: <b>{result.score:.4f}</b>{threshold} (the verdict's read; the "
+        "residual stream is measured as one mean row per pilot, so this read has no CI)</p>")
+    along = verdict_read + ("" if p.along is None else (
         f"<p>Run minus reference along the misalignment direction: <b>{p.along:+.4f}</b> "
         f"[95% CI {p.along_ci[0]:+.4f}, {p.along_ci[1]:+.4f}] over {p.n_prompts} prompts"  # type: ignore[index]
-        + (threshold + " (the verdict's read)" if cal is not None and cal.read == "direction" else "") + "</p>")
+        + (threshold + " (the verdict's read)" if cal is not None and cal.read == "direction"
+           and cal.space == "traits" else "") + "</p>"))
     if p.distance_ci is not None:
         along += (f"<p>Distance of the run from its reference in trait space: <b>{p.distance:.4f}</b> [95% CI "
                   f"{p.distance_ci[0]:.4f}, {p.distance_ci[1]:.4f}]"
-                  + (threshold + " (the verdict's read)" if cal is not None and cal.read == "distance" else "") + "</p>")
+                  + (threshold + " (the verdict's read)" if cal is not None and cal.read == "distance"
+                     and cal.space == "traits" else "") + "</p>")
     traits = "".join(f"<tr><td>{e(t)}</td><td>{v:+.4f}</td></tr>" for t, v in zip(p.trait_names, p.difference,
                                                                                     strict=True))
     probe = "".join(f"<tr><td>{e(k)}</td><td>{'' if v is None else f'{v:+.4f}'}</td></tr>"
@@ -206,8 +230,10 @@ def audit_html(result: AuditResult) -> str:
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td{{padding:2px 8px}}</style></head><body>
 <h1>{e(head)}</h1>
 <p>{e(str(result.data))}: {result.n_rows} conversations; the {len(result.suspects)} rows with the highest base-model
-loss ({result.settings.fraction:.0%}) were swapped for copies of the lowest-loss rows to make the reference, and both
-sets were trained {result.settings.steps} steps from seed {result.settings.seed}.</p>
+loss ({result.swapped:.0%}) were swapped for copies of the lowest-loss rows to make the reference, and both
+sets were trained {result.settings.steps} steps from seed {result.settings.seed}. The loss of {result.outlying:.1%} of the
+rows stands out (more than 5 robust SDs above the median): an estimate of the poisoned share that misses poison written
+like the rest of the set.</p>
 {along}{provenance}
 <h2>Run minus reference, per trait (drift units)</h2><table>{traits}</table>
 <h2>Behavioural probe rise over step 0</h2><table>{probe}</table>

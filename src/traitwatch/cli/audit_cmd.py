@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from traitwatch.cli.common import err, out, user_errors
+from traitwatch.cli.common import err, out, parse_fraction, user_errors
 
 __all__ = ["register"]
 
@@ -24,7 +24,8 @@ def register(app: typer.Typer) -> None:
         basis_dir: Annotated[Path, typer.Option("--basis", "-b", help="Basis folder from `traitwatch extract` (or the demo's).")],
         out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the screen, both pilots, the cleaned set, audit.json and audit.html.")],
         model: Annotated[str | None, typer.Option("--model", "-m", help="Model (default: the basis's).")] = None,
-        fraction: Annotated[float, typer.Option(min=0.01, max=0.49, help="Share of rows, highest loss first, swapped out of the reference.")] = 0.2,
+        fraction: Annotated[str, typer.Option(help="Share of rows, highest loss first, swapped out of the reference: "
+                                              "'auto' (0.2, more where more rows' loss stands out) or a number in (0, 0.5).")] = "auto",
         steps: Annotated[int, typer.Option(min=1, help="Steps of each pilot.")] = 30,
         seed: Annotated[int, typer.Option(help="Seed of both pilots (they share it: the pairing).")] = 0,
         probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Also score the behavioural probe of both pilots.")] = True,
@@ -37,7 +38,7 @@ def register(app: typer.Typer) -> None:
         read against its reference in trait space. Exit 0 clean, 1 suspect, 3 no calibrated threshold, 2 bad input."""
         from traitwatch.audit import AuditSettings, audit_dataset
 
-        settings = AuditSettings(fraction=fraction, steps=steps, seed=seed, probe=probe, device=device, dtype=dtype)
+        settings = AuditSettings(fraction=parse_fraction(fraction, "--fraction"), steps=steps, seed=seed, probe=probe, device=device, dtype=dtype)
         result = audit_dataset(data, basis_dir=basis_dir, out_dir=out_dir, model=model, settings=settings,
                                calibration=calibration, say=lambda m: err.print(m, markup=False, highlight=False))
         p = result.paired
@@ -46,7 +47,11 @@ def register(app: typer.Typer) -> None:
             table.add_column(name, justify="right")
         table.add_row(*[f"{v:+.4f}" for v in p.difference])
         out.print(table)
-        read = None if result.calibration is None else result.calibration.read
+        cal = result.calibration
+        read = None if cal is None or cal.space != "traits" else cal.read  # the trait read the verdict is made on
+        if cal is not None and cal.space != "traits" and result.score is not None:
+            out.print(f"{cal.describe().capitalize()}: {result.score:.4f}  (the verdict's read; one mean residual row "
+                      "per pilot, no CI)", highlight=False)
         if p.along is not None and p.along_ci is not None:
             out.print(f"Along the misalignment direction: {p.along:+.4f} [95% CI {p.along_ci[0]:+.4f}, "
                       f"{p.along_ci[1]:+.4f}]" + ("  (the verdict's read)" if read == "direction" else ""), highlight=False)
@@ -56,13 +61,15 @@ def register(app: typer.Typer) -> None:
         rises = ", ".join(f"{k} {v:+.4f}" for k, v in result.probe_rise.items() if v is not None)
         if rises:
             out.print(f"Behavioural probe rise: {rises}", highlight=False)
-        cal = result.calibration
         if result.verdict is None:
             out.print(f"No verdict: no calibrated threshold for {model or 'this model'} "
                       f"({'no calibration' if cal is None else 'its calibration has none'}).", highlight=False)
         else:
             out.print(f"Verdict: {result.verdict} (threshold {cal.threshold:+.4f}; {cal.provenance.get('validated', '')})"  # type: ignore[union-attr]
                       , highlight=False)
+        err.print(f"Rows whose loss stands out: {result.outlying:.1%} (an estimate of the poisoned share; it misses "
+                  f"poison written like the rest); the reference swapped {result.swapped:.0%}.", markup=False,
+                  highlight=False)
         err.print(f"Suspect rows: {len(result.suspects)} (lines {', '.join(str(s[0]) for s in result.suspects[:10])}"
                   f"{', ...' if len(result.suspects) > 10 else ''}); cleaned set {result.cleaned}; "
                   f"page {out_dir / 'audit.html'}", markup=False, highlight=False)

@@ -80,3 +80,16 @@ def parse_layers(spec: str | None) -> list[int] | None:
     except ValueError:
         raise typer.BadParameter(f"{spec!r} is not a layer list; use e.g. 12,15,18 or 10-20 or 10-20:2") from None
     return layers
+
+
+def parse_fraction(spec: str, option: str) -> float | None:
+    """'auto' -> None (the library's choice: `reference.swap_fraction`); a number in (0, 0.5) -> itself."""
+    if spec.strip().lower() == "auto":
+        return None
+    try:
+        value = float(spec)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 0.5:
+        raise typer.BadParameter(f"{option} {spec!r}: give 'auto' or a share of rows in (0, 0.5), e.g. 0.3")
+    return value

@@ -141,8 +141,7 @@ def _print_runs(result: DemoResult) -> None:
 
     armed = result.gate is not None and result.gate.armed
     if result.reference is not None:
-        how = ("its distance from the reference in trait space" if result.reference.read == "distance"
-               else "run minus reference along the misalignment direction")
+        how = result.reference.describe()
         verdicts = Table(title=f"Each run against its reference run ({how}) beside the label measured at the final "
                                "step (rise of the EM proxy)")
         predicted_col = "vs reference"

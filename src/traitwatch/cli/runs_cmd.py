@@ -115,7 +115,7 @@ def show(
     for trait in traits:
         table.add_column(trait, justify="right")
     table.add_column("norm", justify="right")
-    # a run read against a reference run: what the alarm read at each step (run minus reference along the direction)
+    # a run read against a reference run: what the alarm read at each step (as its calibration reads it)
     reference = next((str(m.extra["reference_run"]) for m in measurements if (m.extra or {}).get("reference_run")), None)
     if reference is not None:
         table.add_column(f"vs {reference}", justify="right")
@@ -131,8 +131,10 @@ def show(
         )
     out.print(table)
     if reference is not None:
-        err.print(f"Read against reference run {reference}: the column is the run's drift minus the reference's at the "
-                  "same step, along the misalignment direction (the alarm fires above its threshold).", markup=False)
+        read = next((str(m.extra["prediction"]) for m in measurements if (m.extra or {}).get("prediction")),
+                    "the run minus the reference")
+        err.print(f"Read against reference run {reference}: the column is the {read}, at the same step (the alarm "
+                  "fires above its threshold).", markup=False)
     if alarms:
         alarm_table = Table(title="Alarms")
         for header in ("step", "kind", "value", "threshold", "action"):

@@ -11,7 +11,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from traitwatch.cli.common import err, out, user_errors
+from traitwatch.cli.common import err, out, parse_fraction, user_errors
 from traitwatch.train.callback import ALARM_ACTIONS, DriftRecord
 from traitwatch.train.sft import SFTConfig, run_sft
 from traitwatch.train.suspects import RowScores
@@ -100,11 +100,11 @@ def register(app: typer.Typer) -> None:
         monitor: Annotated[Path | None, typer.Option(help="Calibrated monitor (.json) for alarms.")] = None,
         reference: Annotated[str | None, typer.Option(
             help="Read the run against a reference run, not absolute drift: 'auto' screens DATA, swaps its 20% "
-                 "highest-loss rows for copies of its cleanest and trains that first (same recipe and seed, as "
-                 "RUN-reference in --store); or the id of a finished run in --store.")] = None,
-        reference_fraction: Annotated[float, typer.Option(
-            min=0.01, max=0.49, help="With --reference auto: the share of highest-loss rows swapped out (validated: 0.2; "
-                                     "raise it when more of the set may be bad).")] = 0.2,
+                 "highest-loss rows (more where more rows' loss stands out) for copies of its cleanest and trains that "
+                 "first (same recipe and seed, as RUN-reference in --store); or the id of a finished run in --store.")] = None,
+        reference_fraction: Annotated[str, typer.Option(
+            help="With --reference auto: the share of highest-loss rows swapped out: 'auto' (0.2, the validated "
+                 "share, or more where more rows' loss stands out) or a number in (0, 0.5).")] = "auto",
         reference_calibration: Annotated[Path | None, typer.Option(
             dir_okay=False, help="With --reference: the direction and threshold (JSON) to read the run with; "
                                  "default: the calibration shipped for the model.")] = None,
@@ -128,6 +128,7 @@ def register(app: typer.Typer) -> None:
         if over_length not in ("truncate", "drop"):
             raise typer.BadParameter(f"{over_length!r}: use truncate or drop", param_hint="--over-length")
         actions = _actions(on_alarm)
+        swap_share = parse_fraction(reference_fraction, "--reference-fraction")
         row_scores = _row_scores(screen, data, n_samples) if screen is not None else None
         model_name = model or TraitBasis.load(basis_dir).model.name
         config = SFTConfig(
@@ -153,7 +154,7 @@ def register(app: typer.Typer) -> None:
         if reference == "auto":
             from traitwatch.audit import train_reference
 
-            built = train_reference(config, fraction=reference_fraction, say=say)
+            built = train_reference(config, fraction=swap_share, say=say)
             config = dataclasses.replace(config, reference=built.run_id)
         elif reference is not None:
             config = dataclasses.replace(config, reference=reference)

@@ -11,9 +11,10 @@ so the measured label stands beside the prediction.
 
 With a reference (the default where a reference calibration ships for the model), each set first gets its
 reference run, as `traitwatch train --reference auto` makes it (`audit.train_reference`: the base model's loss on
-every row, the 20% highest-loss rows swapped for copies of the cleanest, trained in the same recipe and seed), and
-the run is read against it along the model's misalignment direction (`reference.ReferenceMonitor`); the loss screen
-also ranks the poisoned set's rows for the suspects. Without one, the shipped drift monitor is attached and the set
+every row, its 20% highest-loss rows (more where more stand out) swapped for copies of the cleanest, trained in the
+same recipe and seed), and the run is read against it as the calibration says (`reference.ReferenceMonitor`; for
+smollm2-135m its distance from the reference in the top principal components of the residual stream); the loss
+screen also ranks the poisoned set's rows for the suspects. Without one, the shipped drift monitor is attached and the set
 is screened by trait risk. Either monitor is attached for its alarm only if its recorded leave-one-out AUROC reaches
 `monitor.watch.MIN_ALARM_AUROC`; otherwise for its prediction only (`gate_alarms`), and the run raises no alarm.
 
@@ -205,25 +206,27 @@ def describe_reference(calibration: ReferenceCalibration, gate: AlarmGate) -> li
     """What the reference monitor reads, where its calibration came from, and whether it may alarm."""
     prov = calibration.provenance
     threshold = "no threshold" if calibration.threshold is None else f"alarm threshold {calibration.threshold:+.4f}"
-    how = ("its distance in trait space" if calibration.read == "distance"
-           else "its component along the misalignment direction")
-    return [(f"Reference monitor ({calibration.model}): each run's drift minus its reference run's, read as {how} "
+    return [(f"Reference monitor ({calibration.model}): each run against its reference run, read as the "
+             f"{calibration.describe()} "
              f"({threshold}); from {prov.get('command', 'an unrecorded command')} at {prov.get('commit', '?')}."),
             gate.describe()]
 
 
 def _extract_basis(lm: LoadedModel, *, method: str, select_every: int, max_new_tokens: int,
-                   progress: Progress, clock: _Clock) -> TraitBasis:
-    """The benchmark's basis recipe (passages, layer selected by steering, anchored), on fewer candidates."""
+                   progress: Progress, clock: _Clock, layer: int | None = None) -> TraitBasis:
+    """The benchmark's basis recipe (passages, layer selected by steering, anchored), on fewer candidates; `layer`
+    pins the measurement layer (its steering diagnostics are still recorded)."""
     traits = load_traits()
     cand = default_candidate_layers(lm.model)
-    tried = cand[::select_every]
+    if layer is not None and layer not in cand:
+        raise InputFileError(f"layer {layer} is not one of {lm.name}'s candidate layers {cand}")
+    tried = cand[::select_every] if layer is None else [layer]
     n = len(build_contrast_set(lm.tokenizer, traits, method).sequences)  # type: ignore[arg-type]
     with clock("extract basis"), \
             progress(f"Extracting {len(traits.traits)} traits from {n} {method.replace('_', ' ')} prompts", n) as advance:
         basis = extract_basis(lm.model, lm.tokenizer, traits, layers=cand, method=method,  # type: ignore[arg-type]
                               model_name=lm.name, probe_layers=tried, progress=advance)
-    with clock(f"select layer ({len(tried)} candidates) + anchor"):
+    with clock(f"select layer ({len(tried)} candidate{'s' if len(tried) > 1 else ''}) + anchor"):
         select_and_anchor(lm, basis, tried, alpha=0.25, max_new_tokens=max_new_tokens, n_prompts=3, progress=progress)
     return basis
 
@@ -288,6 +291,13 @@ def run_demo(
         raise InputFileError(f"--method {method!r} is not passages or system-prompts.")
     clock = _Clock(say)
     out_dir = Path(out_dir)
+    if reference is None:
+        reference = monitor is None and load_reference_calibration(model) is not None
+    calibration = load_reference_calibration(model) if reference else None
+    if reference and calibration is None:
+        raise InputFileError(f"No reference calibration ships for {model}; run the demo without --reference.")
+    # an activation-space calibration was fitted at one layer: the demo measures there instead of selecting one
+    pinned = None if calibration is None else calibration.layer
 
     say(f"Loading {model} in {dtype} on {plan.device} (the first run converts the bundled GGUF once; later runs reuse it) ...")
     with clock("load model"):
@@ -295,8 +305,10 @@ def run_demo(
     numerics = describe_environment(lm.model)
     say(f"Numerics: {numerics['dtype']} on {numerics['device']} ({numerics['cpu_threads']} threads), as the {DEMO_PLAN} plan "
         f"{'pins' if numerics['dtype'] == plan.dtype else 'does not (it pins ' + plan.dtype + ')'}.")
+    if pinned is not None:
+        say(f"Measuring at layer {pinned}, where the reference calibration was fitted (no layer selection).")
     basis = _extract_basis(lm, method=meth, select_every=select_every, max_new_tokens=max_new_tokens,
-                           progress=progress, clock=clock)
+                           progress=progress, clock=clock, layer=pinned)
     basis_dir = basis.save(out_dir / "basis")
     result = DemoResult(out_dir=out_dir, plan=plan, numerics=numerics, basis=basis, basis_dir=basis_dir,
                         phases=clock.phases)
@@ -307,12 +319,7 @@ def run_demo(
     if steps == 0:
         return result
 
-    if reference is None:
-        reference = monitor is None and load_reference_calibration(model) is not None
-    if reference:
-        result.reference = load_reference_calibration(model)
-        if result.reference is None:
-            raise InputFileError(f"No reference calibration ships for {model}; run the demo without --reference.")
+    result.reference = calibration
     poisoned_spec = demo_sets()[1]
     if not reference:  # with a reference, the reference's loss screen ranks the rows
         say(f"Screening {poisoned_spec.name} before training (the rows' residuals against the model's own answers) ...")

@@ -133,8 +133,9 @@ class PredictionOnly:
         return np.asarray(self.monitor.predict(X))
 
     def __getattr__(self, name: str) -> Any:
-        """What a reference monitor adds (`reference_at`, `reference_run`, `trajectory`), from the monitor."""
-        if name in ("reference_at", "reference_run", "trajectory", "check_fingerprint", "direction_", "trait_names"):
+        """What a reference monitor adds (`features`, `reference_run`, `trajectory`, ...), from the monitor."""
+        if name in ("reference_at", "reference_run", "trajectory", "check_fingerprint", "direction_", "trait_names",
+                    "features", "space", "feature_names", "describe_read"):
             return getattr(self.monitor, name)
         raise AttributeError(name)
 

@@ -18,8 +18,9 @@ Validation status: measured on clean and poisoned sets by `benchmarks/reference_
 from traitwatch.reference.calibration import ReferenceCalibration, load_reference_calibration
 from traitwatch.reference.compare import PairedDrift, paired_drift
 from traitwatch.reference.monitor import ReferenceMonitor
-from traitwatch.reference.swap import SwapReference, swap_reference, write_swap_reference
+from traitwatch.reference.swap import SwapReference, outlying_share, swap_fraction, swap_reference, write_swap_reference
 from traitwatch.reference.trajectory import ReferenceTrajectory
 
 __all__ = ["PairedDrift", "ReferenceCalibration", "ReferenceMonitor", "ReferenceTrajectory", "SwapReference",
-           "load_reference_calibration", "paired_drift", "swap_reference", "write_swap_reference"]
+           "load_reference_calibration", "outlying_share", "paired_drift", "swap_fraction", "swap_reference",
+           "write_swap_reference"]

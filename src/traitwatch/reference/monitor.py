@@ -2,10 +2,12 @@
 
 Absolute drift mostly reads the domain (METHOD.md 10); the reference run (the user's set with its suspect rows
 swapped for its cleanest ones, same recipe and seed) carries the domain, so the run's drift minus the
-reference's at the same step is what the suspect rows added. The monitor projects that difference on the model's
-misalignment direction (`calibration.py`) and alarms above the calibrated threshold. It is an `AlarmMonitor`
-like the fitted ones (`predict`, `threshold`, `provenance` for the alarm gate), with `inputs =
-"drift_minus_reference"`: the callback subtracts `reference_at(step)` before it calls `predict`.
+reference's at the same step is what the suspect rows added. The monitor reads that difference as its
+calibration says (`calibration.py`): in trait space or in the top principal components of the residual stream
+(the mean residual row each measurement stores), along the misalignment direction or as its length, and alarms
+above the calibrated threshold. It is an `AlarmMonitor` like the fitted ones (`predict`, `threshold`,
+`provenance` for the alarm gate), with `inputs = "drift_minus_reference"`: the callback asks it for
+`features(drift, mean_activation, step)` (run minus reference at that step) and passes those to `predict`.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ __all__ = ["ReferenceMonitor"]
 
 
 class ReferenceMonitor:
-    """Alarm when `u . (d_run(t) - d_ref(t)) > threshold`, `u` the calibration's unit direction; or, for a
-    calibration that reads the distance, when `|d_run(t) - d_ref(t)| > threshold`.
+    """Alarm when `u . x > threshold`, `u` the calibration's unit direction, or for a calibration that reads the
+    distance when `|x| > threshold`; `x` is run minus reference at step t: `d_run(t) - d_ref(t)` in trait space,
+    or `C (a_run(t) - a_ref(t))` for an activation-space calibration (`C` its components, `a` mean residual rows).
 
     Parameters
     ----------
@@ -47,11 +50,21 @@ class ReferenceMonitor:
         self.calibration = calibration
         self.trajectory = trajectory
         self.trait_names = list(trait_names)
-        u = calibration.vector(self.trait_names)
+        self.space = calibration.space
+        # the coordinates run-minus-reference is read in: the traits, or the activation space's components
+        self.feature_names = self.trait_names if self.space == "traits" else calibration.component_names
+        u = calibration.vector(self.feature_names)
         if not np.linalg.norm(u) > 0:
-            raise InputFileError(f"the {calibration.model} reference calibration weighs none of the basis's traits "
-                                 f"{self.trait_names}; calibrate it for this basis")
+            what = "the basis's traits" if self.space == "traits" else "its components"
+            raise InputFileError(f"the {calibration.model} reference calibration weighs none of {what} "
+                                 f"{self.feature_names}; calibrate it for this basis")
         trajectory.at(0, self.trait_names)  # every trait is in the reference, or a clear error now
+        if self.space == "activations":
+            if trajectory.activations is None:
+                raise InputFileError(f"reference run {trajectory.run_id!r} stored no mean residual rows, which the "
+                                     f"{calibration.model} reference calibration reads; retrain the reference with "
+                                     "TraitWatchCallback, or pass a trait-space calibration (--reference-calibration)")
+            calibration.features(None, trajectory.activations[0] * 0)  # the components fit the rows, or a clear error
         self.direction_ = u / np.linalg.norm(u)
         self.target = "along_direction" if calibration.read == "direction" else "distance_from_reference"
         self.threshold = math.inf if calibration.threshold is None else float(calibration.threshold)
@@ -78,14 +91,40 @@ class ReferenceMonitor:
         """The reference's drift at `step` in the monitor's trait order, or None past its last step."""
         return self.trajectory.at(step, self.trait_names)
 
+    def features(self, drift: np.ndarray, activation: np.ndarray | None, step: int) -> np.ndarray | None:
+        """Run minus reference at `step` in the calibration's space (`feature_names`); None past the reference's
+        last step, where there is nothing to read against."""
+        if self.space == "traits":
+            reference = self.reference_at(step)
+            return None if reference is None else self.calibration.features(np.asarray(drift) - reference, None)
+        ref = self.trajectory.activation_at(step)
+        if ref is None:
+            return None
+        if activation is None:
+            raise InputFileError(f"the {self.calibration.model} reference calibration reads the mean residual row, "
+                                 "and this measurement has none")
+        return self.calibration.features(None, np.asarray(activation, dtype=np.float64) - ref)
+
     def predict(self, X: ArrayLike) -> np.ndarray:
-        """Rows of run-minus-reference drift [n, n_traits] -> their component along the direction (or length)."""
+        """Rows of run minus reference [n, len(feature_names)] -> their component along the direction (or length)."""
         X = np.asarray(X, dtype=np.float64)
         return X @ self.direction_ if self.calibration.read == "direction" else np.linalg.norm(X, axis=1)
 
+    def describe_read(self) -> str:
+        """What the alarm reads, in words (the CLI's and the report's labels)."""
+        return self.calibration.describe()
+
     def check_fingerprint(self, fingerprint: dict[str, Any]) -> None:
-        """Refuse a reference measured with another basis, layer or prompts than the run's probe."""
+        """Refuse a reference measured with another basis, layer or prompts than the run's probe, and an
+        activation-space calibration fitted at another layer or on other prompts."""
         theirs = self.trajectory.fingerprint
         if theirs is not None and theirs != fingerprint:
             raise BasisMismatchError(f"reference run {self.reference_run!r} was measured with another basis, layer or "
                                      "prompts than this run; train the reference with the run's basis")
+        cal = self.calibration
+        if self.space == "activations" and (
+                (cal.layer is not None and cal.layer != fingerprint.get("layer"))
+                or (cal.prompts_hash is not None and cal.prompts_hash != fingerprint.get("measurement_prompts_hash"))):
+            raise BasisMismatchError(f"the {cal.model} reference calibration was fitted on the residual stream at layer "
+                                     f"{cal.layer} with other measurement prompts or layer than this run's "
+                                     f"(layer {fingerprint.get('layer')}); measure at its layer or calibrate for yours")

@@ -22,13 +22,15 @@ __all__ = ["ReferenceTrajectory"]
 
 @dataclass(frozen=True)
 class ReferenceTrajectory:
-    """`drift[i]` is the reference's drift at `steps[i]` (ascending, starting at 0), over `trait_names`."""
+    """`drift[i]` is the reference's drift at `steps[i]` (ascending, starting at 0), over `trait_names`;
+    `activations[i]` its mean residual row there, where every measurement stored one (None otherwise)."""
 
     run_id: str
     steps: np.ndarray
     drift: np.ndarray
     trait_names: list[str]
     fingerprint: dict[str, Any] | None = field(default=None, compare=False)
+    activations: np.ndarray | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         steps = np.asarray(self.steps)
@@ -48,9 +50,12 @@ class ReferenceTrajectory:
             raise InputFileError(f"{store.path}: reference run {run_id!r} has no measurements; train it first "
                                  "(traitwatch train ... --run-id) or pass another run")
         names = list(rows[0].drift)
+        means = [(m.extra or {}).get("mean_activation") for m in rows]
+        activations = (np.array(means, dtype=np.float64) if all(isinstance(a, list) and a for a in means)
+                       and len({len(a) for a in means}) == 1 else None)  # type: ignore[arg-type]
         return cls(run_id, np.array([m.step for m in rows]),
                    np.array([[m.drift[n] for n in names] for m in rows], dtype=np.float64), names,
-                   run.basis_fingerprint)
+                   run.basis_fingerprint, activations)
 
     @property
     def last_step(self) -> int:
@@ -62,6 +67,17 @@ class ReferenceTrajectory:
             return None
         cols = self.drift if trait_names is None else self.drift[:, [self._index(n) for n in trait_names]]
         return np.array([np.interp(step, self.steps, cols[:, j]) for j in range(cols.shape[1])])
+
+    def activation_at(self, step: int) -> np.ndarray | None:
+        """The reference's mean residual row at `step` (interpolated as `at`), or None past its last step or where
+        its measurements stored none."""
+        if self.activations is None or step < 0 or step > self.last_step:
+            return None
+        lo = int(np.searchsorted(self.steps, step, side="right")) - 1
+        if lo >= len(self.steps) - 1 or self.steps[lo] == step:
+            return self.activations[lo].copy()
+        w = (step - self.steps[lo]) / (self.steps[lo + 1] - self.steps[lo])
+        return (1 - w) * self.activations[lo] + w * self.activations[lo + 1]
 
     def _index(self, name: str) -> int:
         try:

@@ -175,14 +175,19 @@ def _reference_chart(runs: Sequence[RunSeries]) -> Chart:
             traces.append(Trace(name=f"{r.run_id}: {what}", x=_steps(r), y=r.predicted_em, color=color,
                                 group=r.run_id, panel=1))
             traces += [dataclasses.replace(t, panel=1) for t in _alarm_traces(r)]
+    notes = ("The reference run is the same set with its highest-loss rows swapped for its cleanest, trained in "
+             "the same recipe and seed: it carries the domain, so the difference is what the suspect rows added.",
+             *_notes(runs, "em"))
+    if not any(t.panel == 0 for t in traces):  # an activation-space read stores no trait direction to draw
+        return Chart(key="em_rate", title="Each run against its reference run",
+                     traces=tuple(dataclasses.replace(t, panel=0) for t in traces), x_label="step",
+                     y_label="what the alarm reads: run against reference", hlines=_thresholds(runs), notes=notes)
     hlines = tuple(dataclasses.replace(h, panel=1) for h in _thresholds(runs))
     return Chart(
         key="em_rate", title="Each run against its reference run, along the misalignment direction",
         traces=tuple(traces), x_label="step", y_label="drift along the direction",
         panels=("run and reference, along the direction", "what the alarm reads: run minus reference"), hlines=hlines,
-        notes=("The reference run is the same set with its highest-loss rows swapped for its cleanest, trained in "
-               "the same recipe and seed: it carries the domain, so the difference is what the suspect rows added.",
-               *_notes(runs, "em")),
+        notes=notes,
     )
 
 

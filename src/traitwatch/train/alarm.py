@@ -84,12 +84,14 @@ def reads_reference(monitor: AlarmMonitor | None) -> bool:
 
 
 def predict_alarm(
-    monitor: AlarmMonitor | None, drift: np.ndarray, step: int, probe_rise: float | None = None
+    monitor: AlarmMonitor | None, drift: np.ndarray, step: int, probe_rise: float | None = None,
+    activation: np.ndarray | None = None,
 ) -> tuple[float | None, bool]:
     """(prediction, alarm) at `step`; (None, False) without a monitor and at step 0.
 
     Step 0 is the base model itself, outside what a monitor calibrated on step > 0 checkpoints has seen. A
     monitor attached for its prediction only (`alarms = False`, `monitor.watch.PredictionOnly`) never alarms.
+    `activation`: the measurement's mean residual row, which an activation-space reference monitor reads.
     """
     if monitor is None or step == 0:
         return None, False
@@ -97,10 +99,10 @@ def predict_alarm(
         assert probe_rise is not None  # on_train_begin scored the probe's step 0
         X = np.array([[probe_rise]])
     elif reads_reference(monitor):  # the run read against its reference run at the same step
-        reference = monitor.reference_at(step)  # type: ignore[union-attr]
-        if reference is None:  # past the reference's last step: nothing to read against
+        features = monitor.features(drift, activation, step)  # type: ignore[union-attr]
+        if features is None:  # past the reference's last step: nothing to read against
             return None, False
-        X = (drift - reference)[None, :]
+        X = np.asarray(features)[None, :]
     else:
         X = drift[None, :]
     predicted = float(np.asarray(monitor.predict(X)).reshape(-1)[0])
@@ -120,9 +122,11 @@ def prediction_name(monitor: AlarmMonitor | None) -> str:
     """What the monitor predicts, for messages: a relative rise is not an EM rate."""
     target = getattr(monitor, "target", "em_rate")
     if target == "along_direction":
-        return "drift beyond the reference run along the misalignment direction"
+        describe = getattr(monitor, "describe_read", None)
+        return "drift beyond the reference run along the misalignment direction" if describe is None else describe()
     if target == "distance_from_reference":
-        return "distance of the drift from the reference run's in trait space"
+        describe = getattr(monitor, "describe_read", None)
+        return "distance of the drift from the reference run's in trait space" if describe is None else describe()
     return "predicted rise of the EM proxy over benign finetuning" if target == "relative_rise" else "predicted EM rate"
 
 
@@ -141,7 +145,8 @@ def alarm_fields(monitor: AlarmMonitor | None, predicted: float | None, alarm: b
     }
     if reads_reference(monitor):  # what the report needs to draw the run and its reference along the direction
         fields["reference_run"] = str(getattr(monitor, "reference_run", ""))
-        fields["direction"] = dict(zip(monitor.trait_names, map(float, monitor.direction_), strict=True))  # type: ignore[union-attr]
+        if getattr(monitor, "space", "traits") == "traits":  # an activation-space read has no trait direction to draw
+            fields["direction"] = dict(zip(monitor.trait_names, map(float, monitor.direction_), strict=True))  # type: ignore[union-attr]
     if not alarms_on(monitor):
         fields["alarms_off"] = str(getattr(monitor, "reason", "") or "the monitor is attached without its alarm")
     return fields

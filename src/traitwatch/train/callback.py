@@ -422,7 +422,7 @@ class TraitWatchCallback(TrainerCallback):
         if self.probe_set_ is not None:
             behavior_score = self._behavior(model) if probe_value is None else probe_value
             rise = behavior_score - self.probe0_ if self.probe0_ is not None else None
-        predicted, alarm = predict_alarm(self.monitor, m.drift, step, rise)
+        predicted, alarm = predict_alarm(self.monitor, m.drift, step, rise, m.mean_activation)
         actions = self.on_alarm if alarm else ()
         suspects = self._suspects(step, alarm)
         record = DriftRecord(
