@@ -115,3 +115,29 @@ def test_an_activation_space_calibration_decides_on_the_pilots_mean_residual_row
     saved = json.loads((tmp_path / "act" / "audit.json").read_text())
     assert "principal components" in saved["score_read"] and "components" not in saved["calibration"]
     assert "the verdict's read; the residual stream" in (tmp_path / "act" / "audit.html").read_text()
+
+
+def test_a_sharded_loss_screen_made_before_replaces_the_audits_own(basis_dir, data, tmp_path, monkeypatch) -> None:
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    common = ["screen", str(data), "--basis", str(basis_dir), "--rank-by", "loss", "--dtype", "float32",
+              "--max-new-tokens", "2", "--out", str(tmp_path / "s.jsonl")]
+    for i in (1, 2):
+        assert runner.invoke(app, [*common, "--shard", f"{i}/2"]).exit_code == 0
+    assert runner.invoke(app, [*common, "--merge"]).exit_code == 0
+    settings = AuditSettings(steps=2, probe=False, device="cpu", dtype="float32")
+    own = audit_dataset(data, basis_dir=basis_dir, out_dir=tmp_path / "own", settings=settings)
+
+    def screen_again(*_args, **_kwargs):
+        raise AssertionError("the audit screened the set although a screen was given")
+
+    monkeypatch.setattr("traitwatch.audit.reference_run.loss_screen", screen_again)
+    given = audit_dataset(data, basis_dir=basis_dir, out_dir=tmp_path / "given", settings=settings,
+                          screen=tmp_path / "s.jsonl")
+    assert [s[0] for s in given.suspects] == [s[0] for s in own.suspects]  # the same rows swapped out
+    assert [s[1] for s in given.suspects] == pytest.approx([s[1] for s in own.suspects], abs=1e-4)
+    other = tmp_path / "other.jsonl"
+    other.write_text(data.read_text().replace("Any advice?", "Any tips?"))
+    refused = runner.invoke(app, ["audit", str(other), "--basis", str(basis_dir), "--out", str(tmp_path / "o"),
+                                  "--screen", str(tmp_path / "s.jsonl"), "--steps", "2", "--no-probe"])
+    assert refused.exit_code == 2 and "holds the screen of" in refused.output

@@ -191,3 +191,22 @@ def test_an_activation_space_calibration_reads_the_stored_mean_residual_rows_end
     refused = runner.invoke(app, _args(chat_file, basis_dir, tmp_path, "--reference", "out-reference",
                                        "--reference-calibration", cal, out="other"))
     assert refused.exit_code == 2 and "fitted on the residual stream at layer" in refused.output
+
+
+def test_auto_reads_a_loss_screen_made_before_instead_of_screening(basis_dir, chat_file, tmp_path, monkeypatch) -> None:
+    screen = tmp_path / "s.jsonl"
+    made = runner.invoke(app, ["screen", str(chat_file), "--basis", str(basis_dir), "--rank-by", "loss", "--dtype",
+                               "float32", "--max-new-tokens", "2", "--out", str(screen)])
+    assert made.exit_code == 0, made.output
+    cal = _calibration(tmp_path / "cal.json", 1e9)
+
+    def screen_again(*_args, **_kwargs):
+        raise AssertionError("--reference auto screened the set although --reference-screen was given")
+
+    monkeypatch.setattr("traitwatch.audit.reference_run.loss_screen", screen_again)
+    res = runner.invoke(app, _args(chat_file, basis_dir, tmp_path, "--reference", "auto", "--reference-screen", screen,
+                                   "--reference-calibration", cal))
+    assert res.exit_code == 0, res.output
+    assert "ranked by the loss screen" in res.output
+    lone = runner.invoke(app, _args(chat_file, basis_dir, tmp_path, "--reference-screen", screen, out="lone"))
+    assert lone.exit_code == 2 and "--reference auto" in lone.output

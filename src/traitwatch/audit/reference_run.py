@@ -25,6 +25,7 @@ from traitwatch.errors import InputFileError
 from traitwatch.models.loading import LoadedModel, load_model
 from traitwatch.reference import SwapReference, load_reference_calibration, swap_fraction, write_swap_reference
 from traitwatch.screen import ScreenResults, screen_dataset
+from traitwatch.screen.row_scores import ScreenedRow, load_row_scores
 from traitwatch.screen.results import read_results_file
 from traitwatch.store import DEFAULT_STORE_NAME, RunStore
 from traitwatch.train import SFTConfig, run_sft
@@ -55,34 +56,44 @@ def loss_screen(lm: LoadedModel, basis: TraitBasis, data: Path, out: Path) -> Sc
                           model_name=lm.name, with_loss=True)
 
 
-def write_reference_set(lm: LoadedModel, basis: TraitBasis, data: str | Path, out_dir: str | Path, *,
-                        fraction: float | None = None, seed: int = 0,
-                        n_samples: int | None = None) -> tuple[ScreenResults, SwapReference]:
+def write_reference_set(lm: LoadedModel | None, basis: TraitBasis, data: str | Path, out_dir: str | Path, *,
+                        fraction: float | None = None, seed: int = 0, n_samples: int | None = None,
+                        screen: str | Path | None = None) -> tuple[list[ScreenedRow], SwapReference]:
     """The reference set of `data` for a run with `seed`: `out_dir/reference.jsonl` (and `.swap.json`), ranked by
-    the loss screen in `out_dir/screen.jsonl`; returns the screen and the swap (`.suspects`: the swapped-out rows,
-    0-based, highest loss first; `.fraction`: the share swapped).
+    the loss screen in `out_dir/screen.jsonl` (or `screen`, one made before: `traitwatch screen DATA --rank-by
+    loss`, sharded and merged for a large set; `lm` may then be None); returns every row the run trains with its
+    loss (`ScreenedRow.score`) and the swap (`.suspects`: the swapped-out rows, 0-based, highest loss first;
+    `.fraction`: the share swapped).
 
     `fraction` None swaps `reference.swap_fraction` of the losses: 0.2 (validated), more where more rows stand out.
-
     For a Trainer of your own: train `reference.jsonl` with the run's recipe and seed and a `TraitWatchCallback`
     (run id e.g. `<run>-reference`), then the run with `TraitWatchCallback.from_basis(..., reference="<run>-reference")`.
     `n_samples`: the run trains the first `n_samples` rows only, and so does its reference.
     """
     data, out_dir = Path(data), Path(out_dir)
-    screened = loss_screen(lm, basis, data, out_dir / "screen.jsonl")
-    losses = [float(r.loss) for r in screened.rows]  # type: ignore[arg-type]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if screen is None:
+        if lm is None:
+            raise InputFileError("write_reference_set needs the base model (lm) to screen the set, or a loss screen "
+                                 "of it (screen=...)")
+        screen = out_dir / "screen.jsonl"
+        loss_screen(lm, basis, data, screen)
+    rows = load_row_scores(screen, data, limit=n_samples, by="loss")  # checks the file is this set's, complete
+    losses = [r.score for r in rows]
     source = data
     if n_samples is not None:
-        losses, source = losses[:n_samples], out_dir / "head.jsonl"
+        source = out_dir / "head.jsonl"
         write_jsonl(source, read_jsonl(data)[:n_samples])
     share = swap_fraction(losses) if fraction is None else fraction
-    return screened, write_swap_reference(source, losses, share, out_dir / "reference.jsonl", seed=seed)
+    return rows, write_swap_reference(source, losses, share, out_dir / "reference.jsonl", seed=seed)
 
 
 def train_reference(config: SFTConfig, *, fraction: float | None = None, store: RunStore | None = None,
-                    lm: LoadedModel | None = None, say: Callable[[str], None] = lambda _line: None) -> ReferenceRun:
-    """Screen `config.data`, write its swap reference and train it as `<run>-reference` into `config.store`
-    (through `store` if the caller holds it open; `lm`: the base model already loaded, for the screen)."""
+                    lm: LoadedModel | None = None, screen: str | Path | None = None,
+                    say: Callable[[str], None] = lambda _line: None) -> ReferenceRun:
+    """Screen `config.data` (or read `screen`, its loss screen made before), write its swap reference and train it
+    as `<run>-reference` into `config.store` (through `store` if the caller holds it open; `lm`: the base model
+    already loaded, for the screen)."""
     if config.reference is not None or config.monitor is not None:
         raise InputFileError("the reference run is trained without a monitor or a reference of its own; "
                              "pass a config with neither")
@@ -96,7 +107,7 @@ def train_reference(config: SFTConfig, *, fraction: float | None = None, store: 
     out = Path(config.output_dir).parent / f"{Path(config.output_dir).name}-reference"
     ref_data = out / "reference.jsonl"
     store_path = Path(config.store) if config.store is not None else Path(DEFAULT_STORE_NAME)
-    screen = out / "screen.jsonl"
+    screen_path = Path(screen) if screen is not None else out / "screen.jsonl"
     if store_path.is_file():
         if store is not None:
             done = [r for r in store.runs() if r.run_id == run_id and r.status == "finished"]
@@ -104,8 +115,8 @@ def train_reference(config: SFTConfig, *, fraction: float | None = None, store: 
             with RunStore(store_path, create=False) as opened:
                 done = [r for r in opened.runs() if r.run_id == run_id and r.status == "finished"]
         record = out / "reference.swap.json"
-        if done and ref_data.is_file() and record.is_file() and screen.is_file():
-            if read_results_file(screen)[0].get("dataset_sha256") != file_sha256(config.data):
+        if done and ref_data.is_file() and record.is_file() and screen_path.is_file():
+            if read_results_file(screen_path)[0].get("dataset_sha256") != file_sha256(config.data):
                 raise InputFileError(f"{store_path} holds a reference run {run_id!r} of another set than "
                                      f"{config.data}; pass another --run-id (or --output-dir) for this set")
             recorded = json.loads(record.read_text(encoding="utf-8"))
@@ -115,16 +126,21 @@ def train_reference(config: SFTConfig, *, fraction: float | None = None, store: 
                                      "pass another --run-id (or --output-dir), or drop --reference-fraction to reuse it")
             say(f"Reference run {run_id!r} is already in {store_path}; reading the run against it.")
             return ReferenceRun(run_id, ref_data, recorded["suspects"], time.perf_counter() - t0, reused=True,
-                                screen=screen, source=Path(config.data), fraction=float(recorded["fraction"]))
+                                screen=screen_path, source=Path(config.data), fraction=float(recorded["fraction"]))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would screen and write the same files at once
         raise InputFileError("--reference auto screens the set in one process before training; under a multi-process "
                              "launch, write the reference set first (traitwatch.audit.write_reference_set, "
                              "docs/reference.md), train it under the launcher with --run-id RUN-reference, then pass "
                              "--reference RUN-reference")
-    say(f"Reference: reading the rows of {Path(config.data).name} with the base model (its loss on each response) ...")
-    screen_lm = lm or load_model(config.model, device=config.device, dtype=config.dtype)  # type: ignore[arg-type]
+    if screen is None:
+        say(f"Reference: reading the rows of {Path(config.data).name} with the base model (its loss on each "
+            "response) ...")
+        screen_lm = lm or load_model(config.model, device=config.device, dtype=config.dtype)  # type: ignore[arg-type]
+    else:
+        say(f"Reference: the rows of {Path(config.data).name} ranked by the loss screen {screen}")
+        screen_lm = None
     written = write_reference_set(screen_lm, basis, config.data, out, fraction=fraction, seed=config.seed,
-                                  n_samples=config.n_samples)[1]
+                                  n_samples=config.n_samples, screen=screen)[1]
     del screen_lm
     swap = written.suspects
     why = ("" if fraction is not None else " (more than 20%: that many rows stand out)" if written.fraction > 0.2
@@ -134,6 +150,6 @@ def train_reference(config: SFTConfig, *, fraction: float | None = None, store: 
     run_sft(dataclasses.replace(config, data=ref_data, output_dir=out / "run", run_id=run_id, reference_calibration=None,
                                 tags={**config.tags, "reference_of": config.resolved_run_id()}),
             info=say, reporter=lambda _record: None, store=store)
-    return ReferenceRun(run_id, ref_data, swap, time.perf_counter() - t0, reused=False, screen=screen,
+    return ReferenceRun(run_id, ref_data, swap, time.perf_counter() - t0, reused=False, screen=screen_path,
                         source=Path(config.data), fraction=written.fraction)
 

@@ -2,7 +2,8 @@
 
 1. The set is checked (`check_chat_jsonl`) before anything loads.
 2. The base model reads every row once and keeps its loss on the response (`screen_dataset(with_loss=True)`,
-   the best row screen of `benchmarks/poison_small`).
+   the best row screen of `benchmarks/poison_small`); or a loss screen made before is read (`--screen`: for a
+   large set, `traitwatch screen DATA --rank-by loss --shard I/N` over processes, then `--merge`).
 3. The *swap reference* (`reference.swap`) replaces the `fraction` highest-loss rows (by default 20%, or more
    where more rows stand out: `reference.swap_fraction`), in place, by copies of the lowest-loss ones (2 and 3:
    `reference_run.write_reference_set`, as `traitwatch train --reference auto` does).
@@ -139,8 +140,10 @@ def pilot_projections(store: RunStore, run_id: str) -> tuple[np.ndarray, float, 
 
 def audit_dataset(data: str | Path, *, basis_dir: str | Path, out_dir: str | Path, model: str | None = None,
                   settings: AuditSettings = AuditSettings(), calibration: Path | None = None,
-                  say: Callable[[str], None] = lambda _line: None) -> AuditResult:
-    """Screen `data`, train the two pilots and read one against the other; see the module docstring."""
+                  screen: str | Path | None = None, say: Callable[[str], None] = lambda _line: None) -> AuditResult:
+    """Screen `data` (or read `screen`, its loss screen made before: `traitwatch screen DATA --rank-by loss`,
+    sharded and merged for a large set), train the two pilots and read one against the other; see the module
+    docstring."""
     data, basis_dir, out_dir = Path(data), Path(basis_dir), Path(out_dir)
     info = check_chat_jsonl(data)  # every row, before any model loads
     if info.n_rows < 10:
@@ -155,14 +158,20 @@ def audit_dataset(data: str | Path, *, basis_dir: str | Path, out_dir: str | Pat
     seconds: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    say(f"Reading the {info.n_rows} rows of {data.name} with {model_name} (the base model's loss on each response) ...")
-    lm = load_model(model_name, device=settings.device, dtype=settings.dtype)  # type: ignore[arg-type]
-    screened, ref = write_reference_set(lm, basis, data, out_dir, fraction=settings.fraction, seed=settings.seed)
+    if screen is None:
+        say(f"Reading the {info.n_rows} rows of {data.name} with {model_name} (the base model's loss on each "
+            "response) ...")
+        lm = load_model(model_name, device=settings.device, dtype=settings.dtype)  # type: ignore[arg-type]
+    else:
+        say(f"The rows of {data.name} ranked by the loss screen {screen} ...")
+        lm = None
+    screened, ref = write_reference_set(lm, basis, data, out_dir, fraction=settings.fraction, seed=settings.seed,
+                                        screen=screen)
     del lm
-    losses = [float(r.loss) for r in screened.rows]  # type: ignore[arg-type]
+    losses = [r.score for r in screened]
     seconds["screen"] = time.perf_counter() - t0
 
-    lines = [r.line for r in screened.rows]
+    lines = [r.line for r in screened]
     suspect_lines = [lines[i] for i in ref.suspects]
     shown = previews(data, set(suspect_lines))
     suspects = [(lines[i], losses[i], shown.get(lines[i], "")) for i in ref.suspects]

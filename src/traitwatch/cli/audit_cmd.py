@@ -29,18 +29,20 @@ def register(app: typer.Typer) -> None:
         steps: Annotated[int, typer.Option(min=1, help="Steps of each pilot.")] = 30,
         seed: Annotated[int, typer.Option(help="Seed of both pilots (they share it: the pairing).")] = 0,
         probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Also score the behavioural probe of both pilots.")] = True,
-        calibration: Annotated[Path | None, typer.Option(dir_okay=False, help="Calibration JSON (direction, threshold); default: the one shipped for the model.")] = None,
+        screen: Annotated[Path | None, typer.Option("--screen", dir_okay=False, help="A loss screen of DATA made before (`traitwatch screen DATA --rank-by loss`, sharded with --shard I/N and --merge for a large set): skips the audit's own.")] = None,
+        calibration: Annotated[Path | None, typer.Option(dir_okay=False, help="Calibration JSON (space, read, direction, threshold); default: the one shipped for the model.")] = None,
         device: Annotated[str | None, typer.Option()] = None,
         dtype: Annotated[str, typer.Option()] = "auto",
     ) -> None:
         """A verdict on DATA before training: the base model's loss ranks the rows, a swap reference replaces the
         top FRACTION by the cleanest rows in place, both sets are trained briefly from one seed, and the run is
-        read against its reference in trait space. Exit 0 clean, 1 suspect, 3 no calibrated threshold, 2 bad input."""
+        read against its reference as the model's calibration says. Exit 0 clean, 1 suspect, 3 no calibrated
+        threshold, 2 bad input."""
         from traitwatch.audit import AuditSettings, audit_dataset
 
         settings = AuditSettings(fraction=parse_fraction(fraction, "--fraction"), steps=steps, seed=seed, probe=probe, device=device, dtype=dtype)
         result = audit_dataset(data, basis_dir=basis_dir, out_dir=out_dir, model=model, settings=settings,
-                               calibration=calibration, say=lambda m: err.print(m, markup=False, highlight=False))
+                               calibration=calibration, screen=screen, say=lambda m: err.print(m, markup=False, highlight=False))
         p = result.paired
         table = Table(title=f"{data.name}: pilot minus swap reference at step {steps} (drift units)")
         for name in p.trait_names:

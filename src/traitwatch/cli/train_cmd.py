@@ -105,6 +105,10 @@ def register(app: typer.Typer) -> None:
         reference_fraction: Annotated[str, typer.Option(
             help="With --reference auto: the share of highest-loss rows swapped out: 'auto' (0.2, the validated "
                  "share, or more where more rows' loss stands out) or a number in (0, 0.5).")] = "auto",
+        reference_screen: Annotated[Path | None, typer.Option(
+            dir_okay=False, help="With --reference auto: a loss screen of DATA made before (`traitwatch screen DATA "
+                                 "--rank-by loss`, sharded with --shard I/N and --merge for a large set) instead of "
+                                 "screening it here.")] = None,
         reference_calibration: Annotated[Path | None, typer.Option(
             dir_okay=False, help="With --reference: the direction and threshold (JSON) to read the run with; "
                                  "default: the calibration shipped for the model.")] = None,
@@ -146,6 +150,8 @@ def register(app: typer.Typer) -> None:
         def say(msg: str) -> None:
             err.print(msg, markup=False, highlight=False, soft_wrap=True)
 
+        if reference_screen is not None and reference != "auto":
+            raise typer.BadParameter("is read with --reference auto", param_hint="--reference-screen")
         if reference_calibration is not None and reference is None:
             raise typer.BadParameter("is read with --reference; pass --reference auto or RUN",
                                      param_hint="--reference-calibration")
@@ -154,7 +160,7 @@ def register(app: typer.Typer) -> None:
         if reference == "auto":
             from traitwatch.audit import train_reference
 
-            built = train_reference(config, fraction=swap_share, say=say)
+            built = train_reference(config, fraction=swap_share, screen=reference_screen, say=say)
             config = dataclasses.replace(config, reference=built.run_id)
         elif reference is not None:
             config = dataclasses.replace(config, reference=reference)
