@@ -1,11 +1,11 @@
 """Issue 26's controls: is it the *trait* directions that tell the poison from the domain, or any read of the
-residual stream against the same reference?
+residual stream against the same reference? And the protocol that chooses among them, and the calibration it ships.
 
-Every run of the reference pilot (`benchmarks/reference_pilot.py`) and its swap reference is read again at its last
-step (the adapters in `WORK/runs/*/final`), in the pilot's numerics (smollm2-135m, bf16 on CPU): the base model's
-and each adapter's residual rows at the basis layer on the 115 measurement prompts, averaged. The mean activation
-drift `dh = mean(h_run) - mean(h_base)` is then read in several feature spaces:
-
+Every measurement the callback makes stores the mean residual row at the basis layer over the 115 measurement
+prompts (`mean_activation`), so the reference pilot's run store (`benchmarks/reference_pilot.py`) holds, for every
+run and its swap reference at every measured step, the state the 7 trait numbers are projections of (in the pilot's
+numerics: smollm2-135m, bf16 on CPU; re-reading the 94 final adapters gave the same rows to the last bit). The mean
+activation drift `dh = mean(h_run) - mean(h_base)` is read in several feature spaces:
 * `trait`: the 7 alignment-trait directions of the pilot's basis (what the monitor reads; reproduces the stored
   drift up to the anchor's scale N, which no AUROC depends on);
 * `semantic`: 7 semantic-trait directions (`basis.traits.SEMANTIC_TRAITS`: verbosity, formality, ...), extracted
@@ -18,12 +18,16 @@ Each family is read three ways, as the trait monitor is: the distance of the run
 `|F(run) - F(ref)|`, along a direction against the reference `u . (F(run) - F(ref))`, and along it absolutely
 `u . F(run)`. The direction `u` of a held-out cell (type T, base B) is the mean run-minus-reference of the pilot's
 poisoned runs of other types in other bases (leave one cell out, `reference_analysis.folds_of`), so every family
-gets the same in-fold fit; `trait_grid` is the trait family with the grid's direction, the shipped protocol's.
+gets the same in-fold fit; `trait_grid` is the trait family with the grid's direction (the trait-space protocol's).
 SAE features are not read here: no SAE of this model is available offline, and one fitted on 95 mean vectors would
-be no dictionary (the calibration's `SAEDriftFeatures` needs the grid's activation pairs).
+be no dictionary (the calibration's `SAEDriftFeatures` needs the grid's activation pairs). `protocol` chooses the
+space and read in each fold (trait space with the grid's direction, or the principal components); `--write-calibration`
+refits it on every run (the shipped `reference/data/smollm2-135m.json`). `--doses WORK` reads a pilot of other doses
+through the product's `ReferenceMonitor`. The scripts are written for smollm2-135m and its poison grid.
 
-    .venv/bin/python benchmarks/reference_controls.py --work /tmp/refpilot             # measure (about 5 min), analyse
-    .venv/bin/python benchmarks/reference_controls.py --analyze-only                   # from the committed activations
+    .venv/bin/python benchmarks/reference_controls.py --work /tmp/refpilot [--doses /tmp/refdose] \
+        [--write-calibration src/traitwatch/reference/data/smollm2-135m.json]    # export the rows, analyse (~2 min)
+    .venv/bin/python benchmarks/reference_controls.py --analyze-only               # from the committed rows
 """
 
 from __future__ import annotations

@@ -115,6 +115,12 @@ def test_an_activation_space_calibration_decides_on_the_pilots_mean_residual_row
     saved = json.loads((tmp_path / "act" / "audit.json").read_text())
     assert "principal components" in saved["score_read"] and "components" not in saved["calibration"]
     assert "the verdict's read; the residual stream" in (tmp_path / "act" / "audit.html").read_text()
+    layer = TraitBasis.load(basis_dir).measure_layer
+    cal.write_text(json.dumps(json.loads(cal.read_text()) | {"layer": layer + 1}))
+    other_layer = runner.invoke(app, ["audit", str(data), "--basis", str(basis_dir), "--out", str(tmp_path / "x"),
+                                           "--calibration", str(cal), "--steps", "2", "--no-probe"])
+    assert other_layer.exit_code == 2 and f"at layer {layer + 1}" in other_layer.output
+    assert not (tmp_path / "x").exists()  # refused before anything was screened or trained
 
 
 def test_a_sharded_loss_screen_made_before_replaces_the_audits_own(basis_dir, data, tmp_path, monkeypatch) -> None:

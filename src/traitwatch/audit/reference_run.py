@@ -21,6 +21,7 @@ from pathlib import Path
 from traitwatch.basis.basis import TraitBasis
 from traitwatch.basis.traits import load_measurement_prompts
 from traitwatch.datasets.chat_jsonl import file_sha256, read_jsonl, write_jsonl
+from traitwatch.drift.probe import DriftProbe
 from traitwatch.errors import InputFileError
 from traitwatch.models.loading import LoadedModel, load_model
 from traitwatch.reference import SwapReference, load_reference_calibration, swap_fraction, write_swap_reference
@@ -99,9 +100,12 @@ def train_reference(config: SFTConfig, *, fraction: float | None = None, store: 
                              "pass a config with neither")
     basis = TraitBasis.load(config.basis)
     model = basis.model.name
-    if load_reference_calibration(model, config.reference_calibration) is None:  # before an hour of training
+    calibration = load_reference_calibration(model, config.reference_calibration)
+    if calibration is None:  # before an hour of training
         raise InputFileError(f"no reference calibration is shipped for {model!r}: pass one (--reference-calibration, "
                              "written by benchmarks/reference_analysis.py) or train without a reference")
+    probe = DriftProbe(basis)
+    calibration.check_measurement(probe.measure_layer, probe.prompts_hash)
     t0 = time.perf_counter()
     run_id = f"{config.resolved_run_id()}-reference"
     out = Path(config.output_dir).parent / f"{Path(config.output_dir).name}-reference"

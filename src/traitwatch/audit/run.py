@@ -34,6 +34,7 @@ import numpy as np
 from traitwatch.basis.basis import TraitBasis
 from traitwatch.datasets.chat_jsonl import check_chat_jsonl
 from traitwatch.drift.anchoring import anchor_from_record
+from traitwatch.drift.probe import DriftProbe
 from traitwatch.errors import InputFileError
 from traitwatch.models.layers import ALL_PROJECTIONS
 from traitwatch.models.loading import load_model
@@ -152,6 +153,9 @@ def audit_dataset(data: str | Path, *, basis_dir: str | Path, out_dir: str | Pat
     basis = TraitBasis.load(basis_dir)
     model_name = model or basis.model.name
     cal = load_reference_calibration(model_name, calibration)
+    if cal is not None:  # an activation-space calibration reads only the layer and prompts it was fitted on
+        probe = DriftProbe(basis)
+        cal.check_measurement(probe.measure_layer, probe.prompts_hash)
     if (out_dir / "audit.db").exists():
         raise InputFileError(f"{out_dir}: holds an earlier audit (audit.db); pass a new --out")
     out_dir.mkdir(parents=True, exist_ok=True)

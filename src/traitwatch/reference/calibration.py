@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from traitwatch.errors import InputFileError
+from traitwatch.errors import BasisMismatchError, InputFileError
 
 __all__ = ["READS", "SPACES", "ReferenceCalibration", "load_reference_calibration"]
 
@@ -74,6 +74,18 @@ class ReferenceCalibration:
             raise InputFileError(f"the {self.model} reference calibration's components are {self.components.shape[1]}"
                                  f"-wide; the measured residual rows are {a.shape[-1]}-wide: calibrate for this model")
         return a @ self.components.T
+
+    def check_measurement(self, layer: int | None, prompts_hash: str | None) -> None:
+        """Refuse, for an activation-space calibration, drift measured at another layer or on other prompts than
+        its components were fitted on (a trait-space calibration reads any basis's traits)."""
+        if self.space != "activations":
+            return
+        if (self.layer is not None and layer != self.layer) or (
+                self.prompts_hash is not None and prompts_hash != self.prompts_hash):
+            raise BasisMismatchError(f"the {self.model} reference calibration was fitted on the residual stream at "
+                                     f"layer {self.layer} with its measurement prompts; this basis measures at layer "
+                                     f"{layer}{'' if prompts_hash == self.prompts_hash else ' with other prompts'}: "
+                                     "measure at its layer or calibrate for yours")
 
     def describe(self) -> str:
         """What is read, in words (the CLI's, the audit's and the report's labels)."""

@@ -121,10 +121,4 @@ class ReferenceMonitor:
         if theirs is not None and theirs != fingerprint:
             raise BasisMismatchError(f"reference run {self.reference_run!r} was measured with another basis, layer or "
                                      "prompts than this run; train the reference with the run's basis")
-        cal = self.calibration
-        if self.space == "activations" and (
-                (cal.layer is not None and cal.layer != fingerprint.get("layer"))
-                or (cal.prompts_hash is not None and cal.prompts_hash != fingerprint.get("measurement_prompts_hash"))):
-            raise BasisMismatchError(f"the {cal.model} reference calibration was fitted on the residual stream at layer "
-                                     f"{cal.layer} with other measurement prompts or layer than this run's "
-                                     f"(layer {fingerprint.get('layer')}); measure at its layer or calibrate for yours")
+        self.calibration.check_measurement(fingerprint.get("layer"), fingerprint.get("measurement_prompts_hash"))
