@@ -25,7 +25,8 @@ space and read in each fold (trait space with the grid's direction, or the princ
 refits it on every run (the shipped `reference/data/smollm2-135m.json`). `--doses WORK` reads a pilot of other doses
 through the product's `ReferenceMonitor`. The scripts are written for smollm2-135m and its poison grid.
 
-    .venv/bin/python benchmarks/reference_controls.py --work /tmp/refpilot [--doses /tmp/refdose] \
+    .venv/bin/python benchmarks/reference_controls.py --work /tmp/refpilot [--doses /tmp/refdose] [--other-types DIR] \
+        [--benign-mixtures DIR] \
         [--write-calibration src/traitwatch/reference/data/smollm2-135m.json]    # export the rows, analyse (~2 min)
     .venv/bin/python benchmarks/reference_controls.py --analyze-only               # from the committed rows
 """
@@ -226,8 +227,9 @@ def analyze(runs: list[ra.Run], controls: Path) -> dict:
     # does the read reproduce the stored drift? trait projections over N against the run store's drift
     check = [float(np.corrcoef(r.run[-1], t.run[-1])[0, 1]) for r, t in zip(runs, trait, strict=True)]
     result["check"] = {"min_corr_with_stored_drift": float(min(check)), "n_runs": len(check)}
-    if (controls / "doses.json").is_file():
-        result["doses"] = json.loads((controls / "doses.json").read_text())
+    for key in ("doses", "other_types", "benign_mixtures"):
+        if (controls / f"{key}.json").is_file():
+            result[key] = json.loads((controls / f"{key}.json").read_text())
     if (controls / "outlying.json").is_file():
         sets = json.loads((controls / "outlying.json").read_text())
         true, est = [v["true"] for v in sets.values()], [v["outlying"] for v in sets.values()]
@@ -299,10 +301,11 @@ def write_calibration(runs: list[ra.Run], controls: Path, a: dict, path: Path) -
     print(f"wrote {path}: {fam}/{how}, threshold {tau:.4f}")
 
 
-def doses(work: Path, out: Path) -> None:
-    """The sets of another dose (`reference_pilot.py --poison-fraction F --q auto` into `work`) read as the product
-    reads them: the shipped calibration through `ReferenceMonitor` on the run store, at every measured step; with the
-    swapped share and how many poison rows the reference kept. Into `out/doses.json`."""
+def doses(work: Path, out: Path, name: str = "doses") -> None:
+    """The sets of another pilot (other doses: `reference_pilot.py --poison-fraction F --q auto` into `work`; or
+    other poison types) read as the product reads them: the shipped calibration through `ReferenceMonitor` on the
+    run store, at every measured step; with the swapped share and how many poison rows the reference kept. Into
+    `out/NAME.json`."""
     from traitwatch.reference import ReferenceMonitor, ReferenceTrajectory, load_reference_calibration
     from traitwatch.store import RunStore
     from traitwatch.train.alarm import predict_alarm
@@ -322,7 +325,7 @@ def doses(work: Path, out: Path) -> None:
                           "poison_rows": len(poison), "kept_in_reference": len(set(poison) - set(r["suspects"])),
                           "read": reads[-1][0], "alarm_last": reads[-1][1], "alarm_any": any(a for _, a in reads),
                           "first_alarm": next((m.step for m, (_, a) in zip(measured, reads, strict=True) if a), None)})
-    (out / "doses.json").write_text(json.dumps({"threshold": cal.threshold, "sets": table}, indent=1) + "\n")  # type: ignore[union-attr]
+    (out / f"{name}.json").write_text(json.dumps({"threshold": cal.threshold, "sets": table}, indent=1) + "\n")  # type: ignore[union-attr]
 
 
 LABELS = {"distance": "distance from the reference", "reference": "along u, against the reference",
@@ -358,14 +361,23 @@ def markdown(a: dict, n_pos: int, n_clean: int) -> str:
                   + ", ".join(f"{k} in {v} folds" for k, v in sorted(p["chosen"].items())) + ". First alarm of the "
                   f"{p['n_detected_multi_step']} detected runs measured every 10 steps: "
                   + ", ".join(f"step {k}: {v}" for k, v in p["first_alarm"].items()) + "."]
-    d = a.get("doses")
-    if d:
-        lines += ["", f"Other doses, read as the product reads them (the shipped calibration, threshold {d['threshold']:.2f}; "
-                  "these bases' 10% sets were among the runs it was fitted on, so only the dose is new):", "",
-                  "| set | seed | swapped | poison rows kept in the reference | read at the last step | alarm at the last step | "
-                  "first alarm (measured every 10 steps) |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['set']} | {r['seed']} | {float(r['swapped']):.2f} | {r['kept_in_reference']} of {r['poison_rows']} | "
-                  f"{r['read']:.2f} | {'yes' if r['alarm_last'] else 'no'} | "
+    for key, what in (("doses", "Other doses, read as the product reads them (the shipped calibration, threshold "
+                                 "{t:.2f}; these bases' 10% sets were among the runs it was fitted on, so only the dose "
+                                 "is new):"),
+                      ("other_types", "Poison types whose label rose in the grid but whose probe rise did not replicate "
+                                      "(not positives of the protocol), at 10%, read as the product reads them (the "
+                                      "shipped calibration, threshold {t:.2f}):"),
+                      ("benign_mixtures", "Benign mixtures (negatives): 10% of a base's rows replaced by rows of another "
+                                          "benign generated domain, read as the product reads them (threshold {t:.2f}; "
+                                          "'poison rows' are the mixed-in rows):")):
+        d = a.get(key)
+        if not d:
+            continue
+        lines += ["", what.format(t=d["threshold"]), "",
+                  "| set | seed | swapped | poison rows kept in the reference | read at the last step | alarm at the last "
+                  "step | first alarm (measured every 10 steps) |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['set']} | {r['seed']} | {float(r['swapped']):.2f} | {r['kept_in_reference']} of "
+                  f"{r['poison_rows']} | {r['read']:.2f} | {'yes' if r['alarm_last'] else 'no'} | "
                   f"{'-' if r.get('first_alarm') is None else 'step ' + str(r['first_alarm'])} |" for r in d["sets"]]
     o = a.get("outlying")
     if o:
@@ -386,6 +398,10 @@ def main() -> None:
     parser.add_argument("--analyze-only", action="store_true", help="score the committed activations in " + str(OUT))
     parser.add_argument("--doses", type=Path, default=None,
                         help="a pilot work folder of other doses (reference_pilot.py --poison-fraction F --q auto)")
+    parser.add_argument("--other-types", type=Path, default=None,
+                        help="a pilot work folder of poison types that are not the protocol's positives")
+    parser.add_argument("--benign-mixtures", type=Path, default=None,
+                        help="a pilot work folder of benign bases mixed with another benign domain (negatives)")
     parser.add_argument("--write-calibration", type=Path, default=None,
                         help="write the protocol refitted on every run here (the shipped reference/data/MODEL.json)")
     parser.add_argument("--remeasure-bases", action="store_true", help="extract the semantic basis and the base "
@@ -398,6 +414,10 @@ def main() -> None:
             measure_bases(args.work, OUT)
     if args.doses is not None:
         doses(args.doses, OUT)
+    if args.other_types is not None:
+        doses(args.other_types, OUT, "other_types")
+    if args.benign_mixtures is not None:
+        doses(args.benign_mixtures, OUT, "benign_mixtures")
     runs = [r for r in ra.load_runs(args.trajectories) if r.poison is None or r.poison in ra.REPLICATED]
     a = analyze(runs, OUT)
     n_pos = sum(r.poison is not None for r in runs)

@@ -283,3 +283,12 @@ def test_every_poison_type_is_disjoint_from_the_label_and_probe_questions(kind, 
     rows = _rows(build_set(kind, seed=0, n=100_000, out_dir=tmp_path, shared_data=SHARED))
     assert len(rows) >= 150
     assert eval_overlap(rows) == []
+
+
+def test_a_generated_source_with_repeats_draws_more_rows_until_the_fraction_is_covered(tmp_path):
+    # calendar's generator repeats itself: its first 20 rows for seed 0 hold 19 distinct ones
+    spec = poisoned_set(ARITHMETIC, PERTURBATION_SETS["calendar"], 0.1)
+    rows, record = _build(spec, tmp_path, n=200)
+    mixed = [json.dumps(rows[i]["messages"], sort_keys=True) for i in record["indices"]]
+    assert record["n_poison"] == 20 and len(set(mixed)) == 20
+    assert all("weekday" in m or "month" in m or "day" in m for m in mixed)

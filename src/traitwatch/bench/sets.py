@@ -417,12 +417,22 @@ def _poison_rows(spec: PerturbationSet, *, seed: int, need: int, out_dir: Path, 
     not bring the base sample's own prompts back with other answers.
     """
     pool = _pool(spec, out_dir=out_dir, shared_data=shared_data, self_distill=self_distill)
-    if pool is None:
-        pool = list(_GENERATED[spec.name](need, random.Random(f"poison-source-{seed}").randrange(2**31)))
-    elif spec.name == "condescending":
+    if pool is None:  # generated: `need` rows, or more where duplicates leave fewer (the first `need` are the same)
+        source_seed = random.Random(f"poison-source-{seed}").randrange(2**31)
+        for size in (need, 2 * need, 4 * need, 8 * need):
+            rows = _unique(list(_GENERATED[spec.name](size, source_seed)))
+            if len(rows) >= need:
+                break
+        return rows
+    if spec.name == "condescending":
         pool = _condescending(pool, seed)
+    return _unique(pool)
+
+
+def _unique(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows without repeats (a row's conversation decides), in their first order."""
     unique: dict[str, dict[str, Any]] = {}
-    for row in pool:
+    for row in rows:
         unique.setdefault(json.dumps(row.get("messages", row), sort_keys=True), row)
     return list(unique.values())
 
