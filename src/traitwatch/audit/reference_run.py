@@ -104,8 +104,7 @@ def train_reference(config: SFTConfig, *, fraction: float | None = None, store: 
     if calibration is None:  # before an hour of training
         raise InputFileError(f"no reference calibration is shipped for {model!r}: pass one (--reference-calibration, "
                              "written by benchmarks/reference_analysis.py) or train without a reference")
-    probe = DriftProbe(basis)
-    calibration.check_measurement(probe.measure_layer, probe.prompts_hash)
+    calibration.check_measurement(DriftProbe(basis).fingerprint())
     t0 = time.perf_counter()
     run_id = f"{config.resolved_run_id()}-reference"
     out = Path(config.output_dir).parent / f"{Path(config.output_dir).name}-reference"
@@ -147,8 +146,7 @@ def train_reference(config: SFTConfig, *, fraction: float | None = None, store: 
                                   n_samples=config.n_samples, screen=screen)[1]
     del screen_lm
     swap = written.suspects
-    why = ("" if fraction is not None else " (more than 20%: that many rows stand out)" if written.fraction > 0.2
-           else "")
+    why = " (more than 20%: that many rows stand out)" if fraction is None and written.fraction > 0.2 else ""
     say(f"Reference: the {len(swap)} highest-loss rows ({written.fraction:.0%}{why}) swapped for copies of the "
         f"lowest-loss ones; training {run_id!r} in the run's recipe ...")
     run_sft(dataclasses.replace(config, data=ref_data, output_dir=out / "run", run_id=run_id, reference_calibration=None,

@@ -154,8 +154,7 @@ def audit_dataset(data: str | Path, *, basis_dir: str | Path, out_dir: str | Pat
     model_name = model or basis.model.name
     cal = load_reference_calibration(model_name, calibration)
     if cal is not None:  # an activation-space calibration reads only the layer and prompts it was fitted on
-        probe = DriftProbe(basis)
-        cal.check_measurement(probe.measure_layer, probe.prompts_hash)
+        cal.check_measurement(DriftProbe(basis).fingerprint())
     if (out_dir / "audit.db").exists():
         raise InputFileError(f"{out_dir}: holds an earlier audit (audit.db); pass a new --out")
     out_dir.mkdir(parents=True, exist_ok=True)

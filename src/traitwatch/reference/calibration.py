@@ -14,6 +14,7 @@ training run read the same file, so a verdict before training and an alarm durin
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -75,11 +76,12 @@ class ReferenceCalibration:
                                  f"-wide; the measured residual rows are {a.shape[-1]}-wide: calibrate for this model")
         return a @ self.components.T
 
-    def check_measurement(self, layer: int | None, prompts_hash: str | None) -> None:
-        """Refuse, for an activation-space calibration, drift measured at another layer or on other prompts than
-        its components were fitted on (a trait-space calibration reads any basis's traits)."""
+    def check_measurement(self, fingerprint: Mapping[str, Any]) -> None:
+        """Refuse, for an activation-space calibration, drift measured (`DriftProbe.fingerprint()`) at another layer
+        or on other prompts than its components were fitted on (a trait-space calibration reads any basis's traits)."""
         if self.space != "activations":
             return
+        layer, prompts_hash = fingerprint.get("layer"), fingerprint.get("measurement_prompts_hash")
         if (self.layer is not None and layer != self.layer) or (
                 self.prompts_hash is not None and prompts_hash != self.prompts_hash):
             raise BasisMismatchError(f"the {self.model} reference calibration was fitted on the residual stream at "

@@ -64,7 +64,7 @@ class ReferenceMonitor:
                 raise InputFileError(f"reference run {trajectory.run_id!r} stored no mean residual rows, which the "
                                      f"{calibration.model} reference calibration reads; retrain the reference with "
                                      "TraitWatchCallback, or pass a trait-space calibration (--reference-calibration)")
-            calibration.features(None, trajectory.activations[0] * 0)  # the components fit the rows, or a clear error
+            calibration.features(None, np.zeros_like(trajectory.activations[0]))  # the components fit the rows
         self.direction_ = u / np.linalg.norm(u)
         self.target = "along_direction" if calibration.read == "direction" else "distance_from_reference"
         self.threshold = math.inf if calibration.threshold is None else float(calibration.threshold)
@@ -107,8 +107,7 @@ class ReferenceMonitor:
 
     def predict(self, X: ArrayLike) -> np.ndarray:
         """Rows of run minus reference [n, len(feature_names)] -> their component along the direction (or length)."""
-        X = np.asarray(X, dtype=np.float64)
-        return X @ self.direction_ if self.calibration.read == "direction" else np.linalg.norm(X, axis=1)
+        return np.array([self.calibration.value(x, self.feature_names) for x in np.asarray(X, dtype=np.float64)])
 
     def describe_read(self) -> str:
         """What the alarm reads, in words (the CLI's and the report's labels)."""
@@ -121,4 +120,4 @@ class ReferenceMonitor:
         if theirs is not None and theirs != fingerprint:
             raise BasisMismatchError(f"reference run {self.reference_run!r} was measured with another basis, layer or "
                                      "prompts than this run; train the reference with the run's basis")
-        self.calibration.check_measurement(fingerprint.get("layer"), fingerprint.get("measurement_prompts_hash"))
+        self.calibration.check_measurement(fingerprint)

@@ -66,18 +66,18 @@ class ReferenceTrajectory:
         if step < 0 or step > self.last_step:
             return None
         cols = self.drift if trait_names is None else self.drift[:, [self._index(n) for n in trait_names]]
-        return np.array([np.interp(step, self.steps, cols[:, j]) for j in range(cols.shape[1])])
+        return self._interp(step, cols)
 
     def activation_at(self, step: int) -> np.ndarray | None:
         """The reference's mean residual row at `step` (interpolated as `at`), or None past its last step or where
         its measurements stored none."""
         if self.activations is None or step < 0 or step > self.last_step:
             return None
-        lo = int(np.searchsorted(self.steps, step, side="right")) - 1
-        if lo >= len(self.steps) - 1 or self.steps[lo] == step:
-            return self.activations[lo].copy()
-        w = (step - self.steps[lo]) / (self.steps[lo + 1] - self.steps[lo])
-        return (1 - w) * self.activations[lo] + w * self.activations[lo + 1]
+        return self._interp(step, self.activations)
+
+    def _interp(self, step: int, table: np.ndarray) -> np.ndarray:
+        """Each column of `table` (one row per measured step) at `step`, on the straight line between steps."""
+        return np.array([np.interp(step, self.steps, table[:, j]) for j in range(table.shape[1])])
 
     def _index(self, name: str) -> int:
         try:
