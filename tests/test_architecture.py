@@ -29,7 +29,7 @@ LAYERS: tuple[frozenset[str], ...] = (  # bottom to top; the table of docs/ARCHI
     frozenset({"capture"}),
     frozenset({"basis"}),
     frozenset({"drift", "behavior"}),  # drift holds the step-0 anchor (drift/anchoring.py)
-    frozenset({"monitor", "reference"}),
+    frozenset({"monitor", "reference", "guard"}),
     frozenset({"train", "screen", "calibration", "report"}),
     frozenset({"bench", "audit"}),
     frozenset({"demo"}),

@@ -37,6 +37,7 @@ from transformers import Trainer, TrainingArguments
 import traitwatch.train.store_session as store_session_module
 from traitwatch.basis import TraitBasis
 from traitwatch.drift import DriftProbe
+from traitwatch.guard import fit_subspace, make_guard
 from traitwatch.models import build_tiny_random, decoder_layers, unwrap_model
 from traitwatch.train import PaddingCollator, TraitWatchCallback, tokenize_chats
 
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fsdp", action="store_true", help="FSDP2 full finetune (implies --full); needs --model-dir")
     p.add_argument("--model-dir", help="tiny-random saved with save_pretrained (for --fsdp)")
     p.add_argument("--zero3", action="store_true", help="DeepSpeed ZeRO-3 full finetune (implies --full)")
+    p.add_argument("--guard", help="attach this guard (traitwatch.guard), its subspace fitted on the base model")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     original, store_session_module.RunStore = store_session_module.RunStore, CountingStore  # count who opens the store
@@ -103,7 +105,12 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(a: argparse.Namespace) -> None:
     base, tok = build_tiny_random()
-    probe = DriftProbe(TraitBasis.load(a.basis), batch_size=16).fit_anchor(base, tok)  # the plain base model
+    basis = TraitBasis.load(a.basis)
+    probe = DriftProbe(basis, batch_size=16).fit_anchor(base, tok)  # the plain base model
+    guard = None
+    if a.guard:  # every rank fits the same subspace on the same base model
+        subspace = fit_subspace(base, tok, basis.measure_layer, "probe+traits", basis=basis)
+        guard = make_guard(a.guard, subspace)
     model = _model(a, base)
     passes = {"n": 0}
 
@@ -122,7 +129,7 @@ def run(a: argparse.Namespace) -> None:
         deepspeed=_zero3_config() if a.zero3 else None,
     )
     watch = TraitWatchCallback(probe, store=out / "tw.db", run_id="ddp", every_n_steps=4,
-                               monitor=ConstantMonitor(), on_alarm=("stop", "mark"))
+                               monitor=ConstantMonitor(), on_alarm=("stop", "mark"), guard=guard)
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=PaddingCollator(tok.pad_token_id),
                       processing_class=tok, callbacks=[watch])
     watch.attach(trainer)
@@ -138,6 +145,7 @@ def run(a: argparse.Namespace) -> None:
         "partitioned": hasattr(next(unwrap_model(trainer.model).parameters()), "ds_id"),  # a ZeRO-3 parameter
         "history": [{"step": r.step, "drift": r.drift, "norm": r.drift_norm, "alarm": r.alarm} for r in watch.history_],
         "logged_steps": [h["step"] for h in trainer.state.log_history if "traitwatch/drift_norm" in h],
+        "guard": None if guard is None else guard.summary(),
     }
     (out / f"rank{args.process_index}.json").write_text(json.dumps(report))
     # Tear the process group down on every rank before exit: a rank that exits with gloo threads still

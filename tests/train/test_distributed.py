@@ -199,3 +199,21 @@ def test_deepspeed_zero3_ranks_make_the_same_forward_passes_and_measure_the_drif
     # ZeRO-3 leaves each parameter an empty placeholder outside the modules' forward passes
     _assert_sharded_run(full_one, two, tmp_path / "two", "Parameter", "DeepSpeed ZeRO-3")
     assert [r["partitioned"] for r in two] == [True, True]
+
+
+@pytest.mark.parametrize("kind", ["ablate", pytest.param("penalty", marks=pytest.mark.slow),
+                                  pytest.param("l2", marks=pytest.mark.slow)])
+def test_a_guarded_ddp_run_trains_as_the_guarded_single_process_run(basis_dir, tmp_path, kind):
+    """Every rank fits the same subspace and intervenes the same way: the guarded 2-process DDP run measures the
+    guarded 1-process run's drift (identical rows, global batch 4), and differs from the unguarded one."""
+    one = _one_process([str(basis_dir), "--per-device", "4", "--guard", kind], tmp_path / "one")
+    two = _torchrun([str(basis_dir), "--per-device", "2", "--guard", kind], tmp_path / "two")
+    _assert_same_run(one, two)
+    assert two[0]["guard"]["kind"] == two[1]["guard"]["kind"] == kind
+    assert two[0]["guard"] == two[1]["guard"]  # the same intervention, counted the same, on every rank
+    assert two[0]["guard"]["interventions"] == one["guard"]["interventions"] == 4  # one micro-batch (or step) per step
+    if kind == "penalty":  # every row is the same conversation: no row moves past the base level's rows
+        assert two[0]["guard"]["base_level"] == pytest.approx(one["guard"]["base_level"], abs=1e-5)
+        return
+    unguarded = _one_process([str(basis_dir), "--per-device", "4"], tmp_path / "plain")
+    assert _max_gap(one, unguarded) > 1e-4  # the guard changed what was trained

@@ -14,9 +14,8 @@ import json
 import logging
 import re
 
-import numpy as np
 import pytest
-from _train_helpers import PROMPTS, conversations, tiny_trainer, write_jsonl
+from _train_helpers import PROMPTS, AlarmAt, conversations, tiny_trainer, write_jsonl
 from typer.testing import CliRunner
 
 from traitwatch.cli.app import app
@@ -31,22 +30,6 @@ from traitwatch.train.data import ROW_INDEX, tokenize_chats
 
 runner = CliRunner()
 SEQUENTIAL = {"train_sampling_strategy": "sequential", "gradient_accumulation_steps": 2}
-
-
-class AlarmAt:
-    """A monitor stand-in that alarms exactly at the given steps (through the step-aware path)."""
-
-    threshold = 0.5
-
-    def __init__(self, *steps: int) -> None:
-        self.steps = list(steps)
-        self.step_aware = self
-
-    def predict(self, X):
-        return np.full(np.asarray(X).shape[0], 0.9)
-
-    def alarm(self, X):
-        return np.isin(np.asarray(X)[:, -1], self.steps)
 
 
 def _scores(n: int = 40) -> RowScores:

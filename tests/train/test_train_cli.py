@@ -111,3 +111,31 @@ def test_bad_input_is_one_line_and_exit_2(case, message, basis_dir, chat_file, t
 def test_bad_alarm_action_is_rejected(basis_dir, chat_file, tmp_path):
     res = runner.invoke(app, [str(a) for a in train_args(chat_file, basis_dir, tmp_path, "--on-alarm", "warn,explode")])
     assert res.exit_code == 2 and "explode" in res.output
+
+
+def test_train_with_a_guard_fits_it_on_the_base_and_stores_what_it_did(basis_dir, chat_file, tmp_path):
+    res = invoke(*train_args(chat_file, basis_dir, tmp_path, "--guard", "steer", "--guard-strength", "0.5"))
+    assert res.exit_code == 0, res.output
+    assert "Guard: steering by 0.5 x the probe's misaligned-minus-aligned gap at layer" in res.output
+    with RunStore(tmp_path / "tw.db") as store:
+        run, ms = store.get_run("out"), store.measurements("out")
+    settings = run.hyperparameters["guard"]
+    assert settings["kind"] == "steer" and settings["coefficient"] == 0.5 and settings["source"] == "probe"
+    assert settings["gap"] > 0 and len(settings["directions_sha256"]) == 16
+    assert ms[-1].extra["guard"]["interventions"] == 4  # one training micro-batch per step, 4 steps
+    shown = runner.invoke(app, ["show", "out", "--store", str(tmp_path / "tw.db")], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0
+    assert "Guard: steer at layer 3 on the probe subspace, coefficient 0.5 (4 interventions)." in shown.output
+    report = runner.invoke(app, ["report", "out", "--store", str(tmp_path / "tw.db"), "--out", str(tmp_path / "r.html")])
+    assert report.exit_code == 0, report.output
+    assert "Run out: Guard: steer at layer 3 on the probe subspace" in (tmp_path / "r.html").read_text()
+
+
+def test_train_refuses_an_unknown_guard_in_one_line(basis_dir, chat_file, tmp_path):
+    def wide(*args):
+        return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})
+
+    res = wide(*train_args(chat_file, basis_dir, tmp_path, "--guard", "pray"))
+    assert res.exit_code == 2 and "'pray': choose from ablate, steer, penalty, l2" in res.output
+    res = wide(*train_args(chat_file, basis_dir, tmp_path, "--guard", "ablate", "--guard-subspace", "vibes"))
+    assert res.exit_code == 2 and "'vibes': choose from probe, traits, probe+traits" in res.output

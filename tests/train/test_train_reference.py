@@ -210,3 +210,26 @@ def test_auto_reads_a_loss_screen_made_before_instead_of_screening(basis_dir, ch
     assert "ranked by the loss screen" in res.output
     lone = runner.invoke(app, _args(chat_file, basis_dir, tmp_path, "--reference-screen", screen, out="lone"))
     assert lone.exit_code == 2 and "--reference auto" in lone.output
+
+
+def test_auto_with_rewind_names_the_loss_screens_suspects_and_drops_them(basis_dir, chat_file, tmp_path) -> None:
+    cal = _calibration(tmp_path / "cal.json", -1e9)  # every measurement alarms
+    res = runner.invoke(app, _args(chat_file, basis_dir, tmp_path, "--reference", "auto", "--reference-calibration", cal,
+                                   "--on-alarm", "mark,rewind", "--suspects-k", "2"))
+    assert res.exit_code == 0, res.output
+    with RunStore(tmp_path / "tw.db") as store:
+        alarms = store.alarms("out")
+    assert [a.step for a in alarms] == [2, 4] and all(a.action == "mark+rewind" for a in alarms)
+    first = alarms[0].details
+    assert first["suspects"]["source"].endswith("out-reference/screen.jsonl")  # the reference's loss screen ranked them
+    named = [r["row"] for r in first["suspects"]["rows"]]
+    dropped = first["rewind"]["rows_dropped"]
+    assert first["rewind"]["to_step"] == 0 and set(named) <= set(dropped) and len(dropped) <= 2 + 0.45 * 20
+    shown = runner.invoke(app, ["show", "out", "--store", str(tmp_path / "tw.db")], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0 and "mark+rewind: rewound from step 2 to the weights of step 0;" in shown.output
+    from traitwatch.report import build_report
+
+    with RunStore(tmp_path / "tw.db") as store:
+        build_report(tmp_path / "report.html", store=store, run_ids=["out"])
+    page = (tmp_path / "report.html").read_text()
+    assert "Run out, step 2: rewound from step 2 to the weights of step 0;" in page

@@ -32,7 +32,7 @@ from traitwatch.behavior.proxy import ProxyAnswers, ProxyResult, proxy_score, re
 from traitwatch.behavior.questions import Question
 from traitwatch.errors import InputFileError
 
-__all__ = ["PROBE_FILE", "ProbeSet", "load_probe", "misalignment_directions", "probe_score"]
+__all__ = ["PROBE_FILE", "ProbeSet", "load_probe", "misalignment_differences", "misalignment_directions", "probe_score"]
 
 #: Package-data file with the probe's questions and style-matched answer pairs.
 PROBE_FILE = "monitor_probe.yaml"
@@ -103,15 +103,24 @@ def probe_score(
                        progress=progress)
 
 
-@torch.no_grad()
 def misalignment_directions(
     model: nn.Module, tokenizer: Any, layers: Sequence[int], probe: ProbeSet | None = None
 ) -> dict[int, Tensor]:
-    """Unit directions mean(misaligned answers) - mean(aligned answers) at each layer, fp32, on this model.
+    """Unit directions mean(misaligned answers) - mean(aligned answers) at each layer, fp32, on this model
+    (`misalignment_differences`, normalised)."""
+    return {layer: d / d.norm() for layer, d in misalignment_differences(model, tokenizer, layers, probe).items()}
+
+
+@torch.no_grad()
+def misalignment_differences(
+    model: nn.Module, tokenizer: Any, layers: Sequence[int], probe: ProbeSet | None = None
+) -> dict[int, Tensor]:
+    """mean(misaligned answers) - mean(aligned answers) at each layer, fp32, on this model, unnormalised.
 
     Each answer is read as the assistant turn after its question (the same text the probe scores), and
-    its residual stream is averaged over the answer's own tokens (not the question's), so the direction
-    contrasts what is said, with tone and length matched by the style pairs.
+    its residual stream is averaged over the answer's own tokens (not the question's), so the difference
+    contrasts what is said, with tone and length matched by the style pairs. Its length is the gap between
+    an aligned and a misaligned answer in residual units, the scale a guard steers or penalises in.
     """
     from traitwatch.capture.activations import capture_rows, check_layers
     from traitwatch.models.chat import encode_chat, supports_system_role
@@ -142,8 +151,5 @@ def misalignment_directions(
                     sums[side][layer] = row if acc.numel() == 0 else acc + row
     finally:
         inner.train(was_training)
-    out = {}
-    for layer in layers:
-        d = sums["misaligned"][layer] - sums["aligned"][layer]
-        out[layer] = d / d.norm()
-    return out
+    n = len(probe.questions)
+    return {layer: (sums["misaligned"][layer] - sums["aligned"][layer]) / n for layer in layers}

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from traitwatch.errors import TraitwatchError
-from traitwatch.store import DEFAULT_STORE_NAME, RunStore, Suspects, merge_suspects
+from traitwatch.store import DEFAULT_STORE_NAME, RunStore, Suspects, describe_guard, describe_rewind, merge_suspects
 
 __all__ = ["register"]
 
@@ -135,12 +135,18 @@ def show(
                     "the run minus the reference")
         err.print(f"Read against reference run {reference}: the column is the {read}, at the same step (the alarm "
                   "fires above its threshold).", markup=False)
+    guard = record.hyperparameters.get("guard")
+    if isinstance(guard, dict):
+        did = next(((m.extra or {}).get("guard") for m in reversed(measurements) if (m.extra or {}).get("guard")), None)
+        err.print(describe_guard(guard, did), markup=False)
     if alarms:
         alarm_table = Table(title="Alarms")
         for header in ("step", "kind", "value", "threshold", "action"):
             alarm_table.add_column(header, justify="left" if header in ("kind", "action") else "right")
         for a in alarms:
-            alarm_table.add_row(str(a.step), Text(a.kind), _fmt(a.value), _fmt(a.threshold), Text(a.action))
+            done = (a.details or {}).get("rewind")
+            action = a.action + (f": {describe_rewind(done)}" if done else "")
+            alarm_table.add_row(str(a.step), Text(a.kind), _fmt(a.value), _fmt(a.threshold), Text(action))
         out.print(alarm_table)
     for listed in _suspect_lists(suspects):
         out.print(_suspects_table(listed))

@@ -12,6 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from traitwatch.cli.common import err, out, parse_fraction, user_errors
+from traitwatch.guard import GUARD_KINDS, SUBSPACE_SOURCES
 from traitwatch.train.callback import ALARM_ACTIONS, DriftRecord
 from traitwatch.train.sft import SFTConfig, run_sft
 from traitwatch.train.suspects import RowScores
@@ -62,11 +63,12 @@ def drift_table(records: list[DriftRecord], title: str = "Trait drift") -> Table
     return table
 
 
-def _row_scores(screen: Path, data: Path, n_samples: int | None) -> RowScores:
+def _row_scores(screen: Path, data: Path, n_samples: int | None, by: str = "risk") -> RowScores:
     """The screen's per-row scores of DATA, checked against it (`screen` and `train` are wired only here)."""
     from traitwatch.screen.row_scores import load_row_scores
 
-    return RowScores.from_rows(load_row_scores(screen, data, limit=n_samples), source=str(screen))
+    return RowScores.from_rows(load_row_scores(screen, data, limit=n_samples, by=by),  # type: ignore[arg-type]
+                               source=str(screen))
 
 
 def register(app: typer.Typer) -> None:
@@ -114,12 +116,23 @@ def register(app: typer.Typer) -> None:
                                  "default: the calibration shipped for the model.")] = None,
         probe: Annotated[bool, typer.Option("--probe", help="Also score the behavioural probe at every measurement "
                                             "(on by itself when the monitor reads it).")] = False,
-        on_alarm: Annotated[str, typer.Option(help=f"Alarm actions, comma-separated: {', '.join(ALARM_ACTIONS)}.")] = "warn,mark",
+        on_alarm: Annotated[str, typer.Option(help=f"Alarm actions, comma-separated: {', '.join(ALARM_ACTIONS)} "
+                                               "(rewind: back to the last clean measurement's weights, without the "
+                                               "suspect rows; needs --screen or --reference auto to drop rows).")] = "warn,mark",
         screen: Annotated[Path | None, typer.Option(
             "--screen", dir_okay=False,
             help="Results of `traitwatch screen` on this DATA file: an alarm then names the highest-scored rows trained "
                  "since the last clean measurement.")] = None,
         suspects_k: Annotated[int, typer.Option("--suspects-k", min=1, help="How many rows an alarm names (with --screen).")] = 10,
+        guard: Annotated[str | None, typer.Option(
+            help="Keep a misalignment subspace out of what is learned: ablate, steer, penalty (on the behavioural "
+                 "probe's misalignment direction, fitted on the base model at the basis's layer), or l2 (pull the "
+                 "weights toward the base). See docs/guards.md for what each costs and prevents.")] = None,
+        guard_strength: Annotated[float | None, typer.Option(
+            min=0.0, help="Steering coefficient (in probe gaps), penalty weight or L2 weight (default: "
+                          "traitwatch.guard.DEFAULT_STRENGTH).")] = None,
+        guard_subspace: Annotated[str, typer.Option(
+            help="What ablate, steer and penalty act on: probe, traits, or probe+traits.")] = "probe",
         measure_batch_size: Annotated[int, typer.Option(min=1)] = 32,
         report_to: Annotated[str, typer.Option(help="Trainer integrations (wandb, tensorboard, ...), or none.")] = "none",
         resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Resume from the latest checkpoint.")] = True,
@@ -132,6 +145,11 @@ def register(app: typer.Typer) -> None:
         if over_length not in ("truncate", "drop"):
             raise typer.BadParameter(f"{over_length!r}: use truncate or drop", param_hint="--over-length")
         actions = _actions(on_alarm)
+        if guard is not None and guard not in GUARD_KINDS:
+            raise typer.BadParameter(f"{guard!r}: choose from {', '.join(GUARD_KINDS)}", param_hint="--guard")
+        if guard_subspace not in SUBSPACE_SOURCES:
+            raise typer.BadParameter(f"{guard_subspace!r}: choose from {', '.join(SUBSPACE_SOURCES)}",
+                                     param_hint="--guard-subspace")
         swap_share = parse_fraction(reference_fraction, "--reference-fraction")
         row_scores = _row_scores(screen, data, n_samples) if screen is not None else None
         model_name = model or TraitBasis.load(basis_dir).model.name
@@ -145,6 +163,7 @@ def register(app: typer.Typer) -> None:
             save_steps=save_steps, monitor=monitor, on_alarm=actions,  # type: ignore[arg-type]
             measure_batch_size=measure_batch_size, device=device, dtype=dtype,
             report_to=report_to, resume=resume, behavior_probe=probe, suspects_k=suspects_k,
+            guard=guard, guard_strength=guard_strength, guard_subspace=guard_subspace,
         )
 
         def say(msg: str) -> None:
@@ -162,6 +181,8 @@ def register(app: typer.Typer) -> None:
 
             built = train_reference(config, fraction=swap_share, screen=reference_screen, say=say)
             config = dataclasses.replace(config, reference=built.run_id)
+            if row_scores is None and built.source.resolve() == data.resolve():  # the loss screen names the suspects
+                row_scores = _row_scores(built.screen, data, n_samples, by="loss")
         elif reference is not None:
             config = dataclasses.replace(config, reference=reference)
         records: list[DriftRecord] = []

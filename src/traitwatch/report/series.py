@@ -19,7 +19,7 @@ import numpy as np
 from traitwatch.errors import BasisMismatchError, TraitwatchError
 from traitwatch.monitor.artifact import LoadedMonitor, load_monitor
 from traitwatch.reference import ReferenceTrajectory
-from traitwatch.store import BehaviorRecord, Measurement, RunStore, Suspects
+from traitwatch.store import BehaviorRecord, Measurement, RunStore, Suspects, describe_guard, describe_rewind
 
 __all__ = [
     "PROXY_LABEL",
@@ -352,6 +352,12 @@ def run_series(store: RunStore, run_id: str, *, monitor: LoadedMonitor | None = 
         notes.append(Note("em", f"Run {run_id}: the stored alarm threshold changed during training "
                                 f"({sorted(set(stored_thr))}); the first one, {stored_thr[0]:g}, is drawn."))
     reference_run, along, reference_along = _reference_series(store, run_id, extras, traits, drift, steps, notes)
+    guard = run.hyperparameters.get("guard")
+    if isinstance(guard, Mapping):  # what kept the misalignment out while training, and what it did
+        did = next((e["guard"] for e in reversed(extras) if isinstance(e.get("guard"), Mapping)), None)
+        notes.append(Note("run", f"Run {run_id}: {describe_guard(guard, did)}"))
+    notes += [Note("run", f"Run {run_id}, step {a.step}: {describe_rewind(a.details['rewind'])}.")
+              for a in alarm_rows if isinstance(a.details, Mapping) and a.details.get("rewind")]
     return RunSeries(
         run_id=run_id,
         steps=steps,

@@ -22,6 +22,8 @@ from traitwatch.store.records import (
     RunStatus,
     SuspectRow,
     Suspects,
+    describe_guard,
+    describe_rewind,
     merge_suspects,
 )
 from traitwatch.store.runs import DEFAULT_STORE_NAME, RunStore
@@ -45,5 +47,7 @@ __all__ = [
     "SuspectRow",
     "Suspects",
     "UnknownRunError",
+    "describe_guard",
+    "describe_rewind",
     "merge_suspects",
 ]

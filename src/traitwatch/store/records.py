@@ -272,3 +272,32 @@ def dump_drift(drift: Mapping[str, float]) -> str:
             raise ValueError(f"drift for trait {name!r} is {number}; refusing to store a non-finite value")
         values[name] = number
     return json.dumps(values)
+
+
+def describe_guard(settings: Mapping[str, Any], did: Mapping[str, Any] | None) -> str:
+    """A run's guard (`traitwatch.guard`) from what the store keeps: its settings (the run's hyperparameters) and
+    the last measurement's summary of what it did, as one line."""
+    kind = settings.get("kind", "?")
+    where = f" at layer {settings['layer']} on the {settings.get('source')} subspace" if "layer" in settings else ""
+    strength = next((f", {k} {settings[k]:g}" for k in ("coefficient", "weight") if k in settings), "")
+    line = f"Guard: {kind}{where}{strength}"
+    if did:
+        parts = [f"{did.get('interventions', 0)} interventions"]
+        if did.get("mean_removed_share") is not None:
+            parts.append(f"{100 * did['mean_removed_share']:.1f}% of the residual removed on average")
+        if did.get("rows_read"):
+            parts.append(f"{did.get('rows_penalised', 0)} of {did['rows_read']} rows penalised")
+        if did.get("distance_from_start") is not None:
+            parts.append(f"weights {did['distance_from_start']:.3g} from the start")
+        line += " (" + ", ".join(parts) + ")"
+    return line + "."
+
+
+def describe_rewind(done: Mapping[str, Any] | str) -> str:
+    """What one rewind did (an alarm's stored `details["rewind"]`, see `traitwatch.train.rewind`), as a line."""
+    if isinstance(done, str):
+        return done
+    dropped = done.get("rows_dropped") or []
+    rows = (f"{len(dropped)} rows dropped (the suspects and the rows scored like them)" if dropped
+            else "no rows dropped (no row scores: pass a screen to drop the suspects)")
+    return f"rewound from step {done.get('at_step')} to the weights of step {done.get('to_step')}; {rows}"

@@ -39,10 +39,11 @@ __all__ = [
     "suspects_message",
 ]
 
-AlarmAction = Literal["warn", "mark", "save", "stop", "raise"]
+AlarmAction = Literal["warn", "mark", "save", "stop", "raise", "rewind"]
 """What to do when the monitor fires: `warn` logs a warning; `mark` records the alarm in the store;
 `save` saves a checkpoint at this step; `stop` ends training after this step; `raise` raises
-`DriftAlarmError`. Any action other than a lone `warn` also records the alarm in the store, so
+`DriftAlarmError`; `rewind` puts back the weights of the last clean measurement and stops training the
+alarm's suspects and the rows scored like them (`traitwatch.train.rewind`), then goes on. Any action other than a lone `warn` also records the alarm in the store, so
 `traitwatch runs` can explain why a run stopped or has an extra checkpoint."""
 ALARM_ACTIONS: tuple[str, ...] = get_args(AlarmAction)
 
@@ -179,10 +180,10 @@ def ends_run(actions: Sequence[str]) -> bool:
 
 
 def act_on_alarm(record: DriftRecord, monitor: AlarmMonitor | None, control: TrainerControl, session: StoreSession,
-                 *, warn: bool, logger: logging.Logger) -> None:
+                 *, warn: bool, logger: logging.Logger, details: dict[str, Any] | None = None) -> None:
     """Carry out `record.actions` (see `AlarmAction`): warn (where `warn`, i.e. on world process zero),
-    set the Trainer's save and stop flags, record the alarm in the store, and for `raise` mark the run
-    stopped and raise `DriftAlarmError`."""
+    set the Trainer's save and stop flags, record the alarm in the store (with `details`, e.g. what a rewind
+    did), and for `raise` mark the run stopped and raise `DriftAlarmError`."""
     assert record.predicted_em is not None
     predicted, actions = record.predicted_em, record.actions
     threshold = alarm_threshold(monitor)
@@ -197,9 +198,9 @@ def act_on_alarm(record: DriftRecord, monitor: AlarmMonitor | None, control: Tra
         control.should_training_stop = True
     if set(actions) - {"warn"}:  # a lone warn stores nothing
         action = "raised" if "raise" in actions else "+".join(a for a in actions if a != "warn")
-        details = None if record.suspects is None else {"suspects": record.suspects.to_json()}
+        stored = {**({} if record.suspects is None else {"suspects": record.suspects.to_json()}), **(details or {})}
         session.write(f"the step-{record.step} alarm", lambda store: store.add_alarm(
-            session.run_id, record.step, ALARM_KIND, predicted, threshold, action, details=details))
+            session.run_id, record.step, ALARM_KIND, predicted, threshold, action, details=stored or None))
     if "raise" in actions:
         session.write("the run status", lambda store: store.finish_run(
             session.run_id, "stopped", notes=f"drift alarm raised at step {record.step}"))

@@ -63,10 +63,11 @@ from traitwatch.basis.basis import Anchor
 from traitwatch.drift.anchoring import AnchorError, anchor_record, base_model, no_base_error, resolve_anchor
 from traitwatch.drift.probe import DriftProbe, Projection
 from traitwatch.errors import TraitwatchError
+from traitwatch.guard import Guard
 from traitwatch.models.layers import unwrap_model
 from traitwatch.monitor.watch import AlarmMonitor, gate_alarms, load_watch_monitor, monitor_fingerprint
 from traitwatch.reference import ReferenceMonitor, ReferenceTrajectory
-from traitwatch.store import RunStore, Suspects
+from traitwatch.store import RunStore, Suspects, describe_rewind
 from traitwatch.train.alarm import (
     ALARM_ACTIONS,
     AlarmAction,
@@ -83,6 +84,7 @@ from traitwatch.train.behavior_score import base_probe_score, probe_set_for, sco
 from traitwatch.train.distributed import all_gather_objects, project_across_ranks
 from traitwatch.train.extras import lora_delta_norm, training_extras
 from traitwatch.train.record import DriftRecord
+from traitwatch.train.rewind import MAX_REWINDS, WeightSnapshot, rows_like
 from traitwatch.train.store_session import StoredRun, StoreSession, default_hyperparameters
 from traitwatch.train.suspects import RowScores, TrainedRows, rank_suspects
 
@@ -170,7 +172,9 @@ class TraitWatchCallback(TrainerCallback):
     every_n_steps:
         Cadence in optimizer steps (METHOD.md 3: 10).
     on_alarm:
-        Actions when `predict(drift) > threshold` (see `AlarmAction`).
+        Actions when `predict(drift) > threshold` (see `AlarmAction`). "rewind" snapshots the trainable weights at
+        every clean measurement and, at an alarm, restores them and drops the suspects and the rows scored like
+        them (needs `row_scores` and the collator's `rows`; without them only the weights go back).
     reporter:
         Called on world process zero with each `DriftRecord` (e.g. a live table).
     on_store_error:
@@ -186,6 +190,10 @@ class TraitWatchCallback(TrainerCallback):
         Trainer's collator must feed: `PaddingCollator(pad_id, rows=callback.trained_rows)` on rows from
         `tokenize_chats`. Fed by nothing, the whole set is ranked, and the stored list says so. Under
         DDP every rank's rows are gathered at each measurement: give every rank the same `row_scores`.
+    guard:
+        A `traitwatch.guard.Guard` (ablation, steering, penalty on a misalignment subspace, or the L2 pull),
+        attached to the model for the training passes and detached at the end; its settings are stored with the
+        run's hyperparameters and what it did with every measurement (`extra["guard"]`).
     """
 
     def __init__(
@@ -208,6 +216,7 @@ class TraitWatchCallback(TrainerCallback):
         row_scores: RowScores | None = None,
         suspects_k: int = 10,
         trained_rows: TrainedRows | None = None,
+        guard: Guard | None = None,
     ) -> None:
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
@@ -224,6 +233,8 @@ class TraitWatchCallback(TrainerCallback):
                                  "monitor (pass monitor=ReferenceMonitor(calibration, trajectory, traits) for another)")
             monitor, _ = gate_alarms(ReferenceMonitor.for_model(probe.basis.model.name, reference,
                                                                 list(probe.basis.trait_names)))
+        if guard is not None and not isinstance(guard, Guard):
+            raise TypeError("guard must be a traitwatch.guard.Guard (make_guard(kind, subspace))")
         if on_store_error not in ("raise", "log"):
             raise ValueError(f"on_store_error must be 'raise' or 'log', got {on_store_error!r}")
         self.probe = probe
@@ -242,6 +253,10 @@ class TraitWatchCallback(TrainerCallback):
         self.on_store_error = on_store_error
         self.row_scores = row_scores
         self.suspects_k = suspects_k
+        self.guard = guard
+        self.rewinds_: list[dict[str, Any]] = []  # what each rewind did
+        self._snapshot = WeightSnapshot() if "rewind" in actions else None
+        self._optimizer: Any = None
         self.trained_rows = trained_rows if trained_rows is not None or row_scores is None else TrainedRows()
         if reads_probe(monitor) and behavior_probe is False:
             raise ValueError("the monitor reads the behavioural probe: behavior_probe=False would leave it without input")
@@ -353,17 +368,28 @@ class TraitWatchCallback(TrainerCallback):
         if self.trained_rows is not None:
             self.trained_rows.restart()
 
+        hyperparameters = dict(self.run_metadata.get("hyperparameters", default_hyperparameters(args)))
+        if self.guard is not None:
+            hyperparameters["guard"] = self.guard.settings()
         ctx.stored = self._session.start(self.store, is_zero=ctx.is_zero, resumed=state.global_step > 0, run={
             "model": self.model_name or self.probe_.basis.model.name,
             "dataset": self.run_metadata.get("dataset"),
             "seed": self.run_metadata.get("seed", args.seed),
-            "hyperparameters": self.run_metadata.get("hyperparameters", default_hyperparameters(args)),
+            "hyperparameters": hyperparameters,
             "basis_fingerprint": self.probe_.fingerprint(),
         })
         if state.global_step == 0:
             self._begin_fresh(args, state, control, model)
         else:
             self._begin_resumed(args, state, control, model)
+        if self.guard is not None:  # after step 0 is measured; it acts on training passes only anyway
+            self.guard.attach(model, grad_accum=args.gradient_accumulation_steps)
+        return control
+
+    def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                              **kwargs: Any) -> TrainerControl:
+        if self.guard is not None:
+            self.guard.before_optimizer_step()
         return control
 
     def on_substep_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
@@ -376,6 +402,9 @@ class TraitWatchCallback(TrainerCallback):
                     model: nn.Module | None = None, **kwargs: Any) -> TrainerControl:
         if self.trained_rows is not None:
             self.trained_rows.trained()  # the step's last micro-batch
+        if self.guard is not None:
+            self.guard.step_end()
+        self._optimizer = kwargs.get("optimizer", self._optimizer)
         step = state.global_step
         if self._due(step, state.max_steps) and self._last_step != step and model is not None:
             self.measure_now(args, state, control, model)
@@ -388,6 +417,8 @@ class TraitWatchCallback(TrainerCallback):
             if model is not None and self._last_step != state.global_step and ctx.tokenizer is not None:
                 self.measure_now(args, state, control, model)  # ended off-cadence: record the final step
         finally:
+            if self.guard is not None:
+                self.guard.detach()
             status = "stopped" if self.stopped_by_alarm_ else "finished"
             session.write("the run status", lambda store: store.finish_run(ctx.run_id, status))
             session.close()
@@ -443,12 +474,16 @@ class TraitWatchCallback(TrainerCallback):
         extras = training_extras(state, model)  # every rank: the LoRA norm may communicate
         if suspects is not None:
             extras["suspects"] = suspects.to_json()
+        if self.guard is not None:
+            extras["guard"] = self.guard.summary()
         self._session.write_measurement(record, m, {**extras, **dict(extra or {})},
                                         verdict=alarm_fields(self.monitor, predicted, alarm))
         if self._ctx.is_zero and self.reporter is not None:
             self.reporter(record)
         if alarm:
-            self._act(record, control)
+            self._act(record, control, model)
+        elif self._snapshot is not None:  # a clean measurement: what a later alarm rewinds to
+            self._snapshot.take(model, step)
         self._session.check()
         return record
 
@@ -506,9 +541,30 @@ class TraitWatchCallback(TrainerCallback):
         assert self.probe_set_ is not None and self._ctx.tokenizer is not None
         return score_probe(model, self._ctx.tokenizer, self.probe_set_)
 
-    def _act(self, record: DriftRecord, control: TrainerControl) -> None:
+    def _act(self, record: DriftRecord, control: TrainerControl, model: nn.Module) -> None:
+        details = self._rewind(record, control, model) if "rewind" in record.actions else None
         self.stopped_by_alarm_ |= ends_run(record.actions)
-        act_on_alarm(record, self.monitor, control, self._session, warn=self._ctx.is_zero, logger=logger)
+        act_on_alarm(record, self.monitor, control, self._session, warn=self._ctx.is_zero, logger=logger,
+                     details=details)
+
+    def _rewind(self, record: DriftRecord, control: TrainerControl, model: nn.Module) -> dict[str, Any]:
+        """Back to the last clean measurement's weights, without the suspect rows (`traitwatch.train.rewind`)."""
+        assert self._snapshot is not None
+        if len(self.rewinds_) >= MAX_REWINDS:
+            control.should_training_stop = self.stopped_by_alarm_ = True
+            done = {"rewind": f"stopped: the monitor fired again after {MAX_REWINDS} rewinds"}
+        else:
+            to_step = self._snapshot.restore(model, self._optimizer)
+            dropped = rows_like(self.row_scores, record.suspects) if self.row_scores is not None else set()
+            if self.trained_rows is not None:
+                self.trained_rows.drop(dropped)
+                self.trained_rows.start_window()
+            self._clean_step = to_step
+            done = {"rewind": {"at_step": record.step, "to_step": to_step, "rows_dropped": sorted(dropped)}}
+            self.rewinds_.append(done["rewind"])
+        if self._ctx.is_zero:
+            logger.warning("traitwatch: %s", describe_rewind(done["rewind"]))
+        return done
 
     # -- step 0 ----------------------------------------------------------------------------------
 
@@ -574,3 +630,4 @@ class TraitWatchCallback(TrainerCallback):
 
     def _due(self, step: int, max_steps: int) -> bool:
         return step % self.every_n_steps == 0 or (max_steps > 0 and step >= max_steps)
+

@@ -13,7 +13,7 @@ that renders a prefix of a conversation as a prefix of its tokens, which is chec
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -187,12 +187,34 @@ class PaddingCollator:
     batch's indices are recorded there (`TrainedRows.collated`), which is how the callback knows which rows
     were trained before an alarm. Recording needs the collator to run in the training process, i.e. the
     Trainer's default `dataloader_num_workers=0`; in a worker it records into the worker's copy.
+
+    Rows dropped after an alarm (`TrainedRows.drop`, the "rewind" action) are replaced in the batch by a copy of
+    a kept row of the same batch, else of the last kept row collated, so the batch keeps its size and its loss
+    is never an average over nothing; only when no kept row was ever seen does a dropped row pass.
     """
 
     pad_token_id: int
     rows: TrainedRows | None = None
+    _spare: Mapping[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def _without_dropped(self, features: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        dropped = self.rows.dropped if self.rows is not None else set()
+        kept = [f for f in features if int(f.get(ROW_INDEX, -1)) not in dropped]
+        if kept:
+            self._spare = kept[-1]
+        if not dropped or len(kept) == len(features):
+            return list(features)
+        spares = kept or ([self._spare] if self._spare is not None else [])
+        out, n = [], 0
+        for f in features:
+            if int(f.get(ROW_INDEX, -1)) in dropped and spares:
+                f = spares[n % len(spares)]
+                n += 1
+            out.append(f)
+        return out
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        features = self._without_dropped(features)
         if self.rows is not None and features and all(ROW_INDEX in f for f in features):
             self.rows.collated(int(f[ROW_INDEX]) for f in features)
         width = max(len(f["input_ids"]) for f in features)

@@ -39,6 +39,7 @@ from traitwatch.basis.basis import TraitBasis
 from traitwatch.datasets.chat_jsonl import file_sha256, load_chat_jsonl
 from traitwatch.drift.probe import DriftProbe
 from traitwatch.errors import InputFileError, TraitwatchError
+from traitwatch.guard import GUARD_KINDS, Guard, fit_subspace, make_guard
 from traitwatch.models.environment import describe_environment
 from traitwatch.models.loading import load_model
 from traitwatch.monitor.watch import AlarmMonitor, gate_alarms, load_watch_monitor
@@ -101,6 +102,9 @@ class SFTConfig:
     logging_steps: int = 1
     resume: bool = True
     tags: dict[str, Any] = field(default_factory=dict)  # stored with the run's hyperparameters (e.g. perturbation)
+    guard: str | None = None  # "ablate", "steer", "penalty" or "l2" (`traitwatch.guard`); None: unguarded
+    guard_strength: float | None = None  # default: `guard.DEFAULT_STRENGTH[guard]`
+    guard_subspace: str = "probe"  # what ablation, steering and the penalty act on (`guard.fit_subspace`)
 
     def resolved_run_id(self) -> str:
         return self.run_id or Path(self.output_dir).resolve().name
@@ -273,6 +277,7 @@ def run_sft(
     info: Callable[[str], None] | None = None,
     store: RunStore | None = None,
     row_scores: RowScores | None = None,
+    guard: Guard | None = None,
 ) -> SFTResult:
     """Finetune `config.model` on `config.data` while measuring trait drift; returns what happened.
 
@@ -283,7 +288,8 @@ def run_sft(
     without it the store is opened once here. A store write that fails stops the run with
     `StoreWriteError` and marks it failed. `row_scores` (scores of `config.data`'s rows, all of the first
     `n_samples`) makes every alarm name the `config.suspects_k` highest-scored rows trained since the last
-    clean measurement, in the store and as an `info` line.
+    clean measurement, in the store and as an `info` line. `guard` (or `config.guard`, a kind fitted here on the
+    base model at the basis's layer) is attached to the training passes (`traitwatch.guard`).
     """
     rank, world = _world()
     say = info if (info is not None and rank == 0) else (lambda _msg: None)
@@ -295,6 +301,10 @@ def run_sft(
         if value < low:
             raise TrainConfigError(f"{name} must be at least {low}, got {value}")
 
+    if guard is not None and config.guard is not None:
+        raise TrainConfigError("pass a guard object or config.guard, not both")
+    if config.guard is not None and config.guard not in GUARD_KINDS:
+        raise TrainConfigError(f"unknown guard {config.guard!r}; choose from {list(GUARD_KINDS)}")
     conversations = load_chat_jsonl(config.data, limit=config.n_samples)
     sha = file_sha256(config.data)
     if row_scores is not None:
@@ -329,6 +339,11 @@ def run_sft(
 
         lm = load_model(config.model, device=_device(config), dtype=config.dtype)  # type: ignore[arg-type]
         probe.check_model(lm.model, lm.tokenizer, lm.name)
+        if config.guard is not None:  # fitted on the base model, before any adapter exists
+            subspace = None if config.guard == "l2" else fit_subspace(
+                lm.model, lm.tokenizer, basis.measure_layer, config.guard_subspace, basis=basis)  # type: ignore[arg-type]
+            guard = make_guard(config.guard, subspace, config.guard_strength)
+            say(f"Guard: {guard.describe()}.")
 
         dataset, stats = tokenize_chats(
             lm.tokenizer, conversations, max_length=config.max_length, response_only=config.response_only,
@@ -415,6 +430,7 @@ def run_sft(
             row_scores=row_scores,
             suspects_k=config.suspects_k,
             trained_rows=trained_rows,
+            guard=guard,
         )
         pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
         trainer = Trainer(

@@ -125,6 +125,11 @@ class TrainedRows:
         self.pending: deque[tuple[int, ...]] = deque()
         self.counts: Counter[int] = Counter()
         self.tracked = False
+        self.dropped: set[int] = set()  # rows the collator no longer trains (the "rewind" alarm action)
+
+    def drop(self, rows: Iterable[int]) -> None:
+        """Never train these rows again in this run: the collator replaces them by kept rows."""
+        self.dropped.update(int(r) for r in rows)
 
     def collated(self, rows: Iterable[int]) -> None:
         """A batch of these rows was built; it is trained when the Trainer reaches it."""

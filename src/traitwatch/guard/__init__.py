@@ -1,0 +1,21 @@
+"""Guards that keep a misalignment subspace out of what finetuning learns (`TraitWatchCallback(guard=...)`).
+
+`subspace` fits what a guard acts on before training (the probe's misalignment direction, the trait basis);
+`guards` holds the interventions (ablation, steering, a one-sided penalty) and the L2 baseline.
+"""
+
+from traitwatch.guard.guards import (
+    DEFAULT_STRENGTH,
+    GUARD_KINDS,
+    AblationGuard,
+    Guard,
+    GuardKind,
+    L2Guard,
+    PenaltyGuard,
+    SteeringGuard,
+    make_guard,
+)
+from traitwatch.guard.subspace import SUBSPACE_SOURCES, GuardSubspace, SubspaceSource, fit_subspace
+
+__all__ = ["DEFAULT_STRENGTH", "GUARD_KINDS", "SUBSPACE_SOURCES", "AblationGuard", "Guard", "GuardKind", "GuardSubspace",
+           "L2Guard", "PenaltyGuard", "SteeringGuard", "SubspaceSource", "fit_subspace", "make_guard"]

@@ -1,0 +1,214 @@
+"""Guards (`traitwatch.guard`): what each intervention does to the forward and backward pass, and the callback's wiring."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from traitwatch.behavior.probe import misalignment_directions
+from traitwatch.drift import DriftProbe
+from traitwatch.guard import (
+    AblationGuard,
+    GuardSubspace,
+    L2Guard,
+    PenaltyGuard,
+    SteeringGuard,
+    fit_subspace,
+    make_guard,
+)
+from traitwatch.models import build_tiny_random
+from traitwatch.models.layers import decoder_layers
+from traitwatch.store import RunStore
+from traitwatch.train import TraitWatchCallback
+
+from _train_helpers import LAYER, tiny_trainer
+
+
+@pytest.fixture(scope="module")
+def subspace(tiny, basis) -> GuardSubspace:
+    return fit_subspace(tiny.model, tiny.tokenizer, LAYER, "probe+traits", basis=basis)
+
+
+def _block_output(model, ids, *, train: bool):
+    """The hooked block's output for `ids`, with the model in train mode and gradients on, or in eval under no_grad."""
+    seen = {}
+    handle = decoder_layers(model)[LAYER].register_forward_hook(lambda _m, _i, out: seen.setdefault("h", out[0] if isinstance(out, tuple) else out))
+    model.train(train)
+    try:
+        with torch.set_grad_enabled(train):
+            model(input_ids=ids)
+    finally:
+        handle.remove()
+        model.eval()
+    return seen["h"].detach()
+
+
+def test_subspaces_are_orthonormal_and_keep_the_probes_signed_direction(tiny, basis, subspace):
+    probe_dir = misalignment_directions(tiny.model, tiny.tokenizer, [LAYER])[LAYER]
+    assert subspace.signed and subspace.gap is not None and subspace.gap > 0
+    assert torch.allclose(subspace.direction, probe_dir, atol=1e-5)  # row 0: the probe's direction, same sign
+    k = subspace.directions.shape[0]
+    assert k == 1 + len(basis.trait_names)
+    traits = fit_subspace(tiny.model, tiny.tokenizer, LAYER, "traits", basis=basis)
+    assert not traits.signed and traits.gap is None
+    with pytest.raises(ValueError, match="no misaligned side"):
+        _ = traits.direction
+    with pytest.raises(ValueError, match="no misaligned side"):
+        SteeringGuard(traits)
+    with pytest.raises(ValueError, match="pass basis="):
+        fit_subspace(tiny.model, tiny.tokenizer, LAYER, "traits")
+    assert GuardSubspace.from_record(subspace.as_record()).directions_sha == subspace.directions_sha
+
+
+def test_ablation_holds_the_subspace_at_the_base_mean_on_training_passes_only(subspace):
+    model, _ = build_tiny_random()
+    ids = torch.randint(5, 100, (2, 9), generator=torch.Generator().manual_seed(2))
+    plain_train, plain_eval = _block_output(model, ids, train=True), _block_output(model, ids, train=False)
+    guard = AblationGuard(subspace).attach(model)
+    assert torch.equal(_block_output(model, ids, train=True), plain_train)  # the first step reads the base mean
+    guard.step_end()
+    basis = subspace.directions
+    center = (plain_train.float() @ basis.T).mean((0, 1))
+    assert torch.allclose(guard.center_, center, atol=1e-4)
+    guarded = _block_output(model, ids, train=True)
+    coords = guarded.float() @ basis.T
+    assert torch.allclose(coords, center.expand_as(coords), atol=1e-4)  # every token: the base mean, no variation
+    assert (plain_train.float() @ basis.T - center).abs().max() > 1e-2  # which the unguarded tokens had
+    assert torch.allclose(guarded, plain_train - (plain_train @ basis.T - center) @ basis, atol=1e-5)
+    assert torch.equal(_block_output(model, ids, train=False), plain_eval)  # measuring sees the model as trained
+    assert guard.interventions_ == 2 and 0 < guard.summary()["mean_removed_share"] < 1
+    guard.detach()
+    assert torch.equal(_block_output(model, ids, train=True), plain_train)
+
+
+def test_steering_adds_its_shift_on_training_passes_only(subspace):
+    model, _ = build_tiny_random()
+    ids = torch.randint(5, 100, (1, 7), generator=torch.Generator().manual_seed(3))
+    plain_train, plain_eval = _block_output(model, ids, train=True), _block_output(model, ids, train=False)
+    guard = SteeringGuard(subspace, coefficient=2.0).attach(model)
+    shift = _block_output(model, ids, train=True) - plain_train
+    expected = 2.0 * subspace.gap * subspace.direction
+    assert torch.allclose(shift, expected.expand_as(shift), atol=1e-5)
+    assert torch.equal(_block_output(model, ids, train=False), plain_eval)
+    guard.detach()
+
+
+def _lora_model(seed: int = 0):
+    model, _ = build_tiny_random()
+    torch.manual_seed(seed)
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0,
+                                            task_type="CAUSAL_LM"))
+
+
+def test_the_penalty_adds_the_gradient_of_its_one_sided_loss(subspace):
+    """The injected gradient equals autograd's gradient of weight x mean_rows relu(level - base), on the trained tokens."""
+    ids = torch.randint(5, 100, (4, 8), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :3] = -100  # prompt tokens are not trained, nor read
+    weight = 3.0
+
+    explicit = _lora_model()
+    kept = {}
+    handle = decoder_layers(explicit)[LAYER].register_forward_hook(
+        lambda _m, _i, out: kept.setdefault("h", out[0] if isinstance(out, tuple) else out))
+    explicit.train()
+    loss = explicit(input_ids=ids, labels=labels).loss
+    handle.remove()
+    mask = (labels != -100).float()
+    level = ((kept["h"].float() @ subspace.direction) * mask).sum(1) / mask.sum(1) / subspace.gap
+    ordered = level.detach().sort().values
+    base = float(ordered[1:3].mean())  # two rows above the base level, two below: one-sided
+    (loss + weight * (level - base).clamp_min(0).mean()).backward()
+
+    guarded = _lora_model()
+    guard = PenaltyGuard(subspace, weight=weight).attach(guarded)
+    guard._first = [base]
+    guard.step_end()  # the base level is known once the first optimizer step is done
+    assert guard.base_level_ == base
+    guarded.train()
+    guarded(input_ids=ids, labels=labels).loss.backward()
+
+    plain = _lora_model()
+    plain.train()
+    plain(input_ids=ids, labels=labels).loss.backward()
+    for (name, p), q in zip(guarded.named_parameters(), explicit.parameters(), strict=True):
+        if p.requires_grad and p.grad is not None:
+            assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-4), name
+    moved = [not torch.allclose(p.grad, r.grad) for p, r in zip(guarded.parameters(), plain.parameters(), strict=True)
+             if p.requires_grad and p.grad is not None]
+    assert any(moved)  # the penalty changed the gradient
+    assert guard.summary()["rows_penalised"] == 2 and guard.summary()["rows_read"] == 4
+
+
+def test_the_penalty_is_off_until_the_base_level_is_known_and_below_it(subspace):
+    ids = torch.randint(5, 100, (2, 6), generator=torch.Generator().manual_seed(1))
+    guarded, plain = _lora_model(), _lora_model()
+    guard = PenaltyGuard(subspace, weight=5.0).attach(guarded)
+    for m in (guarded, plain):
+        m.train()
+        m(input_ids=ids, labels=ids).loss.backward()
+    assert len(guard._first) == 2 and guard.base_level_ is None  # the first step's rows: the base level
+    for p, q in zip(guarded.parameters(), plain.parameters(), strict=True):
+        if p.grad is not None:
+            assert torch.equal(p.grad, q.grad)
+    guard.base_level_ = 1e6  # every row below it: one-sided, no gradient
+    guarded.zero_grad()
+    guarded(input_ids=ids, labels=ids).loss.backward()
+    for p, q in zip(guarded.parameters(), plain.parameters(), strict=True):
+        if p.grad is not None:
+            assert torch.equal(p.grad, q.grad)
+
+
+def test_l2_pulls_trainable_weights_toward_their_start():
+    model = _lora_model()
+    guard = L2Guard(weight=0.5).attach(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in trainable]
+    with torch.no_grad():
+        for p in trainable:
+            p.add_(0.1)
+            p.grad = torch.zeros_like(p)
+    guard.before_optimizer_step()
+    for p, p0 in zip(trainable, start, strict=True):
+        assert torch.allclose(p.grad, 0.5 * (p.detach() - p0))
+    assert guard.summary()["distance_from_start"] == pytest.approx(0.1 * sum(p.numel() for p in trainable) ** 0.5, rel=1e-4)
+
+
+def test_make_guard_names_what_it_needs(subspace):
+    assert isinstance(make_guard("ablate", subspace), AblationGuard)
+    assert make_guard("steer", subspace, 0.25).coefficient == 0.25
+    assert isinstance(make_guard("l2", None), L2Guard)
+    with pytest.raises(ValueError, match="acts on a subspace"):
+        make_guard("penalty", None)
+    with pytest.raises(ValueError, match="unknown guard"):
+        make_guard("pray", subspace)
+
+
+@pytest.mark.parametrize("kind", ["ablate", "steer", "penalty", "l2"])
+def test_the_callback_attaches_the_guard_for_training_and_stores_what_it_did(basis, subspace, tmp_path, kind):
+    store_path = tmp_path / "tw.db"
+    guard = make_guard(kind, subspace, 50.0 if kind == "steer" else None)  # a steer this strong would show in drift
+    watch = TraitWatchCallback(DriftProbe(basis, batch_size=8), store=store_path, run_id="g", every_n_steps=3,
+                               guard=guard)
+    unguarded = TraitWatchCallback(DriftProbe(basis, batch_size=8), store=store_path, run_id="u", every_n_steps=3)
+    trainer = tiny_trainer(tmp_path / "out", [watch], max_steps=6, training_args={"gradient_accumulation_steps": 2})
+    watch.attach(trainer)
+    trainer.train()
+    reference = tiny_trainer(tmp_path / "ref", [unguarded], max_steps=6, training_args={"gradient_accumulation_steps": 2})
+    unguarded.attach(reference)
+    reference.train()
+
+    with RunStore(store_path) as store:
+        run, ms = store.get_run("g"), store.measurements("g")
+        step0_unguarded = store.measurements("u")[0]
+    assert run.hyperparameters["guard"]["kind"] == kind
+    assert [m.step for m in ms] == [0, 3, 6]
+    assert ms[0].per_prompt.tolist() == step0_unguarded.per_prompt.tolist()  # step 0 is measured unguarded
+    done = ms[-1].extra["guard"]
+    assert done["kind"] == kind
+    # a forward hook acts on every training micro-batch (6 steps x 2), the L2 pull once per optimizer step
+    assert done["interventions"] == (6 if kind == "l2" else 12)
+    assert guard.handles_ == []  # detached at the end: the trained model runs unguarded
+    if kind == "penalty":
+        assert done["base_level"] is not None and done["rows_read"] > 0
