@@ -84,7 +84,7 @@ from traitwatch.train.behavior_score import base_probe_score, probe_set_for, sco
 from traitwatch.train.distributed import all_gather_objects, project_across_ranks
 from traitwatch.train.extras import lora_delta_norm, training_extras
 from traitwatch.train.record import DriftRecord
-from traitwatch.train.rewind import MAX_REWINDS, WeightSnapshot, rows_like
+from traitwatch.train.rewind import Rewinder
 from traitwatch.train.store_session import StoredRun, StoreSession, default_hyperparameters
 from traitwatch.train.suspects import RowScores, TrainedRows, rank_suspects
 
@@ -254,9 +254,7 @@ class TraitWatchCallback(TrainerCallback):
         self.row_scores = row_scores
         self.suspects_k = suspects_k
         self.guard = guard
-        self.rewinds_: list[dict[str, Any]] = []  # what each rewind did
-        self._snapshot = WeightSnapshot() if "rewind" in actions else None
-        self._optimizer: Any = None
+        self._rewinder = Rewinder() if "rewind" in actions else None
         self.trained_rows = trained_rows if trained_rows is not None or row_scores is None else TrainedRows()
         if reads_probe(monitor) and behavior_probe is False:
             raise ValueError("the monitor reads the behavioural probe: behavior_probe=False would leave it without input")
@@ -404,7 +402,8 @@ class TraitWatchCallback(TrainerCallback):
             self.trained_rows.trained()  # the step's last micro-batch
         if self.guard is not None:
             self.guard.step_end()
-        self._optimizer = kwargs.get("optimizer", self._optimizer)
+        if self._rewinder is not None:
+            self._rewinder.optimizer = kwargs.get("optimizer", self._rewinder.optimizer)
         step = state.global_step
         if self._due(step, state.max_steps) and self._last_step != step and model is not None:
             self.measure_now(args, state, control, model)
@@ -482,8 +481,8 @@ class TraitWatchCallback(TrainerCallback):
             self.reporter(record)
         if alarm:
             self._act(record, control, model)
-        elif self._snapshot is not None:  # a clean measurement: what a later alarm rewinds to
-            self._snapshot.take(model, step)
+        elif self._rewinder is not None:
+            self._rewinder.clean(model, step)
         self._session.check()
         return record
 
@@ -549,22 +548,20 @@ class TraitWatchCallback(TrainerCallback):
 
     def _rewind(self, record: DriftRecord, control: TrainerControl, model: nn.Module) -> dict[str, Any]:
         """Back to the last clean measurement's weights, without the suspect rows (`traitwatch.train.rewind`)."""
-        assert self._snapshot is not None
-        if len(self.rewinds_) >= MAX_REWINDS:
+        assert self._rewinder is not None
+        done = self._rewinder.rewind(model, record.step, record.suspects, self.row_scores, self.trained_rows)
+        if isinstance(done, str):  # the rewinds are spent
             control.should_training_stop = self.stopped_by_alarm_ = True
-            done = {"rewind": f"stopped: the monitor fired again after {MAX_REWINDS} rewinds"}
         else:
-            to_step = self._snapshot.restore(model, self._optimizer)
-            dropped = rows_like(self.row_scores, record.suspects) if self.row_scores is not None else set()
-            if self.trained_rows is not None:
-                self.trained_rows.drop(dropped)
-                self.trained_rows.start_window()
-            self._clean_step = to_step
-            done = {"rewind": {"at_step": record.step, "to_step": to_step, "rows_dropped": sorted(dropped)}}
-            self.rewinds_.append(done["rewind"])
+            self._clean_step = done["to_step"]
         if self._ctx.is_zero:
-            logger.warning("traitwatch: %s", describe_rewind(done["rewind"]))
-        return done
+            logger.warning("traitwatch: %s", describe_rewind(done))
+        return {"rewind": done}
+
+    @property
+    def rewinds_(self) -> list[dict[str, Any]]:
+        """What each rewind of the run did (empty without the "rewind" action)."""
+        return [] if self._rewinder is None else self._rewinder.done_
 
     # -- step 0 ----------------------------------------------------------------------------------
 

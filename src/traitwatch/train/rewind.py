@@ -21,15 +21,44 @@ import torch
 from torch import nn
 
 from traitwatch.store import Suspects
-from traitwatch.train.suspects import RowScores
+from traitwatch.train.suspects import RowScores, TrainedRows
 
-__all__ = ["MAX_DROP_SHARE", "MAX_REWINDS", "WeightSnapshot", "rows_like"]
+__all__ = ["MAX_DROP_SHARE", "MAX_REWINDS", "Rewinder", "WeightSnapshot", "rows_like"]
 
 MAX_REWINDS = 3
 """After this many rewinds a further alarm stops the run: the monitor keeps firing on what is left."""
 MAX_DROP_SHARE = 0.45
 """At most this share of the set is dropped for scoring like the suspects (as `reference.swap_fraction` caps the
 rows its reference swaps)."""
+
+
+class Rewinder:
+    """The "rewind" action for one run: a snapshot at every clean measurement, and at an alarm the weights back,
+    the optimizer's state for them cleared and the suspect rows dropped; after `MAX_REWINDS`, a stop."""
+
+    def __init__(self) -> None:
+        self.snapshot = WeightSnapshot()
+        self.optimizer: Any = None  # the Trainer's, from its `on_step_end` keyword arguments
+        self.done_: list[dict[str, Any]] = []  # what each rewind did
+
+    def clean(self, model: nn.Module, step: int) -> None:
+        """A clean measurement: what a later alarm rewinds to."""
+        self.snapshot.take(model, step)
+
+    def rewind(self, model: nn.Module, step: int, suspects: Suspects | None, row_scores: RowScores | None,
+               trained_rows: TrainedRows | None) -> dict[str, Any] | str:
+        """Rewind at the alarm of `step` (what was done, as the alarm row stores it), or a stop message when the
+        rewinds are spent (the caller stops the run)."""
+        if len(self.done_) >= MAX_REWINDS:
+            return f"stopped: the monitor fired again after {MAX_REWINDS} rewinds"
+        to_step = self.snapshot.restore(model, self.optimizer)
+        dropped = rows_like(row_scores, suspects) if row_scores is not None else set()
+        if trained_rows is not None:
+            trained_rows.drop(dropped)
+            trained_rows.start_window()
+        done = {"at_step": step, "to_step": to_step, "rows_dropped": sorted(dropped)}
+        self.done_.append(done)
+        return done
 
 
 class WeightSnapshot:
