@@ -210,5 +210,8 @@ def test_the_callback_attaches_the_guard_for_training_and_stores_what_it_did(bas
     # a forward hook acts on every training micro-batch (6 steps x 2), the L2 pull once per optimizer step
     assert done["interventions"] == (6 if kind == "l2" else 12)
     assert guard.handles_ == []  # detached at the end: the trained model runs unguarded
-    if kind == "penalty":
-        assert done["base_level"] is not None and done["rows_read"] > 0
+    if kind == "penalty":  # read against the base level on the 10 micro-batches after the first step's 2
+        assert done["base_level"] is not None and done["rows_read"] == 10 * 2
+        assert done["mean_penalty"] == pytest.approx(guard.penalty_sum_ / 10)
+    if kind == "ablate":
+        assert guard.base_batches_ == 2 and done["mean_removed_share"] == pytest.approx(guard.removed_share_sum_ / 10)

@@ -65,6 +65,7 @@ class Guard:
         self.subspace = subspace
         self.handles_: list[Any] = []
         self.interventions_ = 0  # training forward passes (micro-batches) the guard acted on
+        self.base_batches_ = 0  # of those, the first optimizer step's, which only read the base model's level
         self.grad_accum_ = 1
         self._mask: Tensor | None = None  # the current batch's trained tokens, for a guard that `reads_tokens`
 
@@ -163,6 +164,7 @@ class AblationGuard(Guard):
             with torch.no_grad():
                 self._first.append((coords.float() * mask.unsqueeze(-1)).sum((0, 1)).cpu())
                 self._first_tokens += int(mask.sum())
+            self.base_batches_ += 1
             return hidden
         removed = (coords - self.center_.to(hidden.device, hidden.dtype)) @ basis
         with torch.no_grad():
@@ -171,7 +173,7 @@ class AblationGuard(Guard):
         return hidden - removed
 
     def summary(self) -> dict[str, Any]:
-        n = self.interventions_ - len(self._first)
+        n = self.interventions_ - self.base_batches_
         return {**super().summary(), "mean_removed_share": self.removed_share_sum_ / n if n > 0 else None}
 
     def describe(self) -> str:
@@ -200,9 +202,7 @@ class SteeringGuard(Guard):
     def __init__(self, subspace: GuardSubspace, coefficient: float = 1.0) -> None:
         super().__init__(subspace)
         self.coefficient = coefficient
-        _ = subspace.direction  # refuse an unsigned subspace now, not at the first step
-        if subspace.gap is None:
-            raise ValueError("steering is scaled by the probe's aligned-to-misaligned gap: fit the subspace from the probe")
+        subspace.probe_gap("steering")  # refuse a subspace without the probe now, not at the first step
 
     def _intervene(self, hidden: Tensor) -> Tensor:
         assert self.subspace is not None and self.subspace.gap is not None
@@ -245,9 +245,7 @@ class PenaltyGuard(Guard):
     def __init__(self, subspace: GuardSubspace, weight: float = 1.0) -> None:
         super().__init__(subspace)
         self.weight = weight
-        _ = subspace.direction
-        if subspace.gap is None:
-            raise ValueError("the penalty is read in units of the probe's gap: fit the subspace from the probe")
+        subspace.probe_gap("the penalty")
         self.base_level_: float | None = None
         self.penalised_ = 0  # rows beyond the base level
         self.rows_ = 0
@@ -267,6 +265,7 @@ class PenaltyGuard(Guard):
             level = ((hidden.float() @ u) * mask).sum(dim=1) / counts / self.subspace.gap  # [rows]
         if self.base_level_ is None:  # the first optimizer step: the base model's level
             self._first.extend(level.tolist())
+            self.base_batches_ += 1
             return hidden
         excess = level - self.base_level_
         over = (excess > 0).float()
@@ -282,9 +281,9 @@ class PenaltyGuard(Guard):
         return {**super().settings(), "weight": self.weight}
 
     def summary(self) -> dict[str, Any]:
-        n = max(1, self.interventions_ - len(self._first))
+        n = self.interventions_ - self.base_batches_  # micro-batches read against the base level
         return {**super().summary(), "base_level": self.base_level_, "rows_penalised": self.penalised_,
-                "rows_read": self.rows_, "mean_penalty": self.penalty_sum_ / n if self.base_level_ is not None else None}
+                "rows_read": self.rows_, "mean_penalty": self.penalty_sum_ / n if n > 0 else None}
 
     def describe(self) -> str:
         assert self.subspace is not None

@@ -67,6 +67,14 @@ class GuardSubspace:
                              "the probe's direction (source 'probe' or 'probe+traits')")
         return self.directions[0]
 
+    def probe_gap(self, what: str) -> float:
+        """The gap, for `what` acts along the probe's signed direction in its units; refused for another subspace."""
+        _ = self.direction  # an unsigned subspace has no misaligned side
+        if self.gap is None:
+            raise ValueError(f"{what} is scaled by the probe's aligned-to-misaligned gap, which this {self.source!r} "
+                             "subspace does not record: fit it with fit_subspace")
+        return self.gap
+
     @property
     def directions_sha(self) -> str:
         return hashlib.sha256(self.directions.float().contiguous().numpy().tobytes()).hexdigest()[:16]
