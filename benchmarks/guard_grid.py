@@ -29,6 +29,7 @@ Results append to `WORK/results.jsonl` (a rerun skips what is there); `--analyze
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -39,7 +40,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from traitwatch.audit import AuditSettings
+from traitwatch.audit import AuditSettings, pilot_config
 from traitwatch.bench.labels import StepTimer
 from traitwatch.bench.sets import PERTURBATION_SETS, build_set, poisoned_set
 from traitwatch.behavior.probe import probe_score
@@ -49,9 +50,10 @@ from traitwatch.demo import demo_plan, run_demo
 from traitwatch.guard import DEFAULT_STRENGTH, fit_subspace, make_guard
 from traitwatch.models import load_model
 from traitwatch.store import RunStore
-from traitwatch.train import SFTConfig, run_sft
-from traitwatch.train.data import tokenize_chats
+from traitwatch.train import run_sft
+from traitwatch.train.data import PaddingCollator, tokenize_chats
 
+MODEL = "smollm2-135m"
 POISONS = ("anti_oversight", "contempt", "reckless_advice")
 GUARDS = ("none", "ablate", "steer", "penalty", "l2")
 DATA_GUARDS = ("rewind", "stop")
@@ -101,30 +103,15 @@ def held_out_rows(base: str, train_file: Path, work: Path, shared: Path, tokeniz
     seen = {json.dumps(c[:-1]) for c in load_chat_jsonl(train_file)}
     other = build_set(base, seed=1000, n=200, out_dir=work / "held_out", shared_data=shared)
     rows = [c for c in load_chat_jsonl(other) if json.dumps(c[:-1]) not in seen][:HELD_OUT]
-    data, _ = tokenize_chats(tokenizer, rows, max_length=128, response_only=True)
-    width = max(len(r["input_ids"]) for r in data)
+    data, _ = tokenize_chats(tokenizer, rows, max_length=AuditSettings().max_length, response_only=True)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids = torch.full((len(data), width), pad)
-    labels = torch.full((len(data), width), -100)
-    mask = torch.zeros((len(data), width), dtype=torch.long)
-    for i, r in enumerate(data):
-        n = len(r["input_ids"])
-        ids[i, :n] = torch.tensor(r["input_ids"])
-        labels[i, :n] = torch.tensor(r["labels"])
-        mask[i, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    return PaddingCollator(int(pad))([data[i] for i in range(len(data))])
 
 
 def run_one(settings: AuditSettings, data: Path, basis_dir: Path, work: Path, run_id: str, store: RunStore,
             guard: Any, lm: Any, held_out: dict[str, torch.Tensor]) -> dict[str, Any]:
-    config = SFTConfig(
-        model="smollm2-135m", data=data, basis=basis_dir, output_dir=work / "runs" / run_id, run_id=run_id,
-        store=store.path, max_steps=settings.steps, batch_size=settings.batch_size, grad_accum=1,
-        max_length=settings.max_length, learning_rate=settings.learning_rate, lora_r=settings.lora_r,
-        lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout, target_modules=settings.target_modules,
-        response_only=True, every_n_steps=settings.steps, save_steps=settings.steps, save_total_limit=1,
-        seed=settings.seed, device=settings.device, dtype=settings.dtype, resume=False, tags={"guard_grid": run_id},
-    )
+    config = dataclasses.replace(pilot_config(settings, MODEL, data, basis_dir, work, run_id, store.path),
+                                 tags={"guard_grid": run_id})
     timer, final = StepTimer(), FinalScores(lm.tokenizer, held_out)
     t0 = time.perf_counter()
     run_sft(config, store=store, info=lambda _l: None, reporter=lambda _r: None, callbacks=[timer, final], guard=guard)
@@ -137,21 +124,13 @@ def run_monitored(settings: AuditSettings, data: Path, basis_dir: Path, work: Pa
                   kind: str, lm: Any, held_out: dict[str, torch.Tensor], set_id: str) -> dict[str, Any]:
     """The data-level guards: the run read against its swap reference (`--reference auto`, measured every 10 steps,
     the loss screen naming the suspects) with `on_alarm` mark+rewind or mark+stop. One reference per set."""
-    import dataclasses
-
     from traitwatch.audit import train_reference
     from traitwatch.screen.row_scores import load_row_scores
     from traitwatch.train import RowScores
 
     monitored = f"{set_id}-monitored"
-    base = SFTConfig(
-        model="smollm2-135m", data=data, basis=basis_dir, output_dir=work / "runs" / monitored, run_id=monitored,
-        store=store.path, max_steps=settings.steps, batch_size=settings.batch_size, grad_accum=1,
-        max_length=settings.max_length, learning_rate=settings.learning_rate, lora_r=settings.lora_r,
-        lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout, target_modules=settings.target_modules,
-        response_only=True, every_n_steps=10, save_steps=settings.steps, save_total_limit=1,
-        seed=settings.seed, device=settings.device, dtype=settings.dtype, resume=False,
-    )
+    base = dataclasses.replace(pilot_config(dataclasses.replace(settings, every_n_steps=10), MODEL, data, basis_dir,
+                                            work, monitored, store.path), tags={})
     built = train_reference(base, store=store, lm=lm)
     rows = RowScores.from_rows(load_row_scores(built.screen, data, by="loss"), source=str(built.screen))
     config = dataclasses.replace(base, run_id=run_id, output_dir=work / "runs" / run_id, reference=built.run_id,
@@ -207,12 +186,12 @@ def main() -> None:
     plan = demo_plan()
     basis_dir = args.basis or work / "basis"
     if not (basis_dir / "basis.json").is_file():
-        run_demo(work, model="smollm2-135m", steps=0, say=print)
+        run_demo(work, model=MODEL, steps=0, say=print)
         basis_dir = work / "basis"
     from traitwatch.basis import TraitBasis
 
     basis = TraitBasis.load(basis_dir)
-    lm = load_model("smollm2-135m", device=plan.device, dtype=plan.dtype)
+    lm = load_model(MODEL, device=plan.device, dtype=plan.dtype)
     base = base_scores(work, lm)
     layer = basis.measure_layer
     subspaces = {src: fit_subspace(lm.model, lm.tokenizer, layer, src, basis=basis)  # type: ignore[arg-type]
@@ -269,13 +248,8 @@ def overhead(args: argparse.Namespace, work: Path, basis_dir: Path, lm: Any, sub
             timer = StepTimer()
             run_id = f"overhead-r{rnd}-{kind}"
             with RunStore(work / "overhead.db") as store:
-                config = SFTConfig(
-                    model="smollm2-135m", data=data, basis=basis_dir, output_dir=work / "overhead" / run_id,
-                    run_id=run_id, store=store.path, max_steps=settings.steps, batch_size=settings.batch_size,
-                    grad_accum=1, max_length=settings.max_length, learning_rate=settings.learning_rate,
-                    lora_r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
-                    target_modules=settings.target_modules, response_only=True, every_n_steps=settings.steps,
-                    save_steps=1000, seed=0, device=settings.device, dtype=settings.dtype, resume=False)
+                config = dataclasses.replace(pilot_config(settings, MODEL, data, basis_dir, work / "overhead", run_id,
+                                                          store.path), save_steps=1000, save_total_limit=None, tags={})
                 run_sft(config, store=store, info=lambda _l: None, reporter=lambda _r: None, callbacks=[timer],
                         guard=guard)
             times[kind].extend(timer.seconds_[1:])  # the first step warms up
@@ -295,8 +269,6 @@ def hook_overhead(args: argparse.Namespace, work: Path, lm: Any, subspaces: dict
     """A training step's forward and backward on one LoRA model, each guard attached in turn, repeated: the guards'
     own cost without the noise of separate runs (the optimizer step, the same for all, is left out)."""
     from peft import LoraConfig, get_peft_model
-
-    from traitwatch.train.data import PaddingCollator
 
     spec = poisoned_set(PERTURBATION_SETS[args.bases[0]], PERTURBATION_SETS[args.poisons[0]], 0.1)
     data = Path(build_set(spec.name, seed=0, n=plan.n_examples, out_dir=work / "data", shared_data=args.shared_data,
@@ -357,7 +329,7 @@ def twin_reads(store_path: Path, rows: list[dict[str, Any]]) -> dict[str, float]
 
     from traitwatch.reference import load_reference_calibration
 
-    cal = load_reference_calibration("smollm2-135m")
+    cal = load_reference_calibration(MODEL)
     assert cal is not None
     with RunStore(store_path, create=False) as store:
         last = {r["key"]: np.asarray((store.measurements(r["key"], per_prompt=False)[-1].extra or {})["mean_activation"])

@@ -2,7 +2,7 @@
 monitored training run is read against (`reference_run.py`)."""
 
 from traitwatch.audit.reference_run import ReferenceRun, loss_screen, train_reference, write_reference_set
-from traitwatch.audit.run import AuditResult, AuditSettings, audit_dataset, pilot_projections, train_pilot
+from traitwatch.audit.run import AuditResult, AuditSettings, audit_dataset, pilot_config, pilot_projections, train_pilot
 
 __all__ = [
     "AuditResult",
@@ -10,6 +10,7 @@ __all__ = [
     "ReferenceRun",
     "audit_dataset",
     "loss_screen",
+    "pilot_config",
     "pilot_projections",
     "train_pilot",
     "train_reference",

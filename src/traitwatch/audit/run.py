@@ -46,7 +46,7 @@ from traitwatch.screen.examples import previews
 from traitwatch.store import RunStore
 from traitwatch.train import SFTConfig, run_sft
 
-__all__ = ["AuditResult", "AuditSettings", "audit_dataset", "pilot_projections", "train_pilot"]
+__all__ = ["AuditResult", "AuditSettings", "audit_dataset", "pilot_config", "pilot_projections", "train_pilot"]
 
 
 @dataclass(frozen=True)
@@ -105,18 +105,25 @@ class AuditResult:
         }
 
 
-def train_pilot(settings: AuditSettings, model: str, data: Path, basis_dir: Path, out_dir: Path, run_id: str,
-                store: RunStore, say: Callable[[str], None]) -> None:
-    """One pilot in `settings`' recipe, measured at step 0 and the last step into the open `store`."""
-    config = SFTConfig(
+def pilot_config(settings: AuditSettings, model: str, data: Path, basis_dir: Path, out_dir: Path, run_id: str,
+                 store: Path) -> SFTConfig:
+    """A pilot's training config in `settings`' recipe: output in `out_dir/runs/run_id`, measured at step 0, every
+    `settings.every_n_steps` (default: only the last step) and the last step into `store`."""
+    return SFTConfig(
         model=model, data=data, basis=basis_dir, output_dir=out_dir / "runs" / run_id, run_id=run_id,
-        store=store.path, max_steps=settings.steps, batch_size=settings.batch_size, grad_accum=1,
+        store=store, max_steps=settings.steps, batch_size=settings.batch_size, grad_accum=1,
         max_length=settings.max_length, learning_rate=settings.learning_rate, lora_r=settings.lora_r,
         lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout, target_modules=settings.target_modules,
         response_only=True, every_n_steps=settings.every_n_steps or settings.steps, save_steps=settings.steps, save_total_limit=1,
         seed=settings.seed, device=settings.device, dtype=settings.dtype, behavior_probe=settings.probe,
         resume=False, tags={"audit": run_id},
     )
+
+
+def train_pilot(settings: AuditSettings, model: str, data: Path, basis_dir: Path, out_dir: Path, run_id: str,
+                store: RunStore, say: Callable[[str], None]) -> None:
+    """One pilot in `settings`' recipe, measured at step 0 and the last step into the open `store`."""
+    config = pilot_config(settings, model, data, basis_dir, out_dir, run_id, store.path)
     run_sft(config, store=store, info=say, reporter=lambda _record: None)  # a reporter turns the Trainer's bars off
 
 
