@@ -136,3 +136,37 @@ def test_row_scores_follow_rows_into_a_reshuffled_training_file(tmp_path):
     assert scores is not None and scores.scores == {j: float(i) for j, i in enumerate(order)}
     assert scores.top(None, 1)[0].row == order.index(5)
     assert read_row_scores(tmp_path / "unscreened.jsonl", trained) is None
+
+
+def _fixed(name: str, values: np.ndarray, kind: str = "trait-space") -> ScreenFamily:
+    from traitwatch.bench.screening_analysis import fixed_family
+
+    return ScreenFamily(name, kind, fixed_family(values))
+
+
+def test_a_chooser_picks_in_each_fold_among_its_own_families_only():
+    sets, keys = _grid()
+    feats = _features(keys, 50.0)
+    good = feats.data[:, 0, 0].astype(np.float64)
+    noise = np.random.default_rng(1).standard_normal(len(keys))
+    fams = [_fixed("good", good, "baseline"), _fixed("noise", noise)]
+    out = analyze_screening(sets, feats, fams, n_boot=10, choosers={"shipped": ["good", "noise"], "only_noise": ["noise"]})
+    # `chosen` never picks a baseline; a chooser may, if it lists it
+    assert all(v["family"].startswith("noise") for v in out["chosen_per_fold"].values())
+    assert all(v["family"].startswith("good") for v in out["shipped_per_fold"].values())
+    assert out["rows"]["shipped"]["all"]["all"]["auroc"] > 0.999
+    assert out["rows"]["only_noise"]["all"]["all"]["auroc"] == out["rows"]["noise"]["all"]["all"]["auroc"]
+    assert out["shipped_on_all"]["family"] == "good" and set(out["shipped_on_all"]["inner"]) == {"good", "noise"}
+
+
+def test_tpr_at_a_false_positive_rate_counts_poison_above_the_benign_quantile():
+    from traitwatch.bench.screening_analysis import tpr_at_fpr
+
+    y = np.r_[np.zeros(100, bool), np.ones(10, bool)]
+    benign = np.arange(100, dtype=float)
+    assert tpr_at_fpr(y, np.r_[benign, np.full(10, 1000.0)], 0.01) == 1.0
+    assert tpr_at_fpr(y, np.r_[benign, np.full(10, -1.0)], 0.05) == 0.0
+    # half the poison rows sit below 2 of the 100 benign scores: caught at 5% FPR, missed at 1%
+    assert tpr_at_fpr(y, np.r_[benign, np.full(5, 97.5), np.full(5, -1.0)], 0.05) == 0.5
+    assert tpr_at_fpr(y, np.r_[benign, np.full(5, 97.5), np.full(5, -1.0)], 0.01) == 0.0
+    assert np.isnan(tpr_at_fpr(np.zeros(5, bool), np.arange(5.0), 0.01))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from sklearn.linear_model import Ridge
 from typer.testing import CliRunner
 
@@ -80,3 +81,32 @@ def test_screen_ranks_by_the_models_loss_on_the_row(basis_dir, chat_file, tmp_pa
     assert [t["loss"] for t in top] == sorted((t["loss"] for t in top), reverse=True) and top[0]["loss"] > 0
     rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()[1:]]
     assert max(r["loss"] for r in rows) == top[0]["loss"]
+    # the peak (largest 4-token mean) is stored with it, is never below the mean, and ranks on its own
+    assert all(r["loss_peak"] >= r["loss"] - 1e-9 for r in rows) and any(r["loss_peak"] > r["loss"] for r in rows)
+    res = invoke("screen", str(chat_file), "--basis", str(basis_dir), *FAST, "--top-k", "3", "--rank-by", "loss_peak",
+                 "--out", str(tmp_path / "r.jsonl"), "--summary-json", str(summary))
+    assert res.exit_code == 0, res.output
+    assert [t["line"] for t in json.loads(summary.read_text())["top"]] == [
+        r["line"] for r in sorted(rows, key=lambda r: (-r["loss_peak"], r["line"]))[:3]]
+
+
+def test_screen_ranks_by_the_reference_ratio_and_fits_the_references_once(basis_dir, chat_file, tmp_path):
+    summary, results = tmp_path / "s.json", tmp_path / "r.jsonl"
+    res = invoke("screen", str(chat_file), "--basis", str(basis_dir), *FAST, "--top-k", "3", "--rank-by", "ratio",
+                 "--out", str(results), "--summary-json", str(summary))
+    assert res.exit_code == 0, res.output
+    folder = tmp_path / "r.reference_model"
+    assert "Fitting the reference screen" in res.stderr and (folder / "reference_screen.json").is_file()
+    top = json.loads(summary.read_text())["top"]
+    rows = [json.loads(line) for line in results.read_text().splitlines()[1:]]
+    assert [t["ratio"] for t in top] == sorted((r["ratio"] for r in rows), reverse=True)[:3]
+    assert json.loads(results.read_text().splitlines()[0])["ratio"]["kind"] == "adapters"
+    # a second screen with the same references loads them instead of fitting, and scores rows the same
+    again = tmp_path / "again.jsonl"
+    res = invoke("screen", str(chat_file), "--basis", str(basis_dir), *FAST, "--rank-by", "ratio", "--out", str(again),
+                 "--reference-model", str(folder))
+    assert res.exit_code == 0, res.output
+    assert "Fitting" not in res.stderr
+    assert [json.loads(x)["ratio"] for x in again.read_text().splitlines()[1:]] == pytest.approx([r["ratio"] for r in rows], abs=1e-6)
+    res = invoke("screen", str(chat_file), "--basis", str(basis_dir), *FAST, "--reference-model", str(folder))
+    assert res.exit_code == 2 and "--rank-by ratio" in res.stderr

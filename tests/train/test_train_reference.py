@@ -221,7 +221,7 @@ def test_auto_with_rewind_names_the_loss_screens_suspects_and_drops_them(basis_d
         alarms = store.alarms("out")
     assert [a.step for a in alarms] == [2, 4] and all(a.action == "mark+rewind" for a in alarms)
     first = alarms[0].details
-    assert first["suspects"]["source"].endswith("out-reference/screen.jsonl")  # the reference's loss screen ranked them
+    assert first["suspects"]["source"].endswith("out-reference/screen.jsonl (loss)")  # the reference's loss screen ranked them
     named = [r["row"] for r in first["suspects"]["rows"]]
     dropped = first["rewind"]["rows_dropped"]
     assert first["rewind"]["to_step"] == 0 and set(named) <= set(dropped) and len(dropped) <= 2 + 0.45 * 20

@@ -35,7 +35,8 @@ from scipy.stats import rankdata, spearmanr
 
 from traitwatch.bench.screening import GridSet, RowFeatures, write_row_scores
 
-__all__ = ["Fitted", "Grid", "ScreenFamily", "analyze_screening", "default_families", "fast_auroc", "row_truth", "run_folds"]
+__all__ = ["Fitted", "Grid", "ScreenFamily", "analyze_screening", "default_families", "fast_auroc", "fixed_family",
+           "choose_on_all", "linear_family", "row_truth", "run_folds", "tpr_at_fpr"]
 
 RISK_TRAITS = ("harmlessness", "honesty")
 LINEAR_LAYERS = (9, 15, 21)
@@ -51,6 +52,15 @@ def fast_auroc(y: np.ndarray, s: np.ndarray) -> float:
         return float("nan")
     r = rankdata(s)
     return float((r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def tpr_at_fpr(y: np.ndarray, s: np.ndarray, fpr: float) -> float:
+    """Share of the poison rows scored above the set's benign rows' (1 - fpr) quantile: the rows a cut that
+    flags `fpr` of the set's own benign rows would catch (nan when a class is empty)."""
+    y = np.asarray(y, dtype=bool)
+    if not y.any() or y.all():
+        return float("nan")
+    return float(np.mean(s[y] > np.quantile(s[~y], 1.0 - fpr)))
 
 
 def precision_at_k(y: np.ndarray, s: np.ndarray) -> float:
@@ -163,7 +173,7 @@ def _sign_family(values_by_option: Mapping[str, np.ndarray]) -> Callable[[Grid, 
     return fit
 
 
-def _fixed_family(values: np.ndarray) -> Callable[[Grid, list[GridSet]], Fitted]:
+def fixed_family(values: np.ndarray) -> Callable[[Grid, list[GridSet]], Fitted]:
     def fit(grid: Grid, train: list[GridSet]) -> Fitted:
         scorer = _row_scorer(grid, values)
         return Fitted(scorer, "fixed", _within_set_auroc(grid, train, scorer))
@@ -191,7 +201,7 @@ def _centered_design(grid: Grid, sets: Sequence[GridSet], X: np.ndarray) -> tupl
     return np.concatenate(parts), np.concatenate(ys)
 
 
-def _linear_family(X_by_layer: Mapping[int, np.ndarray]) -> Callable[[Grid, list[GridSet]], Fitted]:
+def linear_family(X_by_layer: Mapping[int, np.ndarray]) -> Callable[[Grid, list[GridSet]], Fitted]:
     """A logistic read-out trained on set-centred rows; its layer by a crossed inner hold-out (one training
     type and one training base at a time) on the fold's own sets. Within a set, centring shifts every row
     alike, so the read-out scores raw rows."""
@@ -270,9 +280,9 @@ def default_families(features: RowFeatures, trait_dirs: Mapping[int, np.ndarray]
     for j, t in enumerate(trait_names):
         fams.append(ScreenFamily(f"trait:{t}", "baseline", _sign_family({t: proj_data[:, j]}), f"raw {t} projection"))
     fams += [
-        ScreenFamily("screen_mean", "trait-space", _fixed_family(-proj_data[:, risk_cols].mean(axis=1)),
+        ScreenFamily("screen_mean", "trait-space", fixed_family(-proj_data[:, risk_cols].mean(axis=1)),
                      "traitwatch screen before this benchmark: -mean(harmlessness, honesty), reference mean"),
-        ScreenFamily("persona_diff", "trait-space", _fixed_family(-proj_diff[:, risk_cols].mean(axis=1)),
+        ScreenFamily("persona_diff", "trait-space", fixed_family(-proj_diff[:, risk_cols].mean(axis=1)),
                      "persona_vectors: -mean(harmlessness, honesty) of (dataset answer - own answer)"),
         ScreenFamily("persona_diff_trait", "trait-space",
                      _sign_family({t: proj_diff[:, j] for j, t in enumerate(trait_names)}),
@@ -283,7 +293,7 @@ def default_families(features: RowFeatures, trait_dirs: Mapping[int, np.ndarray]
         ScreenFamily("misalignment_dir_diff", "trait-space",
                      _sign_family({f"layer {layer}": diff[:, li[layer]] @ misalignment[layer] for layer in features.layers}),
                      "the same on (dataset answer - own answer)"),
-        ScreenFamily("combined", "learned", _linear_family({0: np.column_stack(
+        ScreenFamily("combined", "learned", linear_family({0: np.column_stack(
             [features.loss, np.log1p(features.chars), proj_data, proj_diff,
              *[data[:, li[layer]] @ misalignment[layer] for layer in SCALAR_LAYERS if layer in li],
              *[diff[:, li[layer]] @ misalignment[layer] for layer in SCALAR_LAYERS if layer in li]])}),
@@ -291,9 +301,9 @@ def default_families(features: RowFeatures, trait_dirs: Mapping[int, np.ndarray]
                      "answer and of (answer - own answer), the misalignment projections at 4 layers"),
         ScreenFamily("outlier", "unsupervised", _outlier_family({layer: data[:, li[layer]] for layer in linear_layers}),
                      "mean cosine distance to the 10 nearest rows of the same set"),
-        ScreenFamily("linear", "learned", _linear_family({layer: data[:, li[layer]] for layer in linear_layers}),
+        ScreenFamily("linear", "learned", linear_family({layer: data[:, li[layer]] for layer in linear_layers}),
                      "logistic read-out of set-centred residuals, layer by crossed inner hold-out"),
-        ScreenFamily("linear_diff", "learned", _linear_family({layer: diff[:, li[layer]] for layer in linear_layers}),
+        ScreenFamily("linear_diff", "learned", linear_family({layer: diff[:, li[layer]] for layer in linear_layers}),
                      "logistic read-out of set-centred (dataset answer - own answer)"),
     ]
     return fams
@@ -311,10 +321,14 @@ class FoldScores:
     inner: dict[str, float] = field(default_factory=dict)
 
 
-def run_folds(grid: Grid, families: Sequence[ScreenFamily],
-              progress: Callable[[str], None] | None = None) -> dict[tuple[str, str], FoldScores]:
-    """One fold per (poison type, base) cell; `chosen` is the non-baseline family with the best inner score."""
+def run_folds(grid: Grid, families: Sequence[ScreenFamily], progress: Callable[[str], None] | None = None, *,
+              choosers: Mapping[str, Sequence[str]] | None = None) -> dict[tuple[str, str], FoldScores]:
+    """One fold per (poison type, base) cell; `chosen` is the non-baseline family with the best inner score.
+
+    Each of `choosers` (name -> the families it may pick) adds a scorer of that name that picks, in each fold,
+    the best of its families by the same inner score: e.g. the rankings `traitwatch screen` can ship."""
     cells = sorted({(s.poison, s.base) for s in grid.sets if s.poison is not None})
+    pickers = {"chosen": [f.name for f in families if f.kind != "baseline"], **(choosers or {})}
     folds = {}
     for held in cells:
         train = grid.training_sets(held)
@@ -322,15 +336,23 @@ def run_folds(grid: Grid, families: Sequence[ScreenFamily],
         for fam in families:
             fitted = fam.fit(grid, train)
             fold.scorers[fam.name], fold.details[fam.name], fold.inner[fam.name] = fitted.score_set, fitted.detail, fitted.inner
-        candidates = [f.name for f in families if f.kind != "baseline"]
-        chosen = max(candidates, key=lambda n: fold.inner[n])
-        fold.scorers["chosen"] = fold.scorers[chosen]
-        fold.details["chosen"] = f"{chosen}: {fold.details[chosen]}"
-        fold.inner["chosen"] = fold.inner[chosen]
+        for picker, candidates in pickers.items():
+            best = max(candidates, key=lambda n: fold.inner[n])
+            fold.scorers[picker] = fold.scorers[best]
+            fold.details[picker] = f"{best}: {fold.details[best]}"
+            fold.inner[picker] = fold.inner[best]
         folds[held] = fold
         if progress is not None:
-            progress(f"fold {held[0]} x {held[1]}: chosen {fold.details['chosen']} (inner {fold.inner[chosen]:.3f})")
+            progress(f"fold {held[0]} x {held[1]}: " + "; ".join(f"{p} {fold.details[p]} (inner {fold.inner[p]:.3f})"
+                                                                  for p in pickers))
     return folds
+
+
+def choose_on_all(grid: Grid, families: Sequence[ScreenFamily], candidates: Sequence[str]) -> dict[str, Any]:
+    """What a chooser picks when it may learn from every cell: the family to ship, with each candidate's score."""
+    poisoned = [s for s in grid.sets if s.poison is not None]
+    scores = {f.name: f.fit(grid, poisoned).inner for f in families if f.name in candidates}
+    return {"family": max(scores, key=lambda n: scores[n]), "inner": scores}
 
 
 # --- tables ---------------------------------------------------------------------------------------------
@@ -371,7 +393,8 @@ def row_tables(grid: Grid, folds: Mapping[tuple[str, str], FoldScores], names: S
             y, sc = grid.poison_of[set_key(s)], folds[(s.poison, s.base)].scorers[name](s)
             a, p = fast_auroc(y, sc), precision_at_k(y, sc)
             per_set.append({"set": s.name, "seed": s.seed, "poison": s.poison, "base": s.base, "fraction": s.fraction,
-                            "n_poison": int(y.sum()), "auroc": a, "precision_at_k": p})
+                            "n_poison": int(y.sum()), "auroc": a, "precision_at_k": p,
+                            "tpr_at_1": tpr_at_fpr(y, sc, 0.01), "tpr_at_5": tpr_at_fpr(y, sc, 0.05)})
             for key in (("poison", s.poison), ("base", s.base), ("fraction", f"{s.fraction:g}"), ("all", "all")):
                 pairs_by.setdefault(key, []).append((y, sc))
         summary: dict[str, Any] = {}
@@ -381,7 +404,9 @@ def row_tables(grid: Grid, folds: Mapping[tuple[str, str], FoldScores], names: S
             summary.setdefault(axis, {})[value] = {
                 "auroc": float(np.mean([r["auroc"] for r in rows])), "auroc_ci": [lo, hi],
                 "min_auroc": float(np.min([r["auroc"] for r in rows])),
-                "precision_at_k": float(np.mean([r["precision_at_k"] for r in rows])), "n_sets": len(rows)}
+                "precision_at_k": float(np.mean([r["precision_at_k"] for r in rows])),
+                "tpr_at_1": float(np.mean([r["tpr_at_1"] for r in rows])),
+                "tpr_at_5": float(np.mean([r["tpr_at_5"] for r in rows])), "n_sets": len(rows)}
         out[name] = {"per_set": per_set, **summary}
     return out
 
@@ -392,8 +417,8 @@ def _random_summary(tables: Mapping[str, Any]) -> dict[str, Any]:
     first = tables[names[0]]
     per_set = []
     for j, r in enumerate(first["per_set"]):
-        per_set.append({**r, "auroc": float(np.mean([tables[n]["per_set"][j]["auroc"] for n in names])),
-                        "precision_at_k": float(np.mean([tables[n]["per_set"][j]["precision_at_k"] for n in names]))})
+        per_set.append({**r, **{m: float(np.mean([tables[n]["per_set"][j][m] for n in names]))
+                                 for m in ("auroc", "precision_at_k", "tpr_at_1", "tpr_at_5")}})
     out: dict[str, Any] = {"per_set": per_set, "n_directions": len(names)}
     for axis in ("poison", "base", "fraction", "all"):
         out[axis] = {}
@@ -401,7 +426,8 @@ def _random_summary(tables: Mapping[str, Any]) -> dict[str, Any]:
             vals = [tables[n][axis][value]["auroc"] for n in names]
             out[axis][value] = {"auroc": float(np.mean(vals)), "auroc_ci": [float(np.min(vals)), float(np.max(vals))],
                                 "min_auroc": float(np.mean([tables[n][axis][value]["min_auroc"] for n in names])),
-                                "precision_at_k": float(np.mean([tables[n][axis][value]["precision_at_k"] for n in names])),
+                                **{m: float(np.mean([tables[n][axis][value][m] for n in names]))
+                                   for m in ("precision_at_k", "tpr_at_1", "tpr_at_5")},
                                 "n_sets": first[axis][value]["n_sets"], "ci_is_range_over_directions": True}
     return out
 
@@ -517,14 +543,16 @@ def _spearman(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
 def analyze_screening(sets: Sequence[GridSet], features: RowFeatures, families: Sequence[ScreenFamily], *,
                       run_rises: Mapping[str, Mapping[str, float]] | None = None, n_boot: int = 300,
                       progress: Callable[[str], None] | None = None,
-                      filtered: tuple[Callable[[GridSet], bool], Path] | None = None) -> dict[str, Any]:
-    """Everything the screening section reports. `run_rises[run_name]` holds post-training measures of the
+                      filtered: tuple[Callable[[GridSet], bool], Path] | None = None,
+                      fractions_of: Sequence[str] = (),
+                      choosers: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+    """Everything the screening section reports (the fraction estimate of `chosen`, and of `fractions_of` too). `run_rises[run_name]` holds post-training measures of the
     run trained on that set (e.g. label, probe, drift_norm), to ask whether the screen predicts them.
     `filtered = (which, folder)` also writes the chosen sets without the rows their fold flags."""
     truth = row_truth(sets, features)
     grid = Grid(list(sets), features)
-    folds = run_folds(grid, families, progress)
-    names = [f.name for f in families] + ["chosen"]
+    folds = run_folds(grid, families, progress, choosers=choosers)
+    names = [f.name for f in families] + ["chosen", *(choosers or {})]
     tables = row_tables(grid, folds, names, n_boot=n_boot)
     if any(n.startswith("random_") for n in tables):
         rand = _random_summary(tables)
@@ -538,9 +566,18 @@ def analyze_screening(sets: Sequence[GridSet], features: RowFeatures, families: 
         "rows": tables,
         "chosen_per_fold": {f"{p} x {b}": {"family": fold.details["chosen"], "inner": fold.inner["chosen"]}
                             for (p, b), fold in folds.items()},
+        **{f"{c}_per_fold": {f"{p} x {b}": {"family": fold.details[c], "inner": fold.inner[c]}
+                             for (p, b), fold in folds.items()} for c in (choosers or {})},
+        **{f"{c}_on_all": choose_on_all(grid, families, cands) for c, cands in (choosers or {}).items()},
         "fractions": fractions,
         "fraction_spearman": _spearman([r["estimate"] for r in fractions], [r["fraction"] for r in fractions]),
     }
+    for name in fractions_of:
+        est = estimate_fractions(grid, folds, name)
+        result.setdefault("fractions_by_family", {})[name] = {
+            "spearman": _spearman([r["estimate"] for r in est], [r["fraction"] for r in est]),
+            "mae": float(np.mean([abs(r["estimate"] - r["fraction"]) for r in est])), "sets": est}
+    result["fraction_mae"] = float(np.mean([abs(r["estimate"] - r["fraction"]) for r in fractions]))
     if run_rises:
         measures = sorted({m for v in run_rises.values() for m in v})
         vs = {}

@@ -19,19 +19,24 @@ from traitwatch.errors import InputFileError
 from traitwatch.models import LoadedModel, load_model
 from traitwatch.screen import (
     DEFAULT_RISK_TRAITS,
+    ReferenceScreen,
     ScreenResults,
     merge_shards,
     example_lines,
+    reference_screen_path,
     rank_examples,
     screen_dataset,
     screen_shard,
     shard_from_env,
     shard_lines,
     shard_path,
+    shared_reference_screen,
     summarize,
     write_filtered,
 )
+from traitwatch.screen.results import SCORES
 from traitwatch.screen.shards import shard_device
+from traitwatch.screen.validated import default_ranking, describe
 from traitwatch.sharding import Shard
 
 if TYPE_CHECKING:
@@ -72,7 +77,8 @@ def register(app: typer.Typer) -> None:
         results: Annotated[Path | None, typer.Option("--out", "-o", help="Per-example results JSONL; rerunning resumes it (default: DATASET-stem.screen.jsonl here).")] = None,
         summary_json: Annotated[Path | None, typer.Option("--summary-json", help="Write the dataset-level summary and the top-k here.")] = None,
         risk_traits: Annotated[str, typer.Option(help="Traits whose negative drift is the risk score (comma-separated).")] = ",".join(DEFAULT_RISK_TRAITS),
-        rank_by: Annotated[Literal["risk", "monitor", "loss"], typer.Option(help="Rank by risk, by the monitor's per-example prediction (ties by risk), or by the model's loss on the row (the pass then runs to the LM head; the best row screen of benchmarks/poison_small).")] = "risk",
+        rank_by: Annotated[Literal["risk", "monitor", "loss", "loss_peak", "ratio", "ratio_peak"] | None, typer.Option(help="Rank by risk, by the monitor's per-example prediction (ties by risk), by the model's loss on the row (the pass then runs to the LM head), or by the row's likelihood ratio under a misaligned against an aligned reference (two small adapters fitted once on the probe pairs); *_peak: the largest mean over 4 consecutive tokens instead of the mean. Default: the ranking validated best held out by poison type and base (benchmarks/screen_styled); the screen prints its numbers.")] = None,
+        reference_model: Annotated[Path | None, typer.Option("--reference-model", help="With --rank-by ratio: the fitted reference adapters' folder (loaded if there, else fitted and saved there; default OUT-stem.reference_model next to --out).")] = None,
         max_examples: Annotated[int | None, typer.Option(min=1, help="Screen only the first N examples.")] = None,
         max_new_tokens: Annotated[int, typer.Option(min=1, help="Cap on the model's own answers (reference).")] = 64,
         max_response_tokens: Annotated[int, typer.Option(min=1, help="Read at most this many tokens of each dataset response.")] = 256,
@@ -87,6 +93,8 @@ def register(app: typer.Typer) -> None:
         """Score each example of DATASET in trait space (before training), predict the dataset's drift
         profile, list the riskiest examples and optionally write a copy without them."""
         risk_names = _risk_traits(risk_traits)
+        rank_by = rank_by or default_ranking()  # type: ignore[assignment]
+        assert rank_by is not None
         if merge and shard:
             raise InputFileError("--merge merges every shard's file: run it once, without --shard")
         this_shard = None if merge else (Shard.parse(shard) if shard else shard_from_env())
@@ -101,7 +109,8 @@ def register(app: typer.Typer) -> None:
 
             torch.set_num_threads(threads)
         if this_shard is not None:
-            _screen_one_shard(this_shard, dataset, basis, results_path, with_loss=rank_by == "loss", model=model, device=device, dtype=dtype,
+            _screen_one_shard(this_shard, dataset, basis, results_path, with_loss=rank_by in ("loss", "loss_peak"),
+                              ratio_dir=_ratio_dir(rank_by, reference_model, results_path), model=model, device=device, dtype=dtype,
                               reference=reference, position=position, layer=layer, batch_size=batch_size,
                               max_new_tokens=max_new_tokens, max_response_tokens=max_response_tokens,
                               max_examples=max_examples, risk_names=risk_names, n_examples=len(shard_lines(lines, batch_size, this_shard)),
@@ -127,7 +136,8 @@ def register(app: typer.Typer) -> None:
             err.print(f"Merged {len(res.rows)} rows from the shard files into {results_path}")
         else:
             assert lm is not None
-            res = _screen_all(lm, dataset, basis, results_path, n_total, with_loss=rank_by == "loss", reference=reference, position=position,
+            res = _screen_all(lm, dataset, basis, results_path, n_total, with_loss=rank_by in ("loss", "loss_peak"),
+                              ratio_dir=_ratio_dir(rank_by, reference_model, results_path), reference=reference, position=position,
                               layer=layer, batch_size=batch_size, max_new_tokens=max_new_tokens,
                               max_response_tokens=max_response_tokens, max_examples=max_examples, risk_names=risk_names)
         _report(res, dataset, results_path, mon, top_k=top_k, rank_by=rank_by, reference=reference, position=position,
@@ -135,9 +145,27 @@ def register(app: typer.Typer) -> None:
                 summary_json=summary_json)
 
 
-def _screen_all(lm: LoadedModel, dataset: Path, basis: TraitBasis, results_path: Path, n_total: int, *, with_loss: bool, reference: str,
+def _ratio_dir(rank_by: str, folder: Path | None, results_path: Path) -> Path | None:
+    if rank_by not in ("ratio", "ratio_peak"):
+        if folder is not None:
+            raise InputFileError("--reference-model is the folder of the ratio screen: use it with --rank-by ratio")
+        return None
+    return folder or reference_screen_path(results_path)
+
+
+def _reference_screen(lm: LoadedModel, folder: Path | None) -> ReferenceScreen | None:
+    if folder is None:
+        return None
+    if not (folder / "reference_screen.json").is_file():
+        err.print(f"Fitting the reference screen (two LoRA adapters on the 64 probe pairs) into {folder} ...")
+    return shared_reference_screen(lm.model, lm.tokenizer, folder)
+
+
+def _screen_all(lm: LoadedModel, dataset: Path, basis: TraitBasis, results_path: Path, n_total: int, *, with_loss: bool,
+            ratio_dir: Path | None, reference: str,
             position: str, layer: int | None, batch_size: int, max_new_tokens: int, max_response_tokens: int,
             max_examples: int | None, risk_names: list[str]) -> ScreenResults:
+    ratio = _reference_screen(lm, ratio_dir)
     with _bars() as bars:
         main = bars.add_task(f"Screening {dataset.name}", total=n_total)
 
@@ -152,16 +180,18 @@ def _screen_all(lm: LoadedModel, dataset: Path, basis: TraitBasis, results_path:
             lm.model, lm.tokenizer, basis, dataset, out=results_path, reference=reference, position=position,
             layer=layer, batch_size=batch_size, max_new_tokens=max_new_tokens,
             max_response_tokens=max_response_tokens, max_examples=max_examples, risk_traits=risk_names, with_loss=with_loss,
-            model_name=lm.name, progress=advance, on_reference=reference_bar,
+            ratio=ratio, model_name=lm.name, progress=advance, on_reference=reference_bar,
         )
     return res
 
 
-def _screen_one_shard(shard: Shard, dataset: Path, basis: TraitBasis, results_path: Path, *, with_loss: bool, model: str | None,
+def _screen_one_shard(shard: Shard, dataset: Path, basis: TraitBasis, results_path: Path, *, with_loss: bool,
+                      ratio_dir: Path | None, model: str | None,
                       device: str | None, dtype: str, reference: str, position: str, layer: int | None,
                       batch_size: int, max_new_tokens: int, max_response_tokens: int, max_examples: int | None,
                       risk_names: list[str], n_examples: int, quiet: bool, ignored: list[str]) -> None:
     lm = load_model(model or basis.model.name, device=device or shard_device(), dtype=dtype)
+    ratio = _reference_screen(lm, ratio_dir)  # the first shard fits it, the others load it
     with _bars(disable=quiet) as bars:
         main = bars.add_task(f"Screening shard {shard.index}/{shard.count} of {dataset.name}", total=n_examples)
 
@@ -173,7 +203,7 @@ def _screen_one_shard(shard: Shard, dataset: Path, basis: TraitBasis, results_pa
             lm.model, lm.tokenizer, basis, dataset, out=results_path, shard=shard, reference=reference,
             position=position, layer=layer, batch_size=batch_size, max_new_tokens=max_new_tokens,
             max_response_tokens=max_response_tokens, max_examples=max_examples, risk_traits=risk_names, with_loss=with_loss,
-            model_name=lm.name, progress=lambda n: bars.advance(main, n), on_reference=reference_bar,
+            ratio=ratio, model_name=lm.name, progress=lambda n: bars.advance(main, n), on_reference=reference_bar,
         )
     state = "complete" if res.complete else f"{len(res.lines) - len(res.rows)} rows left; rerun to finish"
     err.print(f"Shard {shard.index}/{shard.count} ({lm.model.device}, {next(lm.model.parameters()).dtype}): "
@@ -213,14 +243,14 @@ def _report(res: ScreenResults, dataset: Path, results_path: Path, mon: LoadedMo
 
     if ranked:
         top = Table(title=f"Top {len(ranked)} riskiest examples (ranked by {rank_by})")
-        losses = any(r.loss is not None for r in ranked)
-        for col in ("rank", "line", "risk", *(["monitor"] if mon is not None else []), *(["loss"] if losses else []),
-                    "prompt"):
+        extra = [s for s in SCORES if any(getattr(r, s) is not None for r in ranked)]
+        for col in ("rank", "line", "risk", *(["monitor"] if mon is not None else []), *extra, "prompt"):
             top.add_column(col, justify="left" if col == "prompt" else "right")
         for r in ranked:
             top.add_row(str(r.rank), str(r.line), f"{r.risk:+.4f}",
                         *([f"{r.monitor:.3f}"] if r.monitor is not None else []),
-                        *([f"{r.loss:.3f}" if r.loss is not None else "-"] if losses else []), _preview(r.prompt_preview))
+                        *[f"{getattr(r, s):+.3f}" if getattr(r, s) is not None else "-" for s in extra],
+                        _preview(r.prompt_preview))
         out.print(top)
     if filtered_out is not None:
         kept = write_filtered(dataset, filtered_out, {r.line for r in ranked})
@@ -229,10 +259,11 @@ def _report(res: ScreenResults, dataset: Path, results_path: Path, mon: LoadedMo
         payload = {
             "dataset": str(dataset), "results": str(results_path), "reference": reference, "position": position,
             "rank_by": rank_by, "risk_traits": risk_names, **summary.as_dict(),
-            "top": [{"rank": r.rank, "line": r.line, "risk": r.risk, "monitor": r.monitor, "loss": r.loss,
+            "top": [{"rank": r.rank, "line": r.line, "risk": r.risk, "monitor": r.monitor, **{s: getattr(r, s) for s in SCORES},
                      "drift": dict(zip(summary.trait_names, r.drift))} for r in ranked],
         }
         summary_json.parent.mkdir(parents=True, exist_ok=True)
         summary_json.write_text(json.dumps(payload, indent=2))
         err.print(f"Wrote {summary_json}")
+    err.print(describe(rank_by))
     err.print(f"Per-example results: {results_path}")

@@ -13,6 +13,7 @@ from traitwatch.screen.examples import (
     shard_blocks,
     shard_lines,
 )
+from traitwatch.screen.reference_model import ReferenceScreen
 from traitwatch.screen.results import ResultsFile, Row
 from traitwatch.screen.row_scores import ScreenedRow, load_row_scores
 from traitwatch.screen.screen import (
@@ -24,7 +25,15 @@ from traitwatch.screen.screen import (
     risk_from_drift,
     screen_dataset,
 )
-from traitwatch.screen.shards import merge_shards, screen_shard, shard_from_env, shard_path, shared_reference
+from traitwatch.screen.shards import (
+    merge_shards,
+    reference_screen_path,
+    screen_shard,
+    shard_from_env,
+    shard_path,
+    shared_reference,
+    shared_reference_screen,
+)
 from traitwatch.screen.summary import (
     Predictor,
     RankBy,
@@ -44,6 +53,7 @@ __all__ = [
     "RankedExample",
     "Reference",
     "ReferenceKind",
+    "ReferenceScreen",
     "ResultsFile",
     "Row",
     "ScreenResults",
@@ -65,6 +75,8 @@ __all__ = [
     "shard_lines",
     "shard_path",
     "shared_reference",
+    "shared_reference_screen",
+    "reference_screen_path",
     "span_activations",
     "summarize",
     "write_filtered",

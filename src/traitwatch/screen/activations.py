@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from traitwatch.capture.activations import capture_rows
 from traitwatch.models.layers import decoder_layers, unwrap_model
 
-__all__ = ["SpanPosition", "greedy_responses", "span_activations", "span_readings"]
+__all__ = ["SpanPosition", "greedy_responses", "span_activations", "span_readings", "span_token_nll"]
 
 SpanPosition = Literal["mean", "last"]
 
@@ -60,6 +60,7 @@ def span_readings(
     position: SpanPosition = "mean",
     pad_token_id: int = 0,
     with_loss: bool = False,
+    token_sink: list[Tensor] | None = None,
 ) -> tuple[dict[int, Tensor], list[float] | None]:
     """One batch, one forward pass: at each of `layers`, `[n, hidden]` fp32 rows, the mean (or last token) of
     `seq[start:end]`; with `with_loss`, also each span's mean negative log-likelihood given what precedes it.
@@ -68,7 +69,8 @@ def span_readings(
     span then needs a token before it). Sequences are right-padded with explicit position ids, so padding
     never changes a real token. The model is put in eval mode for the pass and restored afterwards. On the
     poisoned-data benchmark (`benchmarks/poison_small`, screening section) the base model's loss on a row
-    ranks injected rows above a set's own rows better than any trait-space score.
+    ranks injected rows above a set's own rows better than any trait-space score. With the loss, `token_sink` (a list)
+    also receives each span's per-token NLL (for a statistic other than the mean: `screen.reference_model.peak_mean`).
     """
     inner = unwrap_model(model)
     device = _device_of(inner)
@@ -102,11 +104,39 @@ def span_readings(
         inner.train(was_training)
     losses = None
     if logits is not None:
-        losses = []
-        for row, (start, end) in enumerate(spans):
-            logp = torch.log_softmax(logits[row, start - 1 : end - 1].float(), dim=-1)
-            losses.append(float(-logp.gather(1, ids[row, start:end].to(logp.device)[:, None]).mean()))
+        per_token = _token_nll(logits, ids, spans)
+        if token_sink is not None:
+            token_sink.extend(per_token)
+        losses = [float(t.mean()) for t in per_token]
     return {layer: rows[layer].cpu() for layer in layers}, losses
+
+
+def _token_nll(logits: Tensor, ids: Tensor, spans: Sequence[tuple[int, int]]) -> list[Tensor]:
+    out = []
+    for row, (start, end) in enumerate(spans):
+        logp = torch.log_softmax(logits[row, start - 1 : end - 1].float(), dim=-1)
+        out.append(-logp.gather(1, ids[row, start:end].to(logp.device)[:, None])[:, 0].cpu())
+    return out
+
+
+@torch.no_grad()
+def span_token_nll(model: nn.Module, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]], *,
+                   pad_token_id: int = 0) -> list[Tensor]:
+    """One forward pass: each span's per-token negative log-likelihood given what precedes it (fp32, on CPU).
+
+    The per-token view of `span_readings(with_loss=True)`, whose loss is the mean of these: a statistic other than
+    the mean (the peak of a short window, `screen.reference_model`) needs the tokens."""
+    inner = unwrap_model(model)
+    device = _device_of(inner)
+    ids, mask, positions = _right_padded(sequences, spans, pad_token_id, first=1)
+    was_training = inner.training
+    inner.eval()
+    try:
+        logits = inner(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                       use_cache=False).logits
+    finally:
+        inner.train(was_training)
+    return _token_nll(logits, ids, spans)
 
 
 def span_activations(

@@ -19,10 +19,14 @@ from typing import Any
 
 from traitwatch.errors import InputFileError
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "ResultsFile", "Row", "read_results", "read_results_file"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "SCORES", "ResultsFile", "Row", "read_results", "read_results_file"]
 
 FORMAT = "traitwatch.screen"
 FORMAT_VERSION = 1
+
+
+SCORES = ("loss", "ratio", "loss_peak", "ratio_peak")
+"""The optional per-row scores a screen can add besides the risk (`--rank-by` any of them)."""
 
 
 @dataclass(frozen=True, slots=True)  # slots: a million rows of a large screen stay small
@@ -36,6 +40,9 @@ class Row:
     truncated: bool
     reference_tokens: int | None = None  # length of the model's own answer (`reference="self"`)
     loss: float | None = None  # the model's mean NLL of the response (`with_loss`; the benchmark's best row screen)
+    ratio: float | None = None  # log-likelihood ratio, misaligned vs aligned reference (`screen.reference_model`)
+    loss_peak: float | None = None  # the loss's largest mean over PEAK_WINDOW consecutive response tokens
+    ratio_peak: float | None = None  # the same for the ratio
 
     def to_json(self, trait_names: Sequence[str]) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -47,8 +54,9 @@ class Row:
         }
         if self.reference_tokens is not None:
             out["reference_tokens"] = self.reference_tokens
-        if self.loss is not None:
-            out["loss"] = self.loss
+        for name in SCORES:
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         return out
 
     @classmethod
@@ -61,7 +69,7 @@ class Row:
             n_tokens=int(obj["n_tokens"]),
             truncated=bool(obj["truncated"]),
             reference_tokens=None if obj.get("reference_tokens") is None else int(obj["reference_tokens"]),
-            loss=None if obj.get("loss") is None else float(obj["loss"]),
+            **{name: None if obj.get(name) is None else float(obj[name]) for name in SCORES},
         )
 
 

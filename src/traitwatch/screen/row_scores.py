@@ -15,14 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from traitwatch.datasets.chat_jsonl import file_sha256
 from traitwatch.errors import InputFileError
 from traitwatch.screen.examples import Example, read_examples
-from traitwatch.screen.results import Row, read_results_file
+from traitwatch.screen.results import SCORES, read_results_file
 
-__all__ = ["ScreenedRow", "load_row_scores", "row_preview"]
+__all__ = ["ScreenedRow", "load_row_scores", "row_preview", "screened_rankings"]
 
 _PREVIEW_PART = 60
 
@@ -48,10 +48,20 @@ def _cut(text: str) -> str:
     return text if len(text) <= _PREVIEW_PART else text[: _PREVIEW_PART - 3] + "..."
 
 
+def screened_rankings(results: str | Path) -> list[str]:
+    """The rankings a screen results file can give: `risk` always, the loss and its peak, the ratio and its peak
+    when it was screened with them (a file screened for the loss before the peak existed lacks `loss_peak`)."""
+    header, rows = read_results_file(Path(results))
+    first = next(iter(rows.values()), None)
+    return ["risk", *[s for s in SCORES if first is not None and getattr(first, s) is not None]]
+
+
 def load_row_scores(results: str | Path, dataset: str | Path, *, limit: int | None = None,
-                    by: Literal["risk", "loss"] = "risk") -> list[ScreenedRow]:
+                    by: Literal["risk", "loss", "ratio", "loss_peak", "ratio_peak"] = "risk") -> list[ScreenedRow]:
     """Every conversation of `dataset` (the first `limit`) with its score in the screen `results` file: its trait
-    `risk`, or with `by="loss"` the model's loss on its response (a screen run with the loss).
+    `risk`, or with `by="loss"` the model's loss on its response (a screen run with the loss), or with
+    `by="ratio"` its reference likelihood ratio (a screen run with `--rank-by ratio`), or the peak of either
+    (`loss_peak`, `ratio_peak`).
 
     Raises `InputFileError`, naming both files and the fix, when the results are of another file or miss
     some of the rows training would use (or their loss).
@@ -74,11 +84,11 @@ def load_row_scores(results: str | Path, dataset: str | Path, *, limit: int | No
             f"(first missing: line {missing[0]}): the screen is incomplete; rerun the same `traitwatch screen "
             f"{dataset}` command (it resumes) to finish it."
         )
-    if by == "loss":
-        unscored = [e.line for e in examples if rows[e.line].loss is None]
+    if by != "risk":
+        unscored = [e.line for e in examples if getattr(rows[e.line], by) is None]
         if unscored:
-            raise InputFileError(f"{results} holds no loss for line {unscored[0]} of {dataset}: screen it with "
-                                 "`traitwatch screen --rank-by loss`")
-        return [ScreenedRow(i, e.line, float(rows[e.line].loss), row_preview(e))  # type: ignore[arg-type]
+            raise InputFileError(f"{results} holds no {by} for line {unscored[0]} of {dataset}: screen it with "
+                                 f"`traitwatch screen --rank-by {by}`")
+        return [ScreenedRow(i, e.line, float(getattr(rows[e.line], by)), row_preview(e))
                 for i, e in enumerate(examples)]
     return [ScreenedRow(i, e.line, rows[e.line].risk, row_preview(e)) for i, e in enumerate(examples)]

@@ -58,6 +58,7 @@ from traitwatch.models.chat import encode_chat
 from traitwatch.models.layers import fingerprint
 from traitwatch.screen.activations import SpanPosition, greedy_responses, span_activations, span_readings
 from traitwatch.screen.examples import encode_example, example_lines, shard_blocks, shard_lines
+from traitwatch.screen.reference_model import ReferenceScreen, peak_mean
 from traitwatch.screen.results import ResultsFile, Row
 from traitwatch.sharding import Shard
 
@@ -216,6 +217,7 @@ def screen_dataset(
     on_reference: Callable[[int], Callable[[int], None] | None] | None = None,
     shard: Shard | None = None,
     with_loss: bool = False,
+    ratio: ReferenceScreen | None = None,
 ) -> ScreenResults:
     """Score every example of `dataset` (chat JSONL), appending rows to `out` as batches finish.
 
@@ -228,8 +230,10 @@ def screen_dataset(
     differ from an uninterrupted run in the last float digits).
 
     `with_loss` also stores each row's mean NLL of its response under the model (the block's pass then runs
-    to the LM head instead of stopping at the layer): `rank_examples(by="loss")`, the best row ranking of
-    the poisoned-data benchmark.
+    to the LM head instead of stopping at the layer), and its peak (the largest mean over `PEAK_WINDOW` consecutive
+    tokens): `rank_examples(by="loss")` / `by="loss_peak"`. `ratio` (a fitted `ReferenceScreen`) also stores each row's likelihood ratio,
+    misaligned vs aligned reference (two more passes per block), mean and peak: `rank_examples(by="ratio")` /
+    `by="ratio_peak"`.
 
     `shard` screens only that shard's blocks (`Shard.select_blocks`: every N-th block of `batch_size`
     examples), so each row equals the unsharded run's; the header records the shard, the block size and
@@ -282,6 +286,8 @@ def screen_dataset(
     }
     if with_loss:  # only then, so results files written before the option existed still resume
         header["loss"] = True
+    if ratio is not None:
+        header["ratio"] = ratio.settings()
     if shard is not None:
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         header["shard"] = {"index": shard.index, "count": shard.count, "block": batch_size, "dtype": dtype}
@@ -329,8 +335,10 @@ def screen_dataset(
                 continue
             encoded = [encode_example(tokenizer, e, max_response_tokens=max_response_tokens,
                                       where=f"{dataset}, line {e.line}") for e in block]
+            tokens: list = []
             read, losses = span_readings(model, [x.ids for x in encoded], [(x.start, x.end) for x in encoded], [at_layer],
-                                         position=position, pad_token_id=_pad_id(tokenizer), with_loss=with_loss)
+                                         position=position, pad_token_id=_pad_id(tokenizer), with_loss=with_loss,
+                                         token_sink=tokens)
             proj = _projections(read[at_layer], basis, at_layer)
             ref_tokens: list[int | None] = [None] * len(block)
             if ref_proj is None:
@@ -341,10 +349,15 @@ def screen_dataset(
             else:
                 drift = (proj - ref_proj[None, :]) / scale
             risk = risk_from_drift(drift, trait_names, risk_traits)
+            none = [None] * len(block)
+            loss_peaks = [peak_mean(t.numpy()) for t in tokens] if with_loss else none
+            ratio_tokens = None if ratio is None else ratio.token_ratios([e.messages for e in block], batch_size=batch_size)
+            ratios = none if ratio_tokens is None else [float(t.mean()) for t in ratio_tokens]
+            ratio_peaks = none if ratio_tokens is None else [peak_mean(t) for t in ratio_tokens]
             store.append([
-                Row(e.line, tuple(float(v) for v in d), float(r), x.end - x.start, x.truncated, t, loss)
-                for e, x, d, r, t, loss in zip(block, encoded, drift, risk, ref_tokens, losses or [None] * len(block),
-                                               strict=True)
+                Row(e.line, tuple(float(v) for v in d), float(r), x.end - x.start, x.truncated, t, loss, q, lp, qp)
+                for e, x, d, r, t, loss, q, lp, qp in zip(block, encoded, drift, risk, ref_tokens, losses or none, ratios,
+                                                          loss_peaks, ratio_peaks, strict=True)
             ])
             if progress is not None:
                 progress(len(block))

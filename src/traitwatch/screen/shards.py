@@ -45,6 +45,7 @@ from traitwatch.errors import InputFileError
 from traitwatch.models.layers import fingerprint
 from traitwatch.screen.activations import SpanPosition
 from traitwatch.screen.examples import example_lines, shard_lines
+from traitwatch.screen.reference_model import ReferenceScreen
 from traitwatch.screen.results import FORMAT, Row, read_results
 from traitwatch.screen.screen import Reference, ReferenceKind, ScreenResults, mean_reference, screen_dataset
 from traitwatch.sharding import Shard
@@ -53,11 +54,13 @@ __all__ = [
     "Shard",
     "merge_shards",
     "reference_path",
+    "reference_screen_path",
     "screen_shard",
     "shard_device",
     "shard_from_env",
     "shard_path",
     "shared_reference",
+    "shared_reference_screen",
 ]
 
 REFERENCE_FORMAT = "traitwatch.screen.reference"
@@ -196,6 +199,27 @@ def shared_reference(
             "position": ref.position, "layer": ref.layer,
         }, allow_nan=False) + "\n"])
         return ref
+
+
+def reference_screen_path(out: str | Path) -> Path:
+    """Where the screen writing to `out` keeps its fitted reference screen: `RESULTS.reference_model/`."""
+    out = Path(out)
+    return out.with_name(out.stem + ".reference_model")
+
+
+def shared_reference_screen(model: nn.Module, tokenizer: PreTrainedTokenizerBase, folder: str | Path, *,
+                            kind: str = "adapters") -> ReferenceScreen:
+    """The reference screen saved in `folder`, or fitted now and saved there: one fit for every shard and every
+    rerun (under an exclusive lock, like the shared `"mean"` reference)."""
+    folder = Path(folder)
+    with _locked(folder.with_name(folder.name + ".lock")):
+        if (folder / "reference_screen.json").is_file():
+            return ReferenceScreen.load(folder, model, tokenizer)
+        screen = ReferenceScreen(kind).fit(model, tokenizer)  # type: ignore[arg-type]
+        tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+        screen.save(tmp)
+        os.replace(tmp, folder)
+        return screen
 
 
 def screen_shard(

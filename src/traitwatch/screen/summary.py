@@ -21,12 +21,12 @@ from numpy.typing import ArrayLike
 
 from traitwatch.errors import InputFileError
 from traitwatch.screen.examples import previews
-from traitwatch.screen.results import Row
+from traitwatch.screen.results import SCORES, Row
 from traitwatch.screen.screen import ScreenResults
 
 __all__ = ["RankBy", "RankedExample", "ScreenSummary", "Predictor", "rank_examples", "summarize", "write_filtered"]
 
-RankBy = Literal["risk", "monitor", "loss"]
+RankBy = Literal["risk", "monitor", "loss", "ratio", "loss_peak", "ratio_peak"]
 
 
 class Predictor(Protocol):
@@ -44,6 +44,9 @@ class RankedExample:
     drift: tuple[float, ...]
     prompt_preview: str
     loss: float | None = None
+    ratio: float | None = None
+    loss_peak: float | None = None
+    ratio_peak: float | None = None
 
 
 @dataclass
@@ -137,19 +140,22 @@ def rank_examples(
     results: ScreenResults, *, k: int | None = None, monitor: Predictor | None = None, by: RankBy = "risk"
 ) -> list[RankedExample]:
     """Examples from riskiest down (ties: earlier line first); `by="monitor"` sorts by the monitor's
-    per-example prediction first and by risk within its ties; `by="loss"` by the model's loss on the row."""
+    per-example prediction first and by risk within its ties; `by="loss"` by the model's loss on the row;
+    `by="ratio"` by the row's likelihood ratio, misaligned vs aligned reference (`screen.reference_model`);
+    `loss_peak` / `ratio_peak` by their largest mean over a few consecutive tokens."""
     if by == "monitor" and monitor is None:
         raise InputFileError("Ranking by monitor needs a monitor: pass --monitor, or rank by risk.")
     rows: Sequence[Row] = results.rows
-    if by == "loss" and any(r.loss is None for r in rows):
-        raise InputFileError(f"{results.path}: was screened without the rows' loss; screen again with --rank-by loss "
+    if by in SCORES and any(getattr(r, by) is None for r in rows):
+        option = "loss" if by.startswith("loss") else "ratio"
+        raise InputFileError(f"{results.path}: was screened without the rows' {by}; screen again with --rank-by {option} "
                              "into a new --out to rank by it.")
     preds = monitor.predict(results.drift) if monitor is not None and rows else None
 
     def first(i: int, r: Row) -> float:
         if by == "monitor":
             return -float(preds[i])  # type: ignore[index]
-        return -float(r.loss) if by == "loss" else 0.0  # type: ignore[arg-type]
+        return -float(getattr(r, by)) if by in SCORES else 0.0
 
     keyed = [(first(i, r), -r.risk, r.line, i) for i, r in enumerate(rows)]
     top = sorted(keyed)[: k if k is not None else len(keyed)]
@@ -158,7 +164,7 @@ def rank_examples(
     for rank, (_, _, _, i) in enumerate(top, start=1):
         r = rows[i]
         ranked.append(RankedExample(rank, r.line, r.risk, None if preds is None else float(preds[i]), r.drift,
-                                    shown.get(r.line, ""), r.loss))
+                                    shown.get(r.line, ""), r.loss, r.ratio, r.loss_peak, r.ratio_peak))
     return ranked
 
 
