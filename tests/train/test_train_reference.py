@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from traitwatch.screen.validated import best_available
 from traitwatch.cli.app import app
 from traitwatch.store import RunStore
 
@@ -221,7 +222,8 @@ def test_auto_with_rewind_names_the_loss_screens_suspects_and_drops_them(basis_d
         alarms = store.alarms("out")
     assert [a.step for a in alarms] == [2, 4] and all(a.action == "mark+rewind" for a in alarms)
     first = alarms[0].details
-    assert first["suspects"]["source"].endswith("out-reference/screen.jsonl (loss)")  # the reference's loss screen ranked them
+    # the reference's loss screen ranked them, by its best validated ranking
+    assert first["suspects"]["source"].endswith(f"out-reference/screen.jsonl ({best_available(['risk', 'loss', 'loss_peak'])})")
     named = [r["row"] for r in first["suspects"]["rows"]]
     dropped = first["rewind"]["rows_dropped"]
     assert first["rewind"]["to_step"] == 0 and set(named) <= set(dropped) and len(dropped) <= 2 + 0.45 * 20

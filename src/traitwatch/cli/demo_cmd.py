@@ -87,7 +87,8 @@ def _fmt(value: float | None, spec: str = "+.4f") -> str:
 
 
 def _print_screen(scr: DemoScreen) -> None:
-    by = "the base model's loss on the response" if scr.by == "loss" else "trait risk"
+    by = {"loss": "the base model's loss on the response",
+          "loss_peak": "the base model's largest 4-token loss on the response"}.get(scr.by, "trait risk")
     table = Table(title=f"Screened before training: the top {len(scr.top)} rows of the poisoned set by {by} "
                         f"(row AUROC {scr.auroc:.3f}, precision at k={scr.n_poison}: {scr.precision_at_k:.2f}; "
                         "poison marked from the recorded indices)")

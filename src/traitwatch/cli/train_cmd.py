@@ -185,7 +185,7 @@ def register(app: typer.Typer) -> None:
             built = train_reference(config, fraction=swap_share, screen=reference_screen, say=say)
             config = dataclasses.replace(config, reference=built.run_id)
             if row_scores is None and built.source.resolve() == data.resolve():  # the loss screen names the suspects
-                row_scores = _row_scores(built.screen, data, n_samples, by="loss")
+                row_scores = _row_scores(built.screen, data, n_samples)  # by its best validated ranking
         elif reference is not None:
             config = dataclasses.replace(config, reference=reference)
         records: list[DriftRecord] = []
