@@ -85,7 +85,7 @@ def test_load_refuses_another_model_and_a_folder_without_a_screen(fitted, tmp_pa
     screen, *_ = fitted
     screen.save(tmp_path / "ref")
     other, tok = build_tiny_random(seed=3, hidden_size=32)
-    with pytest.raises(BasisMismatchError):
+    with pytest.raises(BasisMismatchError, match="not on the model given .*--reference-model"):
         ReferenceScreen.load(tmp_path / "ref", other, tok)
     with pytest.raises(InputFileError, match="no reference_screen.json"):
         ReferenceScreen.load(tmp_path, other, tok)

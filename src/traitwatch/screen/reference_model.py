@@ -171,7 +171,15 @@ class ReferenceScreen:
                   if k in settings}
         screen = cls(kind, **params)
         screen.tokenizer_, screen.fingerprint_ = tokenizer, fingerprint(model, tokenizer)
-        ModelFingerprint.from_dict(record["model"]).check_matches(screen.fingerprint_, what=f"The reference screen in {folder}")
+        saved = ModelFingerprint.from_dict(record["model"])
+        try:
+            saved.check_matches(screen.fingerprint_, what=f"The reference screen in {folder}")
+        except BasisMismatchError:
+            raise BasisMismatchError(
+                f"The reference screen in {folder} was fitted on {saved.name} (hidden size {saved.hidden_size}, "
+                f"{saved.num_layers} layers), not on the model given ({screen.fingerprint_.name}): pass another "
+                "--reference-model folder (it is fitted there), or delete this one."
+            ) from None
         if kind == "adapters":
             if settings.get("pairs") != load_probe().sha256:
                 raise BasisMismatchError(f"The reference screen in {folder} was fitted on other probe pairs than this "
