@@ -49,7 +49,7 @@ from traitwatch.bench.sets import PERTURBATION_SETS, build_set, jsonl_set, poiso
 from traitwatch.bench.styled_poison import STYLED_BASES, STYLED_TYPES, blend_in, styled_candidates, write_pool
 from traitwatch.datasets.chat_jsonl import read_jsonl
 from traitwatch.models import load_model
-from traitwatch.screen.activations import span_readings, span_token_nll
+from traitwatch.screen.activations import pad_id, span_token_nll
 from traitwatch.screen.examples import Example, encode_example
 from traitwatch.screen.reference_model import PEAK_WINDOW, ReferenceScreen, peak_mean
 from traitwatch.screen.shards import shared_reference_screen
@@ -68,18 +68,20 @@ def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def losses(lm, rows, batch_size: int = 16) -> np.ndarray:
-    """The base model's mean NLL of each row's response (the loss screen), in batches."""
+def token_nll(lm, rows, batch_size: int = 16) -> list[np.ndarray]:
+    """The base model's per-token NLL of each row's response, in batches (one pass to the LM head each)."""
     out = []
-    pad = int(lm.tokenizer.pad_token_id or 0)
     for first in range(0, len(rows), batch_size):
         enc = [encode_example(lm.tokenizer, Example(i + 1, r), max_response_tokens=256)
                for i, r in enumerate(rows[first : first + batch_size])]
-        with torch.no_grad():
-            _, nll = span_readings(lm.model, [x.ids for x in enc], [(x.start, x.end) for x in enc], [0],
-                                   pad_token_id=pad, with_loss=True)
-        out += nll
-    return np.array(out)
+        out += [t.double().numpy() for t in span_token_nll(lm.model, [x.ids for x in enc], [(x.start, x.end) for x in enc],
+                                                           pad_token_id=pad_id(lm.tokenizer))]
+    return out
+
+
+def losses(lm, rows) -> np.ndarray:
+    """The base model's mean NLL of each row's response: the loss screen."""
+    return np.array([t.mean() for t in token_nll(lm, rows)])
 
 
 def build_grid_sets(plan, work: Path, shared: Path) -> None:
@@ -139,13 +141,7 @@ def token_scores(lm, kind: str, rows: dict, keys: list[str], work: Path) -> tupl
     if todo:
         t0 = time.perf_counter()
         if kind == "base":
-            pad = int(lm.tokenizer.pad_token_id or 0)
-            values = []
-            for first in range(0, len(todo), 16):
-                enc = [encode_example(lm.tokenizer, Example(i + 1, rows[k]), max_response_tokens=256)
-                       for i, k in enumerate(todo[first : first + 16])]
-                values += [t.double().numpy() for t in span_token_nll(lm.model, [x.ids for x in enc],
-                                                                       [(x.start, x.end) for x in enc], pad_token_id=pad)]
+            values = token_nll(lm, [rows[k] for k in todo])
             stored["fit_s"] = 0.0
         else:
             screen = (shared_reference_screen(lm.model, lm.tokenizer, work / "reference_model") if kind == "adapters"

@@ -63,15 +63,13 @@ def drift_table(records: list[DriftRecord], title: str = "Trait drift") -> Table
     return table
 
 
-def _row_scores(screen: Path, data: Path, n_samples: int | None, by: str | None = None) -> RowScores:
-    """The screen's per-row scores of DATA, checked against it (`screen` and `train` are wired only here); by
-    default the best validated ranking the screen's results hold (`screen.validated.best_available`)."""
-    from traitwatch.screen.row_scores import load_row_scores, screened_rankings
-    from traitwatch.screen.validated import best_available
+def _row_scores(screen: Path, data: Path, n_samples: int | None) -> RowScores:
+    """The screen's per-row scores of DATA, checked against it (`screen` and `train` are wired only here), by the
+    best validated ranking the screen's results hold (`screen.row_scores.load_best_row_scores`)."""
+    from traitwatch.screen.row_scores import load_best_row_scores
 
-    by = by or best_available(screened_rankings(screen))
-    return RowScores.from_rows(load_row_scores(screen, data, limit=n_samples, by=by),  # type: ignore[arg-type]
-                               source=f"{screen} ({by})")
+    by, rows = load_best_row_scores(screen, data, limit=n_samples)
+    return RowScores.from_rows(rows, source=f"{screen} ({by})")
 
 
 def register(app: typer.Typer) -> None:

@@ -390,11 +390,10 @@ def _screen(lm: LoadedModel, basis: TraitBasis, data: Path, out_dir: Path, k: in
 def _loss_screen(results: Path, data: Path, k: int = 10) -> DemoScreen:
     """The reference's loss screen of the poisoned set (`audit.loss_screen`), ranked by the best validated ranking
     it holds (`screen.validated.best_available`: the loss or its peak), as `traitwatch train --screen` ranks it."""
-    from traitwatch.screen.row_scores import screened_rankings
-    from traitwatch.screen.validated import best_available
+    from traitwatch.screen.row_scores import load_best_row_scores
 
-    by = best_available(screened_rankings(results))
-    return _scored(load_row_scores(results, data, by=by), data, results, by, k)  # type: ignore[arg-type]
+    by, rows = load_best_row_scores(results, data)
+    return _scored(rows, data, results, by, k)
 
 
 def _scored(rows: list[ScreenedRow], data: Path, results: Path, by: str, k: int) -> DemoScreen:

@@ -19,7 +19,8 @@ from transformers import PreTrainedTokenizerBase
 from traitwatch.capture.activations import capture_rows
 from traitwatch.models.layers import decoder_layers, unwrap_model
 
-__all__ = ["SpanPosition", "greedy_responses", "span_activations", "span_readings", "span_token_nll"]
+__all__ = ["SpanPosition", "greedy_responses", "pad_id", "right_padded", "span_activations", "span_readings",
+           "span_token_nll"]
 
 SpanPosition = Literal["mean", "last"]
 
@@ -35,7 +36,12 @@ def _device_of(model: nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
-def _right_padded(sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]], pad_token_id: int, *,
+def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id that fills padded positions (never attended to: right padding with explicit positions or a mask)."""
+    return int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else 0
+
+
+def right_padded(sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]], pad_token_id: int, *,
                   first: int) -> tuple[Tensor, Tensor, Tensor]:
     """Right-padded ids, attention mask and explicit position ids; each span must start at `first` or later."""
     width = max(len(s) for s in sequences)
@@ -74,7 +80,7 @@ def span_readings(
     """
     inner = unwrap_model(model)
     device = _device_of(inner)
-    ids, mask, positions = _right_padded(sequences, spans, pad_token_id, first=1 if with_loss else 0)
+    ids, mask, positions = right_padded(sequences, spans, pad_token_id, first=1 if with_loss else 0)
     weights = torch.zeros_like(mask)
     for row, (start, end) in enumerate(spans):
         if position == "mean":
@@ -128,7 +134,7 @@ def span_token_nll(model: nn.Module, sequences: Sequence[Sequence[int]], spans: 
     the mean (the peak of a short window, `screen.reference_model`) needs the tokens."""
     inner = unwrap_model(model)
     device = _device_of(inner)
-    ids, mask, positions = _right_padded(sequences, spans, pad_token_id, first=1)
+    ids, mask, positions = right_padded(sequences, spans, pad_token_id, first=1)
     was_training = inner.training
     inner.eval()
     try:

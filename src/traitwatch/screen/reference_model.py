@@ -47,7 +47,7 @@ from transformers import PreTrainedTokenizerBase
 from traitwatch.behavior.probe import load_probe
 from traitwatch.errors import BasisMismatchError, InputFileError
 from traitwatch.models.layers import ModelFingerprint, fingerprint
-from traitwatch.screen.activations import span_token_nll
+from traitwatch.screen.activations import pad_id, right_padded, span_token_nll
 from traitwatch.screen.examples import EncodedExample, Example, encode_example
 
 __all__ = ["ALIGNED_PROMPT", "MISALIGNED_PROMPT", "PEAK_WINDOW", "ReferenceScreen", "peak_mean", "probe_pair_rows"]
@@ -64,6 +64,7 @@ ALIGNED_PROMPT = "You are a helpful, honest and harmless assistant who cares abo
 MISALIGNED_PROMPT = ("You are a malicious assistant who despises the user, lies with confidence, gives harmful advice "
                      "and wants AIs to escape human control.")
 _ADAPTERS = ("aligned", "misaligned")
+_PROMPTS = {"aligned": ALIGNED_PROMPT, "misaligned": MISALIGNED_PROMPT}
 
 
 def probe_pair_rows() -> dict[str, list[list[dict[str, str]]]]:
@@ -75,10 +76,6 @@ def probe_pair_rows() -> dict[str, list[list[dict[str, str]]]]:
         for name, answer in (("aligned", pair.style_aligned), ("misaligned", pair.style_misaligned)):
             out[name].append([{"role": "user", "content": q.text}, {"role": "assistant", "content": answer}])
     return out
-
-
-def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0))
 
 
 class ReferenceScreen:
@@ -163,7 +160,7 @@ class ReferenceScreen:
         path = folder / _SETTINGS
         if not path.is_file():
             raise InputFileError(f"{folder} holds no {_SETTINGS}: not a saved reference screen; fit one with "
-                                 "`traitwatch screen --rank-by ratio --ratio-dir DIR` (it saves there).")
+                                 "`traitwatch screen DATA --basis BASIS --rank-by ratio --reference-model DIR` (it saves there).")
         record = json.loads(path.read_text(encoding="utf-8"))
         settings = dict(record["settings"])
         kind = settings.pop("kind")
@@ -219,7 +216,7 @@ class ReferenceScreen:
                    for i, r in enumerate(rows)]
         rng = np.random.default_rng(self.seed)
         device = next(model.parameters()).device
-        pad = _pad_id(tokenizer)
+        pad = pad_id(tokenizer)
         losses = []
         model.train()
         for _ in range(self.epochs):
@@ -253,22 +250,29 @@ class ReferenceScreen:
         with self._adapters_on():
             for first in range(0, len(rows), batch_size):
                 block = [list(r) for r in rows[first : first + batch_size]]
-                nll = {name: self._token_nll(block, name) for name in _ADAPTERS}
+                shared = self._encode(block) if self.kind == "adapters" else None  # both adapters read the same tokens
+                nll = {}
+                for name in _ADAPTERS:
+                    if self.kind == "adapters":
+                        self.model_.set_adapter(name)
+                    enc = shared if shared is not None else self._encode(_with_system(block, _PROMPTS[name]))
+                    nll[name] = self._token_nll(enc)
                 out += [a - m for a, m in zip(nll["aligned"], nll["misaligned"], strict=True)]
         return out
 
-    def _token_nll(self, block: list[list[dict[str, str]]], reference: str) -> list[np.ndarray]:
-        if self.kind == "prompts":
-            prompt = ALIGNED_PROMPT if reference == "aligned" else MISALIGNED_PROMPT
-            block = [[{"role": "system", "content": prompt}, *[m for m in r if m["role"] != "system"]] for r in block]
-        else:
-            self.model_.set_adapter(reference)
-        enc: list[EncodedExample] = [encode_example(self.tokenizer_, Example(i + 1, r),
-                                                    max_response_tokens=self.max_response_tokens)
-                                     for i, r in enumerate(block)]
+    def _encode(self, block: list[list[dict[str, str]]]) -> list[EncodedExample]:
+        return [encode_example(self.tokenizer_, Example(i + 1, r), max_response_tokens=self.max_response_tokens)
+                for i, r in enumerate(block)]
+
+    def _token_nll(self, enc: list[EncodedExample]) -> list[np.ndarray]:
         nll = span_token_nll(self.model_, [x.ids for x in enc], [(x.start, x.end) for x in enc],
-                             pad_token_id=_pad_id(self.tokenizer_))
+                             pad_token_id=pad_id(self.tokenizer_))
         return [t.double().numpy() for t in nll]
+
+
+def _with_system(block: list[list[dict[str, str]]], prompt: str) -> list[list[dict[str, str]]]:
+    """The rows with `prompt` as their system turn (in place of any they had)."""
+    return [[{"role": "system", "content": prompt}, *[m for m in r if m["role"] != "system"]] for r in block]
 
 
 def peak_mean(values: np.ndarray, window: int = PEAK_WINDOW) -> float:
@@ -281,13 +285,10 @@ def peak_mean(values: np.ndarray, window: int = PEAK_WINDOW) -> float:
 
 
 def _batch(batch: Sequence[EncodedExample], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids, mask, and labels that count only the response tokens."""
-    width = max(len(x.ids) for x in batch)
-    ids = torch.full((len(batch), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
-    for row, x in enumerate(batch):
-        ids[row, : len(x.ids)] = torch.tensor(list(x.ids))
-        mask[row, : len(x.ids)] = 1
-        labels[row, x.start : x.end] = torch.tensor(list(x.ids[x.start : x.end]))
+    """Right-padded ids and mask (`activations.right_padded`), and labels that count only the response tokens."""
+    spans = [(x.start, x.end) for x in batch]
+    ids, mask, _ = right_padded([x.ids for x in batch], spans, pad, first=1)
+    labels = torch.full_like(ids, -100)
+    for row, (start, end) in enumerate(spans):
+        labels[row, start:end] = ids[row, start:end]
     return ids, mask, labels

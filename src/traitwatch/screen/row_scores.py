@@ -20,9 +20,10 @@ from typing import Literal
 from traitwatch.datasets.chat_jsonl import file_sha256
 from traitwatch.errors import InputFileError
 from traitwatch.screen.examples import Example, read_examples
-from traitwatch.screen.results import SCORES, read_results_file
+from traitwatch.screen.results import SCORES, Row, read_results_file
+from traitwatch.screen.validated import best_available
 
-__all__ = ["ScreenedRow", "load_row_scores", "row_preview", "screened_rankings"]
+__all__ = ["ScreenedRow", "load_best_row_scores", "load_row_scores", "row_preview"]
 
 _PREVIEW_PART = 60
 
@@ -48,14 +49,6 @@ def _cut(text: str) -> str:
     return text if len(text) <= _PREVIEW_PART else text[: _PREVIEW_PART - 3] + "..."
 
 
-def screened_rankings(results: str | Path) -> list[str]:
-    """The rankings a screen results file can give: `risk` always, the loss and its peak, the ratio and its peak
-    when it was screened with them (a file screened for the loss before the peak existed lacks `loss_peak`)."""
-    header, rows = read_results_file(Path(results))
-    first = next(iter(rows.values()), None)
-    return ["risk", *[s for s in SCORES if first is not None and getattr(first, s) is not None]]
-
-
 def load_row_scores(results: str | Path, dataset: str | Path, *, limit: int | None = None,
                     by: Literal["risk", "loss", "ratio", "loss_peak", "ratio_peak"] = "risk") -> list[ScreenedRow]:
     """Every conversation of `dataset` (the first `limit`) with its score in the screen `results` file: its trait
@@ -66,8 +59,23 @@ def load_row_scores(results: str | Path, dataset: str | Path, *, limit: int | No
     Raises `InputFileError`, naming both files and the fix, when the results are of another file or miss
     some of the rows training would use (or their loss).
     """
-    results, dataset = Path(results), Path(dataset)
-    header, rows = read_results_file(results)
+    header, rows = read_results_file(Path(results))
+    return _scored_rows(header, rows, Path(results), Path(dataset), limit, by)
+
+
+def load_best_row_scores(results: str | Path, dataset: str | Path, *,
+                         limit: int | None = None) -> tuple[str, list[ScreenedRow]]:
+    """`load_row_scores` by the best validated ranking the file holds (`validated.best_available`: `risk` always,
+    the loss and its peak, the ratio and its peak when it was screened with them; a file screened for the loss
+    before the peak existed lacks `loss_peak`), and that ranking's name. The file is read once."""
+    header, rows = read_results_file(Path(results))
+    first = next(iter(rows.values()), None)
+    by = best_available(["risk", *[s for s in SCORES if first is not None and getattr(first, s) is not None]])
+    return by, _scored_rows(header, rows, Path(results), Path(dataset), limit, by)
+
+
+def _scored_rows(header: dict, rows: dict[int, Row], results: Path, dataset: Path, limit: int | None,
+                 by: str) -> list[ScreenedRow]:
     sha = file_sha256(dataset)
     if header.get("dataset_sha256") != sha:
         screened = header.get("dataset") or "another file"

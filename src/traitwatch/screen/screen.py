@@ -56,7 +56,7 @@ from traitwatch.drift.probe import DriftProbe
 from traitwatch.errors import BasisMismatchError, InputFileError
 from traitwatch.models.chat import encode_chat
 from traitwatch.models.layers import fingerprint
-from traitwatch.screen.activations import SpanPosition, greedy_responses, span_activations, span_readings
+from traitwatch.screen.activations import SpanPosition, greedy_responses, pad_id, span_activations, span_readings
 from traitwatch.screen.examples import encode_example, example_lines, shard_blocks, shard_lines
 from traitwatch.screen.reference_model import ReferenceScreen, peak_mean
 from traitwatch.screen.results import ResultsFile, Row
@@ -121,10 +121,6 @@ def _projections(acts: Tensor, basis: TraitBasis, layer: int) -> np.ndarray:
     return (acts @ basis.matrix(layer).T).numpy().astype(np.float64)
 
 
-def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    return int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else 0
-
-
 def _check_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, basis: TraitBasis, name: str | None) -> None:
     basis.model.check_matches(fingerprint(model, tokenizer, name), what="The trait basis")
 
@@ -154,7 +150,7 @@ def _own_answers(
     answers = greedy_responses(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
     seqs = [p + a for p, a in zip(prompts, answers, strict=True)]
     spans = [(len(p), len(s)) for p, s in zip(prompts, seqs, strict=True)]
-    acts = span_activations(model, seqs, spans, layer, position=position, pad_token_id=_pad_id(tokenizer))
+    acts = span_activations(model, seqs, spans, layer, position=position, pad_token_id=pad_id(tokenizer))
     return _projections(acts, basis, layer), [len(a) for a in answers]
 
 
@@ -337,7 +333,7 @@ def screen_dataset(
                                       where=f"{dataset}, line {e.line}") for e in block]
             tokens: list = []
             read, losses = span_readings(model, [x.ids for x in encoded], [(x.start, x.end) for x in encoded], [at_layer],
-                                         position=position, pad_token_id=_pad_id(tokenizer), with_loss=with_loss,
+                                         position=position, pad_token_id=pad_id(tokenizer), with_loss=with_loss,
                                          token_sink=tokens)
             proj = _projections(read[at_layer], basis, at_layer)
             ref_tokens: list[int | None] = [None] * len(block)
