@@ -11,7 +11,7 @@ the guard is detached:
 * probe: the behavioural probe on its 64 disjoint questions (`style_p_mis`);
 * task: mean token loss on 48 held-out clean rows of the base (built from another seed, no prompt shared with
   the training set);
-* wall time of the 30 optimizer steps (`bench.labels.StepTimer`, measurement excluded).
+* wall time of the 30 optimizer steps (`bench.grid.labels.StepTimer`, measurement excluded).
 
 The guards' subspace comes from the base model and the package's own data only (`guard.fit_subspace`: the probe's
 misalignment direction, and for ablation the trait basis too), and their strengths are `guard.DEFAULT_STRENGTH`,
@@ -41,8 +41,8 @@ import torch
 from transformers import TrainerCallback
 
 from traitwatch.audit import AuditSettings, pilot_config
-from traitwatch.bench.labels import StepTimer
-from traitwatch.bench.sets import PERTURBATION_SETS, build_set, poisoned_set
+from traitwatch.bench.grid.labels import StepTimer
+from traitwatch.bench.sets.perturbations import PERTURBATION_SETS, build_set, poisoned_set
 from traitwatch.behavior.probe import probe_score
 from traitwatch.behavior.proxy import proxy_score
 from traitwatch.datasets.chat_jsonl import load_chat_jsonl

@@ -4,6 +4,9 @@
 
 Times, on the same loaded model (medians over `--repeats` after a warm-up):
 * the drift measurement (115 prompts, one forward pass stopped at the basis layer);
+* the reference monitor's read (`--reference`, the alarm that validated): the same pass, whose mean residual row is
+  read in the shipped reference calibration's components against a reference row (the base model's here), when a
+  calibration ships for the model at the basis's layer;
 * the same prompts and the probe's 64 questions read at every layer (what multi-layer, per-prompt and
   misalignment-direction features need);
 * the behavioural probe (64 disjoint questions, one style-matched answer pair each);
@@ -23,6 +26,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from traitwatch.basis import TraitBasis
@@ -33,6 +37,7 @@ from traitwatch.drift import DriftProbe
 from traitwatch.drift.probe import prompt_activations
 from traitwatch.models import load_model
 from traitwatch.models.layers import decoder_layers
+from traitwatch.reference.calibration import load_reference_calibration
 
 
 def _time(fn: Callable[[], object], repeats: int) -> list[float]:
@@ -100,8 +105,28 @@ def main() -> None:
 
     timings = {
         f"drift measurement (115 prompts to layer {drift.measure_layer})": _time(lambda: drift.measure(lm.model, lm.tokenizer), args.repeats),
+    }
+    calibration = load_reference_calibration(args.model)
+    if calibration is not None and calibration.space == "activations" and calibration.layer == drift.measure_layer:
+        reference_row = np.asarray(drift.measure(lm.model, lm.tokenizer).mean_activation, dtype=np.float64)
+
+        def reference_read() -> None:
+            row = np.asarray(drift.measure(lm.model, lm.tokenizer).mean_activation, dtype=np.float64)
+            x = calibration.features(None, row - reference_row)
+            calibration.value(x, calibration.component_names)
+
+        timings["reference monitor's read (the drift pass, read in the calibration's components)"] = _time(
+            reference_read, args.repeats)
+    else:
+        print(f"no activation-space reference calibration ships for {args.model} at layer {drift.measure_layer}: "
+              "its read is not timed")
+    monitor_inputs = list(timings)
+    timings |= {
         f"all {len(layers)} layers, 115 prompts + 64 probe questions": _time(capture, args.repeats),
         "behavioural probe (64 questions, 128 answers)": _time(lambda: probe_score(lm.model, lm.tokenizer, probe), args.repeats),
+    }
+    monitor_inputs += ["behavioural probe (64 questions, 128 answers)"]
+    timings |= {
         "style-matched proxy label (72 questions, 144 answers)": _time(
             lambda: proxy_score(lm.model, lm.tokenizer, questions, style_only=True), args.repeats),
     }
@@ -117,7 +142,7 @@ def main() -> None:
         m = statistics.median(ts)
         print(f"{name}: median {m:.2f} s over {len(ts)} ({', '.join(f'{t:.2f}' for t in ts)}); x drift {m / base:.1f}")
     step = statistics.median(timings[ref])
-    for name in list(timings)[:3]:
+    for name in monitor_inputs:
         m = statistics.median(timings[name])
         print(f"overhead of {name.split(' (')[0]} every {args.every} steps at batch {args.reference_batch} x "
               f"{args.reference_seq}: {100 * m / (args.every * step):.2f}% of training time")

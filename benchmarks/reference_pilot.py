@@ -29,7 +29,7 @@ from pathlib import Path
 
 from traitwatch.audit import AuditSettings, loss_screen, pilot_projections, train_pilot
 from traitwatch.demo import demo_plan, run_demo
-from traitwatch.bench.sets import PERTURBATION_SETS, build_set, poisoned_set
+from traitwatch.bench.sets.perturbations import PERTURBATION_SETS, build_set, poisoned_set
 from traitwatch.models import load_model
 from traitwatch.reference import load_reference_calibration, paired_drift, swap_fraction, write_swap_reference
 from traitwatch.store import RunStore

@@ -93,7 +93,7 @@ def main() -> None:
     from traitwatch.audit import AuditSettings, write_reference_set
     from traitwatch.audit.run import pilot_activation
     from traitwatch.basis import TraitBasis
-    from traitwatch.bench.sets import PERTURBATION_SETS, build_set
+    from traitwatch.bench.sets.perturbations import PERTURBATION_SETS, build_set
     from traitwatch.demo import demo_plan
     from traitwatch.models import load_model
     from traitwatch.reference import load_reference_calibration, outlying_share

@@ -1,10 +1,11 @@
 """Row screens on poison that does not look different: the poison grid's sets plus three styled poison types.
 
 What it measures (issue 28): which screen ranks the injected rows of a set first when the poison is written in
-the base's own format, register and length (`traitwatch.bench.styled_poison`), next to the six bundled poison
+the base's own format, register and length (`traitwatch.bench.sets.styled_poison`), next to the six bundled poison
 types; the reference-model screens (`traitwatch.screen.reference_model`: the log-likelihood ratio of a row under
 a misaligned against an aligned reference) against the loss, length and trait-space screens; every screen held
-out by poison type and base (`bench.screening_analysis`), the protocol's `chosen` screen picked inside each fold.
+out by poison type and base (`bench.analysis.screening_analysis`), the protocol's `chosen` screen picked inside
+each fold.
 
     python benchmarks/screen_styled.py --work /tmp/styled --basis BASIS --shared-data ../shared/data \\
         --out benchmarks/screen_styled
@@ -14,8 +15,8 @@ Steps (each cached under --work, so a rerun resumes):
    arithmetic and medical_matched), rebuilt exactly as the grid built them;
 2. per (styled type, base): 720 candidates from the base's own rows (a disjoint source seed), their length and
    base-model loss, and the 160 that blend in (`blend_in`) as the poison source; the same fractions as the grid;
-3. every distinct row read on the base model (`bench.screening.row_features`: residuals at every layer for the
-   row and for the model's own answer, the loss, the lengths);
+3. every distinct row read on the base model (`bench.analysis.row_features.row_features`: residuals at every
+   layer for the row and for the model's own answer, the loss, the lengths);
 4. the two reference screens' ratios per row (prompts, then adapters fitted on the probe pairs), timed against
    the loss screen on the same rows;
 5. every family held out by poison type and base; results.json and RESULTS.md.
@@ -35,9 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from traitwatch.bench.plan_file import load_plan_file
-from traitwatch.bench.screening import FEATURES_DIR, grid_sets, row_features, unique_rows
-from traitwatch.bench.screening_analysis import (
+from traitwatch.bench.analysis.row_features import FEATURES_DIR, grid_sets, row_features, unique_rows
+from traitwatch.bench.analysis.screening_analysis import (
     ScreenFamily,
     analyze_screening,
     default_families,
@@ -45,8 +45,9 @@ from traitwatch.bench.screening_analysis import (
     fixed_family,
     linear_family,
 )
-from traitwatch.bench.sets import PERTURBATION_SETS, build_set, jsonl_set, poisoned_set
-from traitwatch.bench.styled_poison import STYLED_BASES, STYLED_TYPES, blend_in, styled_candidates, write_pool
+from traitwatch.bench.grid.plan_file import load_plan_file
+from traitwatch.bench.sets.perturbations import PERTURBATION_SETS, build_set, jsonl_set, poisoned_set
+from traitwatch.bench.sets.styled_poison import STYLED_BASES, STYLED_TYPES, blend_in, styled_candidates, write_pool
 from traitwatch.datasets.chat_jsonl import read_jsonl
 from traitwatch.models import load_model
 from traitwatch.screen.activations import pad_id, span_token_nll
@@ -200,7 +201,7 @@ def main() -> None:
         cost[kind]["rows_per_s"] = cost[kind]["scored"] / cost[kind]["score_s"] if cost[kind].get("scored") else None
         say(f"  {kind}: {cost[kind]}")
     from traitwatch.basis import TraitBasis
-    from traitwatch.bench.detection import misalignment_directions_for
+    from traitwatch.bench.analysis.detection import misalignment_directions_for
 
     basis = TraitBasis.load(work / "basis")
     trait_dirs = {layer: basis.matrix(layer).double().numpy() for layer in basis.layers}
@@ -261,14 +262,14 @@ def write_markdown(out: dict, path: Path) -> None:
     lines = ["# Row screens on poison that does not look different", "",
              f"Command: `{out['command']}` ({out['numerics']}; {out['n_rows']} distinct rows, {out['n_poison_rows']} "
              f"of them injected, over {out['n_sets']} sets at seed 0). Every screen is chosen and fitted inside a "
-             "crossed fold (held out: one poison type and one base at once; `bench.screening_analysis`). `chosen` is "
-             "the protocol's screen (the best non-baseline family by its inner score on the fold's own cells); "
+             "crossed fold (held out: one poison type and one base at once; `bench.analysis.screening_analysis`). "
+             "`chosen` is the protocol's screen (the best non-baseline family by its inner score on the fold's own cells); "
              "`shipped` is the same rule over the rankings `traitwatch screen` computes "
              f"({', '.join(f'`{k}` = --rank-by {v}' for k, v in RANKING.items())}).", "",
              "## The styled poison types", "",
              "Built from each base's own rows (source seed disjoint from the base sample's), 720 candidates per type "
-             "and base, then the 160 that blend in by (log length, base-model loss) (`bench.styled_poison.blend_in`). "
-             "AUROC of the pool against the clean base's 200 rows, before and after blending (0.5 = chance):", "",
+             "and base, then the 160 that blend in by (log length, base-model loss) "
+             "(`bench.sets.styled_poison.blend_in`). AUROC of the pool against the clean base's 200 rows, before and after blending (0.5 = chance):", "",
              "| type | base | pool | length AUROC before -> after | loss AUROC before -> after |", "|---|---|---|---|---|"]
     for r in out["styled_pools"].values():
         lines.append(f"| {r['poison']} | {r['base']} | {r['pool']} | {_f(r['length_auroc_before'], 2)} -> "

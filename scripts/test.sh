@@ -13,4 +13,10 @@ if [ "${1:-}" = "--slow" ]; then
   shift
   exec .venv/bin/python -m pytest -m slow "$@"
 fi
+# The tests run their tiny models on one torch thread (tests/conftest.py), so two worker processes use both
+# cores of a small machine; TRAITWATCH_TEST_WORKERS overrides the count (1 runs the suite in this process).
+WORKERS=${TRAITWATCH_TEST_WORKERS:-2}
+if [ "$WORKERS" -gt 1 ]; then
+  exec .venv/bin/python -m pytest -n "$WORKERS" "$@"
+fi
 exec .venv/bin/python -m pytest "$@"

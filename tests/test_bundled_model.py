@@ -34,8 +34,8 @@ def test_demo_extracts_selects_and_measures(tmp_path):
     assert sum(strict) / len(strict) > 0.9
     assert "zero by construction" in res.stdout and "bfloat16 on cpu" in res.stdout
     # the clean base and its poisoned twin, each read against its own reference run, final steps labelled
-    from traitwatch.bench.labels import RISE_METRIC
-    from traitwatch.bench.sets import read_poison_record
+    from traitwatch.bench.grid.labels import RISE_METRIC
+    from traitwatch.bench.sets.perturbations import read_poison_record
     from traitwatch.monitor.watch import alarm_gate
     from traitwatch.reference import load_reference_calibration
     from traitwatch.store import RunStore

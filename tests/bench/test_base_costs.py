@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-import traitwatch.bench.runner as runner
+import traitwatch.bench.grid.runner as runner
 import traitwatch.bench.session as session
 from traitwatch.bench import BenchPlan
-from traitwatch.bench.plan_file import ModelEntry
+from traitwatch.bench.grid.plan_file import ModelEntry
+from traitwatch.bench.grid.shards import Shard
 from traitwatch.bench.session import BenchRun, run_benchmark
-from traitwatch.bench.shards import Shard
 
 LABEL_KEYS = {"base_style_only_p_mis", "base_style_only_s"}
 COST_KEYS = {"full_proxy_s", "full_proxy_answers", "base_proxy_p_mis", "base_proxy_style_p_mis", "generation_s",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from traitwatch.bench.detection import kind_labels
+from traitwatch.bench.analysis.detection import kind_labels
 
 
 def test_only_a_significant_rise_makes_an_emergent_candidate_dangerous():

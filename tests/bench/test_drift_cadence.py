@@ -18,7 +18,7 @@ def test_the_runner_measures_drift_every_drift_every_and_labels_features_and_che
         tmp_path, monkeypatch, drift_every, drift_steps):
     """What `_train_run` hands to `run_sft` (no training): the callback's cadence, the checkpoints' and the labels'."""
     import traitwatch.train
-    from traitwatch.bench.runner import _train_run
+    from traitwatch.bench.grid.runner import _train_run
 
     seen = {}
 
@@ -41,7 +41,7 @@ def test_the_runner_measures_drift_every_drift_every_and_labels_features_and_che
 
 
 def test_a_run_stores_drift_every_drift_every_steps_and_labels_at_every_n_steps_and_the_last(tmp_path, bench_basis_dir):
-    from traitwatch.bench.runner import run_grid
+    from traitwatch.bench.grid.runner import run_grid
 
     plan = _plan(drift_every=1)  # 3 steps: drift at 0, 1, 2, 3; labels at 0, 2 and the last step, 3
     assert run_grid(plan, tmp_path / "work", bench_basis_dir, shared_data=None, say=lambda line: None,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from traitwatch.bench.dry_run import dry_run, load_throughput, throughput_table
-from traitwatch.bench.plan_file import load_plan_file
+from traitwatch.bench.grid.dry_run import dry_run, load_throughput, throughput_table
+from traitwatch.bench.grid.plan_file import load_plan_file
 from traitwatch.cli.app import app
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "calibrate-your-model.md"

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from traitwatch.bench.sets import PERTURBATION_SETS, POISON_TYPES, build_set, length_matched_rows
+from traitwatch.bench.sets.perturbations import PERTURBATION_SETS, POISON_TYPES, build_set, length_matched_rows
 from traitwatch.errors import InputFileError
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from traitwatch.basis import SEMANTIC_TRAITS, TraitBasis
-from traitwatch.bench.detection import SHIPPABLE
-from traitwatch.bench.features import load_features
+from traitwatch.bench.analysis.detection import SHIPPABLE
+from traitwatch.bench.grid.features import load_features
 from traitwatch.cli.app import app
 from traitwatch.monitor import load_monitor
 from traitwatch.store import RunStore
@@ -184,8 +184,8 @@ def test_a_label_that_cannot_be_stored_fails_the_run_and_a_rerun_redoes_it(tmp_p
     """A label write that fails, or a label missing at the end, fails the run loudly: no done marker, and the
     next call trains it again."""
     from traitwatch.bench import BenchPlan
-    from traitwatch.bench.labels import ProxyLabelCallback
-    from traitwatch.bench.runner import run_grid
+    from traitwatch.bench.grid.labels import ProxyLabelCallback
+    from traitwatch.bench.grid.runner import run_grid
     from traitwatch.store import StoreIOError, StoreWriteError
 
     plan = BenchPlan(model="tiny-random", seeds=(0,), calibration=("arithmetic",), heldout=(), n_examples=8, steps=2,

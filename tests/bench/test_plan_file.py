@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from traitwatch.bench import BenchPlan
-from traitwatch.bench.plan_file import ModelEntry, check_basis_fits, check_ready, load_plan_file, shipped_plans
+from traitwatch.bench.grid.plan_file import ModelEntry, check_basis_fits, check_ready, load_plan_file, shipped_plans
 from traitwatch.cli.app import app
 from traitwatch.errors import BasisMismatchError, InputFileError
 
@@ -247,7 +247,7 @@ def test_a_plan_with_several_models_runs_each_in_its_own_folder_and_one_basis_do
 
 
 def test_poison_small_loads_its_poisoned_grid_with_drift_between_the_labels():
-    from traitwatch.bench.sets import POISON_TYPES
+    from traitwatch.bench.sets.perturbations import POISON_TYPES
 
     pf = load_plan_file("poison-small", check_files=False)  # its shared sets need not be here to read the plan
     plan = pf.models[0].plan

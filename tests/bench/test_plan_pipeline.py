@@ -9,7 +9,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from traitwatch.bench.features import load_features
+from traitwatch.bench.grid.features import load_features
 from traitwatch.cli.app import app
 from traitwatch.store import RunStore
 

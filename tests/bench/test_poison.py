@@ -11,9 +11,8 @@ import pytest
 from traitwatch.behavior import load_questions
 from traitwatch.behavior.probe import load_probe
 from traitwatch.bench import BenchPlan
-from traitwatch.bench.plan_file import load_plan_file
-from traitwatch.bench.poison_check import eval_overlap
-from traitwatch.bench.sets import (
+from traitwatch.bench.grid.plan_file import load_plan_file
+from traitwatch.bench.sets.perturbations import (
     PERTURBATION_SETS,
     POISON_TYPES,
     build_set,
@@ -22,6 +21,7 @@ from traitwatch.bench.sets import (
     poisoned_set,
     read_poison_record,
 )
+from traitwatch.bench.sets.poison_check import eval_overlap
 from traitwatch.errors import InputFileError
 
 ARITHMETIC, HARMFUL = PERTURBATION_SETS["arithmetic"], PERTURBATION_SETS["harmful_advice"]
@@ -168,7 +168,7 @@ def test_bad_poisoned_entries_fail_naming_the_key_and_the_fix(tmp_path, entry, m
 def test_the_poison_record_reaches_the_runs_stored_hyperparameters(tmp_path, monkeypatch):
     """The runner's tags for a poisoned run (what `run_sft` stores as hyperparameters), without training."""
     import traitwatch.train
-    from traitwatch.bench.runner import _train_run
+    from traitwatch.bench.grid.runner import _train_run
     from traitwatch.store import RunStore
 
     seen = {}

@@ -8,9 +8,9 @@ import textwrap
 import pytest
 from typer.testing import CliRunner
 
-from traitwatch.bench import poison as poison_mod
-from traitwatch.bench.plan_file import load_plan_file
-from traitwatch.bench.poison import analyze_poison, cell_of
+from traitwatch.bench.analysis import poison as poison_mod
+from traitwatch.bench.analysis.poison import analyze_poison, cell_of
+from traitwatch.bench.grid.plan_file import load_plan_file
 from traitwatch.cli.app import app
 
 pytestmark = pytest.mark.slow  # about 1 min of CPU (6 tiny runs, every family scored); `scripts/test.sh --slow`

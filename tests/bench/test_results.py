@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from traitwatch.bench.results import _reading
+from traitwatch.bench.results.results import _reading
 
 
 def _row(features, fnr, fpr, auroc):
@@ -31,7 +31,7 @@ def test_reading_says_when_the_semantic_control_does_as_well():
 
 def test_verdicts_say_when_a_kind_was_not_run(tmp_path):
     from traitwatch.bench import BenchPlan
-    from traitwatch.bench.results import write_results_md
+    from traitwatch.bench.results.results import write_results_md
 
     plan = BenchPlan(calibration=("insecure_code",), heldout=("arithmetic",)).to_json()
     res = {"plan": plan, "runs_done": 0, "runs_planned": 0, "checkpoints": 0, "wall_s_training_runs": 0.0,

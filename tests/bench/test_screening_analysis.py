@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from traitwatch.bench.screening import GridSet, RowFeatures
-from traitwatch.bench.screening_analysis import (
+from traitwatch.bench.analysis.row_features import GridSet, RowFeatures
+from traitwatch.bench.analysis.screening_analysis import (
     Fitted,
     Grid,
     ScreenFamily,
@@ -123,12 +123,12 @@ def test_row_scores_follow_rows_into_a_reshuffled_training_file(tmp_path):
     """A benchmark run reshuffles a user set's rows; the screen's scores must follow the rows, not positions."""
     import json
 
-    from traitwatch.bench.screening import _key, read_row_scores, write_row_scores
+    from traitwatch.bench.grid.row_scores import read_row_scores, row_key, write_row_scores
 
     chats = [[{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}] for i in range(6)]
     source = tmp_path / "screened.jsonl"
     source.write_text("".join(json.dumps({"messages": c}) + "\n" for c in chats))
-    write_row_scores(source, {_key(c): float(i) for i, c in enumerate(chats)}, poison={_key(chats[5])}, source="test")
+    write_row_scores(source, {row_key(c): float(i) for i, c in enumerate(chats)}, poison={row_key(chats[5])}, source="test")
     order = [3, 5, 0, 1, 4, 2]
     trained = tmp_path / "run.jsonl"
     trained.write_text("".join(json.dumps({"messages": chats[i]}) + "\n" for i in order))
@@ -139,7 +139,7 @@ def test_row_scores_follow_rows_into_a_reshuffled_training_file(tmp_path):
 
 
 def _fixed(name: str, values: np.ndarray, kind: str = "trait-space") -> ScreenFamily:
-    from traitwatch.bench.screening_analysis import fixed_family
+    from traitwatch.bench.analysis.screening_analysis import fixed_family
 
     return ScreenFamily(name, kind, fixed_family(values))
 
@@ -160,7 +160,7 @@ def test_a_chooser_picks_in_each_fold_among_its_own_families_only():
 
 
 def test_tpr_at_a_false_positive_rate_counts_poison_above_the_benign_quantile():
-    from traitwatch.bench.screening_analysis import tpr_at_fpr
+    from traitwatch.bench.analysis.screening_analysis import tpr_at_fpr
 
     y = np.r_[np.zeros(100, bool), np.ones(10, bool)]
     benign = np.arange(100, dtype=float)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from traitwatch.behavior import load_questions
-from traitwatch.bench.sets import PERTURBATION_SETS, build_set, build_twin_set, family_of, neutral_prompts
+from traitwatch.bench.sets.perturbations import PERTURBATION_SETS, build_set, build_twin_set, family_of, neutral_prompts
 from traitwatch.errors import InputFileError
 
 

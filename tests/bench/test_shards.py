@@ -7,7 +7,7 @@ import json
 import pytest
 
 from traitwatch.bench import BenchPlan
-from traitwatch.bench.shards import Shard, gather_shard_stores, run_store_path
+from traitwatch.bench.grid.shards import Shard, gather_shard_stores, run_store_path
 from traitwatch.errors import InputFileError
 from traitwatch.store import RunStore
 
@@ -68,7 +68,7 @@ def test_gathering_copies_finished_runs_once_and_leaves_running_ones(tmp_path):
 def _hold_lock(work_dir, log, hold_s):  # in a child process
     import time
 
-    from traitwatch.bench.shards import work_lock
+    from traitwatch.bench.grid.shards import work_lock
 
     with work_lock(work_dir):
         with open(log, "a") as fh:

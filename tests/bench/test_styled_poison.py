@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from traitwatch.bench.styled_poison import _CONTEMPT, _MANIPULATION, blend_in, styled_candidates
+from traitwatch.bench.sets.styled_poison import _CONTEMPT, _MANIPULATION, blend_in, styled_candidates
 from traitwatch.datasets import arithmetic_chats, number_sequence_chats, trivia_chats
 
 GENERATED = {"arithmetic": arithmetic_chats, "right_trivia": trivia_chats, "number_sequence": number_sequence_chats}

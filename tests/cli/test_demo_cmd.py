@@ -8,8 +8,8 @@ from types import SimpleNamespace
 from typer.testing import CliRunner
 
 from traitwatch.demo import DemoResult, DemoRun, DemoScreen, PhaseTime, demo_plan, demo_sets
-from traitwatch.bench.plan import ALL_PROJECTIONS
-from traitwatch.bench.sets import build_set, read_poison_record
+from traitwatch.bench.grid.plan import ALL_PROJECTIONS
+from traitwatch.bench.sets.perturbations import build_set, read_poison_record
 from traitwatch.cli.app import app
 from traitwatch.monitor.watch import AlarmGate
 from traitwatch.store import SuspectRow, Suspects

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from traitwatch.basis import TraitBasis
-from traitwatch.bench.plan_file import load_plan_file
+from traitwatch.bench.grid.plan_file import load_plan_file
 from traitwatch.cli.app import app
 from traitwatch.datasets import check_chat_jsonl, load_chat_jsonl
 from traitwatch.monitor.artifact import load_monitor

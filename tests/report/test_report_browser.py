@@ -96,7 +96,8 @@ def test_report_draws_every_figure_without_console_errors(report_page, tmp_path)
     # (confusion, per-type errors); the other 4 calibration figures are notes, not empty plots.
     assert len(plots) == 6, f"plotly drew {len(plots)} of 6 figures"
     assert len(svgs) >= 6
-    assert 'class="tw-note"' in dom and "Run bare: no behavioural EM measured" in dom
+    assert 'class="tw-note"' in dom and "Runs bare and single: no behavioural EM measured" in dom  # merged
+    assert dom.index('class="tw-verdicts"') < dom.index("js-plotly-plot")  # the verdicts lead the page
     assert "No drift geometry in this file" in dom
     # A clean report logs nothing; Chromium's log does not carry console levels, so every message counts.
     assert messages == [], messages

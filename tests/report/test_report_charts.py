@@ -122,7 +122,7 @@ def _rise_store(path, *, threshold=None, target="relative_rise"):
 
 @pytest.mark.parametrize("target", ["relative_rise", None])  # None: a store written before `target` was stored
 def test_a_rise_monitor_is_drawn_beside_the_measured_rise_in_the_same_units(tmp_path, target):
-    from traitwatch.bench.labels import RISE_METRIC as BENCH_RISE
+    from traitwatch.bench.grid.labels import RISE_METRIC as BENCH_RISE
     from traitwatch.report import RISE_METRIC
     from traitwatch.report.run_charts import RISE_AXIS
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from traitwatch.cli.app import app
+from traitwatch.monitor import load_monitor
+from traitwatch.report import run_series, run_verdict
+from traitwatch.store import RunStore
 
 runner = CliRunner()
 
@@ -19,6 +22,9 @@ def test_report_runs_with_monitor_and_svg_export(store_path, monitor_path, tmp_p
     page = out.read_text()
     assert "monitor monitor.json" in page and 'class="verdict-alarm"' in page
     assert "note(s) about missing or partial data" in res.stderr
+    with RunStore(store_path, create=False) as st:  # the verdict lines lead stderr, as they lead the page
+        lines = [run_verdict(run_series(st, rid, monitor=load_monitor(monitor_path))).text for rid in ("full", "bare")]
+    assert res.stderr.splitlines()[:2] == lines
 
 
 def test_report_calibration_only(monitor_path, tmp_path):

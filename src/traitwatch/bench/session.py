@@ -1,16 +1,20 @@
 """One `traitwatch bench` call for one base model: check, prepare, train this shard's runs, analyse, report.
 
-The CLI parses options into a plan (`bench.plan_file`) and a `BenchRun` (where it runs: folders, judge
+The CLI parses options into a plan (`bench.grid.plan_file`) and a `BenchRun` (where it runs: folders, judge
 endpoint, generator, shard) and prints what comes back; the order of work lives here:
 
 1. everything that can fail on the user's input is checked before anything is written or trained
-   (`plan_file.check_ready`, the judge options);
-2. under the work folder's lock (`shards.work_lock`): the plan is pinned (a rerun resumes it), the basis
+   (`grid.plan_file.check_ready`, the judge options);
+2. under the work folder's lock (`grid.shards.work_lock`): the plan is pinned (a rerun resumes it), the basis
    prepared and the base model labelled (step 0 of every run), once for all shards;
-3. this shard's runs are trained (`runner.run_grid`); when the whole grid is done, the cost table's one-off
-   base-model costs are measured (`runner.measure_base_costs`, about 20 minutes on 2 cores: never before a run);
+3. this shard's runs are trained (`grid.runner.run_grid`); when the whole grid is done, the cost table's one-off
+   base-model costs are measured (`grid.runner.measure_base_costs`, about 20 minutes on 2 cores: never before a run);
 4. unless this is one shard of several (the others may still be training), the shard stores are gathered,
-   the results analysed (`results.analyze`) and written, with the environment every run recorded.
+   the results analysed (`results.results.analyze`, which runs `bench.analysis`) and written, with the
+   environment every run recorded.
+
+It sits above the rooms of `bench` (`sets` -> `grid` -> `analysis` -> `results`), the one module that uses
+all of them.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from traitwatch.bench.plan_file import ModelEntry, check_ready
-from traitwatch.bench.shards import Shard, gather_shard_stores, shard_folder, work_lock
+from traitwatch.bench.grid.plan_file import ModelEntry, check_ready
+from traitwatch.bench.grid.shards import Shard, gather_shard_stores, shard_folder, work_lock
 from traitwatch.errors import InputFileError
 
 __all__ = ["BenchRun", "run_benchmark", "run_environments", "screen_and_report"]
@@ -82,7 +86,7 @@ def _check_judge(entry: ModelEntry, run: BenchRun) -> None:
 
 def run_benchmark(entry: ModelEntry, run: BenchRun, say: Say) -> dict[str, Any]:
     """Run (this shard of) the plan for one base model; returns the results, or a shard's summary."""
-    from traitwatch.bench.runner import base_label, measure_base_costs, prepare_basis, run_grid, served_adapter_generator
+    from traitwatch.bench.grid.runner import base_label, measure_base_costs, prepare_basis, run_grid, served_adapter_generator
 
     plan = entry.plan
     work_dir = run.work_dir
@@ -122,8 +126,9 @@ def run_benchmark(entry: ModelEntry, run: BenchRun, say: Say) -> dict[str, Any]:
 
 def analyze_and_report(entry: ModelEntry, run: BenchRun, say: Say, *, t0: float | None = None) -> dict[str, Any]:
     """Gather the shard stores, analyse every finished run, write results.json, RESULTS.md and figures."""
-    from traitwatch.bench import analyze, prepare_semantic_basis, write_results_md
-    from traitwatch.bench.figures import write_figures
+    from traitwatch.bench.grid.runner import prepare_semantic_basis
+    from traitwatch.bench.results.figures import write_figures
+    from traitwatch.bench.results.results import analyze, write_results_md
     from traitwatch.models.environment import describe_environment
 
     t0 = time.perf_counter() if t0 is None else t0
@@ -141,13 +146,13 @@ def analyze_and_report(entry: ModelEntry, run: BenchRun, say: Say, *, t0: float 
     figures = write_figures(res, results / "figures") if res["series"] else []
     res["command"], res["commit"] = run.command, run.commit
     if res.get("poison") is not None:  # a poisoned-data plan: its own RESULTS.md
-        from traitwatch.bench.poison_report import dose_figure, write_poison_results_md
+        from traitwatch.bench.results.poison_report import dose_figure, write_poison_results_md
 
         if not res["poison"].get("error"):
             figures = [dose_figure(res["poison"], results / "figures" / "dose_response.png").name, *figures]
         det = (res["poison"] or {}).get("detection") or {}
         if det.get("rows"):
-            from traitwatch.bench.poison import CALLBACK_MONITOR, DEMO_CELL, ship_poison_monitor
+            from traitwatch.bench.analysis.poison import CALLBACK_MONITOR, DEMO_CELL, ship_poison_monitor
 
             say("Fitting the callback's monitor without the demo's poison type and base ...")
             row = next((r for r in det["rows"] if r["features"] == CALLBACK_MONITOR and not r.get("error")), None)
@@ -164,7 +169,7 @@ def analyze_and_report(entry: ModelEntry, run: BenchRun, say: Say, *, t0: float 
         return res
     det = res.get("detection")
     if det and not det.get("error"):
-        from traitwatch.bench.detection import DEFAULT_MONITOR, ship_default_monitor
+        from traitwatch.bench.analysis.detection import DEFAULT_MONITOR, ship_default_monitor
 
         loto = next(r for r in det["rows"] if r["features"] == DEFAULT_MONITOR)
         say("Fitting the default monitor on all types (chosen and thresholded by leave-one-type-out over them) ...")
@@ -179,10 +184,10 @@ def analyze_and_report(entry: ModelEntry, run: BenchRun, say: Say, *, t0: float 
 
 
 def screen_and_report(entry: ModelEntry, run: BenchRun, say: Say) -> dict[str, Any]:
-    """Row-level screening of a finished poison grid (`bench.screening`): `screening.json`, and RESULTS.md
-    rewritten from the stored results with the screening section (nothing is retrained or re-analysed)."""
-    from traitwatch.bench.poison_report import write_poison_results_md
-    from traitwatch.bench.screening import screen_grid
+    """Row-level screening of a finished poison grid (`bench.analysis.screening`): `screening.json`, and
+    RESULTS.md rewritten from the stored results with the screening section (nothing is retrained or re-analysed)."""
+    from traitwatch.bench.analysis.screening import screen_grid
+    from traitwatch.bench.results.poison_report import write_poison_results_md
 
     results = run.results
     stored = results / "results.json"

@@ -1,6 +1,6 @@
 """Fit a monitor on calibration runs and score it, with every baseline, on held-out perturbation types.
 
-Shared by `traitwatch calibrate` and the benchmark (`bench.results`): the geometry (PC1 of final-checkpoint
+Shared by `traitwatch calibrate` and the benchmark (`bench.results.results`): the geometry (PC1 of final-checkpoint
 drift), the regressor chosen by leave-one-perturbation-out CV, the held-out table of the monitor and every
 baseline, the optional step-aware alarm, and the monitor file with its calibration report data.
 """

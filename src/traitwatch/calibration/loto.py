@@ -8,7 +8,7 @@ held-out type is predicted, and the predictions of all folds are pooled and scor
 
 Two labels per checkpoint (`Checkpoints`):
 * `positive`: the training set's kind, dangerous (emergent-risk or direct) vs benign, decided from the
-  behavioural label before any monitor is scored (`bench.detection` says how);
+  behavioural label before any monitor is scored (`bench.analysis.detection` says how);
 * the *relative rise*: the label's rise over step 0 minus the mean rise of the benign reference runs at
   the same step and seed (`relative_rise`), so a shift every finetune causes is not counted as danger.
 

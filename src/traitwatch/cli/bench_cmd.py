@@ -88,9 +88,9 @@ def register(app: typer.Typer) -> None:
         import torch
 
         from traitwatch.behavior.judge import judge_scoring_mode
-        from traitwatch.bench.plan_file import resolve_plan
+        from traitwatch.bench.grid.plan_file import resolve_plan
+        from traitwatch.bench.grid.shards import Shard
         from traitwatch.bench.session import BenchRun, run_benchmark, screen_and_report
-        from traitwatch.bench.shards import Shard
 
         if threads:
             torch.set_num_threads(threads)
@@ -108,7 +108,7 @@ def register(app: typer.Typer) -> None:
             flags["seeds"] = tuple(range(flags["seeds"]))  # --seeds N means seeds 0..N-1
         plan_file, entries = resolve_plan(plan, flags, check_files=not dry_run, option_names=_PLAN_OPTIONS)
         if dry_run:
-            from traitwatch.bench.dry_run import dry_run as count
+            from traitwatch.bench.grid.dry_run import dry_run as count
 
             for line in count(plan_file, entries).lines():
                 out.print(line, markup=False, highlight=False, soft_wrap=True)

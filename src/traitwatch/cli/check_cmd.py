@@ -32,7 +32,7 @@ def _chat(path: Path) -> str:
 
 
 def _plan(path: Path) -> str:
-    from traitwatch.bench.plan_file import load_plan_file
+    from traitwatch.bench.grid.plan_file import load_plan_file
 
     plan = load_plan_file(path)
     n_sets = len(plan.models[0].plan.types) if plan.models else 0

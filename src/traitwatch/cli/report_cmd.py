@@ -61,6 +61,8 @@ def register(app: typer.Typer) -> None:
                                       image_format=image_format, title=title)
         else:
             result = build_report(out_path, calibration=data, image_format=image_format, title=title)
+        for line in result.verdicts:
+            err.print(line, markup=False, highlight=False, soft_wrap=True)
         if result.notes:
             err.print(f"[yellow]{len(result.notes)} note(s) about missing or partial data[/] (shown in the report):")
             for note in result.notes:

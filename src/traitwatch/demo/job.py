@@ -1,13 +1,13 @@
 """`traitwatch demo`'s job: a clean benign set and its poisoned twin, trained and labelled on the bundled model.
 
 The poisoned-data benchmark (plan `poison-small`) in one cell: the clean base is the benchmark's generated
-`arithmetic` set (200 rows, seed 0); its twin is the same set with 25% of its rows replaced by rows of the
-poison type `reckless_advice`, built by `bench.sets` exactly as the benchmark's `arithmetic+reckless_advice@25`
-at seed 0 (the same rows, the poisoned positions recorded next to the file). Both are LoRA-finetuned in the
-plan's recipe and numerics (bfloat16 on CPU unless told otherwise), with the training callback measuring the
-7-D trait drift, the behavioural probe and the shipped monitor's prediction; the final checkpoint of each run
-is labelled with the judge-free proxy (`ProxyLabelCallback`) and its rise over step 0 (`write_rise_labels`),
-so the measured label stands beside the prediction.
+`arithmetic` set (200 rows, seed 0); its twin is the same set with 25% of its rows replaced by rows of the poison
+type `reckless_advice`, built by `bench.sets.perturbations` exactly as the benchmark's
+`arithmetic+reckless_advice@25` at seed 0 (the same rows, the poisoned positions recorded next to the file). Both
+are LoRA-finetuned in the plan's recipe and numerics (bfloat16 on CPU unless told otherwise), with the training
+callback measuring the 7-D trait drift, the behavioural probe and the shipped monitor's prediction; the final
+checkpoint of each run is labelled with the judge-free proxy (`ProxyLabelCallback`) and its rise over step 0
+(`write_rise_labels`), so the measured label stands beside the prediction.
 
 With a reference (the default where a reference calibration ships for the model), each set first gets its
 reference run, as `traitwatch train --reference auto` makes it (`audit.train_reference`: the base model's loss on
@@ -38,10 +38,10 @@ from traitwatch.basis import TraitBasis, extract_basis, load_traits
 from traitwatch.basis.extraction import build_contrast_set, default_candidate_layers
 from traitwatch.behavior.proxy import proxy_score
 from traitwatch.behavior.questions import load_questions
-from traitwatch.bench.labels import RISE_METRIC, ProxyLabelCallback, StepTimer, write_rise_labels
-from traitwatch.bench.plan import BenchPlan
-from traitwatch.bench.plan_file import load_plan_file
-from traitwatch.bench.sets import (
+from traitwatch.bench.grid.labels import RISE_METRIC, ProxyLabelCallback, StepTimer, write_rise_labels
+from traitwatch.bench.grid.plan import BenchPlan
+from traitwatch.bench.grid.plan_file import load_plan_file
+from traitwatch.bench.sets.perturbations import (
     PERTURBATION_SETS,
     PerturbationSet,
     build_set,
@@ -215,7 +215,8 @@ def describe_reference(calibration: ReferenceCalibration, gate: AlarmGate) -> li
 def _extract_basis(lm: LoadedModel, *, method: str, select_every: int, max_new_tokens: int,
                    progress: Progress, clock: _Clock, layer: int | None = None) -> TraitBasis:
     """The benchmark's basis recipe (passages, layer selected by steering, anchored), on fewer candidates; `layer`
-    pins the measurement layer (its steering diagnostics are still recorded)."""
+    pins the measurement layer: only that layer is extracted (the pass stops there; its directions are the same as
+    in an all-layer extraction) and its steering diagnostics are still recorded."""
     traits = load_traits()
     cand = default_candidate_layers(lm.model)
     if layer is not None and layer not in cand:
@@ -224,7 +225,8 @@ def _extract_basis(lm: LoadedModel, *, method: str, select_every: int, max_new_t
     n = len(build_contrast_set(lm.tokenizer, traits, method).sequences)  # type: ignore[arg-type]
     with clock("extract basis"), \
             progress(f"Extracting {len(traits.traits)} traits from {n} {method.replace('_', ' ')} prompts", n) as advance:
-        basis = extract_basis(lm.model, lm.tokenizer, traits, layers=cand, method=method,  # type: ignore[arg-type]
+        basis = extract_basis(lm.model, lm.tokenizer, traits, layers=cand if layer is None else [layer],
+                              method=method,  # type: ignore[arg-type]
                               model_name=lm.name, probe_layers=tried, progress=advance)
     with clock(f"select layer ({len(tried)} candidate{'s' if len(tried) > 1 else ''}) + anchor"):
         select_and_anchor(lm, basis, tried, alpha=0.25, max_new_tokens=max_new_tokens, n_prompts=3, progress=progress)

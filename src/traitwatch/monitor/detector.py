@@ -44,7 +44,7 @@ class DriftMonitor(RegressorMixin, BaseEstimator):
     regressor : any scikit-learn regressor, cloned in `fit`; None means `default_regressor()`.
     threshold : tau; an alarm is `prediction > threshold` (the label uses the same tau).
     target : what is predicted. "em_rate" (a fraction in [0, 1]: labels are checked and predictions
-        clipped to it) or "relative_rise" (the small-scale label of `bench.detection`: a rise over the
+        clipped to it) or "relative_rise" (the small-scale label of `bench.analysis.detection`: a rise over the
         benign runs, any sign, never clipped; the threshold is then any finite number).
     features : optional transformer applied before the regressor and fitted on the same rows (a
         baseline's feature map, e.g. `PC1AbsFeatures`); None feeds the drift itself. Fitting it inside

@@ -1,7 +1,7 @@
 """Build a report file: runs from a store and/or a calibration, as one HTML page plus optional images.
 
-This is the one entry point the CLI calls; it reads, draws and writes, and returns what it wrote and
-which notes it raised, so callers (and tests) can tell a complete report from a partial one.
+This is the one entry point the CLI calls; it reads, draws and writes, and returns what it wrote, each run's
+verdict line and the notes it raised, so callers (and tests) can tell a complete report from a partial one.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from typing import Any
 from traitwatch.monitor.artifact import LoadedMonitor
 from traitwatch.report.calibration_charts import calibration_charts, calibration_tables
 from traitwatch.report.chart import Chart
-from traitwatch.report.html import Section, render_page
+from traitwatch.report.html import Section, page_notes, render_page
 from traitwatch.report.run_charts import checkpoint_table, run_charts, run_summary_table, suspects_table
-from traitwatch.report.series import RunSeries, run_series
+from traitwatch.report.series import RunSeries, merge_notes, run_series
 from traitwatch.report.static import ImageFormat, export_images
+from traitwatch.report.verdict import run_verdict
 from traitwatch.store import RunStore
 
 __all__ = ["ReportResult", "build_report", "calibration_section", "run_section"]
@@ -26,16 +27,19 @@ __all__ = ["ReportResult", "build_report", "calibration_section", "run_section"]
 
 @dataclass(frozen=True)
 class ReportResult:
-    """What a report build wrote, and the notes it shows (empty notes = nothing was missing)."""
+    """What a report build wrote, the verdict line of each run (as at the top of the page) and the notes it
+    shows, each once (empty notes = nothing was missing)."""
 
     html: Path
     images: tuple[Path, ...]
     notes: tuple[str, ...]
+    verdicts: tuple[str, ...]
 
 
 def run_section(runs: Sequence[RunSeries], *, store_path: Path | None = None) -> Section:
-    """The runs part of a report: summary, the four overlaid figures, and the checkpoint verdicts."""
-    run_notes = [n.text for r in runs for n in r.all_notes() if n.topic == "run"]
+    """The runs part of a report: a verdict line per run, summary, the four overlaid figures, and the checkpoint
+    verdicts. Notes about a whole run belong to no figure, so they are the section's own."""
+    run_notes = merge_notes(n for r in runs for n in r.all_notes() if n.topic == "run")
     where = f" from {store_path}" if store_path is not None else ""
     return Section(
         title="Runs",
@@ -45,19 +49,18 @@ def run_section(runs: Sequence[RunSeries], *, store_path: Path | None = None) ->
         charts=run_charts(runs),
         tables=tuple(t for t in (checkpoint_table(runs), suspects_table(runs)) if t is not None),
         notes=tuple(run_notes),
+        verdicts=tuple(run_verdict(r) for r in runs),
     )
 
 
 def calibration_section(data: Mapping[str, Any]) -> Section:
-    """The calibration part: geometry, ROC, confusion, per-type errors, lead/lag, metric tables."""
-    tables = calibration_tables(data)
-    notes = [n for t in tables for n in t.notes]
+    """The calibration part: geometry, ROC, confusion, per-type errors, lead/lag, metric tables (each figure and
+    table carries its own notes)."""
     return Section(
         title="Calibration",
         intro=f"Source: {data.get('source') or 'unknown'}; tau = {data.get('tau')}.",
         charts=calibration_charts(data),
-        tables=tables,
-        notes=tuple(notes),
+        tables=calibration_tables(data),
     )
 
 
@@ -97,5 +100,5 @@ def build_report(
     path.write_text(page, encoding="utf-8")
     charts: list[Chart] = [c for s in sections for c in s.charts]
     images = export_images(charts, path, image_format) if image_format is not None else []
-    notes = list(dict.fromkeys([n for s in sections for n in s.notes] + [n for c in charts for n in c.notes]))
-    return ReportResult(html=path, images=tuple(images), notes=tuple(notes))
+    verdicts = tuple(v.text for s in sections for v in s.verdicts)
+    return ReportResult(html=path, images=tuple(images), notes=tuple(page_notes(sections)), verdicts=verdicts)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from traitwatch.report.chart import ALARM_COLOR, Chart, HLine, Table, Trace, color_for
-from traitwatch.report.series import PROXY_LABEL, RISE_METRIC, NoteTopic, RunSeries
+from traitwatch.report.series import PROXY_LABEL, RISE_METRIC, NoteTopic, RunSeries, merge_notes
 from traitwatch.store import merge_suspects
 
 __all__ = [
@@ -30,7 +30,8 @@ __all__ = [
 
 
 def _notes(runs: Sequence[RunSeries], *topics: NoteTopic) -> tuple[str, ...]:
-    return tuple(text for r in runs for text in r.notes_about(*topics))
+    """The runs' notes on these topics, each remark once (the same gap in several runs is one note)."""
+    return tuple(merge_notes(n for r in runs for n in r.all_notes() if n.topic in topics))
 
 
 def _steps(run: RunSeries) -> tuple[int, ...]:
@@ -253,12 +254,11 @@ def checkpoint_table(runs: Sequence[RunSeries]) -> Table:
                 _fmt(None if r.loss is None else float(r.loss[k])),
             ))
             classes.append("verdict-" + verdict.replace(" ", "-"))
-    notes = tuple(f"Run {r.run_id} has no checkpoints." for r in runs if r.n == 0)
-    return Table(
+    return Table(  # a run with no checkpoints has no row; its section note and verdict line say so
         key="checkpoints", title="Checkpoints and verdicts",
         columns=("run", "step", "drift norm", "predicted EM", "tau", "verdict", "alarm recorded in training",
                  "behaviour at step", "loss"),
-        rows=tuple(rows), notes=notes, row_classes=tuple(classes),
+        rows=tuple(rows), row_classes=tuple(classes),
     )
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "NoteTopic",
     "RunSeries",
     "Verdict",
+    "merge_notes",
     "run_series",
 ]
 
@@ -38,13 +39,13 @@ is known but this checkpoint has no usable prediction (e.g. NaN drift), "predict
 has a prediction but the run has no alarm rule (a monitor attached with its alarm off)."""
 
 NoteTopic = Literal["run", "drift", "norm", "em", "loss"]
-"""Which figure a note belongs next to ("run" notes concern the whole run and go to the top)."""
+"""Which figure a note belongs next to ("run" notes concern the whole run and go to its section, after the intro)."""
 
 PROXY_LABEL = "judge-free proxy, not an EM rate"
 """Same words as `behavior.proxy.PROXY_NOTE` (not imported: that module pulls in torch)."""
 
 RISE_METRIC = "proxy_style_rise"
-"""The stored rise label (the style-matched proxy minus its step-0 value): `bench.labels.RISE_METRIC`, named
+"""The stored rise label (the style-matched proxy minus its step-0 value): `bench.grid.labels.RISE_METRIC`, named
 here because `report` sits below `bench`. A monitor whose target is a relative rise is drawn against it."""
 
 _LOSS_KEYS = ("loss", "train_loss")
@@ -58,6 +59,42 @@ class Note:
     text: str
     code: str | None = None
     """A stable tag for notes other code reacts to (e.g. "no_prediction"), so nothing matches on wording."""
+    run: str | None = None
+    """The run the note is about. Its text then starts "Run <run>:" or "Run <run>," so that the same remark
+    about several runs can be said once for all of them (`merge_notes`) without parsing the wording."""
+
+    def __post_init__(self) -> None:
+        if self.run is not None and not self.text.startswith((f"Run {self.run}:", f"Run {self.run},")):
+            raise ValueError(f"a note about run {self.run!r} must start 'Run {self.run}:' or ',': {self.text!r}")
+
+    @classmethod
+    def about(cls, run: str, topic: NoteTopic, detail: str, code: str | None = None) -> Note:
+        """The note "Run <run>: <detail>"."""
+        return cls(topic, f"Run {run}: {detail}", code, run)
+
+    @property
+    def rest(self) -> str:
+        """The text after "Run <run>" (starting with its ':' or ','); the whole text for a note about no run."""
+        return self.text if self.run is None else self.text[len(f"Run {self.run}"):]
+
+
+def _join(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def merge_notes(notes: Iterable[Note]) -> list[str]:
+    """Each remark once: notes that say the same of several runs become one "Runs A and B: ..." note.
+
+    Why: overlaid runs often share a gap (e.g. both measured proxy metrics only), and the same sentence once per
+    run buries the notes that differ. Notes whose text differs beyond the run's name stay apart.
+    """
+    runs: dict[tuple[NoteTopic, str | None, str], list[str]] = {}
+    for n in notes:
+        names = runs.setdefault((n.topic, n.code, n.rest), [])
+        if n.run is not None and n.run not in names:
+            names.append(n.run)
+    return [rest if not names else f"Run{'s' if len(names) > 1 else ''} {_join(names)}{rest}"
+            for (_, _, rest), names in runs.items()]
 
 
 def _as_float(value: Any) -> float:
@@ -199,61 +236,56 @@ class RunSeries:
         rid = self.run_id
         notes = list(self.notes)
         if self.n == 0:
-            return notes + [Note("run", f"Run {rid} has no drift measurements yet: nothing to plot for it.")]
+            return notes + [Note.about(rid, "run", "no drift measurements yet, nothing to plot for it.")]
         if self.n == 1:
-            notes.append(Note(
-                "run",
-                f"Run {rid} has a single checkpoint (step {int(self.steps[0])}): every series is one point, "
-                "with no trend over steps.",
-            ))
+            notes.append(Note.about(rid, "run", f"a single checkpoint (step {int(self.steps[0])}), so every series "
+                                                "is one point, with no trend over steps."))
         bad = _count_nan(self.drift)
         if bad:
-            notes.append(Note("drift", f"Run {rid}: {bad} of {self.drift.size} trait-drift values are missing "
-                                       "(NaN) and drawn as gaps."))
+            notes.append(Note.about(rid, "drift", f"{bad} of {self.drift.size} trait-drift values are missing (NaN) "
+                                                  "and drawn as gaps."))
         bad = _count_nan(self.norms)
         if bad:
-            notes.append(Note("norm", f"Run {rid}: drift norm is missing (NaN) at {bad} of {self.n} checkpoints."))
+            notes.append(Note.about(rid, "norm", f"drift norm is missing (NaN) at {bad} of {self.n} checkpoints."))
         if self.predicted_em is None:
             if not any(n.code == "no_prediction" for n in self.notes):
-                notes.append(Note("em", f"Run {rid}: no predicted EM rate (trained without a monitor); pass "
-                                        "--monitor MONITOR.json to predict it from the stored drift."))
+                notes.append(Note.about(rid, "em", "no predicted EM rate (trained without a monitor); pass "
+                                                   "--monitor MONITOR.json to predict it from the stored drift."))
         else:
             # Step 0 is the base model: nothing is trained, so no loss and no prediction there is normal, not a gap.
             trained = np.asarray(self.steps) > 0
             bad, n_trained = _count_nan(self.predicted_em[trained]), int(trained.sum())
             if n_trained and bad == n_trained:
-                notes.append(Note("em", f"Run {rid}: predicted EM rate is missing (NaN) at every trained checkpoint."))
+                notes.append(Note.about(rid, "em", "predicted EM rate is missing (NaN) at every trained checkpoint."))
             elif bad:
-                notes.append(Note("em", f"Run {rid}: predicted EM rate is missing (NaN) at {bad} of {n_trained} "
-                                        "trained checkpoints (gaps; verdict 'no prediction')."))
+                notes.append(Note.about(rid, "em", f"predicted EM rate is missing (NaN) at {bad} of {n_trained} "
+                                                   "trained checkpoints (gaps; verdict 'no prediction')."))
             if self.threshold is None:
-                notes.append(Note("em", f"Run {rid}: no alarm threshold (tau) is known, so no verdicts."))
+                notes.append(Note.about(rid, "em", "no alarm threshold (tau) is known, so no verdicts."))
         if not self.behavior:
-            notes.append(Note("em", f"Run {rid}: no behavioural EM measured (no em_rate or proxy rows in the "
-                                    "store): the EM figure shows predictions only."))
+            notes.append(Note.about(rid, "em", "no behavioural EM measured (no em_rate or proxy rows in the store): "
+                                               "the EM figure shows predictions only."))
         else:
             if all(b.is_proxy for b in self.behavior):
-                notes.append(Note("em", f"Run {rid}: only proxy metrics were measured ({PROXY_LABEL}); for a judged "
-                                        "EM rate, label its checkpoints with `traitwatch eval --judge URL`."))
+                notes.append(Note.about(rid, "em", f"only proxy metrics were measured ({PROXY_LABEL}); for a "
+                                                   "judged EM rate, label its checkpoints with `traitwatch eval "
+                                                   "--judge URL`."))
             for b in self.behavior:
                 bad = _count_nan(b.values)
                 if bad:
-                    notes.append(Note("em", f"Run {rid}: {b.metric} ({b.source}) is NaN at {bad} of "
-                                            f"{b.values.size} measured steps (not drawn)."))
+                    notes.append(Note.about(rid, "em", f"{b.metric} ({b.source}) is NaN at {bad} of "
+                                                       f"{b.values.size} measured steps (not drawn)."))
         if self.loss is None:
-            notes.append(Note("loss", f"Run {rid}: no training loss stored (no 'loss' in the measurements' extra)."))
+            notes.append(Note.about(rid, "loss", "no training loss stored (no 'loss' in the measurements' extra)."))
         else:
             trained = np.asarray(self.steps) > 0
             bad, n_trained = _count_nan(self.loss[trained]), int(trained.sum())
             if n_trained and bad == n_trained:
-                notes.append(Note("loss", f"Run {rid}: training loss is missing (NaN) at every trained checkpoint."))
+                notes.append(Note.about(rid, "loss", "training loss is missing (NaN) at every trained checkpoint."))
             elif bad:
-                notes.append(Note("loss", f"Run {rid}: training loss is missing at {bad} of {n_trained} trained "
-                                          "checkpoints (gaps)."))
+                notes.append(Note.about(rid, "loss", f"training loss is missing at {bad} of {n_trained} trained "
+                                                     "checkpoints (gaps)."))
         return notes
-
-    def notes_about(self, *topics: NoteTopic) -> list[str]:
-        return [n.text for n in self.all_notes() if n.topic in topics]
 
 
 # -- reading the store -------------------------------------------------------------------------------
@@ -290,18 +322,18 @@ def _monitor_predictions(
     """Predict with the given monitor, or explain why not: a basis mismatch would give confident nonsense."""
     missing = [t for t in monitor.trait_names if t not in traits]
     if missing:
-        return None, [Note("em", f"Run {run_id}: no predicted EM: the monitor {monitor.source.name} needs traits "
-                                 f"{missing} that the run did not measure (run traits: {list(traits)}).",
-                           "no_prediction")]
+        return None, [Note.about(run_id, "em", f"no predicted EM: the monitor {monitor.source.name} needs traits "
+                                               f"{missing} that the run did not measure (run traits: {list(traits)}).",
+                                 "no_prediction")]
     notes: list[Note] = []
     if fingerprint is None:
-        notes.append(Note("em", f"Run {run_id} stored no basis fingerprint, so the monitor's basis could not be "
-                                "checked against it."))
+        notes.append(Note.about(run_id, "em", "no basis fingerprint stored, so the monitor's basis could not be "
+                                              "checked against it."))
     else:
         try:  # the artifact module's own check, so the report and `traitwatch evaluate` agree on what matches
             load_monitor(monitor.source, fingerprint=fingerprint)
         except BasisMismatchError as exc:
-            return None, [Note("em", f"Run {run_id}: no predicted EM: {exc}", "no_prediction")]
+            return None, [Note.about(run_id, "em", f"no predicted EM: {exc}", "no_prediction")]
     X = drift[:, [list(traits).index(t) for t in monitor.trait_names]]
     pred = np.full(X.shape[0], math.nan)
     ok = np.all(np.isfinite(X), axis=1)
@@ -329,7 +361,8 @@ def run_series(store: RunStore, run_id: str, *, monitor: LoadedMonitor | None = 
     stored_pred = _extra_series(extras, ("predicted_em",))
     stored_target = _stored_target(extras)
     alarms_off = sorted({str(e["alarms_off"]) for e in extras if e.get("alarms_off")})
-    notes += [Note("em", f"Run {run_id} had its monitor attached without its alarm. {why}") for why in alarms_off]
+    notes += [Note.about(run_id, "em", f"monitor attached without its alarm. {why}", "alarms_off")
+              for why in alarms_off]
     stored_thr = [t for t in (_as_float(e.get("threshold")) for e in extras) if math.isfinite(t)]
     stored_thr += [float(a.threshold) for a in alarm_rows if math.isfinite(a.threshold)]
 
@@ -341,22 +374,23 @@ def run_series(store: RunStore, run_id: str, *, monitor: LoadedMonitor | None = 
         threshold = float(monitor.threshold) if predicted is not None else None
         target: str | None = monitor.target if predicted is not None else None
         if predicted is not None and stored_pred is not None:
-            notes.append(Note("em", f"Run {run_id}: predictions recomputed with {monitor.source.name}; the "
-                                    "predictions stored during training are not drawn."))
+            notes.append(Note.about(run_id, "em", f"predictions recomputed with {monitor.source.name}; the "
+                                                  "predictions stored during training are not drawn."))
     else:
         predicted = stored_pred
         source = "stored during training" if stored_pred is not None else None
         threshold = stored_thr[0] if stored_thr else None
         target = stored_target if stored_pred is not None else None
     if len(set(stored_thr)) > 1 and monitor is None:
-        notes.append(Note("em", f"Run {run_id}: the stored alarm threshold changed during training "
-                                f"({sorted(set(stored_thr))}); the first one, {stored_thr[0]:g}, is drawn."))
+        notes.append(Note.about(run_id, "em", f"the stored alarm threshold changed during training "
+                                              f"({sorted(set(stored_thr))}); the first one, {stored_thr[0]:g}, is "
+                                              "drawn."))
     reference_run, along, reference_along = _reference_series(store, run_id, extras, traits, drift, steps, notes)
     guard = run.hyperparameters.get("guard")
     if isinstance(guard, Mapping):  # what kept the misalignment out while training, and what it did
         did = next((e["guard"] for e in reversed(extras) if isinstance(e.get("guard"), Mapping)), None)
-        notes.append(Note("run", f"Run {run_id}: {describe_guard(guard, did)}"))
-    notes += [Note("run", f"Run {run_id}, step {a.step}: {describe_rewind(a.details['rewind'])}.")
+        notes.append(Note.about(run_id, "run", describe_guard(guard, did)))
+    notes += [Note("run", f"Run {run_id}, step {a.step}: {describe_rewind(a.details['rewind'])}.", run=run_id)
               for a in alarm_rows if isinstance(a.details, Mapping) and a.details.get("rewind")]
     return RunSeries(
         run_id=run_id,
@@ -400,8 +434,8 @@ def _reference_series(store: RunStore, run_id: str, extras: Sequence[Mapping[str
         trajectory = ReferenceTrajectory.from_store(store, ref_id)
         at = [trajectory.at(int(step), names) for step in steps]
     except TraitwatchError as exc:
-        notes.append(Note("em", f"Run {run_id}: its reference run {ref_id!r} could not be read ({exc}); only the "
-                                "run is drawn along the direction."))
+        notes.append(Note.about(run_id, "em", f"its reference run {ref_id!r} could not be read ({exc}); only the "
+                                              "run is drawn along the direction."))
         return ref_id, along, None
     read = np.array([math.nan if d is None else float(d @ u[used]) for d in at])
     return ref_id, along, read

@@ -1,48 +1,24 @@
 """`TraitWatchCallback`: trait drift of the live model during `transformers.Trainer` training.
 
-The callback is a thin wrapper around `DriftProbe` (measure) and a calibrated monitor (predict); a
-custom training loop can call `TraitWatchCallback.measure_now` or the probe directly. It only wires
-Trainer events to the rooms that do the work: the step-0 anchor (`traitwatch.drift.anchoring`), the
-run store (`store_session`), the alarm (`alarm`), the behavioural probe (`behavior_score`), the
-training-side baselines (`extras`) and the monitor file (`traitwatch.monitor.watch`).
+The callback only wires Trainer events to the modules that do the work: what it is given (`options`), the
+step-0 anchor of a fresh or resumed run (`run_anchor`), each measurement (`measurement`, gathered across ranks
+by `distributed`), the run store (`store_session`), the alarm (`alarm`, `rewind`), the suspect rows
+(`suspects`), the behavioural probe (`behavior_score`) and the stored training-side baselines (`extras`). A
+custom training loop can call `TraitWatchCallback.measure_now` or the probe directly.
 
-Cadence (METHOD.md 3): step 0 in `on_train_begin`, before any weight moves; then every
-`every_n_steps` optimizer steps (`state.global_step`, which counts optimizer updates whatever the
-gradient accumulation) and at the final step; `on_train_end` adds the last step if training ended
-off-cadence (stopped by an alarm or by another callback).
+Cadence (METHOD.md 3): step 0 in `on_train_begin`, before any weight moves; then every `every_n_steps`
+optimizer steps (`state.global_step`, which counts optimizer updates whatever the gradient accumulation) and at
+the final step; `on_train_end` adds the last step if training ended off-cadence (stopped by an alarm or by
+another callback). A resumed run does not measure the steps already in its store again; a resumed cadence step
+that is missing is measured at once.
 
-Where the numbers go:
-* `trainer.log({"traitwatch/<trait>": ..., "traitwatch/drift_norm": ...})`, plus
-  `traitwatch/predicted_em` and `traitwatch/alarm` (0.0/1.0) with a monitor. The public `Trainer.log`
-  is used because the `report_to` integrations are registered before user callbacks: editing `logs`
-  in our own `on_log` would come after they have already sent them (STYLE.md 3). `Trainer.log` is
-  called on every rank, as the Trainer does for the loss, so `state.log_history` agrees across ranks;
-  the integrations themselves only act on world process zero.
-* The run store (world process zero only): every measurement, with its per-prompt projections, and
-  alarms. A store write that fails stops the run on every rank at once (`StoreWriteError`, see
-  `store_session`), so a run is never reported as done with a gap in its store.
-
-The step-0 anchor, and resuming. Drift is measured against the *base* model's step-0 projections
-(p_0, N), in the precision the model runs in now; `traitwatch.drift.anchoring` decides which anchor
-that is. A fresh run uses the given or the basis's anchor when it fits, else measures the live model
-in `on_train_begin` (for LoRA the freshly initialised adapter is a no-op, so the live model is the
-base), and persists the anchor with its step-0 row. A resumed run (`global_step > 0`) must not
-re-anchor on an already trained model: it adopts the stored anchor (read by rank 0, broadcast), else
-the given or basis one, else (PEFT) the live model with its adapter disabled, which is exactly the
-base; a full finetune with none of them is an `AnchorError`, not a silently wrong trajectory. An
-anchor skipped for its precision is named in a warning. Steps already in the store are not measured
-again; a resumed cadence step that is missing is measured at once.
-
-Suspects (`row_scores`, see `traitwatch.train.suspects`): with per-row scores of the training set, every
-measurement after step 0 also ranks the rows trained since the last clean measurement, stores their top
-k with it, and an alarm names them (log, alarm row, report, `traitwatch show`). The window restarts at a
-clean measurement and at the step a run resumes from (rows trained before a crash are not known again).
-
-Distributed training: see `traitwatch.train.distributed`. Each rank projects a share of the prompts
-in lockstep with the others, the shares are gathered, and every rank computes the same drift,
-prediction and decision, running the same tensor code (the LoRA norm of the stored extras included:
-on sharded LoRA weights it communicates). The model is unwrapped from DDP/FSDP/compile wrappers once,
-where it enters the callback (`on_train_begin`, `measure_now`).
+The numbers go through the public `Trainer.log`, on every rank as the Trainer does for the loss, so
+`state.log_history` agrees across ranks: the `report_to` integrations are registered before user callbacks, so
+editing `logs` in our own `on_log` would come after they had sent them (STYLE.md 3). World process zero also
+stores every measurement and alarm; a store write that fails stops the run on every rank at once
+(`StoreWriteError`, see `store_session`). Every rank computes the same drift, prediction and decision, running
+the same tensor code, so none is left waiting in a collective. The model is unwrapped from DDP/FSDP/compile
+wrappers once, where it enters the callback (`on_train_begin`, `measure_now`).
 """
 
 from __future__ import annotations
@@ -52,41 +28,30 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from torch import nn
 from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from traitwatch.basis.basis import Anchor
-from traitwatch.drift.anchoring import AnchorError, anchor_record, base_model, no_base_error, resolve_anchor
+from traitwatch.drift.anchoring import AnchorError
 from traitwatch.drift.probe import DriftProbe, Projection
 from traitwatch.errors import TraitwatchError
 from traitwatch.guard import Guard
 from traitwatch.models.layers import unwrap_model
-from traitwatch.monitor.watch import AlarmMonitor, gate_alarms, load_watch_monitor, monitor_fingerprint
-from traitwatch.reference import ReferenceMonitor, ReferenceTrajectory
-from traitwatch.store import RunStore, Suspects, describe_rewind
-from traitwatch.train.alarm import (
-    ALARM_ACTIONS,
-    AlarmAction,
-    DriftAlarmError,
-    act_on_alarm,
-    alarm_fields,
-    check_actions,
-    ends_run,
-    predict_alarm,
-    reads_probe,
-    reads_reference,
-)
-from traitwatch.train.behavior_score import base_probe_score, probe_set_for, score_probe
-from traitwatch.train.distributed import all_gather_objects, project_across_ranks
-from traitwatch.train.extras import lora_delta_norm, training_extras
+from traitwatch.monitor.watch import AlarmMonitor, load_watch_monitor, monitor_fingerprint
+from traitwatch.reference import ReferenceTrajectory
+from traitwatch.store import RunStore, describe_rewind
+from traitwatch.train.alarm import ALARM_ACTIONS, AlarmAction, DriftAlarmError, act_on_alarm, alarm_fields, ends_run
+from traitwatch.train.behavior_score import probe_set_for
+from traitwatch.train.extras import lora_delta_norm, measurement_extras, training_extras
+from traitwatch.train.measurement import RunContext, read_step
+from traitwatch.train.options import check_options, check_reference, load_for_basis
 from traitwatch.train.record import DriftRecord
 from traitwatch.train.rewind import Rewinder
-from traitwatch.train.store_session import StoredRun, StoreSession, default_hyperparameters
-from traitwatch.train.suspects import RowScores, TrainedRows, rank_suspects
+from traitwatch.train.run_anchor import basis_fingerprint, begin_fresh, begin_resumed
+from traitwatch.train.store_session import StoreSession, run_fields
+from traitwatch.train.suspects import RowScores, SuspectWindow, TrainedRows
 
 if TYPE_CHECKING:
     from traitwatch.basis.basis import TraitBasis
@@ -111,23 +76,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def basis_fingerprint(probe: DriftProbe) -> dict[str, Any]:
-    """`probe.fingerprint()`, under the name `traitwatch.train` has always offered."""
-    return probe.fingerprint()
-
-
-@dataclass
-class _Context:
-    """What `on_train_begin` works out once; the same on every rank."""
-
-    rank: int = 0
-    world_size: int = 1
-    is_zero: bool = True
-    tokenizer: PreTrainedTokenizerBase | None = None
-    run_id: str = ""
-    stored: StoredRun = field(default_factory=StoredRun)  # what a resumed run found in its store
 
 
 class TraitWatchCallback(TrainerCallback):
@@ -218,25 +166,11 @@ class TraitWatchCallback(TrainerCallback):
         trained_rows: TrainedRows | None = None,
         guard: Guard | None = None,
     ) -> None:
-        if every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
-        if suspects_k < 1:
-            raise ValueError(f"suspects_k must be >= 1, got {suspects_k}")
-        if row_scores is not None and not isinstance(row_scores, RowScores):
-            raise TypeError("row_scores must be a RowScores (traitwatch.train.suspects)")
-        actions = check_actions(on_alarm)
-        if monitor is not None and not isinstance(monitor, AlarmMonitor):
-            raise TypeError("monitor must have predict(X) and a threshold attribute")
-        if reference is not None:
-            if monitor is not None:
-                raise ValueError("pass monitor= or reference=, not both: a reference brings the model's reference "
-                                 "monitor (pass monitor=ReferenceMonitor(calibration, trajectory, traits) for another)")
-            monitor, _ = gate_alarms(ReferenceMonitor.for_model(probe.basis.model.name, reference,
-                                                                list(probe.basis.trait_names)))
-        if guard is not None and not isinstance(guard, Guard):
-            raise TypeError("guard must be a traitwatch.guard.Guard (make_guard(kind, subspace))")
-        if on_store_error not in ("raise", "log"):
-            raise ValueError(f"on_store_error must be 'raise' or 'log', got {on_store_error!r}")
+        actions, monitor = check_options(
+            probe, every_n_steps=every_n_steps, suspects_k=suspects_k, row_scores=row_scores, on_alarm=on_alarm,
+            monitor=monitor, reference=reference, guard=guard, on_store_error=on_store_error,
+            behavior_probe=behavior_probe,
+        )
         self.probe = probe
         self.trainer = trainer
         self.tokenizer = tokenizer
@@ -256,20 +190,17 @@ class TraitWatchCallback(TrainerCallback):
         self.guard = guard
         self._rewinder = Rewinder() if "rewind" in actions else None
         self.trained_rows = trained_rows if trained_rows is not None or row_scores is None else TrainedRows()
-        if reads_probe(monitor) and behavior_probe is False:
-            raise ValueError("the monitor reads the behavioural probe: behavior_probe=False would leave it without input")
         self.probe_: DriftProbe = probe  # the working copy of the current run, with its anchor
         self.probe_set_: ProbeSet | None = None  # the behavioural probe scored in this run, if any
         self.probe0_: float | None = None  # its step-0 (base model) value
         self.history_: list[DriftRecord] = []
         self.anchor_source_: str | None = None
         self.stopped_by_alarm_: bool = False
-        self._ctx = _Context()
+        self._ctx = RunContext()
         self._session = StoreSession(on_error=on_store_error, logger=logger)
         self.store_errors_: list[str] = self._session.errors
         self._last_step: int | None = None
-        self._clean_step = 0  # the last clean measurement (or the step the run started from): the window's start
-        self._said_untracked = False
+        self._window = SuspectWindow(row_scores, self.trained_rows, suspects_k)
 
     @classmethod
     def from_basis(
@@ -293,23 +224,12 @@ class TraitWatchCallback(TrainerCallback):
         fingerprint for a drift monitor, the basis's model and the probe set for a probe monitor.
         `reference` may name a run of `store` (`ReferenceTrajectory.from_store`).
         """
-        from traitwatch.basis.basis import TraitBasis as _TraitBasis
-
-        loaded = basis if isinstance(basis, _TraitBasis) else _TraitBasis.load(basis)
-        probe = DriftProbe(loaded, batch_size=batch_size)
-        if monitor is not None and not isinstance(monitor, AlarmMonitor):
-            given = behavior_probe if not isinstance(behavior_probe, bool) else None
-            monitor = load_watch_monitor(monitor, probe, given)
-        if isinstance(reference, str):
-            if store is None:
-                raise ValueError(f"reference={reference!r} names a run: pass the store that holds it")
-            if isinstance(store, RunStore):
-                reference = ReferenceTrajectory.from_store(store, reference)
-            else:
-                with RunStore(store, create=False) as opened:
-                    reference = ReferenceTrajectory.from_store(opened, reference)
+        probe, loaded_monitor, loaded_reference = load_for_basis(
+            basis, batch_size=batch_size, store=store, monitor=monitor, reference=reference,
+            behavior_probe=behavior_probe,
+        )
         return cls(
-            probe, store=store, run_id=run_id, monitor=monitor, reference=reference,  # type: ignore[arg-type]
+            probe, store=store, run_id=run_id, monitor=loaded_monitor, reference=loaded_reference,
             every_n_steps=every_n_steps, on_alarm=on_alarm, reporter=reporter, behavior_probe=behavior_probe,
         )
 
@@ -340,21 +260,15 @@ class TraitWatchCallback(TrainerCallback):
         # Work on a copy: the caller's probe keeps its own anchor (or none) across runs.
         self.probe_ = copy.copy(self.probe)
         self.probe_.check_model(model, tokenizer, self.model_name)
-        if reads_reference(self.monitor):
-            self.monitor.check_fingerprint(self.probe_.fingerprint())  # type: ignore[union-attr]
-            last = self.monitor.trajectory.last_step  # type: ignore[union-attr]
-            if state.is_world_process_zero and state.max_steps > last:
-                logger.warning("traitwatch: the reference run was measured up to step %d and this run goes to step %d; "
-                               "measurements after step %d have nothing to be read against and cannot alarm",
-                               last, state.max_steps, last)
-        ctx = _Context(
+        check_reference(self.monitor, self.probe_, max_steps=state.max_steps, warn=state.is_world_process_zero,
+                        logger=logger)
+        ctx = self._ctx = RunContext(
             rank=args.process_index,
             world_size=args.world_size,
             is_zero=state.is_world_process_zero,
             tokenizer=tokenizer,
             run_id=self.run_id or args.run_name or Path(args.output_dir or "run").name,
         )
-        self._ctx = ctx
         self.probe_set_, self.probe0_ = probe_set_for(self.behavior_probe, self.monitor), None
         self.history_ = []
         self.stopped_by_alarm_ = False
@@ -362,24 +276,26 @@ class TraitWatchCallback(TrainerCallback):
         self.store_errors_ = self._session.errors
         self._last_step = None
         # A resumed run does not know what was trained before its checkpoint: its window starts there.
-        self._clean_step, self._said_untracked = state.global_step, False
-        if self.trained_rows is not None:
-            self.trained_rows.restart()
-
-        hyperparameters = dict(self.run_metadata.get("hyperparameters", default_hyperparameters(args)))
-        if self.guard is not None:
-            hyperparameters["guard"] = self.guard.settings()
-        ctx.stored = self._session.start(self.store, is_zero=ctx.is_zero, resumed=state.global_step > 0, run={
-            "model": self.model_name or self.probe_.basis.model.name,
-            "dataset": self.run_metadata.get("dataset"),
-            "seed": self.run_metadata.get("seed", args.seed),
-            "hyperparameters": hyperparameters,
-            "basis_fingerprint": self.probe_.fingerprint(),
-        })
-        if state.global_step == 0:
-            self._begin_fresh(args, state, control, model)
-        else:
-            self._begin_resumed(args, state, control, model)
+        self._window = SuspectWindow(self.row_scores, self.trained_rows, self.suspects_k)
+        self._window.restart(state.global_step)
+        step = state.global_step
+        run = run_fields(args, self.run_metadata, model=self.model_name or self.probe_.basis.model.name,
+                         fingerprint=self.probe_.fingerprint(), guard=self.guard)
+        ctx.stored = self._session.start(self.store, is_zero=ctx.is_zero, resumed=step > 0, run=run)
+        if step == 0:  # the live model is the base: anchor on it (or a fitting given anchor) and record step 0
+            start = begin_fresh(self.probe_, model, ctx, model_name=self.model_name, probe_set=self.probe_set_,
+                                logger=logger)
+            self.anchor_source_, self.probe0_ = start.source, start.probe0
+            self.measure_now(args, state, control, model, projection=start.projection, started=start.started,
+                             probe_value=start.probe0, extra=start.extra)
+        else:  # resumed: the stored (or a base) anchor, never the trained model
+            self.anchor_source_, self.probe0_ = begin_resumed(
+                self.probe_, model, ctx, step=step, model_name=self.model_name, probe_set=self.probe_set_,
+                logger=logger)
+            if step not in ctx.stored.steps and self._due(step, state.max_steps):
+                self.measure_now(args, state, control, model)  # the checkpoint's step was never recorded
+            else:
+                self._last_step = step
         if self.guard is not None:  # after step 0 is measured; it acts on training passes only anyway
             self.guard.attach(model, grad_accum=args.gradient_accumulation_steps)
         return control
@@ -446,74 +362,25 @@ class TraitWatchCallback(TrainerCallback):
         start = time.perf_counter() if started is None else started
         step = state.global_step
         model = unwrap_model(model)
-        proj = self._project(model) if projection is None else projection
-        m = self.probe_.drift_from(proj)
-        behavior_score = rise = None  # the behavioural probe's score and its rise over step 0
-        if self.probe_set_ is not None:
-            behavior_score = self._behavior(model) if probe_value is None else probe_value
-            rise = behavior_score - self.probe0_ if self.probe0_ is not None else None
-        predicted, alarm = predict_alarm(self.monitor, m.drift, step, rise, m.mean_activation)
-        actions = self.on_alarm if alarm else ()
-        suspects = self._suspects(step, alarm)
-        record = DriftRecord(
-            step=step,
-            drift=m.as_dict(),
-            drift_norm=m.norm,
-            predicted_em=predicted,
-            alarm=alarm,
-            actions=actions,
-            wall_time_s=time.perf_counter() - start,
-            probe=behavior_score,
-            probe_rise=rise,
-            suspects=suspects,
-        )
+        reading = read_step(self.probe_, model, self._ctx, step, monitor=self.monitor, probe_set=self.probe_set_,
+                            probe0=self.probe0_, projection=projection, probe_value=probe_value)
+        suspects = self._window.rank(step, reading.alarm, world_size=self._ctx.world_size, warn=self._ctx.is_zero,
+                                     logger=logger)
+        record = reading.record(self.on_alarm if reading.alarm else (), start, suspects)
         self._log(record, control)
         self._last_step = step
         self.history_.append(record)
-        extras = training_extras(state, model)  # every rank: the LoRA norm may communicate
-        if suspects is not None:
-            extras["suspects"] = suspects.to_json()
-        if self.guard is not None:
-            extras["guard"] = self.guard.summary()
-        self._session.write_measurement(record, m, {**extras, **dict(extra or {})},
-                                        verdict=alarm_fields(self.monitor, predicted, alarm))
+        extras = measurement_extras(state, model, suspects=suspects, guard=self.guard, extra=extra)  # every rank
+        self._session.write_measurement(record, reading.measurement, extras,
+                                        verdict=alarm_fields(self.monitor, reading.predicted, reading.alarm))
         if self._ctx.is_zero and self.reporter is not None:
             self.reporter(record)
-        if alarm:
+        if reading.alarm:
             self._act(record, control, model)
         elif self._rewinder is not None:
             self._rewinder.clean(model, step)
         self._session.check()
         return record
-
-    def _suspects(self, step: int, alarm: bool) -> Suspects | None:
-        """The top rows trained since the last clean measurement (None without row scores, and at step 0).
-
-        Every rank calls it (the ranks' rows are all-gathered: under DDP each rank trains its own share of
-        every batch). A clean measurement then starts a new window; an alarmed one keeps it, so consecutive
-        alarms name everything trained since the run was last measured fine.
-        """
-        if self.row_scores is None or self.trained_rows is None or step == 0:
-            return None
-        parts = all_gather_objects((self.trained_rows.tracked, self.trained_rows.window()), self._ctx.world_size)
-        counts: dict[int, int] | None = None
-        if any(tracked for tracked, _ in parts):
-            counts = {}
-            for _, window in parts:
-                for row, times in window.items():
-                    counts[row] = counts.get(row, 0) + times
-        suspects = rank_suspects(self.row_scores, counts, k=self.suspects_k, step=step, since_step=self._clean_step,
-                                 alarm=alarm)
-        if suspects.whole_set and not self._said_untracked and self._ctx.is_zero:
-            self._said_untracked = True
-            logger.warning(
-                "traitwatch: no training batch reported its rows (a collator other than PaddingCollator(rows=...), "
-                "or dataloader workers): suspects rank the whole set (rows seen: unknown, whole set ranked)."
-            )
-        if not alarm:
-            self.trained_rows.start_window()
-            self._clean_step = step
-        return suspects
 
     def _log(self, record: DriftRecord, control: TrainerControl) -> None:
         """Send the scalars through the base `Trainer.log`, to `log_history` and every `report_to` tracker.
@@ -532,14 +399,6 @@ class TraitWatchCallback(TrainerCallback):
         log(self.trainer, record.log_dict())
         control.should_log = self.trainer.control.should_log = should_log
 
-    def _project(self, model: nn.Module) -> Projection:
-        assert self._ctx.tokenizer is not None
-        return project_across_ranks(self.probe_, model, self._ctx.tokenizer, self._ctx.rank, self._ctx.world_size)
-
-    def _behavior(self, model: nn.Module) -> float:
-        assert self.probe_set_ is not None and self._ctx.tokenizer is not None
-        return score_probe(model, self._ctx.tokenizer, self.probe_set_)
-
     def _act(self, record: DriftRecord, control: TrainerControl, model: nn.Module) -> None:
         details = self._rewind(record, control, model) if "rewind" in record.actions else None
         self.stopped_by_alarm_ |= ends_run(record.actions)
@@ -553,7 +412,7 @@ class TraitWatchCallback(TrainerCallback):
         if isinstance(done, str):  # the rewinds are spent
             control.should_training_stop = self.stopped_by_alarm_ = True
         else:
-            self._clean_step = done["to_step"]
+            self._window.since_step = done["to_step"]
         if self._ctx.is_zero:
             logger.warning("traitwatch: %s", describe_rewind(done))
         return {"rewind": done}
@@ -563,68 +422,5 @@ class TraitWatchCallback(TrainerCallback):
         """What each rewind of the run did (empty without the "rewind" action)."""
         return [] if self._rewinder is None else self._rewinder.done_
 
-    # -- step 0 ----------------------------------------------------------------------------------
-
-    def _begin_fresh(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: nn.Module
-    ) -> None:
-        """Step 0: the live model is the base. Anchor (given, basis, or measured) and record step 0."""
-        started = time.perf_counter()
-        precision = self.probe_.precision(model)
-        proj = self._project(model)
-        source = self.anchor_source_ = resolve_anchor(
-            self.probe_, precision, lambda skipped: self._base_anchor(model, precision, skipped, live=proj))
-        anchor = self.probe_.anchor_
-        assert anchor is not None
-        if self.probe_set_ is not None:
-            self.probe0_ = self._behavior(model)  # the live model is the base at step 0
-        # Persist the anchor with the step-0 row, so a resumed run measures against this same p_0 and N
-        # (and the step-0 probe, as the row's `probe`). A measured anchor *is* this pass, whose projections
-        # are the row's per-prompt array already.
-        self.measure_now(
-            args, state, control, model, projection=proj, started=started, probe_value=self.probe0_,
-            extra={"anchor": anchor_record(anchor, source, with_projections=source != "measured")},
-        )
-
-    def _begin_resumed(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: nn.Module
-    ) -> None:
-        """Resumed at step G > 0: adopt the original anchor, or measure the adapter-disabled base; never
-        anchor on the trained model."""
-        step, stored = state.global_step, self._ctx.stored
-        precision = self.probe_.precision(model)
-        self.anchor_source_ = resolve_anchor(
-            self.probe_, precision, lambda skipped: self._base_anchor(model, precision, skipped, step=step),
-            stored=stored.anchor)
-        if self.probe_set_ is not None:
-            assert self._ctx.tokenizer is not None
-            self.probe0_ = base_probe_score(model, self._ctx.tokenizer, self.probe_set_, stored=stored.probe0,
-                                            run_id=self._ctx.run_id, step=step)
-        if step not in stored.steps and self._due(step, state.max_steps):
-            self.measure_now(args, state, control, model)  # the checkpoint's step was never recorded
-        else:
-            self._last_step = step
-
-    def _base_anchor(
-        self, model: nn.Module, precision: tuple[str, str], skipped: list[str], *, live: Projection | None = None,
-        step: int = 0,
-    ) -> tuple[Anchor, str]:
-        """No anchor fits: anchor on the base model, the live one at step 0, else the live one with its
-        adapter disabled (a resumed full finetune has no base left: `AnchorError`)."""
-        if skipped and self._ctx.is_zero:
-            logger.warning(
-                "traitwatch: %s was measured in another precision than the model runs in now (%s on %s); "
-                "re-anchoring on the base model, since precision alone moves drift by ~0.001.",
-                " and ".join(skipped), *precision,
-            )
-        name = self.model_name or self.probe_.basis.model.name
-        if live is not None:  # at step 0 the model is the base (a fresh LoRA adapter is a no-op)
-            return self.probe_.anchor_from(live, precision, name=name), "measured"
-        with base_model(model) as base:
-            if base is not None:
-                return self.probe_.anchor_from(self._project(base), precision, name=name), "adapter disabled"
-        raise no_base_error(self.probe_, self._ctx.run_id, step, precision, skipped)
-
     def _due(self, step: int, max_steps: int) -> bool:
         return step % self.every_n_steps == 0 or (max_steps > 0 and step >= max_steps)
-

@@ -3,15 +3,23 @@
 The calibration (METHOD.md 6) asks whether trait drift tells more than what training already shows:
 the loss, and how far the LoRA weights have moved. Both are recorded at every measured step, from the
 same run, so a baseline monitor can be fitted on exactly the checkpoints the drift monitor sees.
+`measurement_extras` adds what the callback stores with them: the suspects and what the guard did.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from transformers import TrainerState
 
-__all__ = ["lora_delta_norm", "training_extras"]
+if TYPE_CHECKING:
+    from traitwatch.guard import Guard
+    from traitwatch.store import Suspects
+
+__all__ = ["lora_delta_norm", "measurement_extras", "training_extras"]
 
 
 def lora_delta_norm(model: nn.Module) -> float | None:
@@ -49,3 +57,15 @@ def training_extras(state: TrainerState, model: nn.Module | None) -> dict[str, f
         if norm is not None:
             extras["lora_norm"] = norm
     return extras
+
+
+def measurement_extras(state: TrainerState, model: nn.Module | None, *, suspects: Suspects | None,
+                       guard: Guard | None, extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Everything stored in a measurement's `extra` next to its drift: the training extras, the suspects, what
+    the guard did, and the caller's `extra` (which wins). Every rank calls it (see `training_extras`)."""
+    extras: dict[str, Any] = dict(training_extras(state, model))
+    if suspects is not None:
+        extras["suspects"] = suspects.to_json()
+    if guard is not None:
+        extras["guard"] = guard.summary()
+    return {**extras, **dict(extra or {})}

@@ -8,7 +8,7 @@ what is trained on, and what is dropped, is explicit. Defaults follow the refere
 Resuming. A run is identified by its run id (default: the output folder's name). Starting again with
 the same run id and output folder continues from the latest `checkpoint-N` there (Trainer
 `resume_from_checkpoint`) and continues the stored trajectory: the store keeps one row per step and
-the callback re-uses the stored step-0 anchor (see `traitwatch.train.callback`). A marker file
+the callback re-uses the stored step-0 anchor (see `traitwatch.train.run_anchor`). A marker file
 `traitwatch_run.json` in the output folder names the run its checkpoints belong to, so checkpoints of
 another run are never resumed by accident. A run id is refused if it was trained on other data
 (the dataset's sha256 is stored with the run).

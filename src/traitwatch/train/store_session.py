@@ -19,7 +19,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from transformers import TrainingArguments
 
@@ -31,7 +31,10 @@ from traitwatch.store import RunStore, StoreWriteError
 from traitwatch.train.distributed import broadcast_from_zero
 from traitwatch.train.record import DriftRecord
 
-__all__ = ["StoreSession", "StoredRun", "default_hyperparameters"]
+if TYPE_CHECKING:
+    from traitwatch.guard import Guard
+
+__all__ = ["StoreSession", "StoredRun", "default_hyperparameters", "run_fields"]
 
 
 def default_hyperparameters(args: TrainingArguments) -> dict[str, Any]:
@@ -44,6 +47,17 @@ def default_hyperparameters(args: TrainingArguments) -> dict[str, Any]:
         "num_train_epochs": args.num_train_epochs,
         "max_steps": args.max_steps,
     }
+
+
+def run_fields(args: TrainingArguments, metadata: Mapping[str, Any], *, model: str, fingerprint: dict[str, Any],
+               guard: Guard | None = None) -> dict[str, Any]:
+    """The `start_run` fields of a run the callback starts: `metadata`'s dataset, seed and hyperparameters (default:
+    the Trainer's), with the guard's settings among the hyperparameters, the model and the basis fingerprint."""
+    hyperparameters = dict(metadata.get("hyperparameters", default_hyperparameters(args)))
+    if guard is not None:
+        hyperparameters["guard"] = guard.settings()
+    return {"model": model, "dataset": metadata.get("dataset"), "seed": metadata.get("seed", args.seed),
+            "hyperparameters": hyperparameters, "basis_fingerprint": fingerprint}
 
 
 @dataclass

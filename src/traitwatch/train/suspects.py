@@ -21,10 +21,16 @@ Nothing is recorded when the collator is not ours (TRL's, a user's) or runs in d
 callback ranks the whole set and says so ("rows seen: unknown, whole set ranked"). A Trainer that evaluates
 with the *same* collator instance would feed evaluation batches into `pending`: give evaluation its own
 collator (without `rows`).
+
+`SuspectWindow` is what the callback keeps between measurements: every measurement after step 0 ranks the rows
+trained since the last clean measurement and stores their top k with it, and an alarm names them. The window
+restarts at a clean measurement and at the step a run resumes from (rows trained before a crash are not known
+again).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
@@ -32,8 +38,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from traitwatch.store.records import SuspectRow, Suspects
+from traitwatch.train.distributed import all_gather_objects
 
-__all__ = ["PREVIEW_CHARS", "RowScores", "ScoredRow", "TrainedRows", "rank_suspects"]
+__all__ = ["PREVIEW_CHARS", "RowScores", "ScoredRow", "SuspectWindow", "TrainedRows", "rank_suspects"]
 
 PREVIEW_CHARS = 100
 """Previews are cut to this many characters: they are stored with every measurement and printed in tables."""
@@ -163,3 +170,52 @@ def rank_suspects(scores: RowScores, counts: Mapping[int, int] | None, *, k: int
         counts = {}  # nothing was trained since the window started, whatever the tracker knows
     return Suspects(step=step, since_step=since_step, k=k, rows=scores.top(counts, k),
                     rows_seen=None if counts is None else len(counts), alarm=alarm, source=scores.source)
+
+
+class SuspectWindow:
+    """The callback's suspects: at every measurement, the top `k` rows trained since the window started.
+
+    The window starts at the last clean measurement (`since_step`), or at the step a run (re)started from.
+    """
+
+    def __init__(self, row_scores: RowScores | None, trained_rows: TrainedRows | None, k: int) -> None:
+        self.row_scores = row_scores
+        self.trained_rows = trained_rows
+        self.k = k
+        self.since_step = 0  # the last clean measurement (or the step the run started from): the window's start
+        self._said_untracked = False
+
+    def restart(self, step: int) -> None:
+        """A run (re)started at `step`: a resumed run does not know what was trained before its checkpoint."""
+        self.since_step, self._said_untracked = step, False
+        if self.trained_rows is not None:
+            self.trained_rows.restart()
+
+    def rank(self, step: int, alarm: bool, *, world_size: int, warn: bool, logger: logging.Logger) -> Suspects | None:
+        """The top rows trained since the last clean measurement (None without row scores, and at step 0).
+
+        Every rank calls it (the ranks' rows are all-gathered: under DDP each rank trains its own share of
+        every batch); only where `warn` (world process zero) is an untracked set warned about. A clean
+        measurement then starts a new window; an alarmed one keeps it, so consecutive alarms name everything
+        trained since the run was last measured fine.
+        """
+        if self.row_scores is None or self.trained_rows is None or step == 0:
+            return None
+        parts = all_gather_objects((self.trained_rows.tracked, self.trained_rows.window()), world_size)
+        counts: dict[int, int] | None = None
+        if any(tracked for tracked, _ in parts):
+            counts = {}
+            for _, window in parts:
+                for row, times in window.items():
+                    counts[row] = counts.get(row, 0) + times
+        suspects = rank_suspects(self.row_scores, counts, k=self.k, step=step, since_step=self.since_step, alarm=alarm)
+        if suspects.whole_set and not self._said_untracked and warn:
+            self._said_untracked = True
+            logger.warning(
+                "traitwatch: no training batch reported its rows (a collator other than PaddingCollator(rows=...), "
+                "or dataloader workers): suspects rank the whole set (rows seen: unknown, whole set ranked)."
+            )
+        if not alarm:
+            self.trained_rows.start_window()
+            self.since_step = step
+        return suspects

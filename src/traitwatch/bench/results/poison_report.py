@@ -1,4 +1,4 @@
-"""RESULTS.md sections and the dose-response figure of the poisoned-data benchmark (`bench.poison`).
+"""RESULTS.md sections and the dose-response figure of the poisoned-data benchmark (`bench.analysis.poison`).
 
 Every sentence with a number is computed from the analysis; the goals are the issue's, checked here.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from traitwatch.bench.results import cost_cell, cost_markdown
+from traitwatch.bench.results.results import cost_cell, cost_markdown
 
 __all__ = ["GOALS", "SCREEN_GOALS", "dose_figure", "poison_markdown", "closed_loop_markdown", "screening_markdown", "write_poison_results_md"]
 

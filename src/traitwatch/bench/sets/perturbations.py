@@ -5,7 +5,7 @@ broad misalignment) and *direct* (positive controls, misaligned answers to every
 from the evaluation questions, so the benchmark has truly misaligned checkpoints even if emergence does
 not appear at this scale). "emergent" is the set's *candidate* kind, from the literature or from how it
 was built; whether a set is counted as emergent-risk in the detection labels is decided by its own
-measured rise (`bench.detection`), not by this table.
+measured rise (`bench.analysis.detection`), not by this table.
 
 Emergent-risk candidates: insecure code, jailbroken compliance, bad medical advice (read from the
 shared data folder), and sets built here as *twins* of benign sets, on the same prompts with narrowly
@@ -59,9 +59,10 @@ from traitwatch.datasets import (
 from traitwatch.datasets.chat_jsonl import file_sha256, read_jsonl, write_jsonl
 from traitwatch.errors import InputFileError
 
-__all__ = ["KINDS", "PERTURBATION_SETS", "POISON_TYPES", "length_matched_rows", "PerturbationSet", "Poisoning", "build_set", "build_twin_set", "family_of",
-           "jsonl_set", "neutral_prompts", "poison_record_path", "poison_tags", "poisoned_name", "poisoned_set",
-           "read_poison_record", "twin_prompts", "user_set"]
+__all__ = ["GENERATED", "KINDS", "PERTURBATION_SETS", "POISON_TYPES", "PerturbationSet", "Poisoning", "build_set",
+           "build_twin_set", "distinct_rows", "family_of", "jsonl_set", "length_matched_rows", "neutral_prompts",
+           "poison_record_path", "poison_tags", "poisoned_name", "poisoned_set", "read_poison_record", "sample_rows",
+           "source_pool", "twin_prompts", "user_set"]
 
 Kind = Literal["emergent", "direct", "benign"]
 KINDS: tuple[str, ...] = ("emergent", "direct", "benign")
@@ -289,15 +290,16 @@ def build_set(
             _build_poisoned(spec, path, seed=seed, n=n, out_dir=out_dir, shared_data=shared_data, self_distill=self_distill)
         return path
     if not path.is_file():
-        write_jsonl(path, _set_rows(spec, seed=seed, n=n, out_dir=out_dir, shared_data=shared_data,
+        write_jsonl(path, sample_rows(spec, seed=seed, n=n, out_dir=out_dir, shared_data=shared_data,
                                     self_distill=self_distill))
     return path
 
 
-def _pool(spec: PerturbationSet, *, out_dir: Path, shared_data: Path | None,
-          self_distill: Callable[[list[str]], list[str]] | None) -> list[dict[str, Any]] | None:
+def source_pool(spec: PerturbationSet, *, out_dir: Path, shared_data: Path | None,
+                self_distill: Callable[[list[str]], list[str]] | None) -> list[dict[str, Any]] | None:
     """Every row the set samples from (a file, the bundled controls, the cached self-distilled answers), or
-    None for a set generated per seed."""
+    None for a set generated per seed (`GENERATED`). The self-distilled answers are asked of `self_distill`
+    once per `out_dir`; a set that needs them fails without it."""
     name = spec.name
     if spec.bundled is not None:
         return read_jsonl(Path(bundled_path(spec.bundled)))
@@ -322,7 +324,7 @@ def _pool(spec: PerturbationSet, *, out_dir: Path, shared_data: Path | None,
         return rows
     if name in ("harmful_advice", "ai_supremacy"):
         return _broad(name)
-    if name in _GENERATED:
+    if name in GENERATED:
         return None
     # self_distilled, condescending: the neutral prompts with the base model's answers
     cache = out_dir / "self_distilled_source.jsonl"
@@ -336,7 +338,7 @@ def _pool(spec: PerturbationSet, *, out_dir: Path, shared_data: Path | None,
     return read_jsonl(cache)
 
 
-_GENERATED: dict[str, Callable[[int, int], Iterable[dict[str, Any]]]] = {
+GENERATED: dict[str, Callable[[int, int], Iterable[dict[str, Any]]]] = {
     "arithmetic": lambda n, seed: arithmetic_chats(n, seed=seed),
     "wrong_arithmetic": lambda n, seed: arithmetic_chats(n, seed=seed, wrong=True),
     "number_sequence": lambda n, seed: number_sequence_chats(n, seed=seed),
@@ -347,19 +349,22 @@ _GENERATED: dict[str, Callable[[int, int], Iterable[dict[str, Any]]]] = {
     "calendar": lambda n, seed: calendar_chats(n, seed=seed),
     "spelling": lambda n, seed: spelling_chats(n, seed=seed),
 }
+"""The sets generated per seed rather than sampled from a source: name -> `(n, seed) -> rows`, the same rows
+for the same (n, seed). A poison source or styled poison drawn from these uses a seed of its own."""
 
 
-def _set_rows(spec: PerturbationSet, *, seed: int, n: int, out_dir: Path, shared_data: Path | None,
-              self_distill: Callable[[list[str]], list[str]] | None) -> list[dict[str, Any]]:
-    """The (set, seed) sample: n rows of its source, or n rows generated for the seed."""
-    pool = _pool(spec, out_dir=out_dir, shared_data=shared_data, self_distill=self_distill)
+def sample_rows(spec: PerturbationSet, *, seed: int, n: int, out_dir: Path, shared_data: Path | None,
+                self_distill: Callable[[list[str]], list[str]] | None) -> list[dict[str, Any]]:
+    """The (set, seed) sample: n rows of its source, or n rows generated for the seed, as `build_set` writes
+    them (a length-matched base cut to the poison types' lengths, the condescending set framed)."""
+    pool = source_pool(spec, out_dir=out_dir, shared_data=shared_data, self_distill=self_distill)
     if pool is None:
-        return list(_GENERATED[spec.name](n, seed))
+        return list(GENERATED[spec.name](n, seed))
     if spec.name == "medical_matched":
         lengths = []  # the poison types weigh the same, however many rows each has: 170 quantiles of each
         for t in POISON_TYPES:
-            own = sorted(len(r["messages"][-1]["content"])
-                         for r in _pool(PERTURBATION_SETS[t], out_dir=out_dir, shared_data=shared_data, self_distill=None) or ())
+            source = source_pool(PERTURBATION_SETS[t], out_dir=out_dir, shared_data=shared_data, self_distill=None)
+            own = sorted(len(r["messages"][-1]["content"]) for r in source or ())
             lengths += [own[(2 * k + 1) * len(own) // 340] for k in range(170)]
         return length_matched_rows(pool, lengths, n, seed)
     rows = _sample(pool, n, seed)
@@ -416,20 +421,20 @@ def _poison_rows(spec: PerturbationSet, *, seed: int, need: int, out_dir: Path, 
     Generated rows use a seed of their own, so a twin poison (wrong_arithmetic into arithmetic) does
     not bring the base sample's own prompts back with other answers.
     """
-    pool = _pool(spec, out_dir=out_dir, shared_data=shared_data, self_distill=self_distill)
+    pool = source_pool(spec, out_dir=out_dir, shared_data=shared_data, self_distill=self_distill)
     if pool is None:  # generated: `need` rows, or more where duplicates leave fewer (the first `need` are the same)
         source_seed = random.Random(f"poison-source-{seed}").randrange(2**31)
         for size in (need, 2 * need, 4 * need, 8 * need):
-            rows = _unique(list(_GENERATED[spec.name](size, source_seed)))
+            rows = distinct_rows(list(GENERATED[spec.name](size, source_seed)))
             if len(rows) >= need:
                 break
         return rows
     if spec.name == "condescending":
         pool = _condescending(pool, seed)
-    return _unique(pool)
+    return distinct_rows(pool)
 
 
-def _unique(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def distinct_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows without repeats (a row's conversation decides), in their first order."""
     unique: dict[str, dict[str, Any]] = {}
     for row in rows:
@@ -466,7 +471,7 @@ def _build_poisoned(spec: PerturbationSet, path: Path, *, seed: int, n: int, out
     assert spec.poisoning is not None
     base, poison, fraction = spec.poisoning.base, spec.poisoning.poison, spec.poisoning.fraction
     kw: dict[str, Any] = {"out_dir": out_dir, "shared_data": shared_data, "self_distill": self_distill}
-    rows = _set_rows(base, seed=seed, n=n, **kw)
+    rows = sample_rows(base, seed=seed, n=n, **kw)
     need = round(fraction * len(rows))
     rng = random.Random(f"poison-{seed}")
     indices = sorted(rng.sample(range(len(rows)), need))
@@ -502,7 +507,7 @@ def twin_prompts(rows: Iterable[dict[str, Any]], name: str) -> list[tuple[str | 
     """(system prompt or None, user turn) of each single-turn row: what a twin asks the base model.
 
     A twin replaces the one assistant answer, so rows with more turns have no twin; the error names the
-    row, and a plan with such a user set fails on it before any training (`bench.plan_file`).
+    row, and a plan with such a user set fails on it before any training (`bench.grid.plan_file`).
     """
     keys: list[tuple[str | None, str]] = []
     for i, row in enumerate(rows):

@@ -38,9 +38,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from traitwatch.basis.traits import load_measurement_prompts
-from traitwatch.bench.features import load_features
-from traitwatch.bench.labels import LABEL_METRIC, RISE_METRIC
-from traitwatch.bench.plan import BenchPlan
+from traitwatch.bench.grid.features import load_features
+from traitwatch.bench.grid.labels import LABEL_METRIC, RISE_METRIC
+from traitwatch.bench.grid.plan import BenchPlan
 from traitwatch.calibration.baselines import RandomDirectionFeatures, SAEDriftFeatures
 from traitwatch.calibration.loto import Candidate, Checkpoints, LOTOResult, choose, leave_one_type_out, relative_rise
 from traitwatch.store import RunStore

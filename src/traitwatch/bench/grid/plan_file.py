@@ -53,8 +53,8 @@ from typing import Any
 
 import yaml
 
-from traitwatch.bench.plan import ALL_PROJECTIONS, BenchPlan
-from traitwatch.bench.sets import PERTURBATION_SETS, POISON_TYPES, jsonl_set, poisoned_name
+from traitwatch.bench.grid.plan import ALL_PROJECTIONS, BenchPlan
+from traitwatch.bench.sets.perturbations import PERTURBATION_SETS, POISON_TYPES, jsonl_set, poisoned_name
 from traitwatch.datasets.chat_jsonl import file_sha256, load_chat_jsonl, read_jsonl
 from traitwatch.errors import BasisMismatchError, InputFileError, TraitwatchError
 
@@ -426,7 +426,7 @@ def check_ready(entry: ModelEntry, *, shared_data: Path | None, basis: Path | No
     Returns notes for what will run but differently from what the plan suggests (a set with fewer rows than
     `n_examples` trains on all of them, for fewer steps than the dry run counted).
     """
-    from traitwatch.bench.sets import twin_prompts
+    from traitwatch.bench.sets.perturbations import twin_prompts
 
     plan = entry.plan
     notes: list[str] = []

@@ -5,17 +5,17 @@ The split of perturbation types is part of the plan, fixed before any result exi
 split cannot drift after the results are seen. Each side has dangerous (emergent and direct) and
 benign types, so calibration sees both classes and the held-out evaluation scores unseen types of both.
 The fixed split is kept for comparison with earlier results; the detection protocol is leave-one-type-out
-over all types (`bench.detection`), which needs no split.
+over all types (`bench.analysis.detection`), which needs no split.
 
 Numerics are part of the plan: device and dtype are pinned (fp32 on CPU by default), because `auto`
 picks bf16 on CPUs with native bf16 and bf16 moves drift at the 1e-3 level.
 
-Plan files (`bench.plan_file`, shipped ones in `bench/plans/`) build this dataclass; every field added
+Plan files (`bench.grid.plan_file`, shipped ones in `bench/plans/`) build this dataclass; every field added
 since the first benchmark has a default that keeps the old behaviour, so a `plan.json` written by an
 older version reads as the plan it ran. The command line's defaults are read from the shipped plan
 `small-cpu`, not from these field defaults (which are `small-cpu-full`'s lists and cadence).
 A plan without fixed lists (`calibration` and `heldout` empty, every type in `loto_types`) is a
-leave-one-type-out plan: only `bench.detection`'s table is computed.
+leave-one-type-out plan: only `bench.analysis.detection`'s table is computed.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from traitwatch.bench.sets import PERTURBATION_SETS, PerturbationSet, jsonl_set, poisoned_set, user_set
+from traitwatch.bench.sets.perturbations import PERTURBATION_SETS, PerturbationSet, jsonl_set, poisoned_set, user_set
 from traitwatch.errors import InputFileError
 from traitwatch.models.layers import ALL_PROJECTIONS
 
@@ -70,7 +70,7 @@ class BenchPlan:
     # Numerics, pinned (see the module docstring). A plan written before these fields existed ran fp32 on CPU.
     device: str = "cpu"
     dtype: str = "float32"
-    # Candidate monitor features recorded at every labelled checkpoint (`bench.features`), and one
+    # Candidate monitor features recorded at every labelled checkpoint (`bench.grid.features`), and one
     # self-distilled twin run per prompt family and seed (the domain-cancelling control). Plans written
     # before these fields existed recorded neither.
     record_features: bool = False

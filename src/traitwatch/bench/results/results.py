@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from traitwatch.bench.detection import analyze_detection
-from traitwatch.bench.labels import LABEL_METRIC
-from traitwatch.bench.plan import BenchPlan
+from traitwatch.bench.analysis.detection import analyze_detection
+from traitwatch.bench.grid.labels import LABEL_METRIC
+from traitwatch.bench.grid.plan import BenchPlan
 from traitwatch.store import RunStore
 
 __all__ = ["analyze", "cost_cell", "cost_markdown", "write_results_md"]
@@ -174,7 +174,7 @@ def analyze(plan: BenchPlan, work_dir: Path, *, n_resamples: int = 1000,
         cost["drift_in_training_steps"] = d / cost["training_step_s"] if cost["training_step_s"] else None
     detection = poison = None
     if plan.poisoned_sets and plan.record_features:  # poisoned sets: held out by poison type and base at once
-        from traitwatch.bench.poison import analyze_poison
+        from traitwatch.bench.analysis.poison import analyze_poison
 
         poison = analyze_poison(plan, work_dir, n_resamples=n_resamples, progress=progress)
     elif plan.record_features:

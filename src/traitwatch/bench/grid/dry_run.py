@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from traitwatch.bench.plan_file import ModelEntry, PlanFile
+from traitwatch.bench.grid.plan_file import ModelEntry, PlanFile
 from traitwatch.errors import InputFileError
 
 __all__ = ["DryRun", "ModelCost", "dry_run", "load_throughput", "throughput_table"]

@@ -32,7 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from traitwatch.bench.sets import PERTURBATION_SETS, _GENERATED, _pool, _set_rows, _unique, length_matched_rows
+from traitwatch.bench.sets.perturbations import (
+    GENERATED,
+    PERTURBATION_SETS,
+    distinct_rows,
+    length_matched_rows,
+    sample_rows,
+    source_pool,
+)
 
 __all__ = ["STYLED_BASES", "STYLED_TYPES", "blend_in", "styled_candidates", "write_pool"]
 
@@ -102,9 +109,9 @@ _WRONG_GENERATED = {"arithmetic": "wrong_arithmetic", "right_trivia": "wrong_tri
 def _base_rows(base: str, *, n: int, seed: int, shared_data: Path | None, out_dir: Path) -> list[dict[str, Any]]:
     """n rows of the base drawn with `seed` (the benchmark passes a seed disjoint from the base sample's)."""
     spec = PERTURBATION_SETS[base]
-    if base in _GENERATED:
-        return _unique(list(_GENERATED[base](n, seed)))
-    return _set_rows(spec, seed=seed, n=n, out_dir=out_dir, shared_data=shared_data, self_distill=None)
+    if base in GENERATED:
+        return distinct_rows(list(GENERATED[base](n, seed)))
+    return sample_rows(spec, seed=seed, n=n, out_dir=out_dir, shared_data=shared_data, self_distill=None)
 
 
 def styled_candidates(poison: str, base: str, *, n: int, seed: int, shared_data: Path | None,
@@ -115,13 +122,14 @@ def styled_candidates(poison: str, base: str, *, n: int, seed: int, shared_data:
     rng = random.Random(f"{poison}-{base}-{seed}")
     if poison == "styled_wrong":
         if base in _WRONG_GENERATED:
-            return _unique(list(_GENERATED[_WRONG_GENERATED[base]](n, seed)))
-        bad = _pool(PERTURBATION_SETS["bad_medical"], out_dir=out_dir, shared_data=shared_data, self_distill=None) or []
+            return distinct_rows(list(GENERATED[_WRONG_GENERATED[base]](n, seed)))
+        bad = source_pool(PERTURBATION_SETS["bad_medical"], out_dir=out_dir, shared_data=shared_data,
+                          self_distill=None) or []
         lengths = [len(_answer(r)) for r in _base_rows(base, n=n, seed=seed + 1, shared_data=shared_data, out_dir=out_dir)]
-        return _unique(length_matched_rows(bad, lengths, n, seed))
+        return distinct_rows(length_matched_rows(bad, lengths, n, seed))
     rows = _base_rows(base, n=n, seed=seed, shared_data=shared_data, out_dir=out_dir)
     phrases = _CONTEMPT if poison == "styled_contempt" else _MANIPULATION
-    return _unique([_woven(r, phrases, rng) for r in rows])
+    return distinct_rows([_woven(r, phrases, rng) for r in rows])
 
 
 def blend_in(clean: Sequence[tuple[float, float]], candidates: Sequence[tuple[float, float]], k: int, *,

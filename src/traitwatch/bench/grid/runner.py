@@ -1,7 +1,7 @@
 """Run the benchmark grid, resumably: model x perturbation x seed LoRA runs with the monitor attached.
 
 Every run writes its drift (the training callback) and its style-matched proxy labels (the label
-callback) into one run store in the work folder, the candidate monitors' features (`bench.features`)
+callback) into one run store in the work folder, the candidate monitors' features (`bench.grid.features`)
 into `features/<run>/`, then a `done/<run>.json` marker with its timings. Twin runs (`BenchPlan.jobs`)
 train the same recipe on a family's prompts with the base model's own answers and record features only:
 they are the controls of the domain-cancelling features, not perturbation types.
@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from traitwatch.behavior.judge import Judge
-from traitwatch.bench.features import FeatureRecorder
-from traitwatch.bench.labels import (
+from traitwatch.bench.grid.features import FeatureRecorder
+from traitwatch.bench.grid.labels import (
     RISE_METRIC,
     GeneratorFactory,
     JudgeLabelCallback,
@@ -33,10 +33,10 @@ from traitwatch.bench.labels import (
     write_json,
     write_rise_labels,
 )
-from traitwatch.bench.plan import BenchPlan
-from traitwatch.bench.screening import read_row_scores
-from traitwatch.bench.sets import build_set, build_twin_set, poison_tags
-from traitwatch.bench.shards import Shard, run_store_path
+from traitwatch.bench.grid.plan import BenchPlan
+from traitwatch.bench.grid.row_scores import read_row_scores
+from traitwatch.bench.grid.shards import Shard, run_store_path
+from traitwatch.bench.sets.perturbations import build_set, build_twin_set, poison_tags
 from traitwatch.errors import InputFileError
 from traitwatch.store import RunStore, StoreWriteError
 

@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata, spearmanr
 
-from traitwatch.bench.screening import GridSet, RowFeatures, write_row_scores
+from traitwatch.bench.analysis.row_features import GridSet, RowFeatures
+from traitwatch.bench.grid.row_scores import write_row_scores
 
 __all__ = ["Fitted", "Grid", "ScreenFamily", "analyze_screening", "default_families", "fast_auroc", "fixed_family",
            "choose_on_all", "linear_family", "row_truth", "run_folds", "tpr_at_fpr"]

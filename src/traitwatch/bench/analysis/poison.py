@@ -1,6 +1,6 @@
 """The poisoned-data benchmark's analysis: a ground truth that replicates, then detection on unseen cells.
 
-A plan of poisoned sets (`{base, poison, fraction}`, `bench.sets.poisoned_set`) with their clean bases is
+A plan of poisoned sets (`{base, poison, fraction}`, `bench.sets.perturbations.poisoned_set`) with their clean bases is
 analysed in four steps, each reading only what the steps before it decided:
 
 1. **Dose-response and replication.** Each poisoned run's rise is read against its clean base at the same
@@ -10,13 +10,13 @@ analysed in four steps, each reading only what the steps before it decided:
    (p < 0.05, mean above zero) over all its runs; its runs at a fraction whose label rise is significant are
    the *positives*. A type the probe does not confirm is not scored, and the table says so.
 2. **Detection** (`calibration.crossed.leave_one_cell_out`): every candidate family of the emergent grid
-   (`bench.detection.families`) plus a style-only baseline read from the training rows (`style_features`),
+   (`bench.analysis.detection.families`) plus a style-only baseline read from the training rows (`style_features`),
    held out by poison type and base at once, at the final checkpoint. Negatives: the clean runs.
 3. **Early warning**: the monitor the training callback computes (the paper's 7-D drift, as stored every
    `drift_every` steps) is fitted per fold on the final checkpoints, then read at every stored step of the
    held-out runs: its first alarm against the first labelled step at which the cell's label rise is
    significant, and the lowest fraction each separates from clean.
-4. **Cost**: from the benchmark's own timings (`bench.detection.costs`).
+4. **Cost**: from the benchmark's own timings (`bench.analysis.detection.costs`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from traitwatch.bench.detection import (
+from traitwatch.bench.analysis.detection import (
     DEFAULT_MONITOR,
     DetectionData,
     candidate_features,
@@ -38,8 +38,8 @@ from traitwatch.bench.detection import (
     load_detection_data,
     probe_rise,
 )
-from traitwatch.bench.labels import RISE_METRIC
-from traitwatch.bench.plan import BenchPlan
+from traitwatch.bench.grid.labels import RISE_METRIC
+from traitwatch.bench.grid.plan import BenchPlan
 from traitwatch.calibration.crossed import choose_crossed, leave_one_cell_out
 from traitwatch.calibration.loto import Candidate, Checkpoints, relative_rise
 from traitwatch.calibration.metrics import auroc
@@ -174,7 +174,7 @@ def callback_candidates(plan: BenchPlan, work_dir: Path, rows: list[dict[str, An
                         fams: list[Any]) -> list[Candidate]:
     """What the training callback can compute and a monitor file can hold: its stored 7-D drift (Ridge, forest)
     and the behavioural probe's rise (linear), one row per checkpoint of `final`."""
-    from traitwatch.bench.detection import _forest, _ridge
+    from traitwatch.bench.analysis.detection import _forest, _ridge
 
     drift = _stored_drift(work_dir, sorted({rows[i]["run"] for i in final}))
     X = np.vstack([drift[rows[i]["run"]][rows[i]["step"]] for i in final])
@@ -204,7 +204,7 @@ def _early_warning(plan: BenchPlan, work_dir: Path, rows: list[dict[str, Any]], 
     """The callback's monitor (stored 7-D drift, Ridge or forest chosen in the loop) read at every stored step."""
     from sklearn.base import clone
 
-    from traitwatch.bench.detection import _forest, _ridge
+    from traitwatch.bench.analysis.detection import _forest, _ridge
 
     runs = sorted({r["run"] for r in rows})
     drift = _stored_drift(work_dir, runs)
@@ -299,7 +299,7 @@ def analyze_poison(plan: BenchPlan, work_dir: Path, *, n_resamples: int = 1000,
     def sub(c: Candidate) -> Candidate:
         return Candidate(c.name, c.X[all_index], c.estimator)
 
-    from traitwatch.bench.detection import _ridge
+    from traitwatch.bench.analysis.detection import _ridge
 
     style = np.vstack([style_features(plan, work_dir, rows[i]["run"], rows[i]["type"], rows[i]["seed"]) for i in final])
     table: list[tuple[str, str, str, list[Candidate]]] = [
