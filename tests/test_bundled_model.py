@@ -27,21 +27,24 @@ def test_demo_extracts_selects_and_measures(tmp_path):
     assert res.exit_code == 0, res.output
     basis = TraitBasis.load(tmp_path / "basis")
     assert (basis.model.hidden_size, basis.model.num_layers) == (576, 30)
-    assert basis.method == "passages" and basis.layer in basis.layers and basis.anchor is not None
-    # METHOD.md 1 reports passage directions at 0.98-1.00 strict-split AUROC in layers 21-30 on this model;
-    # a regression in capture or extraction shows up here as a collapse towards 0.5.
-    strict = [d["auroc_strict"] for d in basis.diagnostics["per_layer"]["21"].values()]
-    assert sum(strict) / len(strict) > 0.9
+    assert basis.method == "passages" and basis.anchor is not None
+    # the shipped reference calibration pins the layer, and only that layer is extracted (the pass stops there)
+    from traitwatch.reference import load_reference_calibration
+
+    calibration = load_reference_calibration("smollm2-135m")
+    assert calibration is not None and basis.layers == [calibration.layer] and basis.layer == calibration.layer
+    # Passage directions separate their poles well above chance at this depth (the demo's layer 15: 0.88 mean
+    # strict-split AUROC; METHOD.md 1 reports 0.98-1.00 in layers 21-30); a regression in capture or extraction
+    # shows up here as a collapse towards 0.5.
+    strict = [d["auroc_strict"] for d in basis.diagnostics["per_layer"][str(basis.layer)].values()]
+    assert sum(strict) / len(strict) > 0.8
     assert "zero by construction" in res.stdout and "bfloat16 on cpu" in res.stdout
     # the clean base and its poisoned twin, each read against its own reference run, final steps labelled
     from traitwatch.bench.grid.labels import RISE_METRIC
     from traitwatch.bench.sets.perturbations import read_poison_record
     from traitwatch.monitor.watch import alarm_gate
-    from traitwatch.reference import load_reference_calibration
     from traitwatch.store import RunStore
 
-    calibration = load_reference_calibration("smollm2-135m")
-    assert calibration is not None
     armed = alarm_gate(calibration).armed
     assert "Each run against its reference run" in " ".join(res.stdout.split())
     record = read_poison_record(tmp_path / "data" / "arithmetic+reckless_advice@25-s0.jsonl")

@@ -65,9 +65,17 @@ def test_show_prints_trajectory_and_alarms_and_writes_csv(
         ["20", "-0.2000", "0.4000", "0.6000", "em_threshold (stopped)"],
         ["20", "em_threshold", "0.0810", "0.0600", "stopped"],  # the alarms table
     ]
+    # the run's verdict leads, as in the report: the alarm training recorded at step 20
+    assert result.stdout.splitlines()[0].startswith("Run run-a: ALARM at step 20 (alarm recorded in training")
     assert f"Wrote {out_csv}" in result.stderr and "Wrote" not in result.stdout
     with out_csv.open(newline="") as handle:
         assert [r["step"] for r in csv.DictReader(handle)] == ["0", "10", "20"]
+
+
+def test_show_says_why_a_run_without_a_monitor_could_not_alarm(app: typer.Typer, runner: CliRunner, filled: Path) -> None:
+    result = runner.invoke(app, ["show", "run-[b]", "--store", str(filled)], env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == "Run run-[b]: no alarm could be raised: no checkpoints yet."
 
 
 def test_unknown_run_is_a_one_line_red_error_with_exit_code_2(app: typer.Typer, runner: CliRunner, filled: Path) -> None:

@@ -73,6 +73,20 @@ def test_a_file_that_is_not_sqlite_is_an_input_file_error(tmp_path: Path) -> Non
     assert bogus.read_text() == "step,drift\n0,0.1\n"
 
 
+def test_a_store_whose_header_names_an_unknown_schema_format_is_reported_as_damaged(tmp_path: Path) -> None:
+    store = tmp_path / "runs.db"
+    with RunStore(store) as s:
+        s.start_run("r", model="tiny-random")
+    assert not store.with_name("runs.db-wal").exists()  # closed and checkpointed: no live connection, no WAL
+    damaged = bytearray(store.read_bytes())
+    damaged[44:48] = (5).to_bytes(4, "big")  # the header's schema format number: SQLite writes 1 to 4
+    store.write_bytes(bytes(damaged))
+    with pytest.raises(InputFileError) as info:
+        RunStore(store, create=False)
+    assert str(store) in str(info.value) and "is damaged" in str(info.value) and ".recover" in str(info.value)
+    assert store.read_bytes() == bytes(damaged)  # left as it was
+
+
 def test_another_apps_sqlite_database_is_refused_and_left_alone(tmp_path: Path) -> None:
     other = tmp_path / "other.db"
     with sqlite3.connect(other) as raw:

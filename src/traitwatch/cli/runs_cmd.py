@@ -15,6 +15,8 @@ from rich.table import Table
 from rich.text import Text
 
 from traitwatch.errors import TraitwatchError
+from traitwatch.report.series import run_series
+from traitwatch.report.verdict import run_verdict
 from traitwatch.store import DEFAULT_STORE_NAME, RunStore, Suspects, describe_guard, describe_rewind, merge_suspects
 
 __all__ = ["register"]
@@ -89,7 +91,7 @@ def show(
         Path | None, typer.Option("--csv", dir_okay=False, help="Also write the trajectory to this CSV file.")
     ] = None,
 ) -> None:
-    """Show one run's drift trajectory (each trait, the norm), its alarms, and the rows suspected at them.
+    """Show one run's verdict (the report's first line), drift trajectory (each trait, the norm), alarms and suspect rows.
 
     Suspects exist for runs trained with per-row scores (`traitwatch train --screen`); a run that never
     alarmed shows the highest-scored rows it trained instead, titled as such.
@@ -101,11 +103,13 @@ def show(
             measurements = run_store.measurements(run, per_prompt=False)
             alarms = run_store.alarms(run)
             suspects = run_store.suspects(run)
+            verdict = run_verdict(run_series(run_store, run))
             if csv is not None:
                 run_store.export([run], csv, "csv")
     except TraitwatchError as error:
         raise _fail(err, error) from None
 
+    out.print(Text(verdict.text, style="bold red" if verdict.alarm else "bold"))  # what happened, first (as the report)
     traits = list(measurements[0].drift) if measurements else []
     fired: dict[int, list[str]] = {}
     for a in alarms:

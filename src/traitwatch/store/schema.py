@@ -281,7 +281,8 @@ def store_error(exc: sqlite3.Error, path: Path) -> Exception:
             f"{path} is not a traitwatch run store (not an SQLite database); pass the .db file "
             "written by traitwatch, or a new path to create one"
         )
-    if primary == sqlite3.SQLITE_CORRUPT or "malformed" in str(exc):
+    if primary == sqlite3.SQLITE_CORRUPT or "malformed" in str(exc) or "unsupported file format" in str(exc):
+        # "unsupported file format": a header whose schema format number no SQLite writes (a damaged header)
         return InputFileError(
             f"Run store {path} is damaged ({exc}); copy out what is readable with "
             f"`sqlite3 {path} .recover` and pass a new --store path"
