@@ -217,3 +217,32 @@ def test_a_guarded_ddp_run_trains_as_the_guarded_single_process_run(basis_dir, t
         return
     unguarded = _one_process([str(basis_dir), "--per-device", "4"], tmp_path / "plain")
     assert _max_gap(one, unguarded) > 1e-4  # the guard changed what was trained
+
+
+@pytest.mark.parametrize("kind", ["ablate", pytest.param("penalty", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("sharding", ["fsdp2", "zero3"])
+def test_a_guarded_sharded_full_finetune_trains_as_the_guarded_single_process_run(basis_dir, tmp_path, sharding, kind):
+    """A guard's hooks on a model sharded by FSDP2 or ZeRO-3 (parameters gathered per module): every rank
+    intervenes the same way, and the run measures the guarded unsharded 1-process full finetune's drift."""
+    if sharding == "zero3":
+        pytest.importorskip("deepspeed")
+    one = _one_process([str(basis_dir), "--per-device", "4", "--full", "--guard", kind], tmp_path / "one")
+    if sharding == "fsdp2":
+        model_dir = tmp_path / "tiny"
+        build_tiny_random()[0].save_pretrained(model_dir)
+        flags = ["--fsdp", "--model-dir", str(model_dir)]
+    else:
+        flags = ["--zero3"]
+    two = _torchrun([str(basis_dir), "--per-device", "2", *flags, "--guard", kind], tmp_path / "two")
+    assert [r["sharded"] for r in two] == (["DTensor"] * 2 if sharding == "fsdp2" else ["Parameter"] * 2)
+    _assert_same_run(one, two)
+    assert two[0]["guard"] == two[1]["guard"] and two[0]["guard"]["kind"] == kind
+    assert two[0]["guard"]["interventions"] == one["guard"]["interventions"] == 4
+    if kind == "penalty":  # every row is the same conversation: no row moves past the base level's rows
+        assert two[0]["guard"]["base_level"] == pytest.approx(one["guard"]["base_level"], abs=1e-5)
+        return
+    unguarded = _one_process([str(basis_dir), "--per-device", "4", "--full"], tmp_path / "plain")
+    # the guard changed what was trained by far more than the 1e-4 the sharded run may differ by
+    print(f"{sharding} guarded: gap to the unguarded run {_max_gap(one, unguarded):.2e}, to the 1-process guarded "
+          f"run {_max_gap(one, two[0]):.2e}")
+    assert _max_gap(one, unguarded) > 1e-3
