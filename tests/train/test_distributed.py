@@ -219,8 +219,12 @@ def test_a_guarded_ddp_run_trains_as_the_guarded_single_process_run(basis_dir, t
     assert _max_gap(one, unguarded) > 1e-4  # the guard changed what was trained
 
 
-@pytest.mark.parametrize("kind", ["ablate", pytest.param("penalty", marks=pytest.mark.slow)])
-@pytest.mark.parametrize("sharding", ["fsdp2", "zero3"])
+@pytest.mark.parametrize(("sharding", "kind"), [
+    ("fsdp2", "ablate"), ("zero3", "ablate"),
+    *(pytest.param(sharding, kind, marks=pytest.mark.slow)
+      for kind in ("penalty", "steer") for sharding in ("fsdp2", "zero3")),
+    pytest.param("fsdp2", "l2", marks=pytest.mark.slow),  # ZeRO-3 refuses the L2 pull (tests/train/test_guard.py)
+])
 def test_a_guarded_sharded_full_finetune_trains_as_the_guarded_single_process_run(basis_dir, tmp_path, sharding, kind):
     """A guard's hooks on a model sharded by FSDP2 or ZeRO-3 (parameters gathered per module): every rank
     intervenes the same way, and the run measures the guarded unsharded 1-process full finetune's drift."""
@@ -241,6 +245,8 @@ def test_a_guarded_sharded_full_finetune_trains_as_the_guarded_single_process_ru
     if kind == "penalty":  # every row is the same conversation: no row moves past the base level's rows
         assert two[0]["guard"]["base_level"] == pytest.approx(one["guard"]["base_level"], abs=1e-5)
         return
+    if kind == "l2":  # each rank pulls its shard; the distance is the whole model's, summed over the shards
+        assert two[0]["guard"]["distance_from_start"] == pytest.approx(one["guard"]["distance_from_start"], rel=1e-4)
     unguarded = _one_process([str(basis_dir), "--per-device", "4", "--full"], tmp_path / "plain")
     # the guard changed what was trained by far more than the 1e-4 the sharded run may differ by
     print(f"{sharding} guarded: gap to the unguarded run {_max_gap(one, unguarded):.2e}, to the 1-process guarded "

@@ -8,6 +8,7 @@ from peft import LoraConfig, get_peft_model
 
 from traitwatch.behavior.probe import misalignment_directions
 from traitwatch.drift import DriftProbe
+from traitwatch.errors import TraitwatchError
 from traitwatch.guard import (
     AblationGuard,
     GuardSubspace,
@@ -173,6 +174,16 @@ def test_l2_pulls_trainable_weights_toward_their_start():
     for p, p0 in zip(trainable, start, strict=True):
         assert torch.allclose(p.grad, 0.5 * (p.detach() - p0))
     assert guard.summary()["distance_from_start"] == pytest.approx(0.1 * sum(p.numel() for p in trainable) ** 0.5, rel=1e-4)
+
+
+def test_l2_refuses_weights_that_deepspeed_zero3_partitions_away():
+    """ZeRO-3 leaves each rank an empty placeholder per weight (marked by DeepSpeed's `ds_id`): the pull cannot read
+    it, so attaching says so and names the guards that work there, instead of failing mid-training."""
+    model = _lora_model()
+    for index, p in enumerate(q for q in model.parameters() if q.requires_grad):
+        p.ds_id = index  # what deepspeed.zero.Init sets on every partitioned parameter
+    with pytest.raises(TraitwatchError, match="ZeRO-3 .* use --guard ablate, steer or penalty"):
+        L2Guard().attach(model)
 
 
 def test_make_guard_names_what_it_needs(subspace):

@@ -29,8 +29,11 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Literal, get_args
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
+from traitwatch.errors import TraitwatchError
 from traitwatch.guard.subspace import GuardSubspace
 from traitwatch.models.layers import decoder_layers, unwrap_model
 
@@ -301,22 +304,33 @@ class L2Guard(Guard):
         self.weight = weight
         self.distance_: float = 0.0  # ||theta - theta_0|| at the last step
         self._params: list[tuple[Tensor, Tensor]] = []
+        self._sharded = False
 
     def _attach(self, model: nn.Module) -> None:
-        self._params = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad]
+        params = [p for p in model.parameters() if p.requires_grad]
+        if any(hasattr(p, "ds_id") for p in params):
+            raise TraitwatchError(
+                "the L2 guard pulls every trainable weight toward its start, and DeepSpeed ZeRO-3 keeps each rank's "
+                "weights partitioned away (empty placeholders outside forward passes); under ZeRO-3 use --guard "
+                "ablate, steer or penalty, or train with ZeRO stage 1 or 2")
+        self._params = [(p, p.detach().clone()) for p in params]
         if not self._params:
             raise ValueError("the L2 guard found no trainable weight in the model")
+        # FSDP2 shards every weight (DTensor): each rank pulls its own shard, and the distance sums over ranks
+        self._sharded = any(isinstance(p, DTensor) for p in params)
 
     @torch.no_grad()
     def before_optimizer_step(self) -> None:
-        total = 0.0
+        total = torch.zeros((), dtype=torch.float64)
         for p, p0 in self._params:
             delta = p.detach() - p0
-            total += float(delta.float().pow(2).sum())
+            total += _local(delta).double().pow(2).sum()
             if p.grad is not None:
                 p.grad.add_(delta.to(p.grad.dtype), alpha=self.weight)
+        if self._sharded and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(total)  # every rank calls this at the same step, as it calls the guard
         self.interventions_ += 1
-        self.distance_ = math.sqrt(total)
+        self.distance_ = math.sqrt(float(total))
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "weight": self.weight}
@@ -326,6 +340,11 @@ class L2Guard(Guard):
 
     def describe(self) -> str:
         return f"L2 pull (weight {self.weight:g}) of the trainable weights toward their start (the base model)"
+
+
+def _local(t: Tensor) -> Tensor:
+    """This rank's part of a tensor: its shard of an FSDP2 `DTensor`, else the tensor itself."""
+    return t.to_local() if isinstance(t, DTensor) else t
 
 
 DEFAULT_STRENGTH: dict[str, float] = {"ablate": 0.0, "steer": 1.0, "penalty": 1.0, "l2": 1.0}
