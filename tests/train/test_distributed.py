@@ -252,3 +252,14 @@ def test_a_guarded_sharded_full_finetune_trains_as_the_guarded_single_process_ru
     print(f"{sharding} guarded: gap to the unguarded run {_max_gap(one, unguarded):.2e}, to the 1-process guarded "
           f"run {_max_gap(one, two[0]):.2e}")
     assert _max_gap(one, unguarded) > 1e-3
+
+
+@pytest.mark.slow
+def test_the_l2_guard_is_refused_under_zero3_before_any_step(basis_dir, tmp_path):
+    """ZeRO-3 partitions the weights the L2 pull reads: the launch fails at the start of training, naming the guards
+    that work there (it used to crash at the first optimizer step on the empty placeholders)."""
+    pytest.importorskip("deepspeed")
+    with pytest.raises(AssertionError) as info:  # `_torchrun` asserts that the launch succeeded
+        _torchrun([str(basis_dir), "--per-device", "2", "--zero3", "--guard", "l2"], tmp_path / "two")
+    assert "use --guard ablate, steer or penalty" in str(info.value)
+    assert not (tmp_path / "two" / "rank0.json").exists()  # no rank finished a run
