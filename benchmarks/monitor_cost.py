@@ -37,7 +37,9 @@ from traitwatch.drift import DriftProbe
 from traitwatch.drift.probe import prompt_activations
 from traitwatch.models import load_model
 from traitwatch.models.layers import decoder_layers
+from traitwatch.reference import ReferenceMonitor, ReferenceTrajectory
 from traitwatch.reference.calibration import load_reference_calibration
+from traitwatch.train.alarm import predict_alarm
 
 
 def _time(fn: Callable[[], object], repeats: int) -> list[float]:
@@ -75,6 +77,22 @@ def _train_steps(lm, shapes: list[tuple[int, int]]) -> list[Callable[[], None]]:
     return [make(b, t) for b, t in shapes]
 
 
+def _reference_monitor(model: str, drift: DriftProbe, lm) -> ReferenceMonitor | None:
+    """The reference monitor shipped for `model`, read against a reference that stays at the base model (the cost
+    does not depend on where the reference is); None, said, where no activation-space calibration ships for the
+    basis's layer."""
+    calibration = load_reference_calibration(model)
+    if calibration is None or calibration.space != "activations" or calibration.layer != drift.measure_layer:
+        print(f"no activation-space reference calibration ships for {model} at layer {drift.measure_layer}: "
+              "its read is not timed")
+        return None
+    base = drift.measure(lm.model, lm.tokenizer)
+    row = np.asarray(base.mean_activation, dtype=np.float64)
+    trajectory = ReferenceTrajectory("base model", np.array([0, 1]), np.zeros((2, len(base.trait_names))),
+                                     list(base.trait_names), activations=np.stack([row, row]))
+    return ReferenceMonitor(calibration, trajectory, list(base.trait_names))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -103,33 +121,22 @@ def main() -> None:
         prompt_activations(lm.model, lm.tokenizer, prompts, layers)
         prompt_activations(lm.model, lm.tokenizer, [q.text for q in probe.questions], layers)
 
-    timings = {
-        f"drift measurement (115 prompts to layer {drift.measure_layer})": _time(lambda: drift.measure(lm.model, lm.tokenizer), args.repeats),
+    timed = {  # the monitor inputs: their overhead on training is printed below
+        f"drift measurement (115 prompts to layer {drift.measure_layer})": lambda: drift.measure(lm.model, lm.tokenizer),
     }
-    calibration = load_reference_calibration(args.model)
-    if calibration is not None and calibration.space == "activations" and calibration.layer == drift.measure_layer:
-        reference_row = np.asarray(drift.measure(lm.model, lm.tokenizer).mean_activation, dtype=np.float64)
+    reference = _reference_monitor(args.model, drift, lm)
+    if reference is not None:
+        def reference_read() -> None:  # what the callback does at a measurement of a run read against a reference
+            m = drift.measure(lm.model, lm.tokenizer)
+            predict_alarm(reference, m.drift, 1, activation=m.mean_activation)
 
-        def reference_read() -> None:
-            row = np.asarray(drift.measure(lm.model, lm.tokenizer).mean_activation, dtype=np.float64)
-            x = calibration.features(None, row - reference_row)
-            calibration.value(x, calibration.component_names)
-
-        timings["reference monitor's read (the drift pass, read in the calibration's components)"] = _time(
-            reference_read, args.repeats)
-    else:
-        print(f"no activation-space reference calibration ships for {args.model} at layer {drift.measure_layer}: "
-              "its read is not timed")
-    monitor_inputs = list(timings)
-    timings |= {
-        f"all {len(layers)} layers, 115 prompts + 64 probe questions": _time(capture, args.repeats),
-        "behavioural probe (64 questions, 128 answers)": _time(lambda: probe_score(lm.model, lm.tokenizer, probe), args.repeats),
-    }
-    monitor_inputs += ["behavioural probe (64 questions, 128 answers)"]
-    timings |= {
-        "style-matched proxy label (72 questions, 144 answers)": _time(
-            lambda: proxy_score(lm.model, lm.tokenizer, questions, style_only=True), args.repeats),
-    }
+        timed["reference monitor's read (the drift pass, read against the reference in its components)"] = reference_read
+    timed["behavioural probe (64 questions, 128 answers)"] = lambda: probe_score(lm.model, lm.tokenizer, probe)
+    monitor_inputs = list(timed)
+    timed[f"all {len(layers)} layers, 115 prompts + 64 probe questions"] = capture
+    timed["style-matched proxy label (72 questions, 144 answers)"] = lambda: proxy_score(
+        lm.model, lm.tokenizer, questions, style_only=True)
+    timings = {name: _time(fn, args.repeats) for name, fn in timed.items()}
     small, large = _train_steps(lm, [(4, 128), (args.reference_batch, args.reference_seq)])
     timings["one LoRA training step (batch 4 x 128)"] = _time(small, args.repeats)
     ref = f"one LoRA training step (batch {args.reference_batch} x {args.reference_seq})"
