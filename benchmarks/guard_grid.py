@@ -37,14 +37,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import TrainerCallback
 
 from traitwatch.audit import AuditSettings, pilot_config
 from traitwatch.bench.grid.labels import StepTimer
+from traitwatch.bench.grid.task import HELD_OUT, HeldOut, held_out_rows, task_accuracy, task_loss
 from traitwatch.bench.sets.perturbations import PERTURBATION_SETS, build_set, poisoned_set
 from traitwatch.behavior.probe import probe_score
 from traitwatch.behavior.proxy import proxy_score
+from traitwatch.datasets.answers import CHECKED_SETS
 from traitwatch.datasets.chat_jsonl import load_chat_jsonl
 from traitwatch.demo import demo_plan, run_demo
 from traitwatch.guard import DEFAULT_STRENGTH, fit_subspace, make_guard
@@ -59,57 +60,33 @@ GUARDS = ("none", "ablate", "steer", "penalty", "l2")
 DATA_GUARDS = ("rewind", "stop")
 """Alarm actions measured as guards: the run read against its swap reference, rewound (or stopped) at an alarm."""
 SUBSPACE = {"ablate": "probe+traits", "steer": "probe", "penalty": "probe"}
-HELD_OUT = 48
 
 
 class FinalScores(TrainerCallback):
-    """Label, probe and held-out task loss of the live model when training ends (after the guard is detached)."""
+    """Label, probe and held-out task loss and accuracy of the live model when training ends (after the guard is
+    detached)."""
 
-    def __init__(self, tokenizer: Any, held_out: dict[str, torch.Tensor]) -> None:
+    def __init__(self, tokenizer: Any, held_out: HeldOut) -> None:
         self.tokenizer = tokenizer
         self.held_out = held_out
-        self.scores: dict[str, float] = {}
+        self.scores: dict[str, float | None] = {}
 
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
         model.eval()
         self.scores["label"] = proxy_score(model, self.tokenizer, style_only=True).style_p_mis
         self.scores["probe"] = probe_score(model, self.tokenizer).style_p_mis
-        self.scores["task_loss"] = task_loss(model, self.held_out)
+        self.scores.update(task_scores(model, self.tokenizer, self.held_out))
         self.scores["scoring_s"] = time.perf_counter() - t0
         return control
 
 
-@torch.no_grad()
-def task_loss(model: Any, held_out: dict[str, torch.Tensor]) -> float:
-    """Mean token loss on the held-out rows' responses (token-weighted over all rows)."""
-    total, tokens = 0.0, 0
-    device = next(model.parameters()).device
-    for i in range(0, held_out["input_ids"].shape[0], 8):
-        ids = held_out["input_ids"][i:i + 8].to(device)
-        labels = held_out["labels"][i:i + 8].to(device)
-        mask = held_out["attention_mask"][i:i + 8].to(device)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        target = labels[:, 1:]
-        keep = target != -100
-        nll = torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="sum")
-        total += float(nll)
-        tokens += int(keep.sum())
-    return total / tokens
-
-
-def held_out_rows(base: str, train_file: Path, work: Path, shared: Path, tokenizer: Any) -> dict[str, torch.Tensor]:
-    """48 clean rows of `base` from another seed whose prompts are not in the training file, padded into tensors."""
-    seen = {json.dumps(c[:-1]) for c in load_chat_jsonl(train_file)}
-    other = build_set(base, seed=1000, n=200, out_dir=work / "held_out", shared_data=shared)
-    rows = [c for c in load_chat_jsonl(other) if json.dumps(c[:-1]) not in seen][:HELD_OUT]
-    data, _ = tokenize_chats(tokenizer, rows, max_length=AuditSettings().max_length, response_only=True)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return PaddingCollator(int(pad))([data[i] for i in range(len(data))])
+def task_scores(model: Any, tokenizer: Any, held_out: HeldOut) -> dict[str, float | None]:
+    return {"task_loss": task_loss(model, held_out), "task_accuracy": task_accuracy(model, tokenizer, held_out)}
 
 
 def run_one(settings: AuditSettings, data: Path, basis_dir: Path, work: Path, run_id: str, store: RunStore,
-            guard: Any, lm: Any, held_out: dict[str, torch.Tensor]) -> dict[str, Any]:
+            guard: Any, lm: Any, held_out: HeldOut) -> dict[str, Any]:
     config = dataclasses.replace(pilot_config(settings, MODEL, data, basis_dir, work, run_id, store.path),
                                  tags={"guard_grid": run_id})
     timer, final = StepTimer(), FinalScores(lm.tokenizer, held_out)
@@ -121,7 +98,7 @@ def run_one(settings: AuditSettings, data: Path, basis_dir: Path, work: Path, ru
 
 
 def run_monitored(settings: AuditSettings, data: Path, basis_dir: Path, work: Path, run_id: str, store: RunStore,
-                  kind: str, lm: Any, held_out: dict[str, torch.Tensor], set_id: str) -> dict[str, Any]:
+                  kind: str, lm: Any, held_out: HeldOut, set_id: str) -> dict[str, Any]:
     """The data-level guards: the run read against its swap reference (`--reference auto`, measured every 10 steps,
     the loss screen naming the suspects) with `on_alarm` mark+rewind or mark+stop. One reference per set."""
     from traitwatch.audit import train_reference
@@ -159,6 +136,31 @@ def base_scores(work: Path, lm: Any) -> dict[str, float]:
     return scores
 
 
+def rescore(work: Path, plan: Any, shared: Path) -> None:
+    """Task loss and accuracy of every finished run of a base with an answer check that was scored before the
+    accuracy was measured (and before every run of a seed shared its held-out rows), from its final adapter (what
+    `FinalScores` scored: the guard detached, the rewound or stopped model as it ended), and of the base model on
+    each (base, seed)'s rows; appends to WORK/task_scores.jsonl (a rerun skips what is there)."""
+    rows = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines()]
+    out = work / "task_scores.jsonl"
+    done = {json.loads(line)["key"] for line in out.read_text().splitlines()} if out.exists() else set()
+    todo = [(f"base-model:{b}-s{s}", b, s, None) for b, s in sorted({(r["base"], r["seed"]) for r in rows})]
+    todo += [(r["key"], r["base"], r["seed"], r) for r in rows if r.get("task_accuracy") is None]
+    for key, base, seed, r in todo:
+        if key in done or base not in CHECKED_SETS:
+            continue
+        clean = work / "data" / f"{base}-s{seed}.jsonl"
+        adapter = None if r is None else work / "runs" / r["key"] / "final"
+        lm = load_model(MODEL, adapter=adapter, device=plan.device, dtype=plan.dtype)
+        held = held_out_rows(base, clean, work, shared, lm.tokenizer, max_length=AuditSettings().max_length)
+        t0 = time.perf_counter()
+        scores = {"key": key, **task_scores(lm.model, lm.tokenizer, held), "held_out": len(held.chats),
+                  "task_loss_recorded": None if r is None else r["task_loss"], "seconds": time.perf_counter() - t0}
+        with out.open("a") as fh:
+            fh.write(json.dumps(scores) + "\n")
+        print(json.dumps(scores), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/guardgrid"))
@@ -176,9 +178,15 @@ def main() -> None:
     parser.add_argument("--overhead", type=int, default=0, metavar="ROUNDS",
                         help="only time the guards' training steps: ROUNDS rounds of 10 steps per guard, interleaved "
                              "(guards in turn within each round), on the first poisoned set; writes overhead.json")
+    parser.add_argument("--rescore", action="store_true",
+                        help="only score the task accuracy of finished runs that lack it, from their final adapters "
+                             "(WORK/task_scores.jsonl)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/guard_grid"))
     args = parser.parse_args()
     work = args.work
+    if args.rescore:
+        rescore(work, demo_plan(), args.shared_data)
+        return
     if args.analyze_only:
         analyze(work / "results.jsonl", args.out)
         return
@@ -211,7 +219,9 @@ def main() -> None:
             for spec in specs:
                 data = Path(build_set(spec.name, seed=seed, n=plan.n_examples, out_dir=work / "data",
                                       shared_data=args.shared_data, spec=spec))
-                held = held_out_rows(base_name, data, work, args.shared_data, lm.tokenizer)
+                clean = work / "data" / f"{base_name}-s{seed}.jsonl"  # built first: the same rows for every set
+                held = held_out_rows(base_name, clean, work, args.shared_data, lm.tokenizer,
+                                     max_length=AuditSettings().max_length)
                 for kind in args.guards:
                     key = f"{spec.name}-s{seed}-{kind}"
                     if key in done:
@@ -346,6 +356,14 @@ def twin_reads(store_path: Path, rows: list[dict[str, Any]]) -> dict[str, float]
 
 def analyze(results_path: Path, out: Path) -> None:
     rows = [json.loads(line) for line in results_path.read_text().splitlines()]
+    rescored = results_path.parent / "task_scores.jsonl"  # the accuracy of runs scored before it was measured
+    base_task: dict[str, Any] = {}
+    if rescored.is_file():
+        base_task = {r["key"].split(":", 1)[1]: r for r in map(json.loads, rescored.read_text().splitlines())
+                     if r["key"].startswith("base-model:")}
+        extra = {r["key"]: r for r in map(json.loads, rescored.read_text().splitlines())}
+        rows = [{**r, "task_loss": extra[r["key"]]["task_loss"], "task_accuracy": extra[r["key"]]["task_accuracy"],
+                 "held_out": extra[r["key"]]["held_out"]} if r["key"] in extra else r for r in rows]
     reads = twin_reads(results_path.parent / "runs.db", rows)
     by = {(r["base"], r["seed"], r["poison"], r["guard"]): r for r in rows}
     out.mkdir(parents=True, exist_ok=True)
@@ -360,6 +378,9 @@ def analyze(results_path: Path, out: Path) -> None:
                 "alarms": r.get("alarms"), "final_step": r.get("final_step"),
                 "rows_dropped": sum(len(w["rows_dropped"]) for w in r.get("rewinds") or [] if isinstance(w, dict)),
                 "task_loss_change": r["task_loss"] / unguarded["task_loss"] - 1,
+                "task_accuracy": r.get("task_accuracy"),
+                "task_accuracy_change": (None if r.get("task_accuracy") is None or unguarded.get("task_accuracy") is None
+                                         else r["task_accuracy"] - unguarded["task_accuracy"]),
                 "steps_overhead": r["steps_s"] / unguarded["steps_s"] - 1}
         for m in ("label", "probe"):
             cell[f"{m}_over_clean"] = r[m] - clean[m]
@@ -370,46 +391,106 @@ def analyze(results_path: Path, out: Path) -> None:
                 if clean_guarded is not None:  # against the guarded clean run: the guard's own shift removed
                     cell[f"{m}_prevented_vs_guarded_clean"] = (1 - (r[m] - clean_guarded[m]) / rise) if rise > 0 else None
         cells.append(cell)
-    summary: dict[str, Any] = {}
-    for guard in (*GUARDS, *DATA_GUARDS):
-        poisoned = [c for c in cells if c["guard"] == guard and c["poison"] is not None]
-        clean = [c for c in cells if c["guard"] == guard and c["poison"] is None]
-        if not poisoned:
-            continue
-        s: dict[str, Any] = {"poisoned_runs": len(poisoned), "clean_runs": len(clean)}
-        for m in ("label", "probe"):
-            vals = [c[f"{m}_prevented"] for c in poisoned if c.get(f"{m}_prevented") is not None]
-            s[f"{m}_prevented"] = _mean_ci(vals) if vals else None
-            s[f"{m}_over_clean"] = _mean_ci([c[f"{m}_over_clean"] for c in poisoned])
-            own = [c[f"{m}_prevented_vs_guarded_clean"] for c in poisoned
-                   if c.get(f"{m}_prevented_vs_guarded_clean") is not None]
-            s[f"{m}_prevented_vs_guarded_clean"] = _mean_ci(own) if own else None
-        s["task_loss_change_poisoned"] = _mean_ci([c["task_loss_change"] for c in poisoned])
-        if clean:
-            s["task_loss_change_clean"] = _mean_ci([c["task_loss_change"] for c in clean])
-            s["label_shift_clean"] = _mean_ci([c["label_over_clean"] for c in clean])
-        s["steps_overhead"] = _mean_ci([c["steps_overhead"] for c in poisoned + clean])
-        seen = [c["twin_read"] for c in poisoned if c["twin_read"] is not None]
-        s["seen_by_monitor"] = (sum(v > reads["threshold"] for v in seen), len(seen))
-        summary[guard] = s
+    summary = {guard: s for guard in (*GUARDS, *DATA_GUARDS)
+               if (s := summarize([c for c in cells if c["guard"] == guard], reads["threshold"])) is not None}
+    # per base and per poison type: where a guard holds and where it misses (poisoned runs only for the types)
+    breakdown = {f"{guard} / {by} {value}": s
+                 for guard in (*GUARDS, *DATA_GUARDS)
+                 for by, key in (("base", "base"), ("type", "poison"))
+                 for value in sorted({str(c[key]) for c in cells if c["guard"] == guard and c[key] is not None})
+                 if (s := summarize([c for c in cells if c["guard"] == guard and str(c[key]) == value],
+                                    reads["threshold"])) is not None and s["poisoned_runs"] >= 3}
     timing = json.loads((out / "overhead.json").read_text()) if (out / "overhead.json").is_file() else None
     hooks = json.loads((out / "hook_overhead.json").read_text()) if (out / "hook_overhead.json").is_file() else None
-    (out / "results.json").write_text(json.dumps({"cells": cells, "summary": summary, "runs": rows,
+    (out / "results.json").write_text(json.dumps({"cells": cells, "summary": summary, "breakdown": breakdown,
+                                                  "base_model_task": base_task, "runs": rows,
                                                   "monitor_threshold": reads["threshold"]}, indent=1))
-    (out / "RESULTS.md").write_text(render(cells, summary, rows, reads["threshold"], timing, hooks))
+    (out / "RESULTS.md").write_text(render(cells, summary, breakdown, rows, reads["threshold"], timing, hooks,
+                                           base_task))
     print((out / "RESULTS.md").read_text())
 
 
-def _fmt(triple: Any, pct: bool = False) -> str:
+def _pooled_share(pairs: list[tuple[float, float]], n_boot: int = 2000) -> tuple[float, float, float]:
+    """1 - sum(guarded - clean) / sum(unguarded - clean) over cells, with a 95% bootstrap interval over cells
+    (nan bounds below 3 cells). Unlike the mean of per-cell shares, a cell whose unguarded rise is small cannot
+    blow it up: each cell weighs by its rise."""
+    import numpy as np
+
+    left, rise = np.array(pairs, dtype=float).T
+    share = float(1 - left.sum() / rise.sum())
+    if len(pairs) < 3:
+        return share, math.nan, math.nan
+    idx = np.random.default_rng(0).integers(0, len(pairs), size=(n_boot, len(pairs)))
+    boots = 1 - left[idx].sum(axis=1) / rise[idx].sum(axis=1)
+    return share, float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
+
+
+def summarize(cells: list[dict[str, Any]], threshold: float) -> dict[str, Any] | None:
+    """One guard's cells (poisoned and clean) summed up with intervals; None without a poisoned run."""
+    poisoned = [c for c in cells if c["poison"] is not None]
+    clean = [c for c in cells if c["poison"] is None]
+    if not poisoned:
+        return None
+    s: dict[str, Any] = {"poisoned_runs": len(poisoned), "clean_runs": len(clean)}
+    for m in ("label", "probe"):
+        vals = [c[f"{m}_prevented"] for c in poisoned if c.get(f"{m}_prevented") is not None]
+        s[f"{m}_prevented"] = _mean_ci(vals) if vals else None
+        s[f"{m}_prevented_pooled"] = _pooled_share([(c[f"{m}_over_clean"], c[f"{m}_rise_unguarded"]) for c in poisoned])
+        s[f"{m}_over_clean"] = _mean_ci([c[f"{m}_over_clean"] for c in poisoned])
+        own = [c[f"{m}_prevented_vs_guarded_clean"] for c in poisoned
+               if c.get(f"{m}_prevented_vs_guarded_clean") is not None]
+        s[f"{m}_prevented_vs_guarded_clean"] = _mean_ci(own) if own else None
+    s["task_loss_change_poisoned"] = _mean_ci([c["task_loss_change"] for c in poisoned])
+    for part, group in (("poisoned", poisoned), ("clean", clean)):
+        acc = [c["task_accuracy_change"] for c in group if c["task_accuracy_change"] is not None]
+        s[f"task_accuracy_change_{part}"] = _mean_ci(acc) if acc else None
+    if clean:
+        s["task_loss_change_clean"] = _mean_ci([c["task_loss_change"] for c in clean])
+        s["label_shift_clean"] = _mean_ci([c["label_over_clean"] for c in clean])
+    s["steps_overhead"] = _mean_ci([c["steps_overhead"] for c in poisoned + clean])
+    seen = [c["twin_read"] for c in poisoned if c["twin_read"] is not None]
+    s["seen_by_monitor"] = (sum(v > threshold for v in seen), len(seen))
+    return s
+
+
+def _fmt(triple: Any, pct: bool = False, points: bool = False) -> str:
     if triple is None:
         return "-"
     m, lo, hi = triple
-    f = (lambda x: f"{100 * x:+.0f}%") if pct else (lambda x: f"{x:+.4f}")
+    f = ((lambda x: f"{100 * x:+.1f}") if points else (lambda x: f"{100 * x:+.0f}%") if pct
+         else (lambda x: f"{x:+.4f}"))
     return f(m) + ("" if math.isnan(lo) else f" [{f(lo)}, {f(hi)}]")
 
 
-def render(cells: list[dict[str, Any]], summary: dict[str, Any], rows: list[dict[str, Any]], threshold: float,
-           timing: dict[str, Any] | None, hooks: dict[str, Any] | None) -> str:
+def _base_task_text(base_task: dict[str, Any]) -> str:
+    """What the held-out rows hold and how the base model scores on them, from the rescore's base-model rows."""
+    if not base_task:
+        return ""
+    few = [f"{k} {v['held_out']}" for k, v in sorted(base_task.items()) if v["held_out"] < HELD_OUT]
+    return ((f" Trivia asks about a few dozen facts, so fewer questions are left there ({', '.join(few)})." if few else "")
+            + " Before finetuning the base model answers "
+            + ", ".join(f"{k} {100 * v['task_accuracy']:.0f}%" for k, v in sorted(base_task.items())) + " right.")
+
+
+def _summary_row(name: str, s: dict[str, Any]) -> str:
+    seen, n = s["seen_by_monitor"]
+    return (f"| {name} | {s['poisoned_runs']} | {_fmt(s['label_prevented_pooled'], True)} | "
+            f"{_fmt(s['label_prevented'], True)} | "
+            f"{_fmt(s['label_prevented_vs_guarded_clean'], True)} | {_fmt(s['label_over_clean'])} | "
+            f"{_fmt(s['probe_over_clean'])} | {_fmt(s['task_loss_change_poisoned'], True)} | "
+            f"{_fmt(s.get('task_loss_change_clean'), True)} | {_fmt(s.get('task_accuracy_change_poisoned'), points=True)} | "
+            f"{_fmt(s.get('task_accuracy_change_clean'), points=True)} | {seen} of {n} |")
+
+
+_SUMMARY_HEAD = ("| {what} | poisoned runs | label rise prevented, pooled | mean of the runs' shares | against its own "
+                 "clean run | label - clean | probe - clean | task loss, poisoned | task loss, clean | accuracy, "
+                 "poisoned (points) | accuracy, clean (points) | seen by the monitor |\n"
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def render(cells: list[dict[str, Any]], summary: dict[str, Any], breakdown: dict[str, Any], rows: list[dict[str, Any]],
+           threshold: float, timing: dict[str, Any] | None, hooks: dict[str, Any] | None,
+           base_task: dict[str, Any]) -> str:
     env = rows[0]
     lines = [
         "# Guards on the poison grid (issue 27)",
@@ -422,7 +503,9 @@ def render(cells: list[dict[str, Any]], summary: dict[str, Any], rows: list[dict
         "",
         "*Prevented*: 1 - (guarded poisoned run - unguarded clean run) / (unguarded poisoned run - unguarded clean run), "
         "per (base, seed, poison type); 100% means the guarded poisoned model scores like the clean one, more than "
-        "100% below it. Task: change in held-out clean loss against the unguarded run of the same set (lower is better). "
+        "100% below it. *Pooled*: the same with both differences summed over the runs first (each run weighs by its "
+        "unguarded rise, so a run whose poison barely moved the label cannot inflate it; 95% bootstrap interval over "
+        "runs); the mean of the runs' own shares is given beside it. Task: change in held-out clean loss against the unguarded run of the same set (lower is better). "
         f"Seen: poisoned runs whose distance from the clean run of the same guard, read as the shipped reference "
         f"calibration reads it (PCA-7 of the mean residual row, threshold {threshold:.2f}), is above the threshold: "
         "whether the monitor would still see what the guard leaves, against the ideal reference (the clean twin). "
@@ -431,22 +514,24 @@ def render(cells: list[dict[str, Any]], summary: dict[str, Any], rows: list[dict
         "any run. The probe-direction guards (steer, penalty, and ablate whose subspace starts with it) were fitted "
         "on the probe's answer pairs, so the label is their independent read.",
         "",
-        "The probe's rise over clean is small in some cells (reckless_advice +0.001 here), where a ratio means "
+        "The probe's rise over clean is small in some cells, where a ratio means "
         "nothing: the probe is given as the guarded poisoned run minus the unguarded clean run. *Against its own "
         "clean run*: the same share with the clean run trained with the same guard as the reference, which removes "
         "what the guard does to any data.",
         "",
-        "| guard | poisoned runs | label rise prevented | against its own clean run | label - clean | probe - clean | "
-        "task loss, poisoned | task loss, clean | seen by the monitor |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "Accuracy: the share of 48 held-out questions of the base answered right (greedy; `datasets.answers`: the "
+        "result for arithmetic, the fact for trivia, the asked format for number sequences), in points against the "
+        "unguarded run of the same set (higher is better; one question is 2.1 points of 48); medical advice has no "
+        "accuracy, only the loss. Every run of a (base, seed) is scored on the same held-out rows: the base's rows "
+        "of another seed, one per prompt, none a prompt of the clean training set." + _base_task_text(base_task),
+        "",
+        _SUMMARY_HEAD.format(what="guard"),
     ]
-    for guard, s in summary.items():
-        seen, n = s["seen_by_monitor"]
-        lines.append(
-            f"| {guard} | {s['poisoned_runs']} | {_fmt(s['label_prevented'], True)} | "
-            f"{_fmt(s['label_prevented_vs_guarded_clean'], True)} | {_fmt(s['label_over_clean'])} | "
-            f"{_fmt(s['probe_over_clean'])} | {_fmt(s['task_loss_change_poisoned'], True)} | "
-            f"{_fmt(s.get('task_loss_change_clean'), True)} | {seen} of {n} |")
+    lines += [_summary_row(guard, s) for guard, s in summary.items()]
+    if breakdown:
+        lines += ["", "## Per base and per poison type (groups of 3 or more poisoned runs)", "",
+                  _SUMMARY_HEAD.format(what="guard / group")]
+        lines += [_summary_row(name, s) for name, s in breakdown.items()]
     for data, title, key in (
         (timing, "Wall time per training step, separate runs (`--overhead {rounds}`: {rounds} rounds of {steps_per_run} "
                  "timed steps per guard, interleaved, on {set}; {device}, {dtype})", "median_step_s"),
@@ -462,14 +547,15 @@ def render(cells: list[dict[str, Any]], summary: dict[str, Any], rows: list[dict
               "Steps overhead here is the 30 steps' wall time against the unguarded run of the same set, run at another "
               "time on a shared machine: the interleaved timing above is the one to read.", "",
               "| base | seed | poison | guard | label - clean | probe - clean | label prevented | "
-              "task loss change | steps overhead | read vs clean twin | alarms at | rows dropped |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "task loss change | accuracy | steps overhead | read vs clean twin | alarms at | rows dropped |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in cells:
         lp = c.get("label_prevented")
         lines.append(
             f"| {c['base']} | {c['seed']} | {c['poison'] or 'clean'} | {c['guard']} | {c['label_over_clean']:+.4f} | "
             f"{c['probe_over_clean']:+.4f} | {'-' if lp is None else f'{100 * lp:+.0f}%'} | "
             f"{100 * c['task_loss_change']:+.1f}% | "
+            f"{'-' if c['task_accuracy'] is None else format(100 * c['task_accuracy'], '.0f') + '%'} | "
             f"{100 * c['steps_overhead']:+.0f}% | {'-' if c['twin_read'] is None else format(c['twin_read'], '.2f')} | "
             f"{'-' if c['alarms'] is None else (', '.join(map(str, c['alarms'])) or 'none')} | "
             f"{c['rows_dropped'] if c['alarms'] is not None else '-'} |")
