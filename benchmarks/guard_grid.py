@@ -523,7 +523,9 @@ def render(cells: list[dict[str, Any]], summary: dict[str, Any], breakdown: dict
         "result for arithmetic, the fact for trivia, the asked format for number sequences), in points against the "
         "unguarded run of the same set (higher is better; one question is 2.1 points of 48); medical advice has no "
         "accuracy, only the loss. Every run of a (base, seed) is scored on the same held-out rows: the base's rows "
-        "of another seed, one per prompt, none a prompt of the clean training set." + _base_task_text(base_task),
+        "of another seed, one per prompt, none a prompt of the clean training set; runs made before the accuracy was "
+        "measured were scored again from their saved adapters (`--rescore`: loss and accuracy, the reloaded model "
+        "reproducing the recorded loss where the rows are the same)." + _base_task_text(base_task),
         "",
         _SUMMARY_HEAD.format(what="guard"),
     ]
