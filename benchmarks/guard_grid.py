@@ -168,6 +168,9 @@ def main() -> None:
     parser.add_argument("--poisons", nargs="+", default=list(POISONS))
     parser.add_argument("--guards", nargs="+", default=list(GUARDS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--strength", type=float, default=None,
+                        help="train the guards at this strength instead of DEFAULT_STRENGTH (runs and tables name "
+                             "them KIND@S): a sweep, not a choice made inside the folds")
     parser.add_argument("--basis", type=Path, default=None, help="basis folder (default: WORK/basis, built as the demo's)")
     parser.add_argument("--shared-data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--analyze-only", action="store_true")
@@ -223,7 +226,8 @@ def main() -> None:
                 held = held_out_rows(base_name, clean, work, args.shared_data, lm.tokenizer,
                                      max_length=AuditSettings().max_length)
                 for kind in args.guards:
-                    key = f"{spec.name}-s{seed}-{kind}"
+                    name = kind if args.strength is None or kind == "none" else f"{kind}@{args.strength:g}"
+                    key = f"{spec.name}-s{seed}-{name}"
                     if key in done:
                         continue
                     settings = AuditSettings(seed=seed, probe=False, device=plan.device, dtype=plan.dtype)
@@ -232,11 +236,12 @@ def main() -> None:
                             scores = run_monitored(settings, data, basis_dir, work, key, store, kind, lm, held,
                                                    f"{spec.name}-s{seed}")
                         else:
-                            guard = None if kind == "none" else make_guard(kind, subspaces.get(SUBSPACE.get(kind, "")))
+                            guard = None if kind == "none" else make_guard(kind, subspaces.get(SUBSPACE.get(kind, "")),
+                                                                           args.strength)
                             scores = run_one(settings, data, basis_dir, work, key, store, guard, lm, held)
-                    row = {"key": key, "set": spec.name, "base": base_name, "seed": seed, "guard": kind,
+                    row = {"key": key, "set": spec.name, "base": base_name, "seed": seed, "guard": name,
                            "poison": spec.poisoning.poison.name if spec.poisoning is not None else None,
-                           "strength": DEFAULT_STRENGTH.get(kind),
+                           "strength": DEFAULT_STRENGTH.get(kind) if args.strength is None or kind == "none" else args.strength,
                            "subspace": SUBSPACE.get(kind), "base_model": base, **scores}
                     with results_path.open("a") as fh:
                         fh.write(json.dumps(row) + "\n")
@@ -391,11 +396,12 @@ def analyze(results_path: Path, out: Path) -> None:
                 if clean_guarded is not None:  # against the guarded clean run: the guard's own shift removed
                     cell[f"{m}_prevented_vs_guarded_clean"] = (1 - (r[m] - clean_guarded[m]) / rise) if rise > 0 else None
         cells.append(cell)
-    summary = {guard: s for guard in (*GUARDS, *DATA_GUARDS)
+    guards = list(dict.fromkeys([*GUARDS, *DATA_GUARDS, *(r["guard"] for r in rows)]))  # sweeps (KIND@S) last
+    summary = {guard: s for guard in guards
                if (s := summarize([c for c in cells if c["guard"] == guard], reads["threshold"])) is not None}
     # per base and per poison type: where a guard holds and where it misses (poisoned runs only for the types)
     breakdown = {f"{guard} / {by} {value}": s
-                 for guard in (*GUARDS, *DATA_GUARDS)
+                 for guard in guards
                  for by, key in (("base", "base"), ("type", "poison"))
                  for value in sorted({str(c[key]) for c in cells if c["guard"] == guard and c[key] is not None})
                  if (s := summarize([c for c in cells if c["guard"] == guard and str(c[key]) == value],
