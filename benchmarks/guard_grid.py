@@ -146,13 +146,16 @@ def rescore(work: Path, plan: Any, shared: Path) -> None:
     done = {json.loads(line)["key"] for line in out.read_text().splitlines()} if out.exists() else set()
     todo = [(f"base-model:{b}-s{s}", b, s, None) for b, s in sorted({(r["base"], r["seed"]) for r in rows})]
     todo += [(r["key"], r["base"], r["seed"], r) for r in rows if r.get("task_accuracy") is None]
+    held_out: dict[tuple[str, int], HeldOut] = {}  # one set of rows per (base, seed), as in the runs
     for key, base, seed, r in todo:
         if key in done or base not in CHECKED_SETS:
             continue
-        clean = work / "data" / f"{base}-s{seed}.jsonl"
         adapter = None if r is None else work / "runs" / r["key"] / "final"
         lm = load_model(MODEL, adapter=adapter, device=plan.device, dtype=plan.dtype)
-        held = held_out_rows(base, clean, work, shared, lm.tokenizer, max_length=AuditSettings().max_length)
+        if (base, seed) not in held_out:
+            held_out[base, seed] = held_out_rows(base, work / "data" / f"{base}-s{seed}.jsonl", work, shared,
+                                                 lm.tokenizer, max_length=AuditSettings().max_length)
+        held = held_out[base, seed]
         t0 = time.perf_counter()
         scores = {"key": key, **task_scores(lm.model, lm.tokenizer, held), "held_out": len(held.chats),
                   "task_loss_recorded": None if r is None else r["task_loss"], "seconds": time.perf_counter() - t0}
@@ -219,14 +222,15 @@ def main() -> None:
         for base_name in args.bases:
             specs = [PERTURBATION_SETS[base_name]] + [poisoned_set(PERTURBATION_SETS[base_name], PERTURBATION_SETS[p], 0.1)
                                                       for p in args.poisons]
-            for spec in specs:
-                data = Path(build_set(spec.name, seed=seed, n=plan.n_examples, out_dir=work / "data",
-                                      shared_data=args.shared_data, spec=spec))
-                clean = work / "data" / f"{base_name}-s{seed}.jsonl"  # built first: the same rows for every set
-                held = held_out_rows(base_name, clean, work, args.shared_data, lm.tokenizer,
-                                     max_length=AuditSettings().max_length)
+            files = [Path(build_set(spec.name, seed=seed, n=plan.n_examples, out_dir=work / "data",
+                                    shared_data=args.shared_data, spec=spec)) for spec in specs]
+            # the clean set (first) decides the held-out rows: the same for every set of this (base, seed)
+            held = held_out_rows(base_name, files[0], work, args.shared_data, lm.tokenizer,
+                                 max_length=AuditSettings().max_length)
+            for spec, data in zip(specs, files, strict=True):
                 for kind in args.guards:
-                    name = kind if args.strength is None or kind == "none" else f"{kind}@{args.strength:g}"
+                    swept = args.strength is not None and kind != "none"
+                    name = f"{kind}@{args.strength:g}" if swept else kind
                     key = f"{spec.name}-s{seed}-{name}"
                     if key in done:
                         continue
@@ -241,7 +245,7 @@ def main() -> None:
                             scores = run_one(settings, data, basis_dir, work, key, store, guard, lm, held)
                     row = {"key": key, "set": spec.name, "base": base_name, "seed": seed, "guard": name,
                            "poison": spec.poisoning.poison.name if spec.poisoning is not None else None,
-                           "strength": DEFAULT_STRENGTH.get(kind) if args.strength is None or kind == "none" else args.strength,
+                           "strength": args.strength if swept else DEFAULT_STRENGTH.get(kind),
                            "subspace": SUBSPACE.get(kind), "base_model": base, **scores}
                     with results_path.open("a") as fh:
                         fh.write(json.dumps(row) + "\n")
@@ -364,9 +368,8 @@ def analyze(results_path: Path, out: Path) -> None:
     rescored = results_path.parent / "task_scores.jsonl"  # the accuracy of runs scored before it was measured
     base_task: dict[str, Any] = {}
     if rescored.is_file():
-        base_task = {r["key"].split(":", 1)[1]: r for r in map(json.loads, rescored.read_text().splitlines())
-                     if r["key"].startswith("base-model:")}
         extra = {r["key"]: r for r in map(json.loads, rescored.read_text().splitlines())}
+        base_task = {k.split(":", 1)[1]: r for k, r in extra.items() if k.startswith("base-model:")}
         rows = [{**r, "task_loss": extra[r["key"]]["task_loss"], "task_accuracy": extra[r["key"]]["task_accuracy"],
                  "held_out": extra[r["key"]]["held_out"]} if r["key"] in extra else r for r in rows]
     reads = twin_reads(results_path.parent / "runs.db", rows)
@@ -525,9 +528,10 @@ def render(cells: list[dict[str, Any]], summary: dict[str, Any], breakdown: dict
         "clean run*: the same share with the clean run trained with the same guard as the reference, which removes "
         "what the guard does to any data.",
         "",
-        "Accuracy: the share of 48 held-out questions of the base answered right (greedy; `datasets.answers`: the "
-        "result for arithmetic, the fact for trivia, the asked format for number sequences), in points against the "
-        "unguarded run of the same set (higher is better; one question is 2.1 points of 48); medical advice has no "
+        f"Accuracy: the share of {HELD_OUT} held-out questions of the base answered right (greedy; `datasets.answers`: "
+        "the result for arithmetic, the fact for trivia, the asked format for number sequences), in points against the "
+        f"unguarded run of the same set (higher is better; one question is {100 / HELD_OUT:.1f} points of {HELD_OUT}); "
+        "medical advice has no "
         "accuracy, only the loss. Every run of a (base, seed) is scored on the same held-out rows: the base's rows "
         "of another seed, one per prompt, none a prompt of the clean training set; runs made before the accuracy was "
         "measured were scored again from their saved adapters (`--rescore`: loss and accuracy, the reloaded model "
