@@ -34,12 +34,14 @@ import json
 import math
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
 from traitwatch.audit import AuditSettings, pilot_config
+from traitwatch.bench.analysis.guard_folds import TASK_LOSS_LIMIT, choose_in_folds, pooled_share, variants_of
 from traitwatch.bench.grid.labels import StepTimer
 from traitwatch.bench.grid.task import HELD_OUT, HeldOut, held_out_rows, task_accuracy, task_loss
 from traitwatch.bench.sets.perturbations import PERTURBATION_SETS, build_set, poisoned_set
@@ -48,8 +50,9 @@ from traitwatch.behavior.proxy import proxy_score
 from traitwatch.datasets.answers import CHECKED_SETS
 from traitwatch.datasets.chat_jsonl import load_chat_jsonl
 from traitwatch.demo import demo_plan, run_demo
-from traitwatch.guard import DEFAULT_STRENGTH, fit_subspace, make_guard
+from traitwatch.guard import DEFAULT_STRENGTH, fit_subspaces, layers_above, make_guard
 from traitwatch.models import load_model
+from traitwatch.models.layers import decoder_layers
 from traitwatch.store import RunStore
 from traitwatch.train import run_sft
 from traitwatch.train.data import PaddingCollator, tokenize_chats
@@ -171,6 +174,10 @@ def main() -> None:
     parser.add_argument("--poisons", nargs="+", default=list(POISONS))
     parser.add_argument("--guards", nargs="+", default=list(GUARDS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--blocks", type=int, default=1,
+                        help="guard this many decoder blocks, from the basis layer to the last, evenly spaced "
+                             "(`guard.layers_above`; steer and penalty only: the trait basis has one layer); runs "
+                             "and tables name it KIND+Nblocks")
     parser.add_argument("--strength", type=float, default=None,
                         help="train the guards at this strength instead of DEFAULT_STRENGTH (runs and tables name "
                              "them KIND@S): a sweep, not a choice made inside the folds")
@@ -208,8 +215,9 @@ def main() -> None:
     lm = load_model(MODEL, device=plan.device, dtype=plan.dtype)
     base = base_scores(work, lm)
     layer = basis.measure_layer
-    subspaces = {src: fit_subspace(lm.model, lm.tokenizer, layer, src, basis=basis)  # type: ignore[arg-type]
-                 for src in set(SUBSPACE.values())}
+    blocks = layers_above(layer, len(decoder_layers(lm.model)), args.blocks)
+    subspaces = {src: fit_subspaces(lm.model, lm.tokenizer, blocks if src == "probe" else [layer], src,  # type: ignore[arg-type]
+                                    basis=basis) for src in set(SUBSPACE.values())}
     if args.overhead:
         overhead(args, work, basis_dir, lm, subspaces, plan)
         return
@@ -231,6 +239,10 @@ def main() -> None:
                 for kind in args.guards:
                     swept = args.strength is not None and kind != "none"
                     name = f"{kind}@{args.strength:g}" if swept else kind
+                    if args.blocks > 1 and kind != "none":
+                        if SUBSPACE.get(kind) != "probe":
+                            raise SystemExit(f"--blocks {args.blocks}: the {kind} guard acts on one layer here")
+                        name += f"+{args.blocks}blocks"
                     key = f"{spec.name}-s{seed}-{name}"
                     if key in done:
                         continue
@@ -246,7 +258,9 @@ def main() -> None:
                     row = {"key": key, "set": spec.name, "base": base_name, "seed": seed, "guard": name,
                            "poison": spec.poisoning.poison.name if spec.poisoning is not None else None,
                            "strength": args.strength if swept else DEFAULT_STRENGTH.get(kind),
-                           "subspace": SUBSPACE.get(kind), "base_model": base, **scores}
+                           "subspace": SUBSPACE.get(kind), "base_model": base,
+                           "layers": blocks if SUBSPACE.get(kind) == "probe" else [layer] if kind in SUBSPACE else None,
+                           **scores}
                     with results_path.open("a") as fh:
                         fh.write(json.dumps(row) + "\n")
                     print(json.dumps({k: row[k] for k in ("key", "label", "probe", "task_loss", "steps_s")}), flush=True)
@@ -409,29 +423,17 @@ def analyze(results_path: Path, out: Path) -> None:
                  for value in sorted({str(c[key]) for c in cells if c["guard"] == guard and c[key] is not None})
                  if (s := summarize([c for c in cells if c["guard"] == guard and str(c[key]) == value],
                                     reads["threshold"])) is not None and s["poisoned_runs"] >= 3}
+    # each variant family (KIND, KIND@S, KIND+Nblocks) with its variant chosen without the held-out base and type
+    in_folds = {kind: f for kind in GUARDS if (f := in_fold_summary(cells, kind, reads["threshold"])) is not None}
     timing = json.loads((out / "overhead.json").read_text()) if (out / "overhead.json").is_file() else None
     hooks = json.loads((out / "hook_overhead.json").read_text()) if (out / "hook_overhead.json").is_file() else None
     (out / "results.json").write_text(json.dumps({"cells": cells, "summary": summary, "breakdown": breakdown,
+                                                  "chosen_in_folds": in_folds,
                                                   "base_model_task": base_task, "runs": rows,
                                                   "monitor_threshold": reads["threshold"]}, indent=1))
     (out / "RESULTS.md").write_text(render(cells, summary, breakdown, rows, reads["threshold"], timing, hooks,
-                                           base_task))
+                                           base_task, in_folds))
     print((out / "RESULTS.md").read_text())
-
-
-def _pooled_share(pairs: list[tuple[float, float]], n_boot: int = 2000) -> tuple[float, float, float]:
-    """1 - sum(guarded - clean) / sum(unguarded - clean) over cells, with a 95% bootstrap interval over cells
-    (nan bounds below 3 cells). Unlike the mean of per-cell shares, a cell whose unguarded rise is small cannot
-    blow it up: each cell weighs by its rise."""
-    import numpy as np
-
-    left, rise = np.array(pairs, dtype=float).T
-    share = float(1 - left.sum() / rise.sum())
-    if len(pairs) < 3:
-        return share, math.nan, math.nan
-    idx = np.random.default_rng(0).integers(0, len(pairs), size=(n_boot, len(pairs)))
-    boots = 1 - left[idx].sum(axis=1) / rise[idx].sum(axis=1)
-    return share, float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
 
 
 def summarize(cells: list[dict[str, Any]], threshold: float) -> dict[str, Any] | None:
@@ -444,7 +446,7 @@ def summarize(cells: list[dict[str, Any]], threshold: float) -> dict[str, Any] |
     for m in ("label", "probe"):
         vals = [c[f"{m}_prevented"] for c in poisoned if c.get(f"{m}_prevented") is not None]
         s[f"{m}_prevented"] = _mean_ci(vals) if vals else None
-        s[f"{m}_prevented_pooled"] = _pooled_share([(c[f"{m}_over_clean"], c[f"{m}_rise_unguarded"]) for c in poisoned])
+        s[f"{m}_prevented_pooled"] = pooled_share([(c[f"{m}_over_clean"], c[f"{m}_rise_unguarded"]) for c in poisoned])
         s[f"{m}_over_clean"] = _mean_ci([c[f"{m}_over_clean"] for c in poisoned])
         own = [c[f"{m}_prevented_vs_guarded_clean"] for c in poisoned
                if c.get(f"{m}_prevented_vs_guarded_clean") is not None]
@@ -460,6 +462,21 @@ def summarize(cells: list[dict[str, Any]], threshold: float) -> dict[str, Any] |
     seen = [c["twin_read"] for c in poisoned if c["twin_read"] is not None]
     s["seen_by_monitor"] = (sum(v > threshold for v in seen), len(seen))
     return s
+
+
+def in_fold_summary(cells: list[dict[str, Any]], family: str, threshold: float) -> dict[str, Any] | None:
+    """`family`'s poisoned runs, each with the variant chosen without its base and type
+    (`bench.analysis.guard_folds.choose_in_folds`), summed up as `summarize` does, with the clean runs of the same
+    bases and seeds under the folds' choices (each run once)."""
+    picks = choose_in_folds(cells, family)
+    if not picks:
+        return None
+    by = {(c["base"], c["seed"], c["poison"], c["guard"]): c for c in cells}
+    chosen = [by[(p["base"], p["seed"], p["poison"], p["chosen"])] for p in picks]
+    clean = {(p["base"], p["seed"], p["chosen"]) for p in picks}
+    chosen += [by[(b, s, None, v)] for b, s, v in sorted(clean, key=lambda k: tuple(map(str, k))) if (b, s, None, v) in by]
+    out = summarize(chosen, threshold)
+    return None if out is None else {**out, "variants": variants_of(cells, family), "picks": picks}
 
 
 def _fmt(triple: Any, pct: bool = False, points: bool = False) -> str:
@@ -499,7 +516,7 @@ _SUMMARY_HEAD = ("| {what} | poisoned runs | label rise prevented, pooled | mean
 
 def render(cells: list[dict[str, Any]], summary: dict[str, Any], breakdown: dict[str, Any], rows: list[dict[str, Any]],
            threshold: float, timing: dict[str, Any] | None, hooks: dict[str, Any] | None,
-           base_task: dict[str, Any]) -> str:
+           base_task: dict[str, Any], in_folds: dict[str, Any]) -> str:
     env = rows[0]
     lines = [
         "# Guards on the poison grid (issue 27)",
@@ -540,6 +557,19 @@ def render(cells: list[dict[str, Any]], summary: dict[str, Any], breakdown: dict
         _SUMMARY_HEAD.format(what="guard"),
     ]
     lines += [_summary_row(guard, s) for guard, s in summary.items()]
+    if in_folds:
+        lines += ["", "## The variant chosen in the folds (leave one base and one poison type out)", "",
+                  "Where a guard was run in several variants (strength KIND@S, blocks KIND+Nblocks), each poisoned run "
+                  "is scored with the variant chosen without its base and its poison type: on the runs of the other "
+                  "bases with the other types (and the other bases' clean runs) that every candidate has, the highest "
+                  f"pooled share of the label's rise prevented among the variants that lose at most {TASK_LOSS_LIMIT:.0%} "
+                  "of the task metric (relative accuracy, or held-out loss for medical advice) on average on those "
+                  "clean and poisoned runs, else the one that loses least. A candidate must have a run on the held-out "
+                  "cell. The clean rows: the clean runs of the held-out runs' bases and seeds under the folds' choices, "
+                  "each run once.", "", _SUMMARY_HEAD.format(what="guard, chosen in the folds")]
+        for kind, f in in_folds.items():
+            counts = Counter(p["chosen"] for p in f["picks"])
+            lines.append(_summary_row(f"{kind} ({', '.join(f'{v} {n}x' for v, n in sorted(counts.items()))})", f))
     if breakdown:
         lines += ["", "## Per base and per poison type (groups of 3 or more poisoned runs)", "",
                   _SUMMARY_HEAD.format(what="guard / group")]

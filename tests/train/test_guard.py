@@ -16,6 +16,8 @@ from traitwatch.guard import (
     PenaltyGuard,
     SteeringGuard,
     fit_subspace,
+    fit_subspaces,
+    layers_above,
     make_guard,
 )
 from traitwatch.models import build_tiny_random
@@ -124,7 +126,7 @@ def test_the_penalty_adds_the_gradient_of_its_one_sided_loss(subspace):
 
     guarded = _lora_model()
     guard = PenaltyGuard(subspace, weight=weight).attach(guarded)
-    guard._first = [base]
+    guard._first = [[base]]
     guard.step_end()  # the base level is known once the first optimizer step is done
     assert guard.base_level_ == base
     guarded.train()
@@ -149,16 +151,114 @@ def test_the_penalty_is_off_until_the_base_level_is_known_and_below_it(subspace)
     for m in (guarded, plain):
         m.train()
         m(input_ids=ids, labels=ids).loss.backward()
-    assert len(guard._first) == 2 and guard.base_level_ is None  # the first step's rows: the base level
+    assert len(guard._first[0]) == 2 and guard.base_level_ is None  # the first step's rows: the base level
     for p, q in zip(guarded.parameters(), plain.parameters(), strict=True):
         if p.grad is not None:
             assert torch.equal(p.grad, q.grad)
-    guard.base_level_ = 1e6  # every row below it: one-sided, no gradient
+    guard.base_levels_ = [1e6]  # every row below it: one-sided, no gradient
     guarded.zero_grad()
     guarded(input_ids=ids, labels=ids).loss.backward()
     for p, q in zip(guarded.parameters(), plain.parameters(), strict=True):
         if p.grad is not None:
             assert torch.equal(p.grad, q.grad)
+
+
+BLOCKS = [1, LAYER]  # two guarded blocks of the tiny model's six
+
+
+@pytest.fixture(scope="module")
+def block_subspaces(tiny) -> list[GuardSubspace]:
+    return fit_subspaces(tiny.model, tiny.tokenizer, BLOCKS[::-1], "probe")  # any order in, ascending out
+
+
+def _block_outputs(model, ids, layers):
+    """Each block in `layers`' output for `ids`, the model in train mode with gradients on (kept in the graph)."""
+    seen = {}
+    handles = [decoder_layers(model)[layer].register_forward_hook(
+        lambda _m, _i, out, layer=layer: seen.setdefault(layer, out[0] if isinstance(out, tuple) else out))
+        for layer in layers]
+    model.train()
+    try:
+        loss = model(input_ids=ids, labels=ids).loss
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen, loss
+
+
+def test_layers_above_spreads_the_guard_from_the_first_block_to_the_last():
+    assert layers_above(15, 30) == [15, 20, 24, 29]  # smollm2-135m from its basis layer
+    assert layers_above(15, 30, 1) == [15] and layers_above(29, 30) == [29]
+    assert layers_above(0, 2, 4) == [0, 1]  # fewer blocks than asked: each once
+    with pytest.raises(ValueError, match="not a block"):
+        layers_above(30, 30)
+
+
+def test_subspaces_fitted_at_several_layers_are_each_layers_own(tiny, block_subspaces, subspace):
+    assert [s.layer for s in block_subspaces] == BLOCKS
+    single = fit_subspace(tiny.model, tiny.tokenizer, 1, "probe")
+    assert torch.allclose(block_subspaces[0].directions, single.directions, atol=1e-6)
+    assert block_subspaces[0].gap == pytest.approx(single.gap)
+    assert block_subspaces[1].gap == pytest.approx(subspace.gap)  # layer 3's probe direction, as fitted alone
+    assert not torch.allclose(block_subspaces[0].direction, block_subspaces[1].direction, atol=1e-2)
+    with pytest.raises(ValueError, match="repeat a layer"):
+        PenaltyGuard([block_subspaces[1], subspace])
+    with pytest.raises(ValueError, match="6 decoder blocks"):
+        PenaltyGuard(GuardSubspace(single.directions, 6, "probe", True, 1.0)).attach(build_tiny_random()[0])
+
+
+def test_the_penalty_on_several_blocks_adds_the_gradient_of_the_sum_of_each_blocks_loss(block_subspaces):
+    ids = torch.randint(5, 100, (4, 8), generator=torch.Generator().manual_seed(4))
+    weight = 2.0
+    explicit = _lora_model()
+    hidden, loss = _block_outputs(explicit, ids, BLOCKS)
+    bases, penalty = [], 0.0
+    for s in block_subspaces:
+        level = (hidden[s.layer].float() @ s.direction).mean(1) / s.gap
+        base = float(level.detach().sort().values[1:3].mean())  # two rows above each block's base level, two below
+        bases.append(base)
+        penalty = penalty + (level - base).clamp_min(0).mean()
+    (loss + weight * penalty).backward()
+
+    guarded = _lora_model()
+    guard = PenaltyGuard(block_subspaces, weight=weight).attach(guarded)
+    guard._first = [[b] for b in bases]
+    guard.step_end()
+    assert guard.base_levels_ == bases and guard.layers == BLOCKS
+    guarded.train()
+    guarded(input_ids=ids, labels=ids).loss.backward()
+    one_block = _lora_model()
+    alone = PenaltyGuard(block_subspaces[1], weight=weight).attach(one_block)
+    alone._first = [[bases[1]]]
+    alone.step_end()
+    one_block.train()
+    one_block(input_ids=ids, labels=ids).loss.backward()
+    pairs = [(p.grad, q.grad, r.grad) for p, q, r in zip(guarded.parameters(), explicit.parameters(),
+                                                         one_block.parameters(), strict=True) if p.grad is not None]
+    off = max(float((g - e).abs().max()) for g, e, _ in pairs)  # float32 sums in another order: ~1e-5
+    lower_block = max(float((g - o).abs().max()) for g, _, o in pairs)  # what the second block's penalty adds
+    assert off < 1e-4 and lower_block > 100 * off, (off, lower_block)
+    done, settings = guard.summary(), guard.settings()
+    assert done["rows_read"] == 4 * 2 and done["interventions"] == 1  # one pass, read at two blocks
+    assert settings["layers"] == BLOCKS and settings["gaps"] == [s.gap for s in block_subspaces]
+    assert settings["directions_sha256"] != alone.settings()["directions_sha256"]
+    assert "layers 1, 3" in guard.describe()
+
+
+def test_ablation_on_several_blocks_holds_each_at_its_own_base_mean(block_subspaces):
+    model, _ = build_tiny_random()
+    ids = torch.randint(5, 100, (2, 9), generator=torch.Generator().manual_seed(5))
+    plain, _ = _block_outputs(model, ids, BLOCKS)
+    guard = AblationGuard(block_subspaces).attach(model)
+    _block_outputs(model, ids, BLOCKS)
+    guard.step_end()  # the base means, read on the first step
+    guarded, _ = _block_outputs(model, ids, BLOCKS)
+    for s, center in zip(block_subspaces, guard.centers_, strict=True):
+        assert torch.allclose(center, (plain[s.layer].detach().float() @ s.directions.T).mean((0, 1)), atol=1e-4)
+        coords = guarded[s.layer].detach().float() @ s.directions.T
+        assert torch.allclose(coords, center.expand_as(coords), atol=1e-4), s.layer
+    assert guard.interventions_ == 2 and guard.base_batches_ == 1
+    guard.detach()
 
 
 def test_l2_pulls_trainable_weights_toward_their_start():

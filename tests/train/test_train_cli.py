@@ -131,6 +131,19 @@ def test_train_with_a_guard_fits_it_on_the_base_and_stores_what_it_did(basis_dir
     assert "Run out: Guard: steer at layer 3 on the probe subspace" in (tmp_path / "r.html").read_text()
 
 
+def test_train_guards_several_blocks_from_the_basis_layer_to_the_last(basis_dir, chat_file, tmp_path):
+    res = invoke(*train_args(chat_file, basis_dir, tmp_path, "--guard", "penalty", "--guard-blocks", "2"))
+    assert res.exit_code == 0, res.output
+    assert "beyond the base model's, at layers 3, 5" in res.output  # the tiny model's basis layer and its last block
+    with RunStore(tmp_path / "tw.db") as store:
+        settings = store.get_run("out").hyperparameters["guard"]
+        done = store.measurements("out")[-1].extra["guard"]
+    assert settings["layers"] == [3, 5] and len(settings["gaps"]) == 2 and all(g > 0 for g in settings["gaps"])
+    assert len(done["base_levels"]) == 2 and done["rows_read"] > 0
+    shown = runner.invoke(app, ["show", "out", "--store", str(tmp_path / "tw.db")], env={"COLUMNS": "250"})
+    assert "Guard: penalty at layers 3, 5 on the probe subspace, weight 1" in shown.output
+
+
 def test_train_refuses_an_unknown_guard_in_one_line(basis_dir, chat_file, tmp_path):
     def wide(*args):
         return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})

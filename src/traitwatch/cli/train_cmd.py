@@ -134,6 +134,9 @@ def register(app: typer.Typer) -> None:
                           "traitwatch.guard.DEFAULT_STRENGTH).")] = None,
         guard_subspace: Annotated[str, typer.Option(
             help="What ablate, steer and penalty act on: probe, traits, or probe+traits.")] = "probe",
+        guard_blocks: Annotated[int, typer.Option(
+            min=1, help="How many decoder blocks the guard acts at: the basis's layer and evenly spaced blocks above "
+                        "it, the last included (the trait subspaces need a basis extracted at those layers).")] = 1,
         measure_batch_size: Annotated[int, typer.Option(min=1)] = 32,
         report_to: Annotated[str, typer.Option(help="Trainer integrations (wandb, tensorboard, ...), or none.")] = "none",
         resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Resume from the latest checkpoint.")] = True,
@@ -164,7 +167,7 @@ def register(app: typer.Typer) -> None:
             save_steps=save_steps, monitor=monitor, on_alarm=actions,  # type: ignore[arg-type]
             measure_batch_size=measure_batch_size, device=device, dtype=dtype,
             report_to=report_to, resume=resume, behavior_probe=probe, suspects_k=suspects_k,
-            guard=guard, guard_strength=guard_strength, guard_subspace=guard_subspace,
+            guard=guard, guard_strength=guard_strength, guard_subspace=guard_subspace, guard_blocks=guard_blocks,
         )
 
         def say(msg: str) -> None:

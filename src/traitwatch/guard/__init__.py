@@ -15,7 +15,15 @@ from traitwatch.guard.guards import (
     SteeringGuard,
     make_guard,
 )
-from traitwatch.guard.subspace import SUBSPACE_SOURCES, GuardSubspace, SubspaceSource, fit_subspace
+from traitwatch.guard.subspace import (
+    SUBSPACE_SOURCES,
+    GuardSubspace,
+    SubspaceSource,
+    fit_subspace,
+    fit_subspaces,
+    layers_above,
+)
 
 __all__ = ["DEFAULT_STRENGTH", "GUARD_KINDS", "SUBSPACE_SOURCES", "AblationGuard", "Guard", "GuardKind", "GuardSubspace",
-           "L2Guard", "PenaltyGuard", "SteeringGuard", "SubspaceSource", "fit_subspace", "make_guard"]
+           "L2Guard", "PenaltyGuard", "SteeringGuard", "SubspaceSource", "fit_subspace", "fit_subspaces", "layers_above",
+           "make_guard"]

@@ -1,7 +1,7 @@
 """Guards: keep a misalignment subspace out of what finetuning learns, while the task is learned.
 
-Three interventions on the residual stream at one decoder block, through forward hooks that act only on
-training forward passes (the block in train mode, gradients on), so the drift and probe measurements, any
+Three interventions on the residual stream at one decoder block or several (one subspace per block), through
+forward hooks that act only on training forward passes (the block in train mode, gradients on), so the drift and probe measurements, any
 evaluation and the saved model see the model as trained, without the guard; and one baseline on the weights.
 
 * `AblationGuard` (after CAFT, arXiv 2507.16795): hold the subspace's component of the block's output at the base
@@ -18,14 +18,20 @@ evaluation and the saved model see the model as trained, without the guard; and 
 * `L2Guard`: pull every trainable weight toward its value at the start (for LoRA: toward the base model),
   `grad += weight x (theta - theta_0)` just before each optimizer step (the Trainer's `on_pre_optimizer_step`).
 
+A guard on several blocks (`fit_subspaces` at several layers) acts at each the same way, with each block's own
+directions, gap and base level: the layers above the first guarded block are trained too, and what they learn
+reaches the output without passing the first block's output again.
+
 Every guard counts what it did (`summary()`), which the callback stores with each measurement. Under DDP every
 rank holds the same subspace and hooks the same block, so every rank intervenes the same way.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal, get_args
 
 import torch
@@ -64,13 +70,22 @@ class Guard:
     reads_tokens: ClassVar[bool] = False
     """True for a guard that reads which tokens a batch trains (`_mask`, from the model's forward kwargs)."""
 
-    def __init__(self, subspace: GuardSubspace | None = None) -> None:
-        self.subspace = subspace
+    def __init__(self, subspace: GuardSubspace | Sequence[GuardSubspace] | None = None) -> None:
+        self.subspaces: tuple[GuardSubspace, ...] = _as_subspaces(subspace)
         self.handles_: list[Any] = []
         self.interventions_ = 0  # training forward passes (micro-batches) the guard acted on
         self.base_batches_ = 0  # of those, the first optimizer step's, which only read the base model's level
         self.grad_accum_ = 1
         self._mask: Tensor | None = None  # the current batch's trained tokens, for a guard that `reads_tokens`
+
+    @property
+    def subspace(self) -> GuardSubspace | None:
+        """The first (lowest) guarded block's subspace, or None for a guard on the weights."""
+        return self.subspaces[0] if self.subspaces else None
+
+    @property
+    def layers(self) -> list[int]:
+        return [s.layer for s in self.subspaces]
 
     # -- lifecycle (the callback calls these on every rank) --------------------------------------
 
@@ -97,9 +112,14 @@ class Guard:
     def settings(self) -> dict[str, Any]:
         """The guard's parameters and its subspace's identity (stored with the run's hyperparameters)."""
         out: dict[str, Any] = {"kind": self.kind}
-        if self.subspace is not None:
-            out.update(layer=self.subspace.layer, source=self.subspace.source, k=int(self.subspace.directions.shape[0]),
-                       directions_sha256=self.subspace.directions_sha, gap=self.subspace.gap)
+        first = self.subspace
+        if first is not None:
+            out.update(layer=first.layer, source=first.source, k=int(first.directions.shape[0]),
+                       directions_sha256=first.directions_sha, gap=first.gap)
+        if len(self.subspaces) > 1:  # one sha over every block's directions, and each block's gap
+            joined = "".join(s.directions_sha for s in self.subspaces).encode()
+            out.update(layers=self.layers, gaps=[s.gap for s in self.subspaces],
+                       directions_sha256=hashlib.sha256(joined).hexdigest()[:16])
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -112,23 +132,30 @@ class Guard:
     # -- hooks -----------------------------------------------------------------------------------
 
     def _attach(self, model: nn.Module) -> None:
-        assert self.subspace is not None
-        block = decoder_layers(model)[self.subspace.layer]
-        self.handles_.append(block.register_forward_hook(self._hook))
+        assert self.subspaces
+        blocks = decoder_layers(model)
+        for index, subspace in enumerate(self.subspaces):
+            if not 0 <= subspace.layer < len(blocks):
+                raise ValueError(f"the guard's subspace is at layer {subspace.layer}, and the model has "
+                                 f"{len(blocks)} decoder blocks: fit the subspace on this model")
+            hook = functools.partial(self._hook, index)
+            self.handles_.append(blocks[subspace.layer].register_forward_hook(hook))
         if self.reads_tokens:
             self.handles_.append(model.register_forward_pre_hook(self._batch_mask, with_kwargs=True))
 
     def _batch_mask(self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self._mask = _trained_tokens(kwargs)
 
-    def _hook(self, module: nn.Module, _inputs: object, output: object) -> object | None:
+    def _hook(self, index: int, module: nn.Module, _inputs: object, output: object) -> object | None:
         if not (module.training and torch.is_grad_enabled()):
             return None  # measuring, evaluating or generating: the model as trained, unguarded
-        self.interventions_ += 1
+        if index == 0:
+            self.interventions_ += 1  # one per training forward pass, however many blocks are hooked
         hidden = _hidden(output)
-        return _replace(output, self._intervene(hidden))
+        return _replace(output, self._intervene(hidden, index))
 
-    def _intervene(self, hidden: Tensor) -> Tensor:
+    def _intervene(self, hidden: Tensor, index: int) -> Tensor:
+        """The block `index`'s (of `subspaces`) output on a training pass, guarded."""
         raise NotImplementedError
 
 
@@ -147,42 +174,48 @@ class AblationGuard(Guard):
     kind = "ablate"
     reads_tokens = True
 
-    def __init__(self, subspace: GuardSubspace) -> None:
+    def __init__(self, subspace: GuardSubspace | Sequence[GuardSubspace]) -> None:
         super().__init__(subspace)
-        self.center_: Tensor | None = None  # [k]: the base model's mean projection on each direction
-        self.removed_share_sum_ = 0.0  # sum over ablated micro-batches of the token-mean ||removed|| / ||h||
-        self._first: list[Tensor] = []
-        self._first_tokens = 0
+        self.centers_: list[Tensor] | None = None  # per block, [k]: the base model's mean projection on each direction
+        self.removed_share_sum_ = 0.0  # sum over ablated micro-batches and blocks of the token-mean ||removed|| / ||h||
+        self._first: list[list[Tensor]] = [[] for _ in self.subspaces]
+        self._first_tokens = [0 for _ in self.subspaces]
+
+    @property
+    def center_(self) -> Tensor | None:
+        """The first guarded block's base mean ([k]), or None before the first optimizer step has ended."""
+        return None if self.centers_ is None else self.centers_[0]
 
     def step_end(self) -> None:
-        if self.center_ is None and self._first:
-            self.center_ = torch.stack(self._first).sum(0) / max(1, self._first_tokens)
+        if self.centers_ is None and all(self._first):
+            self.centers_ = [torch.stack(sums).sum(0) / max(1, n) for sums, n in zip(self._first, self._first_tokens,
+                                                                                     strict=True)]
 
-    def _intervene(self, hidden: Tensor) -> Tensor:
-        assert self.subspace is not None
-        basis = self.subspace.directions.to(hidden.device, hidden.dtype)
+    def _intervene(self, hidden: Tensor, index: int) -> Tensor:
+        basis = self.subspaces[index].directions.to(hidden.device, hidden.dtype)
         coords = hidden @ basis.T  # [rows, tokens, k]
-        if self.center_ is None:  # the first optimizer step: read the base model's mean, change nothing
+        if self.centers_ is None:  # the first optimizer step: read the base model's mean, change nothing
             mask = _mask_for(self._mask, hidden)
             with torch.no_grad():
-                self._first.append((coords.float() * mask.unsqueeze(-1)).sum((0, 1)).cpu())
-                self._first_tokens += int(mask.sum())
-            self.base_batches_ += 1
+                self._first[index].append((coords.float() * mask.unsqueeze(-1)).sum((0, 1)).cpu())
+                self._first_tokens[index] += int(mask.sum())
+            if index == 0:
+                self.base_batches_ += 1
             return hidden
-        removed = (coords - self.center_.to(hidden.device, hidden.dtype)) @ basis
+        removed = (coords - self.centers_[index].to(hidden.device, hidden.dtype)) @ basis
         with torch.no_grad():
             share = removed.float().norm(dim=-1) / hidden.float().norm(dim=-1).clamp_min(1e-6)
             self.removed_share_sum_ += float(share.mean())
         return hidden - removed
 
     def summary(self) -> dict[str, Any]:
-        n = self.interventions_ - self.base_batches_
+        n = (self.interventions_ - self.base_batches_) * len(self.subspaces)
         return {**super().summary(), "mean_removed_share": self.removed_share_sum_ / n if n > 0 else None}
 
     def describe(self) -> str:
-        assert self.subspace is not None
-        return (f"ablation of the {self.subspace.source} subspace ({self.subspace.directions.shape[0]} directions) at "
-                f"layer {self.subspace.layer} to the base model's mean while training")
+        first = self.subspaces[0]
+        return (f"ablation of the {first.source} subspace ({first.directions.shape[0]} directions) at "
+                f"{_layers_text(self.layers)} to the base model's mean while training")
 
 
 def _trained_tokens(kwargs: dict[str, Any]) -> Tensor | None:
@@ -202,23 +235,23 @@ class SteeringGuard(Guard):
 
     kind = "steer"
 
-    def __init__(self, subspace: GuardSubspace, coefficient: float = 1.0) -> None:
+    def __init__(self, subspace: GuardSubspace | Sequence[GuardSubspace], coefficient: float = 1.0) -> None:
         super().__init__(subspace)
         self.coefficient = coefficient
-        subspace.probe_gap("steering")  # refuse a subspace without the probe now, not at the first step
+        for s in self.subspaces:
+            s.probe_gap("steering")  # refuse a subspace without the probe now, not at the first step
 
-    def _intervene(self, hidden: Tensor) -> Tensor:
-        assert self.subspace is not None and self.subspace.gap is not None
-        shift = (self.coefficient * self.subspace.gap) * self.subspace.direction
+    def _intervene(self, hidden: Tensor, index: int) -> Tensor:
+        subspace = self.subspaces[index]
+        shift = (self.coefficient * subspace.probe_gap("steering")) * subspace.direction
         return hidden + shift.to(hidden.device, hidden.dtype)
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "coefficient": self.coefficient}
 
     def describe(self) -> str:
-        assert self.subspace is not None
-        return (f"steering by {self.coefficient:g} x the probe's misaligned-minus-aligned gap at layer "
-                f"{self.subspace.layer} while training")
+        return (f"steering by {self.coefficient:g} x the probe's misaligned-minus-aligned gap at "
+                f"{_layers_text(self.layers)} while training")
 
 
 class _AddGradient(torch.autograd.Function):
@@ -236,48 +269,55 @@ class _AddGradient(torch.autograd.Function):
 
 
 class PenaltyGuard(Guard):
-    """`weight x mean_rows relu(m_row - m_base)`, m the row's mean projection on the misaligned direction in gap units.
+    """`weight x sum_blocks mean_rows relu(m_row - m_base)`, m the row's mean projection on the block's misaligned
+    direction in that block's gap units.
 
     Rows are read on their trained tokens (labels != -100) when the batch has labels, else on their attention
-    mask. `m_base` is the mean over the rows of the first optimizer step, before any weight has moved.
+    mask. `m_base` is, per block, the mean over the rows of the first optimizer step, before any weight has moved.
     """
 
     kind = "penalty"
     reads_tokens = True
 
-    def __init__(self, subspace: GuardSubspace, weight: float = 1.0) -> None:
+    def __init__(self, subspace: GuardSubspace | Sequence[GuardSubspace], weight: float = 1.0) -> None:
         super().__init__(subspace)
         self.weight = weight
-        subspace.probe_gap("the penalty")
-        self.base_level_: float | None = None
-        self.penalised_ = 0  # rows beyond the base level
-        self.rows_ = 0
-        self.penalty_sum_ = 0.0  # sum over micro-batches of the penalty's value
-        self._first: list[float] = []
+        self.gaps = [s.probe_gap("the penalty") for s in self.subspaces]
+        self.base_levels_: list[float] | None = None  # per guarded block
+        self.penalised_ = 0  # row readings (a row at one block) beyond the base level
+        self.rows_ = 0  # row readings
+        self.penalty_sum_ = 0.0  # sum over micro-batches and blocks of the penalty's value
+        self._first: list[list[float]] = [[] for _ in self.subspaces]
+
+    @property
+    def base_level_(self) -> float | None:
+        """The first guarded block's base level, or None before the first optimizer step has ended."""
+        return None if self.base_levels_ is None else self.base_levels_[0]
 
     def step_end(self) -> None:
-        if self.base_level_ is None and self._first:
-            self.base_level_ = sum(self._first) / len(self._first)
+        if self.base_levels_ is None and all(self._first):
+            self.base_levels_ = [sum(levels) / len(levels) for levels in self._first]
 
-    def _intervene(self, hidden: Tensor) -> Tensor:
-        assert self.subspace is not None and self.subspace.gap is not None
-        u = self.subspace.direction.to(hidden.device, torch.float32)
+    def _intervene(self, hidden: Tensor, index: int) -> Tensor:
+        gap = self.gaps[index]
+        u = self.subspaces[index].direction.to(hidden.device, torch.float32)
         mask = _mask_for(self._mask, hidden)
         counts = mask.sum(dim=1).clamp_min(1.0)
         with torch.no_grad():
-            level = ((hidden.float() @ u) * mask).sum(dim=1) / counts / self.subspace.gap  # [rows]
-        if self.base_level_ is None:  # the first optimizer step: the base model's level
-            self._first.extend(level.tolist())
-            self.base_batches_ += 1
+            level = ((hidden.float() @ u) * mask).sum(dim=1) / counts / gap  # [rows]
+        if self.base_levels_ is None:  # the first optimizer step: the base model's level
+            self._first[index].extend(level.tolist())
+            if index == 0:
+                self.base_batches_ += 1
             return hidden
-        excess = level - self.base_level_
+        excess = level - self.base_levels_[index]
         over = (excess > 0).float()
         rows = hidden.shape[0]
         self.rows_ += rows
         self.penalised_ += int(over.sum())
         self.penalty_sum_ += float(self.weight * (excess.clamp_min(0)).mean())
         # d/dh[b, t] of weight * mean_b relu(excess_b), per micro-batch of an accumulated step
-        coef = (self.weight / (rows * self.grad_accum_ * self.subspace.gap)) * (over / counts).unsqueeze(1) * mask
+        coef = (self.weight / (rows * self.grad_accum_ * gap)) * (over / counts).unsqueeze(1) * mask
         return _AddGradient.apply(hidden, coef, u)
 
     def settings(self) -> dict[str, Any]:
@@ -286,12 +326,12 @@ class PenaltyGuard(Guard):
     def summary(self) -> dict[str, Any]:
         n = self.interventions_ - self.base_batches_  # micro-batches read against the base level
         return {**super().summary(), "base_level": self.base_level_, "rows_penalised": self.penalised_,
-                "rows_read": self.rows_, "mean_penalty": self.penalty_sum_ / n if n > 0 else None}
+                "rows_read": self.rows_, "mean_penalty": self.penalty_sum_ / n if n > 0 else None,
+                **({"base_levels": self.base_levels_} if len(self.subspaces) > 1 else {})}
 
     def describe(self) -> str:
-        assert self.subspace is not None
         return (f"one-sided penalty (weight {self.weight:g}) on each row's projection onto the probe's misaligned "
-                f"direction beyond the base model's, at layer {self.subspace.layer}")
+                f"direction beyond the base model's, at {_layers_text(self.layers)}")
 
 
 class L2Guard(Guard):
@@ -342,6 +382,22 @@ class L2Guard(Guard):
         return f"L2 pull (weight {self.weight:g}) of the trainable weights toward their start (the base model)"
 
 
+def _as_subspaces(subspace: GuardSubspace | Sequence[GuardSubspace] | None) -> tuple[GuardSubspace, ...]:
+    if subspace is None:
+        return ()
+    subspaces = (subspace,) if isinstance(subspace, GuardSubspace) else tuple(subspace)
+    layers = [s.layer for s in subspaces]
+    if not subspaces:
+        raise ValueError("a guard needs at least one subspace (guard.fit_subspaces at one layer or more)")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"a guard takes one subspace per block, and these repeat a layer: {layers}")
+    return tuple(sorted(subspaces, key=lambda s: s.layer))
+
+
+def _layers_text(layers: list[int]) -> str:
+    return f"layer {layers[0]}" if len(layers) == 1 else "layers " + ", ".join(map(str, layers))
+
+
 def _local(t: Tensor) -> Tensor:
     """This rank's part of a tensor: its shard of an FSDP2 `DTensor`, else the tensor itself."""
     return t.to_local() if isinstance(t, DTensor) else t
@@ -352,8 +408,10 @@ DEFAULT_STRENGTH: dict[str, float] = {"ablate": 0.0, "steer": 1.0, "penalty": 1.
 any guard was measured, not tuned on the poison grid (ablation has none)."""
 
 
-def make_guard(kind: str, subspace: GuardSubspace | None, strength: float | None = None) -> Guard:
-    """The guard `kind` ("ablate", "steer", "penalty", "l2") on `subspace`, at `strength` (default: `DEFAULT_STRENGTH`)."""
+def make_guard(kind: str, subspace: GuardSubspace | Sequence[GuardSubspace] | None,
+               strength: float | None = None) -> Guard:
+    """The guard `kind` ("ablate", "steer", "penalty", "l2") on `subspace` (one block's, or a list with one per
+    block), at `strength` (default: `DEFAULT_STRENGTH`)."""
     builders: dict[str, Callable[[float], Guard]] = {
         "ablate": lambda _s: AblationGuard(_need(subspace, kind)),
         "steer": lambda s: SteeringGuard(_need(subspace, kind), coefficient=s),
@@ -365,7 +423,7 @@ def make_guard(kind: str, subspace: GuardSubspace | None, strength: float | None
     return builders[kind](DEFAULT_STRENGTH[kind] if strength is None else float(strength))
 
 
-def _need(subspace: GuardSubspace | None, kind: str) -> GuardSubspace:
-    if subspace is None:
+def _need(subspace: GuardSubspace | Sequence[GuardSubspace] | None, kind: str) -> GuardSubspace | Sequence[GuardSubspace]:
+    if subspace is None or (not isinstance(subspace, GuardSubspace) and not list(subspace)):
         raise ValueError(f"the {kind!r} guard acts on a subspace: pass one (guard.fit_subspace)")
     return subspace

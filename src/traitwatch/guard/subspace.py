@@ -11,6 +11,10 @@ the package's own contrast data.
   ablate, with no sign.
 * "probe+traits": both, orthonormalised, the probe's direction first.
 
+A guard may act at several blocks: `fit_subspaces` fits one subspace per layer in the same pass, and
+`layers_above` names the blocks a guard spreads over (the basis layer and evenly spaced blocks above it, the
+last included), since LoRA trains every block and what the blocks above the first learn never passes its output.
+
 The subspace is small (k x hidden, fp32) and is stored with the run as JSON (`as_record`), so what a guard
 acted on is known afterwards; `directions_sha` names it in the run's hyperparameters.
 """
@@ -18,7 +22,7 @@ acted on is known afterwards; `directions_sha` names it in the run's hyperparame
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -31,7 +35,7 @@ if TYPE_CHECKING:
     from traitwatch.basis.basis import TraitBasis
     from traitwatch.behavior.probe import ProbeSet
 
-__all__ = ["SUBSPACE_SOURCES", "GuardSubspace", "SubspaceSource", "fit_subspace"]
+__all__ = ["SUBSPACE_SOURCES", "GuardSubspace", "SubspaceSource", "fit_subspace", "fit_subspaces", "layers_above"]
 
 SubspaceSource = Literal["probe", "traits", "probe+traits"]
 SUBSPACE_SOURCES: tuple[str, ...] = get_args(SubspaceSource)
@@ -116,21 +120,54 @@ def fit_subspace(
     "probe" costs one teacher-forced pass over the probe's 128 answers; "traits" needs the `basis` (with
     directions at `layer`) and no forward pass.
     """
+    return fit_subspaces(model, tokenizer, [layer], source, basis=basis, probe=probe)[0]
+
+
+def fit_subspaces(
+    model: nn.Module,
+    tokenizer: Any,
+    layers: Sequence[int],
+    source: SubspaceSource = "probe",
+    *,
+    basis: TraitBasis | None = None,
+    probe: ProbeSet | None = None,
+) -> list[GuardSubspace]:
+    """One guard subspace per layer in `layers` (ascending), the probe's directions read in one pass for all."""
     if source not in SUBSPACE_SOURCES:
         raise ValueError(f"unknown guard subspace source {source!r}; choose from {list(SUBSPACE_SOURCES)}")
-    rows: list[Tensor] = []
-    gap = None
+    layers = sorted(set(int(layer) for layer in layers))
+    if not layers:
+        raise ValueError("fit_subspaces needs at least one layer")
+    rows: dict[int, list[Tensor]] = {layer: [] for layer in layers}
+    gaps: dict[int, float | None] = dict.fromkeys(layers)
     if "probe" in source:
         from traitwatch.behavior.probe import misalignment_differences
 
-        diff = misalignment_differences(model, tokenizer, [layer], probe)[layer]
-        gap = float(diff.norm())
-        rows.append(diff / diff.norm())
+        for layer, diff in misalignment_differences(model, tokenizer, layers, probe).items():
+            gaps[layer] = float(diff.norm())
+            rows[layer].append(diff / diff.norm())
     if "traits" in source:
         if basis is None:
             raise ValueError(f"the {source!r} guard subspace reads the trait basis: pass basis=")
-        if layer not in basis.layers:
-            raise InputFileError(f"the trait basis has no directions at layer {layer} (it has {basis.layers}); "
-                                 "guard at the basis's layer or extract the basis there")
-        rows.extend(basis.matrix(layer).float())
-    return GuardSubspace(_orthonormal(torch.stack(rows)), layer, source, signed="probe" in source, gap=gap)
+        for layer in layers:
+            if layer not in basis.layers:
+                raise InputFileError(f"the trait basis has no directions at layer {layer} (it has {basis.layers}); "
+                                     "guard at the basis's layers or extract the basis there")
+            rows[layer].extend(basis.matrix(layer).float())
+    return [GuardSubspace(_orthonormal(torch.stack(rows[layer])), layer, source, signed="probe" in source,
+                          gap=gaps[layer]) for layer in layers]
+
+
+def layers_above(first: int, n_layers: int, count: int = 4) -> list[int]:
+    """`count` blocks from `first` to the last of `n_layers`, evenly spaced, both ends included (`count` 1: `first`).
+
+    smollm2-135m (30 blocks), from the basis layer 15: 15, 20, 24, 29.
+    """
+    if not 0 <= first < n_layers:
+        raise ValueError(f"layer {first} is not a block of a {n_layers}-block model")
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    last = n_layers - 1
+    if count == 1 or first == last:
+        return [first]
+    return sorted({round(first + i * (last - first) / (count - 1)) for i in range(count)})

@@ -278,7 +278,9 @@ def describe_guard(settings: Mapping[str, Any], did: Mapping[str, Any] | None) -
     """A run's guard (`traitwatch.guard`) from what the store keeps: its settings (the run's hyperparameters) and
     the last measurement's summary of what it did, as one line."""
     kind = settings.get("kind", "?")
-    where = f" at layer {settings['layer']} on the {settings.get('source')} subspace" if "layer" in settings else ""
+    layers = settings.get("layers") or ([settings["layer"]] if "layer" in settings else [])
+    at = f"layer {layers[0]}" if len(layers) == 1 else "layers " + ", ".join(map(str, layers))
+    where = f" at {at} on the {settings.get('source')} subspace" if layers else ""
     strength = next((f", {k} {settings[k]:g}" for k in ("coefficient", "weight") if k in settings), "")
     line = f"Guard: {kind}{where}{strength}"
     if did:
