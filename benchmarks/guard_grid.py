@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import json
 import math
+import random
 import statistics
 import time
 from collections import Counter
@@ -313,8 +314,12 @@ def hook_overhead(args: argparse.Namespace, work: Path, lm: Any, subspaces: dict
     model = get_peft_model(lm.model, LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=0.0,
                                                 target_modules=list(settings.target_modules), task_type="CAUSAL_LM"))
     model.train()
-    guards = {kind: None if kind == "none" else make_guard(kind, subspaces.get(SUBSPACE.get(kind, "")))
+    one_block = {src: subs[:1] for src, subs in subspaces.items()}  # the basis layer's (fit_subspaces: ascending)
+    guards = {kind: None if kind == "none" else make_guard(kind, one_block.get(SUBSPACE.get(kind, "")))
               for kind in args.guards}
+    if args.blocks > 1:  # the same guards on every block `--blocks` names, beside their one-block selves
+        guards |= {f"{kind}+{args.blocks}blocks": make_guard(kind, subspaces["probe"])
+                   for kind in args.guards if SUBSPACE.get(kind) == "probe"}
 
     def step(guard: Any) -> float:
         if guard is not None:
@@ -333,11 +338,17 @@ def hook_overhead(args: argparse.Namespace, work: Path, lm: Any, subspaces: dict
     for guard in guards.values():
         step(guard)  # warm up, and read the base levels
     times: dict[str, list[float]] = {k: [] for k in guards}
+    order = list(guards)
+    rng = random.Random(0)
     for _ in range(args.hook_overhead):
-        for kind, guard in guards.items():
-            times[kind].append(step(guard))
+        rng.shuffle(order)  # a new order each repetition: no guard always follows another
+        for kind in order:
+            times[kind].append(step(guards[kind]))
     none = statistics.median(times["none"])
-    summary = {k: {"median_s": statistics.median(t), "overhead": statistics.median(t) / none - 1} for k, t in times.items()}
+    # paired: each repetition's guard against the same repetition's unguarded step, so a slow spell cancels
+    paired = {k: [g / n - 1 for g, n in zip(t, times["none"], strict=True)] for k, t in times.items()}
+    summary = {k: {"median_s": statistics.median(t), "overhead": statistics.median(t) / none - 1,
+                   "paired_overhead": _mean_ci(paired[k])} for k, t in times.items()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "hook_overhead.json").write_text(json.dumps({"set": spec.name, "reps": args.hook_overhead,
                                                              "device": plan.device, "dtype": plan.dtype,
@@ -562,11 +573,13 @@ def render(cells: list[dict[str, Any]], summary: dict[str, Any], breakdown: dict
                   "Where a guard was run in several variants (strength KIND@S, blocks KIND+Nblocks), each poisoned run "
                   "is scored with the variant chosen without its base and its poison type: on the runs of the other "
                   "bases with the other types (and the other bases' clean runs) that every candidate has, the highest "
-                  f"pooled share of the label's rise prevented among the variants that lose at most {TASK_LOSS_LIMIT:.0%} "
+                  "pooled share of the label's rise prevented, counted up to 100% (then the most runs at 90%, then the "
+                  f"least task lost), among the variants that lose at most {TASK_LOSS_LIMIT:.0%} "
                   "of the task metric (relative accuracy, or held-out loss for medical advice) on average on those "
-                  "clean and poisoned runs, else the one that loses least. A candidate must have a run on the held-out "
-                  "cell. The clean rows: the clean runs of the held-out runs' bases and seeds under the folds' choices, "
-                  "each run once.", "", _SUMMARY_HEAD.format(what="guard, chosen in the folds")]
+                  "clean and poisoned runs, else the one that loses least "
+                  "(`traitwatch.bench.analysis.guard_folds`). A candidate must have a run on the held-out cell. The "
+                  "clean rows: the clean runs of the held-out runs' bases and seeds under the folds' choices, each run "
+                  "once.", "", _SUMMARY_HEAD.format(what="guard, chosen in the folds")]
         for kind, f in in_folds.items():
             counts = Counter(p["chosen"] for p in f["picks"])
             lines.append(_summary_row(f"{kind} ({', '.join(f'{v} {n}x' for v, n in sorted(counts.items()))})", f))
@@ -578,13 +591,17 @@ def render(cells: list[dict[str, Any]], summary: dict[str, Any], breakdown: dict
         (timing, "Wall time per training step, separate runs (`--overhead {rounds}`: {rounds} rounds of {steps_per_run} "
                  "timed steps per guard, interleaved, on {set}; {device}, {dtype})", "median_step_s"),
         (hooks, "A training step's forward and backward with each guard (`--hook-overhead {reps}`: one LoRA model, "
-                "batch 4 of {set}, guards in turn, {reps} repetitions; {device}, {dtype})", "median_s"),
+                "batch 4 of {set}, guards in a new random order each of {reps} repetitions; {device}, {dtype})", "median_s"),
     ):
         if data is None:
             continue
+        paired = all("paired_overhead" in t for t in data["summary"].values())
         lines += ["", "## " + title.format(**{**data, "device": data["device"] or "cpu"}), "",
-                  "| guard | median (s) | against none |", "|---|---|---|"]
-        lines += [f"| {guard} | {t[key]:.3f} | {100 * t['overhead']:+.1f}% |" for guard, t in data["summary"].items()]
+                  "| guard | median (s) | against none |" + (" paired, per repetition (95% interval) |" if paired else ""),
+                  "|---|---|---|" + ("---|" if paired else "")]
+        lines += [f"| {guard} | {t[key]:.3f} | {100 * t['overhead']:+.1f}% |"
+                  + (" {:+.1%} [{:+.1%}, {:+.1%}] |".format(*t["paired_overhead"]) if paired else "")
+                  for guard, t in data["summary"].items()]
     lines += ["", "## Per run", "",
               "Steps overhead here is the 30 steps' wall time against the unguarded run of the same set, run at another "
               "time on a shared machine: the interleaved timing above is the one to read.", "",

@@ -68,3 +68,12 @@ def test_pooled_share_and_task_change():
     assert share == pytest.approx(1 - 0.015 / 0.05) and lo <= share <= hi
     assert task_change({"task_accuracy_change": -0.05, "task_loss_change": 0.3}, 0.5) == pytest.approx(-0.1)
     assert task_change({"task_accuracy_change": None, "task_loss_change": 0.03}, None) == pytest.approx(-0.03)
+
+
+def test_keeping_more_than_the_whole_rise_out_counts_as_keeping_it_out():
+    # g@4 overshoots (the label ends below clean) at a task cost within budget; g keeps exactly the rise out at none
+    cells = _grid({"g": lambda b, p: 0.0, "g@4": lambda b, p: -0.02}, {"g@4": 0.495})
+    assert set(_chosen(choose_in_folds(cells, "g")).values()) == {"g"}
+    # ... and where g leaves part of the rise, the overshoot wins
+    cells = _grid({"g": lambda b, p: 0.002, "g@4": lambda b, p: -0.02}, {"g@4": 0.495})
+    assert set(_chosen(choose_in_folds(cells, "g")).values()) == {"g@4"}

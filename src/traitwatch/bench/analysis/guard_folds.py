@@ -4,7 +4,8 @@ A guard's strength and the blocks it acts at are hyper-parameters: a variant pic
 be tuned to the poison types the repository has. `choose_in_folds` scores each poisoned run of the guard grid
 (`benchmarks/guard_grid.py`) with the variant chosen on the runs of the *other* bases and the *other* poison types
 (leave one cell out, as `calibration.crossed` does for monitors), under the issue's task budget: the highest share of
-the label's rise prevented among the variants that lose at most `TASK_LOSS_LIMIT` of the task metric on those runs.
+the label's rise prevented (up to all of it) among the variants that lose at most `TASK_LOSS_LIMIT` of the task
+metric on those runs.
 
 A cell is a dict as the benchmark's analysis builds it: `base`, `seed`, `poison` (None for the clean set), `guard`
 (the variant's name: KIND, KIND@S, KIND+Nblocks), `label_over_clean` (the run's label minus the unguarded clean
@@ -21,7 +22,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TASK_LOSS_LIMIT", "choose_in_folds", "pooled_share", "variants_of"]
+__all__ = ["GOAL", "TASK_LOSS_LIMIT", "choose_in_folds", "pooled_share", "variants_of"]
+
+GOAL = 0.9
+"""The issue's goal for the share of a poisoned run's label rise a guard prevents."""
 
 TASK_LOSS_LIMIT = 0.02
 """The issue's task budget: a variant whose mean task metric on a fold's training runs falls by more than 2%
@@ -57,13 +61,20 @@ def task_change(cell: Cell, unguarded_accuracy: float | None) -> float:
     return -float(cell["task_loss_change"])
 
 
+def _share(cell: Cell) -> float:
+    return 1 - float(cell["label_over_clean"]) / float(cell["label_rise_unguarded"])
+
+
 def choose_in_folds(cells: Sequence[Cell], family: str, limit: float = TASK_LOSS_LIMIT) -> list[dict[str, Any]]:
     """For each poisoned run of `family`'s default variant, the variant chosen without its base and its type.
 
     Candidates: the variants with a run on the held-out (base, seed, type) and poisoned runs outside it. Each is
     scored on the runs outside the fold that every candidate has (poisoned: other base and other type; clean: other
-    base): the pooled share of the label's rise prevented, among those whose mean task change on the fold's poisoned
-    runs and on its clean runs stays above `-limit`; where none does, the one that loses least. Returns one
+    base). Among those whose mean task change on the fold's poisoned runs and on its clean runs stays above
+    `-limit`: the highest pooled share of the label's rise prevented, counted up to 100% (a guard that leaves the
+    label below the clean run's has kept the rise out, and what it does beyond is a change clean data would not
+    make), then the most runs at `GOAL`, then the least task lost; where none holds the budget, the one that loses
+    least. Returns one
     `{base, seed, poison, chosen, candidates}` per held-out run that has a fold to choose on; empty with fewer than
     two variants."""
     variants = variants_of(cells, family)
@@ -89,7 +100,9 @@ def choose_in_folds(cells: Sequence[Cell], family: str, limit: float = TASK_LOSS
             groups = [[task_change(c, unguarded.get((c["base"], c["seed"], c["poison"]))) for c in group]
                       for group in (poisoned, [c for c in train if c["poison"] is None])]
             task = min(sum(g) / len(g) for g in groups if g)
-            scored.append((task >= -limit, share if task >= -limit else task, v))
-        picks.append({"base": base, "seed": seed, "poison": poison, "chosen": max(scored)[2],
+            at_goal = sum(_share(c) >= GOAL for c in poisoned) / len(poisoned)
+            holds = task >= -limit
+            scored.append(((holds, min(share, 1.0) if holds else task, at_goal, task), v))
+        picks.append({"base": base, "seed": seed, "poison": poison, "chosen": max(scored)[1],
                       "candidates": candidates})
     return picks
