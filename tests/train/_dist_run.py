@@ -37,7 +37,7 @@ from transformers import Trainer, TrainingArguments
 import traitwatch.train.store_session as store_session_module
 from traitwatch.basis import TraitBasis
 from traitwatch.drift import DriftProbe
-from traitwatch.guard import fit_subspace, make_guard
+from traitwatch.guard import fit_subspace, fit_subspaces, layers_above, make_guard
 from traitwatch.models import build_tiny_random, decoder_layers, unwrap_model
 from traitwatch.train import PaddingCollator, TraitWatchCallback, tokenize_chats
 
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model-dir", help="tiny-random saved with save_pretrained (for --fsdp)")
     p.add_argument("--zero3", action="store_true", help="DeepSpeed ZeRO-3 full finetune (implies --full)")
     p.add_argument("--guard", help="attach this guard (traitwatch.guard), its subspace fitted on the base model")
+    p.add_argument("--guard-blocks", type=int, default=1, help="guard this many blocks (guard.layers_above)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     original, store_session_module.RunStore = store_session_module.RunStore, CountingStore  # count who opens the store
@@ -109,8 +110,11 @@ def run(a: argparse.Namespace) -> None:
     probe = DriftProbe(basis, batch_size=16).fit_anchor(base, tok)  # the plain base model
     guard = None
     if a.guard:  # every rank fits the same subspace on the same base model
-        subspace = fit_subspace(base, tok, basis.measure_layer, "probe+traits", basis=basis)
-        guard = make_guard(a.guard, subspace)
+        if a.guard_blocks > 1:  # the probe's direction at each block (the basis has one layer)
+            layers = layers_above(basis.measure_layer, base.config.num_hidden_layers, a.guard_blocks)
+            guard = make_guard(a.guard, fit_subspaces(base, tok, layers, "probe"))
+        else:
+            guard = make_guard(a.guard, fit_subspace(base, tok, basis.measure_layer, "probe+traits", basis=basis))
     model = _model(a, base)
     passes = {"n": 0}
 

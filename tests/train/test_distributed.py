@@ -201,13 +201,16 @@ def test_deepspeed_zero3_ranks_make_the_same_forward_passes_and_measure_the_drif
     assert [r["partitioned"] for r in two] == [True, True]
 
 
-@pytest.mark.parametrize("kind", ["ablate", pytest.param("penalty", marks=pytest.mark.slow),
-                                  pytest.param("l2", marks=pytest.mark.slow)])
-def test_a_guarded_ddp_run_trains_as_the_guarded_single_process_run(basis_dir, tmp_path, kind):
+@pytest.mark.parametrize(("kind", "blocks"), [("ablate", 1), pytest.param("penalty", 1, marks=pytest.mark.slow),
+                                             pytest.param("l2", 1, marks=pytest.mark.slow),
+                                             pytest.param("ablate", 2, marks=pytest.mark.slow)])
+def test_a_guarded_ddp_run_trains_as_the_guarded_single_process_run(basis_dir, tmp_path, kind, blocks):
     """Every rank fits the same subspace and intervenes the same way: the guarded 2-process DDP run measures the
-    guarded 1-process run's drift (identical rows, global batch 4), and differs from the unguarded one."""
-    one = _one_process([str(basis_dir), "--per-device", "4", "--guard", kind], tmp_path / "one")
-    two = _torchrun([str(basis_dir), "--per-device", "2", "--guard", kind], tmp_path / "two")
+    guarded 1-process run's drift (identical rows, global batch 4), and differs from the unguarded one; on two
+    blocks too."""
+    flags = ["--guard", kind, "--guard-blocks", str(blocks)]
+    one = _one_process([str(basis_dir), "--per-device", "4", *flags], tmp_path / "one")
+    two = _torchrun([str(basis_dir), "--per-device", "2", *flags], tmp_path / "two")
     _assert_same_run(one, two)
     assert two[0]["guard"]["kind"] == two[1]["guard"]["kind"] == kind
     assert two[0]["guard"] == two[1]["guard"]  # the same intervention, counted the same, on every rank
