@@ -243,6 +243,8 @@ def main() -> None:
                     if args.blocks > 1 and kind != "none":
                         if SUBSPACE.get(kind) != "probe":
                             raise SystemExit(f"--blocks {args.blocks}: the {kind} guard acts on one layer here")
+                        if args.strength is None:  # runs named penalty+4blocks were made at 1 per block
+                            raise SystemExit(f"--blocks {args.blocks}: name the strength at each block (--strength)")
                         name += f"+{args.blocks}blocks"
                     key = f"{spec.name}-s{seed}-{name}"
                     if key in done:
@@ -564,6 +566,11 @@ def render(cells: list[dict[str, Any]], summary: dict[str, Any], breakdown: dict
         "of another seed, one per prompt, none a prompt of the clean training set; runs made before the accuracy was "
         "measured were scored again from their saved adapters (`--rescore`: loss and accuracy, the reloaded model "
         "reproducing the recorded loss where the rows are the same)." + _base_task_text(base_task),
+        "",
+        "Variants: *KIND@S* at strength S (the penalty's weight at each guarded block); *KIND+Nblocks* on N decoder "
+        "blocks from the basis layer to the last (`guard.layers_above`: 15, 20, 24, 29 here), run at 1 per block "
+        "where no @S is named (`penalty+4blocks`); `penalty@0.25+4blocks` is the shipped default "
+        "(`traitwatch train --guard penalty`: 1 spread over 4 blocks).",
         "",
         _SUMMARY_HEAD.format(what="guard"),
     ]

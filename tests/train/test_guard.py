@@ -286,8 +286,11 @@ def test_l2_refuses_weights_that_deepspeed_zero3_partitions_away():
         L2Guard().attach(model)
 
 
-def test_make_guard_names_what_it_needs(subspace):
+def test_make_guard_names_what_it_needs(subspace, block_subspaces):
     assert isinstance(make_guard("ablate", subspace), AblationGuard)
+    assert make_guard("penalty", subspace).weight == 1.0
+    assert make_guard("penalty", block_subspaces).weight == 0.5  # the default weight spread over the blocks
+    assert make_guard("penalty", block_subspaces, 2.0).weight == 2.0  # a given weight is each block's
     assert make_guard("steer", subspace, 0.25).coefficient == 0.25
     assert isinstance(make_guard("l2", None), L2Guard)
     with pytest.raises(ValueError, match="acts on a subspace"):

@@ -141,7 +141,16 @@ def test_train_guards_several_blocks_from_the_basis_layer_to_the_last(basis_dir,
     assert settings["layers"] == [3, 5] and len(settings["gaps"]) == 2 and all(g > 0 for g in settings["gaps"])
     assert len(done["base_levels"]) == 2 and done["rows_read"] > 0
     shown = runner.invoke(app, ["show", "out", "--store", str(tmp_path / "tw.db")], env={"COLUMNS": "250"})
-    assert "Guard: penalty at layers 3, 5 on the probe subspace, weight 1" in shown.output
+    assert "Guard: penalty at layers 3, 5 on the probe subspace, weight 0.5" in shown.output  # 1 over 2 blocks
+
+
+def test_the_penalty_guards_four_blocks_by_default_with_its_weight_spread_over_them(basis_dir, chat_file, tmp_path):
+    res = invoke(*train_args(chat_file, basis_dir, tmp_path, "--guard", "penalty"))
+    assert res.exit_code == 0, res.output
+    with RunStore(tmp_path / "tw.db") as store:
+        settings = store.get_run("out").hyperparameters["guard"]
+    # layers_above(3, 6, 4): the tiny model has fewer blocks above its basis layer than asked, each is guarded once
+    assert settings["layers"] == [3, 4, 5] and settings["weight"] == pytest.approx(1 / 3)
 
 
 def test_train_refuses_an_unknown_guard_in_one_line(basis_dir, chat_file, tmp_path):

@@ -126,17 +126,19 @@ def register(app: typer.Typer) -> None:
                  "since the last clean measurement.")] = None,
         suspects_k: Annotated[int, typer.Option("--suspects-k", min=1, help="How many rows an alarm names (with --screen).")] = 10,
         guard: Annotated[str | None, typer.Option(
-            help="Keep a misalignment subspace out of what is learned: ablate, steer, penalty (on the behavioural "
-                 "probe's misalignment direction, fitted on the base model at the basis's layer), or l2 (pull the "
-                 "weights toward the base). See docs/guards.md for what each costs and prevents.")] = None,
+            help="Keep a misalignment subspace out of what is learned: penalty (the validated one), ablate or steer "
+                 "(on the behavioural probe's misalignment direction, fitted on the base model at the basis's layer "
+                 "and, for penalty, three blocks above it), or l2 (pull the weights toward the base). See "
+                 "docs/guards.md for what each costs and prevents.")] = None,
         guard_strength: Annotated[float | None, typer.Option(
-            min=0.0, help="Steering coefficient (in probe gaps), penalty weight or L2 weight (default: "
-                          "traitwatch.guard.DEFAULT_STRENGTH).")] = None,
+            min=0.0, help="Steering coefficient (in probe gaps), penalty weight at each block or L2 weight (default: "
+                          "traitwatch.guard.default_strength: the penalty's 1 spread over its blocks).")] = None,
         guard_subspace: Annotated[str, typer.Option(
             help="What ablate, steer and penalty act on: probe, traits, or probe+traits.")] = "probe",
-        guard_blocks: Annotated[int, typer.Option(
+        guard_blocks: Annotated[int | None, typer.Option(
             min=1, help="How many decoder blocks the guard acts at: the basis's layer and evenly spaced blocks above "
-                        "it, the last included (the trait subspaces need a basis extracted at those layers).")] = 1,
+                        "it, the last included (default: 4 for penalty, 1 for the others; the trait subspaces need a "
+                        "basis extracted at those layers).")] = None,
         measure_batch_size: Annotated[int, typer.Option(min=1)] = 32,
         report_to: Annotated[str, typer.Option(help="Trainer integrations (wandb, tensorboard, ...), or none.")] = "none",
         resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Resume from the latest checkpoint.")] = True,

@@ -5,6 +5,7 @@
 """
 
 from traitwatch.guard.guards import (
+    DEFAULT_BLOCKS,
     DEFAULT_STRENGTH,
     GUARD_KINDS,
     AblationGuard,
@@ -13,6 +14,7 @@ from traitwatch.guard.guards import (
     L2Guard,
     PenaltyGuard,
     SteeringGuard,
+    default_strength,
     make_guard,
 )
 from traitwatch.guard.subspace import (
@@ -24,6 +26,6 @@ from traitwatch.guard.subspace import (
     layers_above,
 )
 
-__all__ = ["DEFAULT_STRENGTH", "GUARD_KINDS", "SUBSPACE_SOURCES", "AblationGuard", "Guard", "GuardKind", "GuardSubspace",
-           "L2Guard", "PenaltyGuard", "SteeringGuard", "SubspaceSource", "fit_subspace", "fit_subspaces", "layers_above",
+__all__ = ["DEFAULT_BLOCKS", "DEFAULT_STRENGTH", "GUARD_KINDS", "SUBSPACE_SOURCES", "AblationGuard", "Guard", "GuardKind", "GuardSubspace",
+           "L2Guard", "PenaltyGuard", "SteeringGuard", "SubspaceSource", "default_strength", "fit_subspace", "fit_subspaces", "layers_above",
            "make_guard"]

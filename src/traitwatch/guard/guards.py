@@ -43,8 +43,8 @@ from traitwatch.errors import TraitwatchError
 from traitwatch.guard.subspace import GuardSubspace
 from traitwatch.models.layers import decoder_layers, unwrap_model
 
-__all__ = ["DEFAULT_STRENGTH", "GUARD_KINDS", "AblationGuard", "Guard", "GuardKind", "L2Guard", "PenaltyGuard", "SteeringGuard",
-           "make_guard"]
+__all__ = ["DEFAULT_BLOCKS", "DEFAULT_STRENGTH", "GUARD_KINDS", "AblationGuard", "Guard", "GuardKind", "L2Guard",
+           "PenaltyGuard", "SteeringGuard", "default_strength", "make_guard"]
 
 GuardKind = Literal["ablate", "steer", "penalty", "l2"]
 GUARD_KINDS: tuple[str, ...] = get_args(GuardKind)
@@ -405,13 +405,26 @@ def _local(t: Tensor) -> Tensor:
 
 DEFAULT_STRENGTH: dict[str, float] = {"ablate": 0.0, "steer": 1.0, "penalty": 1.0, "l2": 1.0}
 """Each guard's strength where none is given: steering coefficient (gaps), penalty weight, L2 weight. Set before
-any guard was measured, not tuned on the poison grid (ablation has none)."""
+any guard was measured, not tuned on the poison grid (ablation has none). The penalty's weight is per block, and its
+default is this weight spread over the guarded blocks (`default_strength`): 1 at one block, 0.25 at each of four."""
+
+DEFAULT_BLOCKS: dict[str, int] = {"ablate": 1, "steer": 1, "penalty": 4, "l2": 1}
+"""How many decoder blocks `traitwatch train --guard KIND` guards where `--guard-blocks` is not given
+(`subspace.layers_above`). The penalty guards four: chosen on the poison grid in every fold that held its base and
+poison type out (`benchmarks/guard_grid`, docs/guards.md); the other guards were measured at the basis layer only."""
+
+
+def default_strength(kind: str, blocks: int = 1) -> float:
+    """`kind`'s strength where none is given, on `blocks` guarded blocks (the penalty's total weight spread over them)."""
+    if kind not in DEFAULT_STRENGTH:
+        raise ValueError(f"unknown guard {kind!r}; choose from {list(GUARD_KINDS)}")
+    return DEFAULT_STRENGTH[kind] / max(1, blocks) if kind == "penalty" else DEFAULT_STRENGTH[kind]
 
 
 def make_guard(kind: str, subspace: GuardSubspace | Sequence[GuardSubspace] | None,
                strength: float | None = None) -> Guard:
     """The guard `kind` ("ablate", "steer", "penalty", "l2") on `subspace` (one block's, or a list with one per
-    block), at `strength` (default: `DEFAULT_STRENGTH`)."""
+    block), at `strength` (default: `default_strength(kind, blocks)`)."""
     builders: dict[str, Callable[[float], Guard]] = {
         "ablate": lambda _s: AblationGuard(_need(subspace, kind)),
         "steer": lambda s: SteeringGuard(_need(subspace, kind), coefficient=s),
@@ -420,7 +433,8 @@ def make_guard(kind: str, subspace: GuardSubspace | Sequence[GuardSubspace] | No
     }
     if kind not in builders:
         raise ValueError(f"unknown guard {kind!r}; choose from {list(GUARD_KINDS)}")
-    return builders[kind](DEFAULT_STRENGTH[kind] if strength is None else float(strength))
+    blocks = 1 if subspace is None or isinstance(subspace, GuardSubspace) else len(list(subspace))
+    return builders[kind](default_strength(kind, blocks) if strength is None else float(strength))
 
 
 def _need(subspace: GuardSubspace | Sequence[GuardSubspace] | None, kind: str) -> GuardSubspace | Sequence[GuardSubspace]:

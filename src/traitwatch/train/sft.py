@@ -39,7 +39,7 @@ from traitwatch.basis.basis import TraitBasis
 from traitwatch.datasets.chat_jsonl import file_sha256, load_chat_jsonl
 from traitwatch.drift.probe import DriftProbe
 from traitwatch.errors import InputFileError, TraitwatchError
-from traitwatch.guard import GUARD_KINDS, Guard, fit_subspaces, layers_above, make_guard
+from traitwatch.guard import DEFAULT_BLOCKS, GUARD_KINDS, Guard, fit_subspaces, layers_above, make_guard
 from traitwatch.models.environment import describe_environment
 from traitwatch.models.layers import decoder_layers
 from traitwatch.models.loading import load_model
@@ -106,7 +106,8 @@ class SFTConfig:
     guard: str | None = None  # "ablate", "steer", "penalty" or "l2" (`traitwatch.guard`); None: unguarded
     guard_strength: float | None = None  # default: `guard.DEFAULT_STRENGTH[guard]`
     guard_subspace: str = "probe"  # what ablation, steering and the penalty act on (`guard.fit_subspace`)
-    guard_blocks: int = 1  # decoder blocks guarded, from the basis layer to the last (`guard.layers_above`)
+    guard_blocks: int | None = None  # blocks guarded from the basis layer to the last (`guard.layers_above`);
+    # default `guard.DEFAULT_BLOCKS[guard]` (the penalty: 4)
 
     def resolved_run_id(self) -> str:
         return self.run_id or Path(self.output_dir).resolve().name
@@ -307,7 +308,7 @@ def run_sft(
         raise TrainConfigError("pass a guard object or config.guard, not both")
     if config.guard is not None and config.guard not in GUARD_KINDS:
         raise TrainConfigError(f"unknown guard {config.guard!r}; choose from {list(GUARD_KINDS)}")
-    if config.guard_blocks < 1:
+    if config.guard_blocks is not None and config.guard_blocks < 1:
         raise TrainConfigError(f"guard_blocks is {config.guard_blocks}: guard at least one decoder block (1: the "
                                "basis's layer)")
     conversations = load_chat_jsonl(config.data, limit=config.n_samples)
@@ -345,7 +346,8 @@ def run_sft(
         lm = load_model(config.model, device=_device(config), dtype=config.dtype)  # type: ignore[arg-type]
         probe.check_model(lm.model, lm.tokenizer, lm.name)
         if config.guard is not None:  # fitted on the base model, before any adapter exists
-            layers = layers_above(basis.measure_layer, len(decoder_layers(lm.model)), config.guard_blocks)
+            blocks = DEFAULT_BLOCKS[config.guard] if config.guard_blocks is None else config.guard_blocks
+            layers = layers_above(basis.measure_layer, len(decoder_layers(lm.model)), blocks)
             subspace = None if config.guard == "l2" else fit_subspaces(
                 lm.model, lm.tokenizer, layers, config.guard_subspace, basis=basis)  # type: ignore[arg-type]
             guard = make_guard(config.guard, subspace, config.guard_strength)
