@@ -141,7 +141,8 @@ def test_train_guards_several_blocks_from_the_basis_layer_to_the_last(basis_dir,
     assert settings["layers"] == [3, 5] and len(settings["gaps"]) == 2 and all(g > 0 for g in settings["gaps"])
     assert len(done["base_levels"]) == 2 and done["rows_read"] > 0
     shown = runner.invoke(app, ["show", "out", "--store", str(tmp_path / "tw.db")], env={"COLUMNS": "250"})
-    assert "Guard: penalty at layers 3, 5 on the probe subspace, weight 0.5" in shown.output  # 1 over 2 blocks
+    assert "Guard: penalty at layers 3, 5 on the probe subspace, weight 0.5 at each block" in shown.output  # 1 / 2
+    assert "row readings (a row at a block) penalised" in shown.output
 
 
 def test_the_penalty_guards_four_blocks_by_default_with_its_weight_spread_over_them(basis_dir, chat_file, tmp_path):

@@ -1,8 +1,9 @@
 """Guards: keep a misalignment subspace out of what finetuning learns, while the task is learned.
 
 Three interventions on the residual stream at one decoder block or several (one subspace per block), through
-forward hooks that act only on training forward passes (the block in train mode, gradients on), so the drift and probe measurements, any
-evaluation and the saved model see the model as trained, without the guard; and one baseline on the weights.
+forward hooks that act only on training forward passes (the block in train mode, gradients on), so the drift and
+probe measurements, any evaluation and the saved model see the model as trained, without the guard; and one
+baseline on the weights.
 
 * `AblationGuard` (after CAFT, arXiv 2507.16795): hold the subspace's component of the block's output at the base
   model's mean. What the layers below learn cannot reach the layers above through the subspace while training.
@@ -23,7 +24,7 @@ directions, gap and base level: the layers above the first guarded block are tra
 reaches the output without passing the first block's output again.
 
 Every guard counts what it did (`summary()`), which the callback stores with each measurement. Under DDP every
-rank holds the same subspace and hooks the same block, so every rank intervenes the same way.
+rank holds the same subspaces and hooks the same blocks, so every rank intervenes the same way.
 """
 
 from __future__ import annotations
@@ -330,7 +331,8 @@ class PenaltyGuard(Guard):
                 **({"base_levels": self.base_levels_} if len(self.subspaces) > 1 else {})}
 
     def describe(self) -> str:
-        return (f"one-sided penalty (weight {self.weight:g}) on each row's projection onto the probe's misaligned "
+        each = " at each block" if len(self.subspaces) > 1 else ""
+        return (f"one-sided penalty (weight {self.weight:g}{each}) on each row's projection onto the probe's misaligned "
                 f"direction beyond the base model's, at {_layers_text(self.layers)}")
 
 

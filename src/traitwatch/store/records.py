@@ -281,14 +281,16 @@ def describe_guard(settings: Mapping[str, Any], did: Mapping[str, Any] | None) -
     layers = settings.get("layers") or ([settings["layer"]] if "layer" in settings else [])
     at = f"layer {layers[0]}" if len(layers) == 1 else "layers " + ", ".join(map(str, layers))
     where = f" at {at} on the {settings.get('source')} subspace" if layers else ""
-    strength = next((f", {k} {settings[k]:g}" for k in ("coefficient", "weight") if k in settings), "")
+    strength = next((f", {k} {settings[k]:g}" + (" at each block" if len(layers) > 1 else "")
+                     for k in ("coefficient", "weight") if k in settings), "")
     line = f"Guard: {kind}{where}{strength}"
     if did:
         parts = [f"{did.get('interventions', 0)} interventions"]
         if did.get("mean_removed_share") is not None:
             parts.append(f"{100 * did['mean_removed_share']:.1f}% of the residual removed on average")
         if did.get("rows_read"):
-            parts.append(f"{did.get('rows_penalised', 0)} of {did['rows_read']} rows penalised")
+            read = "row readings (a row at a block)" if len(layers) > 1 else "rows"
+            parts.append(f"{did.get('rows_penalised', 0)} of {did['rows_read']} {read} penalised")
         if did.get("distance_from_start") is not None:
             parts.append(f"weights {did['distance_from_start']:.3g} from the start")
         line += " (" + ", ".join(parts) + ")"
