@@ -8,7 +8,7 @@ from peft import LoraConfig, get_peft_model
 
 from traitwatch.behavior.probe import misalignment_directions
 from traitwatch.drift import DriftProbe
-from traitwatch.errors import TraitwatchError
+from traitwatch.errors import InputFileError, TraitwatchError
 from traitwatch.guard import (
     AblationGuard,
     GuardSubspace,
@@ -205,6 +205,16 @@ def test_subspaces_fitted_at_several_layers_are_each_layers_own(tiny, block_subs
         PenaltyGuard([block_subspaces[1], subspace])
     with pytest.raises(ValueError, match="6 decoder blocks"):
         PenaltyGuard(GuardSubspace(single.directions, 6, "probe", True, 1.0)).attach(build_tiny_random()[0])
+
+
+def test_trait_subspaces_at_layers_the_basis_lacks_are_refused_before_the_probes_pass(tiny, basis, monkeypatch):
+    def no_pass(*_args, **_kwargs):
+        raise AssertionError("the probe's pass ran before the basis's layers were checked")
+
+    monkeypatch.setattr("traitwatch.behavior.probe.misalignment_differences", no_pass)
+    assert basis.layers == [LAYER]
+    with pytest.raises(InputFileError, match=r"no directions at layer 1 .*--guard-blocks 1"):
+        fit_subspaces(tiny.model, tiny.tokenizer, BLOCKS, "probe+traits", basis=basis)
 
 
 def test_the_penalty_on_several_blocks_adds_the_gradient_of_the_sum_of_each_blocks_loss(block_subspaces):

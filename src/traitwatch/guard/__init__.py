@@ -26,6 +26,6 @@ from traitwatch.guard.subspace import (
     layers_above,
 )
 
-__all__ = ["DEFAULT_BLOCKS", "DEFAULT_STRENGTH", "GUARD_KINDS", "SUBSPACE_SOURCES", "AblationGuard", "Guard", "GuardKind", "GuardSubspace",
-           "L2Guard", "PenaltyGuard", "SteeringGuard", "SubspaceSource", "default_strength", "fit_subspace", "fit_subspaces", "layers_above",
-           "make_guard"]
+__all__ = ["DEFAULT_BLOCKS", "DEFAULT_STRENGTH", "GUARD_KINDS", "SUBSPACE_SOURCES", "AblationGuard", "Guard",
+           "GuardKind", "GuardSubspace", "L2Guard", "PenaltyGuard", "SteeringGuard", "SubspaceSource",
+           "default_strength", "fit_subspace", "fit_subspaces", "layers_above", "make_guard"]

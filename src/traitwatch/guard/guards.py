@@ -435,7 +435,7 @@ def make_guard(kind: str, subspace: GuardSubspace | Sequence[GuardSubspace] | No
     }
     if kind not in builders:
         raise ValueError(f"unknown guard {kind!r}; choose from {list(GUARD_KINDS)}")
-    blocks = 1 if subspace is None or isinstance(subspace, GuardSubspace) else len(list(subspace))
+    blocks = len(_as_subspaces(subspace))
     return builders[kind](default_strength(kind, blocks) if strength is None else float(strength))
 
 

@@ -138,6 +138,14 @@ def fit_subspaces(
     layers = sorted(set(int(layer) for layer in layers))
     if not layers:
         raise ValueError("fit_subspaces needs at least one layer")
+    if "traits" in source:  # checked before the probe's pass, which would be wasted
+        if basis is None:
+            raise ValueError(f"the {source!r} guard subspace reads the trait basis: pass basis=")
+        missing = [layer for layer in layers if layer not in basis.layers]
+        if missing:
+            raise InputFileError(f"the trait basis has no directions at layer {missing[0]} (it has {basis.layers}); "
+                                 "guard at the basis's layers (traitwatch train --guard-blocks 1) or extract the "
+                                 "basis there")
     rows: dict[int, list[Tensor]] = {layer: [] for layer in layers}
     gaps: dict[int, float | None] = dict.fromkeys(layers)
     if "probe" in source:
@@ -147,12 +155,8 @@ def fit_subspaces(
             gaps[layer] = float(diff.norm())
             rows[layer].append(diff / diff.norm())
     if "traits" in source:
-        if basis is None:
-            raise ValueError(f"the {source!r} guard subspace reads the trait basis: pass basis=")
+        assert basis is not None
         for layer in layers:
-            if layer not in basis.layers:
-                raise InputFileError(f"the trait basis has no directions at layer {layer} (it has {basis.layers}); "
-                                     "guard at the basis's layers or extract the basis there")
             rows[layer].extend(basis.matrix(layer).float())
     return [GuardSubspace(_orthonormal(torch.stack(rows[layer])), layer, source, signed="probe" in source,
                           gap=gaps[layer]) for layer in layers]

@@ -346,10 +346,12 @@ def run_sft(
         lm = load_model(config.model, device=_device(config), dtype=config.dtype)  # type: ignore[arg-type]
         probe.check_model(lm.model, lm.tokenizer, lm.name)
         if config.guard is not None:  # fitted on the base model, before any adapter exists
-            blocks = DEFAULT_BLOCKS[config.guard] if config.guard_blocks is None else config.guard_blocks
-            layers = layers_above(basis.measure_layer, len(decoder_layers(lm.model)), blocks)
-            subspace = None if config.guard == "l2" else fit_subspaces(
-                lm.model, lm.tokenizer, layers, config.guard_subspace, basis=basis)  # type: ignore[arg-type]
+            subspace = None
+            if config.guard != "l2":  # the L2 pull acts on the weights, not on blocks
+                blocks = DEFAULT_BLOCKS[config.guard] if config.guard_blocks is None else config.guard_blocks
+                layers = layers_above(basis.measure_layer, len(decoder_layers(lm.model)), blocks)
+                subspace = fit_subspaces(lm.model, lm.tokenizer, layers, config.guard_subspace,  # type: ignore[arg-type]
+                                         basis=basis)
             guard = make_guard(config.guard, subspace, config.guard_strength)
             say(f"Guard: {guard.describe()}.")
 

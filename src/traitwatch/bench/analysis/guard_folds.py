@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["GOAL", "TASK_LOSS_LIMIT", "choose_in_folds", "pooled_share", "variants_of"]
+__all__ = ["GOAL", "TASK_LOSS_LIMIT", "choose_in_folds", "pooled_share", "task_change", "variants_of"]
 
 GOAL = 0.9
 """The issue's goal for the share of a poisoned run's label rise a guard prevents."""

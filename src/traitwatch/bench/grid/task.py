@@ -21,6 +21,7 @@ import torch
 from traitwatch.bench.sets.perturbations import build_set
 from traitwatch.datasets.answers import CHECKED_SETS, answer_is_right
 from traitwatch.datasets.chat_jsonl import load_chat_jsonl
+from traitwatch.screen.activations import pad_id
 from traitwatch.train.data import PaddingCollator, tokenize_chats
 
 __all__ = ["HELD_OUT", "HELD_OUT_SEED", "HeldOut", "answers_right", "held_out_rows", "task_accuracy", "task_loss"]
@@ -57,8 +58,7 @@ def held_out_rows(base: str, train_file: Path, work: Path, shared: Path | None, 
             rows[prompt] = chat
     chats = list(rows.values())
     data, _ = tokenize_chats(tokenizer, chats, max_length=max_length, response_only=True)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return HeldOut(base, chats, PaddingCollator(int(pad))([data[i] for i in range(len(data))]))
+    return HeldOut(base, chats, PaddingCollator(pad_id(tokenizer))([data[i] for i in range(len(data))]))
 
 
 @torch.no_grad()
