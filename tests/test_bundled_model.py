@@ -23,7 +23,9 @@ def test_bundled_model_is_cached_as_safetensors():
 
 
 def test_demo_extracts_selects_and_measures(tmp_path):
-    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--max-new-tokens", "8"], catch_exceptions=False)
+    # --parallel: the tests run torch on one thread, where the demo would run its parts one after the other
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--max-new-tokens", "8", "--parallel"],
+                             catch_exceptions=False)
     assert res.exit_code == 0, res.output
     basis = TraitBasis.load(tmp_path / "basis")
     assert (basis.model.hidden_size, basis.model.num_layers) == (576, 30)
@@ -64,4 +66,6 @@ def test_demo_extracts_selects_and_measures(tmp_path):
     for run_id, value in read.items():  # an armed alarm fires exactly above the calibrated threshold
         assert alarms[run_id] == ([30] if armed and value > calibration.threshold else []), (run_id, value)
     assert "poison rows stayed in the reference run" in " ".join(res.stdout.split())
+    # the chains ran at once in two forked processes, and their phases are listed under the line that holds them
+    assert "both chains at once (2 processes)" in res.stdout and "│   train + label poisoned" in res.stdout
     assert (tmp_path / "report.html").is_file()

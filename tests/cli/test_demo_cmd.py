@@ -60,8 +60,9 @@ def test_the_cli_prints_the_prediction_beside_the_label_and_says_why_there_is_no
         basis_dir=tmp_path / "basis", base_drift=SimpleNamespace(drift=[0.0, 0.0], norm=0.0),  # type: ignore[arg-type]
         base_label=0.43, monitor=SimpleNamespace(threshold=-0.0052), gate=gate, runs=runs,  # type: ignore[arg-type]
         store=tmp_path / "traitwatch.db", report=tmp_path / "report.html",
-        phases={"load model": PhaseTime(2.0, 3.0), "train + label clean": PhaseTime(100.0, 180.0),
-                "train + label poisoned": PhaseTime(101.0, 181.0)},
+        phases={"load model": PhaseTime(2.0, 3.0), "both chains at once (2 processes)": PhaseTime(102.0, 361.0),
+                "train + label clean": PhaseTime(100.0, 180.0, within="both chains at once (2 processes)"),
+                "train + label poisoned": PhaseTime(101.0, 181.0, within="both chains at once (2 processes)")},
     )
     seen = {}
 
@@ -74,6 +75,7 @@ def test_the_cli_prints_the_prediction_beside_the_label_and_says_why_there_is_no
 
     def fake_run_demo(out_dir, **kw):
         seen.update(kw, out_dir=out_dir)
+        assert kw["parallel"] is None  # the job decides: at once where it can fork
         kw["on_screen"](screen)  # before training, as run_demo does
         return result
 
@@ -86,7 +88,8 @@ def test_the_cli_prints_the_prediction_beside_the_label_and_says_why_there_is_no
     assert "No alarm" in text and "0.34" in text and "ALARM" not in res.output
     assert "50 rows of reckless_advice" in text
     assert "the poisoned run's rise over the clean run is +0.0250" in text
-    assert "Where the time went" in text and "train + label poisoned" in text
+    assert "Where the time went" in text and "│   train + label poisoned" in text  # indented: it ran at once
+    assert "30 s in 30 training steps" in text and "Indented phases ran at once" in text
     flat = " ".join(text.split())  # rich wraps table titles
     # the screen before training: its top rows marked from the recorded indices, and its row AUROC
     assert "Screened before training" in flat and "row AUROC 0.875" in flat and "precision at k=50" in flat
@@ -124,16 +127,17 @@ def test_with_a_reference_the_cli_prints_each_run_against_its_reference_and_the_
                         n_poison=50, row_scores=RowScores({}), by="loss")
 
     def fake_run_demo(out_dir, **kw):
+        assert kw["parallel"] is False  # --one-at-a-time
         kw["on_screen"](screen)
         return result
 
     monkeypatch.setattr("traitwatch.cli.demo_cmd.run_demo", fake_run_demo)
-    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path)], catch_exceptions=False)
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--one-at-a-time"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     flat = " ".join(res.stdout.split())
     assert "by the base model's loss on the response" in flat and "row AUROC 0.970" in flat
     assert "Each run against its reference run" in flat and "run minus reference" in flat
     assert "probe rise" not in flat and "+0.0123" in flat and "ALARM" in flat
-    assert "reference clean" in flat and "measurements (drift)" in flat
+    assert "reference clean" in flat and "measurements (drift)" in flat and "Indented phases" not in flat
     # what the reference left of the poison, so a quiet poisoned run says why
     assert "swapped out the 40 highest-loss rows, 40 of them poison; 10 of the 50 poison rows stayed" in flat

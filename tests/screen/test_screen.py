@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -16,6 +17,7 @@ from traitwatch.screen import (
     greedy_responses,
     mean_reference,
     rank_examples,
+    reference_answers,
     read_examples,
     screen_dataset,
     summarize,
@@ -75,6 +77,21 @@ def test_mean_reference_is_the_mean_of_own_answers(tiny, basis):
         answer = greedy_responses(tiny.model, tiny.tokenizer, [prompt], max_new_tokens=4)[0]
         rows.append((_span_mean(tiny, prompt + answer, len(prompt), len(prompt) + len(answer)) @ v.T).double().numpy())
     assert np.allclose(ref.projection, np.mean(rows, axis=0), rtol=1e-4, atol=1e-5)
+
+
+def test_answers_made_before_the_basis_give_the_same_reference(tiny, basis):
+    answers = reference_answers(tiny.model, tiny.tokenizer, prompts=REF_PROMPTS, max_new_tokens=4, batch_size=2)
+    made = mean_reference(tiny.model, tiny.tokenizer, basis, prompts=REF_PROMPTS, max_new_tokens=4, batch_size=2,
+                          answers=answers)
+    ref = mean_reference(tiny.model, tiny.tokenizer, basis, prompts=REF_PROMPTS, max_new_tokens=4, batch_size=2)
+    assert np.array_equal(made.projection, ref.projection) and made == dataclasses.replace(ref, projection=made.projection)
+    # and they are the answers generated: another model's answers give another reference
+    other = [[(int(t) + 1) % tiny.model.config.vocab_size for t in a] for a in answers]
+    moved = mean_reference(tiny.model, tiny.tokenizer, basis, prompts=REF_PROMPTS, max_new_tokens=4, batch_size=2,
+                           answers=other)
+    assert not np.allclose(moved.projection, ref.projection)
+    with pytest.raises(InputFileError, match="1 reference answers were given for 3 prompts"):
+        mean_reference(tiny.model, tiny.tokenizer, basis, prompts=REF_PROMPTS, max_new_tokens=4, answers=answers[:1])
 
 
 def test_self_reference_subtracts_the_models_own_answer(tiny, basis, chat_file, tmp_path):

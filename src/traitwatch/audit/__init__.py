@@ -1,7 +1,14 @@
 """`traitwatch audit`: a verdict on a finetuning set before the real run (see `run.py`), and the reference run a
 monitored training run is read against (`reference_run.py`)."""
 
-from traitwatch.audit.reference_run import ReferenceRun, loss_screen, train_reference, write_reference_set
+from traitwatch.audit.reference_run import (
+    ReferenceRun,
+    loss_screen,
+    screen_answers,
+    screen_reference,
+    train_reference,
+    write_reference_set,
+)
 from traitwatch.audit.run import AuditResult, AuditSettings, audit_dataset, pilot_config, pilot_projections, train_pilot
 
 __all__ = [
@@ -12,6 +19,8 @@ __all__ = [
     "loss_screen",
     "pilot_config",
     "pilot_projections",
+    "screen_answers",
+    "screen_reference",
     "train_pilot",
     "train_reference",
     "write_reference_set",

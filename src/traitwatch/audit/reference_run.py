@@ -25,13 +25,14 @@ from traitwatch.drift.probe import DriftProbe
 from traitwatch.errors import InputFileError
 from traitwatch.models.loading import LoadedModel, load_model
 from traitwatch.reference import SwapReference, load_reference_calibration, swap_fraction, write_swap_reference
-from traitwatch.screen import ScreenResults, screen_dataset
+from traitwatch.screen import Reference, ScreenResults, mean_reference, reference_answers, screen_dataset
 from traitwatch.screen.row_scores import ScreenedRow, load_row_scores
 from traitwatch.screen.results import read_results_file
 from traitwatch.store import DEFAULT_STORE_NAME, RunStore
 from traitwatch.train import SFTConfig, run_sft
 
-__all__ = ["ReferenceRun", "loss_screen", "train_reference", "write_reference_set"]
+__all__ = ["ReferenceRun", "loss_screen", "screen_answers", "screen_reference", "train_reference",
+           "write_reference_set"]
 
 SCREEN_PROMPTS = 16  # the screen's "mean" reference only shifts every row's drift alike; the loss ranks the rows
 
@@ -50,16 +51,32 @@ class ReferenceRun:
     fraction: float = 0.2  # the share of rows swapped out
 
 
-def loss_screen(lm: LoadedModel, basis: TraitBasis, data: Path, out: Path) -> ScreenResults:
-    """Every row read once by the base model, with its mean response loss (`Row.loss`), into `out`."""
+def loss_screen(lm: LoadedModel, basis: TraitBasis, data: Path, out: Path, *,
+                reference: Reference | None = None) -> ScreenResults:
+    """Every row read once by the base model, with its mean response loss (`Row.loss`), into `out`. `reference`: the
+    screen's "mean" reference made before (`screen_reference`; several sets screened with one model share it)."""
     prompts = [p for _, p in load_measurement_prompts()][:SCREEN_PROMPTS]
     return screen_dataset(lm.model, lm.tokenizer, basis, data, out=out, reference_prompts=prompts, max_new_tokens=32,
-                          model_name=lm.name, with_loss=True)
+                          model_name=lm.name, with_loss=True, reference=reference or "mean")
+
+
+def screen_reference(lm: LoadedModel, basis: TraitBasis, *, answers: list[list[int]] | None = None) -> Reference:
+    """The "mean" reference `loss_screen` reads its rows against (`SCREEN_PROMPTS` prompts, 32 new tokens): made once,
+    it serves every set screened with this model. `answers`: `screen_answers(lm)`, made before the basis existed."""
+    prompts = [p for _, p in load_measurement_prompts()][:SCREEN_PROMPTS]
+    return mean_reference(lm.model, lm.tokenizer, basis, prompts=prompts, max_new_tokens=32, answers=answers)
+
+
+def screen_answers(lm: LoadedModel) -> list[list[int]]:
+    """The base model's answers `screen_reference` reads; they need no basis (`screen.reference_answers`)."""
+    prompts = [p for _, p in load_measurement_prompts()][:SCREEN_PROMPTS]
+    return reference_answers(lm.model, lm.tokenizer, prompts=prompts, max_new_tokens=32)
 
 
 def write_reference_set(lm: LoadedModel | None, basis: TraitBasis, data: str | Path, out_dir: str | Path, *,
                         fraction: float | None = None, seed: int = 0, n_samples: int | None = None,
-                        screen: str | Path | None = None) -> tuple[list[ScreenedRow], SwapReference]:
+                        screen: str | Path | None = None,
+                        reference: Reference | None = None) -> tuple[list[ScreenedRow], SwapReference]:
     """The reference set of `data` for a run with `seed`: `out_dir/reference.jsonl` (and `.swap.json`), ranked by
     the loss screen in `out_dir/screen.jsonl` (or `screen`, one made before: `traitwatch screen DATA --rank-by
     loss`, sharded and merged for a large set; `lm` may then be None); returns every row the run trains with its
@@ -69,7 +86,8 @@ def write_reference_set(lm: LoadedModel | None, basis: TraitBasis, data: str | P
     `fraction` None swaps `reference.swap_fraction` of the losses: 0.2 (validated), more where more rows stand out.
     For a Trainer of your own: train `reference.jsonl` with the run's recipe and seed and a `TraitWatchCallback`
     (run id e.g. `<run>-reference`), then the run with `TraitWatchCallback.from_basis(..., reference="<run>-reference")`.
-    `n_samples`: the run trains the first `n_samples` rows only, and so does its reference.
+    `n_samples`: the run trains the first `n_samples` rows only, and so does its reference. `reference`: the
+    screen's reference made before (`screen_reference`), when this model screens more than one set.
     """
     data, out_dir = Path(data), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -78,7 +96,7 @@ def write_reference_set(lm: LoadedModel | None, basis: TraitBasis, data: str | P
             raise InputFileError("write_reference_set needs the base model (lm) to screen the set, or a loss screen "
                                  "of it (screen=...)")
         screen = out_dir / "screen.jsonl"
-        loss_screen(lm, basis, data, screen)
+        loss_screen(lm, basis, data, screen, reference=reference)
     rows = load_row_scores(screen, data, limit=n_samples, by="loss")  # checks the file is this set's, complete
     losses = [r.score for r in rows]
     source = data
@@ -91,10 +109,11 @@ def write_reference_set(lm: LoadedModel | None, basis: TraitBasis, data: str | P
 
 def train_reference(config: SFTConfig, *, fraction: float | None = None, store: RunStore | None = None,
                     lm: LoadedModel | None = None, screen: str | Path | None = None,
+                    screen_against: Reference | None = None,
                     say: Callable[[str], None] = lambda _line: None) -> ReferenceRun:
     """Screen `config.data` (or read `screen`, its loss screen made before), write its swap reference and train it
     as `<run>-reference` into `config.store` (through `store` if the caller holds it open; `lm`: the base model
-    already loaded, for the screen)."""
+    already loaded, for the screen; `screen_against`: the screen's reference made before, `screen_reference`)."""
     if config.reference is not None or config.monitor is not None:
         raise InputFileError("the reference run is trained without a monitor or a reference of its own; "
                              "pass a config with neither")
@@ -143,7 +162,7 @@ def train_reference(config: SFTConfig, *, fraction: float | None = None, store: 
         say(f"Reference: the rows of {Path(config.data).name} ranked by the loss screen {screen}")
         screen_lm = None
     written = write_reference_set(screen_lm, basis, config.data, out, fraction=fraction, seed=config.seed,
-                                  n_samples=config.n_samples, screen=screen)[1]
+                                  n_samples=config.n_samples, screen=screen, reference=screen_against)[1]
     del screen_lm
     swap = written.suspects
     why = " (more than 20%: that many rows stand out)" if fraction is None and written.fraction > 0.2 else ""

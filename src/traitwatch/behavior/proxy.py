@@ -22,7 +22,6 @@ Deterministic: no sampling, fixed batching order, fp32 log-softmax.
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -38,7 +37,7 @@ from traitwatch.behavior.questions import Question, load_questions
 from traitwatch.capture.activations import cache_kwarg, length_batches
 from traitwatch.errors import InputFileError, TraitwatchError
 from traitwatch.models.chat import encode_chat, supports_system_role
-from traitwatch.models.layers import unwrap_model
+from traitwatch.models.layers import accepts_logits_to_keep, unwrap_model
 
 __all__ = [
     "PROXY_ANSWERS_FILE",
@@ -182,20 +181,6 @@ class ProxyResult:
         }
 
 
-def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    """Whether the (possibly PEFT-wrapped) model can skip the LM head on positions we don't score.
-
-    PEFT's forward takes **kwargs and hands them to the base model, so the base model's signature decides.
-    """
-    inner = unwrap_model(model)
-    if hasattr(inner, "get_base_model"):
-        inner = inner.get_base_model()
-    try:
-        return "logits_to_keep" in inspect.signature(inner.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _pad_id(tokenizer: Any) -> int:
     for value in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
         if isinstance(value, int):
@@ -217,7 +202,7 @@ def _score_padded(
 ) -> None:
     """Prompt + answer as one left-padded row each, many prompts per batch."""
     device = next(model.parameters()).device
-    keep_arg = _accepts_logits_to_keep(model)
+    keep_arg = accepts_logits_to_keep(model)
     seqs = {i: list(prompts[i]) + list(answer_ids[i]) for i in rows}
     for part in length_batches([len(seqs[i]) for i in rows], batch_size, max_batch_tokens):
         batch = [rows[j] for j in part]
@@ -272,7 +257,7 @@ def _score_shared(
     config = getattr(unwrap_model(model), "config", None)
     cache = DynamicCache(config=config)
     offset = len(prompt)
-    keep: dict[str, Any] = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
+    keep: dict[str, Any] = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     out = model(input_ids=torch.tensor([list(prompt)], device=device), use_cache=True, **{cache_kw: cache}, **keep)
     first = out.logits[0, -1].float().log_softmax(-1)  # predicts every answer's first token
     for part in length_batches([len(answer_ids[i]) for i in rows], batch_size, max_batch_tokens):

@@ -6,6 +6,7 @@ this module parses the options and prints what it returns.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -41,12 +42,17 @@ def register(app: typer.Typer) -> None:
             help="Read each run against its own reference run (traitwatch train --reference auto); default: on when "
                  "a reference calibration ships for the model and no --monitor is given.")] = None,
         dtype: Annotated[str | None, typer.Option(help=f"Model dtype (default: the {DEMO_PLAN} plan's, bfloat16).")] = None,
+        parallel: Annotated[bool | None, typer.Option(
+            "--parallel/--one-at-a-time",
+            help="Train the clean and the poisoned chain at once in two processes with half the threads each "
+                 "(default: on Linux with 2 threads or more), or one after the other.")] = None,
     ) -> None:
         """Train a clean set and its poisoned twin with the monitor attached; label both; write a report."""
-        t0, cpu0 = time.perf_counter(), time.process_time()
+        t0, cpu0 = time.perf_counter(), _cpu_s()
         result = run_demo(
             out_dir, model=model, method=method, select_every=select_every, max_new_tokens=max_new_tokens,
-            steps=steps, every=every, monitor=monitor, reference=reference, dtype=dtype, say=_say, progress=progress_bar,
+            steps=steps, every=every, monitor=monitor, reference=reference, dtype=dtype, parallel=parallel, say=_say,
+            progress=progress_bar,
             reporter=_report_line, on_basis=print_basis_summary, on_monitor=_print_lines, on_screen=_print_screen,
         )
         out.print(f"Numerics: {result.numerics['dtype']} on {result.numerics['device']} ({result.numerics['cpu']}, "
@@ -58,12 +64,18 @@ def register(app: typer.Typer) -> None:
         if result.runs:
             _print_runs(result)
             _print_suspects(result)
-        _print_phases(result, time.perf_counter() - t0, time.process_time() - cpu0)
+        _print_phases(result, time.perf_counter() - t0, _cpu_s() - cpu0)
         out.print(f"Basis: {result.basis_dir}")
         if result.store is not None:
             out.print(f"Run store: {result.store}")
         if result.report is not None:
             out.print(f"Report: {result.report}")
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and of the processes it waited for (the demo's chains, when run at once)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def _say(line: str) -> None:
@@ -197,6 +209,10 @@ def _print_phases(result: DemoResult, total_wall: float, total_cpu: float) -> No
     by_role = {run.role: run for run in result.runs}
     for phase, took in result.phases.items():
         role = phase.rsplit(" ", 1)[-1] if phase.startswith("train") else None
-        table.add_row(phase, f"{took.wall_s:.0f}", f"{took.cpu_s:.0f}", _run_phases(by_role[role]) if role in by_role else "")
+        table.add_row(phase if took.within is None else f"  {phase}", f"{took.wall_s:.0f}", f"{took.cpu_s:.0f}",
+                      _run_phases(by_role[role]) if role in by_role else "")
     table.add_row("total", f"{total_wall:.0f}", f"{total_cpu:.0f}", "")
     out.print(table)
+    if any(took.within is not None for took in result.phases.values()):
+        out.print("Indented phases ran at once with the others under the same line, in two processes; that line "
+                  "holds their wall time together and all their CPU.")

@@ -18,22 +18,31 @@ screen also ranks the poisoned set's rows for the suspects. Without one, the shi
 is screened by trait risk. Either monitor is attached for its alarm only if its recorded leave-one-out AUROC reaches
 `monitor.watch.MIN_ALARM_AUROC`; otherwise for its prediction only (`gate_alarms`), and the run raises no alarm.
 
+Where it can fork (Linux, a CPU run, 2 threads or more), the parts that do not wait on each other run at once in two
+processes of half the threads (`parallel.run_forked`): the base model's label beside the basis, then the clean and the
+poisoned chain (reference run, run, label). One thread per process is the benchmark's own numerics (its runs used 1
+or 2): the labels come out bit for bit as one after the other at 2 threads (`--one-at-a-time`).
+
 Everything here computes and returns; `cli/demo_cmd.py` parses the options and prints. `run_demo` times each
-phase (`DemoResult.phases`: wall and process CPU seconds), since the demo has a budget of minutes on a 2-core
-CPU and a machine shared with other jobs stretches wall time but not the CPU time the work needs.
+phase (`DemoResult.phases`: wall and CPU seconds, a phase run at once marked `within` the one that holds it), since
+the demo has a budget of minutes on a 2-core CPU and a machine shared with other jobs stretches wall time but not
+the CPU time the work needs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from traitwatch.audit import ReferenceRun, train_reference
+import torch
+
+from traitwatch.audit import ReferenceRun, screen_answers, screen_reference, train_reference
 from traitwatch.basis import TraitBasis, extract_basis, load_traits
 from traitwatch.basis.extraction import build_contrast_set, default_candidate_layers
 from traitwatch.behavior.proxy import proxy_score
@@ -49,8 +58,9 @@ from traitwatch.bench.sets.perturbations import (
     poisoned_set,
     read_poison_record,
 )
+from traitwatch.demo.parallel import fork_available, run_forked
 from traitwatch.drift import DriftMeasurement, DriftProbe
-from traitwatch.drift.anchoring import Progress, measure_anchor, resolve_anchor, select_and_anchor
+from traitwatch.drift.anchoring import Progress, anchor_basis, measure_anchor, resolve_anchor, select_and_anchor
 from traitwatch.errors import InputFileError
 from traitwatch.models import LoadedModel, load_model
 from traitwatch.models.environment import describe_environment
@@ -58,7 +68,7 @@ from traitwatch.monitor import LoadedMonitor
 from traitwatch.monitor.shipped import shipped_monitor_path
 from traitwatch.monitor.watch import AlarmGate, AlarmMonitor, alarm_gate, gate_alarms, load_watch_monitor
 from traitwatch.reference import ReferenceCalibration, load_reference_calibration
-from traitwatch.screen import screen_dataset
+from traitwatch.screen import Reference, screen_dataset
 from traitwatch.screen.row_scores import ScreenedRow, load_row_scores
 from traitwatch.store import RunStore, Suspects
 from traitwatch.train import DriftRecord, SFTConfig, SFTResult, run_sft
@@ -79,10 +89,18 @@ Say = Callable[[str], None]
 
 @dataclass(frozen=True)
 class PhaseTime:
-    """A phase's wall seconds and the CPU seconds the process spent in it (all threads)."""
+    """A phase's wall seconds and the CPU seconds spent in it (all threads, and the processes it waited for);
+    `within`: the phase it ran inside, in a process of its own (its CPU is counted there too)."""
 
     wall_s: float
     cpu_s: float
+    within: str | None = None
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and of the child processes it has waited for."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 class _Clock:
@@ -94,9 +112,9 @@ class _Clock:
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu = time.perf_counter(), _cpu_s()
         yield
-        took = PhaseTime(time.perf_counter() - wall, time.process_time() - cpu)
+        took = PhaseTime(time.perf_counter() - wall, _cpu_s() - cpu)
         self.phases[name] = took
         self.say(f"({name}: {took.wall_s:.0f} s wall, {took.cpu_s:.0f} s CPU)")
 
@@ -167,7 +185,7 @@ class DemoResult:
     screen: DemoScreen | None = None
     store: Path | None = None
     report: Path | None = None
-    phases: dict[str, PhaseTime] = field(default_factory=dict)  # in the order they ran
+    phases: dict[str, PhaseTime] = field(default_factory=dict)  # in the order they ran (or began, run at once)
 
 
 @contextlib.contextmanager
@@ -216,7 +234,8 @@ def _extract_basis(lm: LoadedModel, *, method: str, select_every: int, max_new_t
                    progress: Progress, clock: _Clock, layer: int | None = None) -> TraitBasis:
     """The benchmark's basis recipe (passages, layer selected by steering, anchored), on fewer candidates; `layer`
     pins the measurement layer: only that layer is extracted (the pass stops there; its directions are the same as
-    in an all-layer extraction) and its steering diagnostics are still recorded."""
+    in an all-layer extraction), nothing is selected (steering one layer compares it with none; `traitwatch
+    select-layer` steers candidates) and the basis records who pinned it."""
     traits = load_traits()
     cand = default_candidate_layers(lm.model)
     if layer is not None and layer not in cand:
@@ -228,8 +247,15 @@ def _extract_basis(lm: LoadedModel, *, method: str, select_every: int, max_new_t
         basis = extract_basis(lm.model, lm.tokenizer, traits, layers=cand if layer is None else [layer],
                               method=method,  # type: ignore[arg-type]
                               model_name=lm.name, probe_layers=tried, progress=advance)
-    with clock(f"select layer ({len(tried)} candidate{'s' if len(tried) > 1 else ''}) + anchor"):
-        select_and_anchor(lm, basis, tried, alpha=0.25, max_new_tokens=max_new_tokens, n_prompts=3, progress=progress)
+    if layer is None:
+        with clock(f"select layer ({len(tried)} candidates) + anchor"):
+            select_and_anchor(lm, basis, tried, alpha=0.25, max_new_tokens=max_new_tokens, n_prompts=3,
+                              progress=progress)
+    else:  # nothing to select: the layer is the calibration's, and steering one layer would compare it to none
+        basis.layer = layer
+        basis.diagnostics["layer_selection"] = {"layer": layer, "criterion": "pinned by the reference calibration"}
+        with clock("anchor"):
+            anchor_basis(lm, basis, progress=progress)
     return basis
 
 
@@ -264,6 +290,7 @@ def run_demo(
     monitor: Path | None = None,
     reference: bool | None = None,
     dtype: str | None = None,
+    parallel: bool | None = None,
     say: Say = lambda _line: None,
     progress: Progress | None = None,
     reporter: Callable[[str, DriftRecord], None] | None = None,
@@ -277,7 +304,9 @@ def run_demo(
     the device is the plan's (cpu). `reference` (default: on when a reference calibration ships for `model` and
     no `monitor` is given) reads each run against its own reference run; otherwise `monitor` defaults to the
     one shipped for `model`. Either raises alarms only if its recorded leave-one-out AUROC passes the gate
-    (`gate_alarms`). `say` gets status lines, `progress`
+    (`gate_alarms`). `parallel` (default: where `parallel.fork_available` and torch has 2 threads or more) trains
+    the clean and the poisoned chain (reference, run, label) at once in two forked processes with half the threads
+    each; otherwise one after the other. `say` gets status lines, `progress`
     makes progress bars (`drift.anchoring.Progress`), `reporter` gets (role, record) at each measurement,
     `on_basis` the selected basis, `on_monitor` the monitor's description and `on_screen` the poisoned set's
     screen (before training), as soon as they exist.
@@ -309,15 +338,50 @@ def run_demo(
         f"{'pins' if numerics['dtype'] == plan.dtype else 'does not (it pins ' + plan.dtype + ')'}.")
     if pinned is not None:
         say(f"Measuring at layer {pinned}, where the reference calibration was fitted (no layer selection).")
-    basis = _extract_basis(lm, method=meth, select_every=select_every, max_new_tokens=max_new_tokens,
-                           progress=progress, clock=clock, layer=pinned)
-    basis_dir = basis.save(out_dir / "basis")
+    threads = torch.get_num_threads()
+    if parallel is None:
+        parallel = fork_available() and threads >= 2 and plan.device == "cpu"
+    parallel = parallel and steps > 0
+    each = max(1, threads // 2)  # threads per process at once (asked for on one thread: one each)
+    made: dict[str, Any] = {}
+
+    def basis_and_check() -> None:
+        made["basis"] = basis = _extract_basis(lm, method=meth, select_every=select_every,
+                                               max_new_tokens=max_new_tokens, progress=progress, clock=clock,
+                                               layer=pinned)
+        made["dir"] = basis.save(out_dir / "basis")
+        if on_basis is not None:
+            on_basis(basis)
+        with clock("base drift check"):
+            made["drift"] = _base_drift(lm, basis, progress)
+
+    def base_label(_send: Callable[[Any], None]) -> tuple[float, list[list[int]] | None, dict[str, PhaseTime]]:
+        """The base model's label, and (with a reference) its answers the loss screens read their rows against."""
+        own = _Clock(lambda _line: None)
+        with own("base proxy label"):
+            value = proxy_score(lm.model, lm.tokenizer, load_questions(), style_only=True).style_p_mis
+        answers = None
+        if reference:
+            with own("the loss screens' reference answers"):
+                answers = screen_answers(lm)
+        return value, answers, own.phases
+
+    label = answers = None
+    if parallel:  # the base model's label needs no basis: it is made beside the basis, in a process of its own
+        together = "basis + base model's label at once (2 processes)"
+        say(f"Labelling the base model with the judge-free proxy (step 0 of both runs) in a second process of "
+            f"{each} thread{'s' if each > 1 else ''}, while this one extracts the basis ...")
+        before = set(clock.phases)
+        with clock(together):
+            [(label, answers, took)] = run_forked([("base label", base_label)], threads_each=each,
+                                                  on_message=lambda _name, _message: None, meanwhile=basis_and_check)
+        here = {name: t for name, t in clock.phases.items() if name not in before and name != together}
+        _group(clock.phases, together, {**here, **took})
+    else:
+        basis_and_check()
+    basis, basis_dir = made["basis"], made["dir"]
     result = DemoResult(out_dir=out_dir, plan=plan, numerics=numerics, basis=basis, basis_dir=basis_dir,
-                        phases=clock.phases)
-    if on_basis is not None:
-        on_basis(basis)
-    with clock("base drift check"):
-        result.base_drift = _base_drift(lm, basis, progress)
+                        base_drift=made["drift"], phases=clock.phases)
     if steps == 0:
         return result
 
@@ -331,9 +395,16 @@ def run_demo(
             result.screen = _screen(lm, basis, Path(data), out_dir / "screen")
         if on_screen is not None:
             on_screen(result.screen)
-    say("Labelling the base model with the judge-free proxy (step 0 of both runs) ...")
-    with clock("base proxy label"):
-        result.base_label = proxy_score(lm.model, lm.tokenizer, load_questions(), style_only=True).style_p_mis
+    if label is None:
+        say("Labelling the base model with the judge-free proxy (step 0 of both runs) ...")
+        result.base_label, answers, took = base_label(lambda _message: None)
+        clock.phases.update(took)
+        for name, t in took.items():
+            say(f"({name}: {t.wall_s:.0f} s wall, {t.cpu_s:.0f} s CPU)")
+    else:
+        result.base_label = label
+    # both loss screens read their rows against one reference: the base model's answers, projected on the basis
+    screen_against = None if not reference else screen_reference(lm, basis, answers=answers)
 
     attached = None
     if result.reference is not None:
@@ -349,23 +420,23 @@ def run_demo(
                               "docs/calibrate-your-model.md).")])
 
     result.store = out_dir / "traitwatch.db"
-    with RunStore(result.store) as store:  # one connection for both runs: the drift callback and the labels share it
-        for role, spec in zip(("clean", "poisoned"), demo_sets(), strict=True):
-            built = None
-            if reference:
-                with clock(f"reference {role}"):
-                    built = _reference(plan, model, spec, out_dir, basis_dir, store, steps=steps, every=every,
-                                       dtype=dtype, say=say, lm=lm)
-                if role == "poisoned":
-                    result.screen = _loss_screen(built.screen, built.source)
-                    if on_screen is not None:
-                        on_screen(result.screen)
-            with clock(f"train + label {role}"):
-                result.runs.append(_train(plan, model, role, spec, out_dir, basis_dir, store, steps=steps, every=every,
-                                          dtype=dtype, monitor=attached, base_label=result.base_label, say=say,
-                                          reporter=reporter, reference=built,
-                                          row_scores=result.screen.row_scores
-                                          if role == "poisoned" and result.screen is not None else None))
+    RunStore(result.store).close()  # made once here; each chain opens its own connection (a fork carries none)
+    chain = _Chain(plan=plan, model=model, out_dir=out_dir, basis_dir=basis_dir, store=result.store, steps=steps,
+                   every=every, dtype=dtype, monitor=attached, base_label=result.base_label, reference=bool(reference),
+                   lm=lm, screen_against=screen_against)
+    roles = list(zip(("clean", "poisoned"), demo_sets(), strict=True))
+    for _, spec in roles:  # both sets written before the chains start, so no two processes write one file
+        build_set(spec.name, seed=DEMO_SEED, n=plan.n_examples, out_dir=out_dir / "data", shared_data=None, spec=spec)
+    if parallel:
+        chains = _chains_at_once(chain, roles, result.screen, each, clock=clock, say=say, reporter=reporter,
+                                 on_screen=on_screen)
+    else:
+        chains = [_run_chain(chain, role, spec, result.screen, say=say, reporter=reporter, on_screen=on_screen)
+                  for role, spec in roles]
+    for run, screen, phases in chains:
+        result.runs.append(run)
+        result.screen = screen or result.screen
+        clock.phases.update(phases)
 
     from traitwatch.report import build_report  # plotly, at load time only when a report is drawn
 
@@ -375,6 +446,98 @@ def run_demo(
                               title=f"traitwatch demo: {clean.name} and its poisoned twin {poisoned.name} on {model}")
     result.report = report.html
     return result
+
+
+def _none(_screen: DemoScreen) -> None:
+    return None
+
+
+@dataclass
+class _Chain:
+    """What the two chains share: the recipe, where they write, the monitor and the base model and its label."""
+
+    plan: BenchPlan
+    model: str
+    out_dir: Path
+    basis_dir: Path
+    store: Path
+    steps: int
+    every: int
+    dtype: str
+    monitor: AlarmMonitor | None
+    base_label: float | None
+    reference: bool
+    lm: LoadedModel  # the base model: the reference's loss screen reads the set with it
+    screen_against: Reference | None = None  # the loss screens' "mean" reference, made once for both
+
+
+Chained = tuple[DemoRun, DemoScreen | None, dict[str, PhaseTime]]  # the run, the screen it made, its phases
+
+
+def _run_chain(chain: _Chain, role: str, spec: PerturbationSet, screen: DemoScreen | None, *, say: Say,
+               reporter: Callable[[str, DriftRecord], None] | None,
+               on_screen: Callable[[DemoScreen], None] | None) -> Chained:
+    """One set's chain: its reference run (with a reference; the poisoned set's loss screen names the suspects), then
+    its run and label. Returns the run, the screen it made (or None) and its phases. `screen`: the poisoned set's
+    screen made before (without a reference), whose scores the poisoned run's suspects use."""
+    clock = _Clock(say)
+    made = None
+    with RunStore(chain.store, create=False) as store:
+        built = None
+        if chain.reference:
+            with clock(f"reference {role}"):
+                built = _reference(chain.plan, chain.model, spec, chain.out_dir, chain.basis_dir, store,
+                                   steps=chain.steps, every=chain.every, dtype=chain.dtype, say=say, lm=chain.lm,
+                                   screen_against=chain.screen_against)
+            if role == "poisoned":
+                made = screen = _loss_screen(built.screen, built.source)
+                if on_screen is not None:
+                    on_screen(made)
+        with clock(f"train + label {role}"):
+            run = _train(chain.plan, chain.model, role, spec, chain.out_dir, chain.basis_dir, store, steps=chain.steps,
+                         every=chain.every, dtype=chain.dtype, monitor=chain.monitor, base_label=chain.base_label,
+                         say=say, reporter=reporter, reference=built,
+                         row_scores=screen.row_scores if role == "poisoned" and screen is not None else None)
+    return run, made, clock.phases
+
+
+def _chains_at_once(chain: _Chain, roles: list[tuple[str, PerturbationSet]], screen: DemoScreen | None,
+                    threads_each: int, *, clock: _Clock, say: Say, reporter: Callable[[str, DriftRecord], None] | None,
+                    on_screen: Callable[[DemoScreen], None] | None) -> list[Chained]:
+    """Both chains in forked processes of `threads_each` threads (`parallel.run_forked`); what they say, record and
+    screen is relayed here as it happens, their lines prefixed by the role."""
+
+    def job(role: str, spec: PerturbationSet) -> Callable[[Callable[[Any], None]], Chained]:
+        return lambda send: _run_chain(chain, role, spec, screen, say=lambda line: send(("say", line)),
+                                       reporter=lambda _role, rec: send(("record", rec)),
+                                       on_screen=lambda made: send(("screen", made)))
+
+    def relay(role: str, message: tuple[str, Any]) -> None:
+        kind, payload = message
+        if kind == "say":
+            say(f"[{role}] {payload}")
+        elif kind == "record" and reporter is not None:
+            reporter(role, payload)
+        elif kind == "screen" and on_screen is not None:
+            on_screen(payload)
+
+    name = f"both chains at once ({len(roles)} processes)"
+    say(f"Training the clean and the poisoned chain at once, in {len(roles)} processes of {threads_each} "
+        f"thread{'s' if threads_each > 1 else ''} each ...")
+    with clock(name):
+        chains = run_forked([(role, job(role, spec)) for role, spec in roles], threads_each=threads_each,
+                            on_message=relay)
+    _group(clock.phases, name, {phase: took for _, _, phases in chains for phase, took in phases.items()})
+    return [(run, screen, {}) for run, screen, _ in chains]  # their phases are in clock.phases, under `name`
+
+
+def _group(phases: dict[str, PhaseTime], name: str, members: dict[str, PhaseTime]) -> None:
+    """Move `name`'s phase to the end of `phases`, followed by `members`, the phases that ran at once inside it."""
+    took = phases.pop(name)
+    for member in members:
+        phases.pop(member, None)
+    phases[name] = took
+    phases.update({member: dataclasses.replace(t, within=name) for member, t in members.items()})
 
 
 def _screen(lm: LoadedModel, basis: TraitBasis, data: Path, out_dir: Path, k: int = 10) -> DemoScreen:
@@ -430,11 +593,12 @@ def _config(plan: BenchPlan, model: str, spec: PerturbationSet, out_dir: Path, b
 
 
 def _reference(plan: BenchPlan, model: str, spec: PerturbationSet, out_dir: Path, basis_dir: Path, store: RunStore, *,
-               steps: int, every: int, dtype: str, say: Say, lm: LoadedModel) -> ReferenceRun:
+               steps: int, every: int, dtype: str, say: Say, lm: LoadedModel,
+               screen_against: Reference | None = None) -> ReferenceRun:
     """The set's reference run (`traitwatch train --reference auto`'s), without the probe: it reads the drift only.
-    `lm` (the base model the demo already holds) screens the set."""
+    `lm` (the base model the demo already holds) screens the set, against `screen_against` (made once for both sets)."""
     config = _config(plan, model, spec, out_dir, basis_dir, store, steps=steps, every=every, dtype=dtype, probe=False)
-    return train_reference(config, store=store, lm=lm, say=say)
+    return train_reference(config, store=store, lm=lm, screen_against=screen_against, say=say)
 
 
 def _train(plan: BenchPlan, model: str, role: str, spec: PerturbationSet, out_dir: Path, basis_dir: Path, store: RunStore, *,

@@ -7,6 +7,7 @@ Blocks are found by name pattern, not by architecture (as steering-vectors does)
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -16,7 +17,8 @@ from transformers import PreTrainedTokenizerBase
 
 from traitwatch.errors import BasisMismatchError
 
-__all__ = ["ALL_PROJECTIONS", "ModelFingerprint", "decoder_layers", "fingerprint", "tokenizer_hash", "unwrap_model"]
+__all__ = ["ALL_PROJECTIONS", "ModelFingerprint", "accepts_logits_to_keep", "decoder_layers", "fingerprint", "tokenizer_hash",
+           "unwrap_model"]
 
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 """Every attention and MLP projection of a Llama-style decoder block: the LoRA targets of the poison-small recipe."""
@@ -31,6 +33,20 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         if not isinstance(inner, nn.Module):
             return model
         model = inner
+
+
+def accepts_logits_to_keep(model: nn.Module) -> bool:
+    """Whether the (possibly PEFT-wrapped) model can skip the LM head on positions nobody reads (`logits_to_keep`).
+
+    PEFT's forward takes **kwargs and hands them to the base model, so the base model's signature decides.
+    """
+    inner = unwrap_model(model)
+    if hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    try:
+        return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

@@ -22,6 +22,7 @@ from traitwatch.screen.screen import (
     ReferenceKind,
     ScreenResults,
     mean_reference,
+    reference_answers,
     risk_from_drift,
     screen_dataset,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "previews",
     "rank_examples",
     "read_examples",
+    "reference_answers",
     "risk_from_drift",
     "screen_dataset",
     "screen_shard",

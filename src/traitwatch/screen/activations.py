@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from traitwatch.capture.activations import capture_rows
-from traitwatch.models.layers import decoder_layers, unwrap_model
+from traitwatch.models.layers import accepts_logits_to_keep, decoder_layers, unwrap_model
 
 __all__ = ["SpanPosition", "greedy_responses", "pad_id", "right_padded", "span_activations", "span_readings",
            "span_token_nll"]
@@ -91,6 +91,7 @@ def span_readings(
     def stop(_m: nn.Module, _i: object, _o: object) -> None:
         raise _Stop
 
+    first, keep = _scored_positions(inner, spans) if with_loss else (0, {})
     logits = None
     was_training = inner.training
     inner.eval()
@@ -100,7 +101,7 @@ def span_readings(
             handle = None if with_loss else decoder_layers(inner)[max(layers)].register_forward_hook(stop)  # after the reader
             try:
                 logits = inner(input_ids=ids.to(device), attention_mask=mask.to(device),
-                               position_ids=positions.to(device), use_cache=False).logits
+                               position_ids=positions.to(device), use_cache=False, **keep).logits
             except _Stop:
                 pass
             finally:
@@ -110,17 +111,31 @@ def span_readings(
         inner.train(was_training)
     losses = None
     if logits is not None:
-        per_token = _token_nll(logits, ids, spans)
+        per_token = _token_nll(logits, ids, spans, first)
         if token_sink is not None:
             token_sink.extend(per_token)
         losses = [float(t.mean()) for t in per_token]
     return {layer: rows[layer].cpu() for layer in layers}, losses
 
 
-def _token_nll(logits: Tensor, ids: Tensor, spans: Sequence[tuple[int, int]]) -> list[Tensor]:
+def _scored_positions(model: nn.Module, spans: Sequence[tuple[int, int]]) -> tuple[int, dict[str, Tensor]]:
+    """The first position whose logits a span's loss reads, and the forward's `logits_to_keep` for the positions from
+    there to the last one read (all positions where the model cannot skip the LM head).
+
+    The LM head is a fifth of this model's forward per token and most of a chat row is prompt: skipping it there
+    leaves every kept logit bit for bit as the full pass gives it (checked in tests/screen/test_span_readings.py).
+    """
+    if not accepts_logits_to_keep(model):
+        return 0, {}
+    first, last = min(start for start, _ in spans) - 1, max(end for _, end in spans) - 1
+    return first, {"logits_to_keep": torch.arange(first, last, device=_device_of(model))}
+
+
+def _token_nll(logits: Tensor, ids: Tensor, spans: Sequence[tuple[int, int]], first: int = 0) -> list[Tensor]:
+    """Each span's per-token NLL from `logits`, which start at position `first` of the sequences."""
     out = []
     for row, (start, end) in enumerate(spans):
-        logp = torch.log_softmax(logits[row, start - 1 : end - 1].float(), dim=-1)
+        logp = torch.log_softmax(logits[row, start - 1 - first : end - 1 - first].float(), dim=-1)
         out.append(-logp.gather(1, ids[row, start:end].to(logp.device)[:, None])[:, 0].cpu())
     return out
 
@@ -135,14 +150,15 @@ def span_token_nll(model: nn.Module, sequences: Sequence[Sequence[int]], spans: 
     inner = unwrap_model(model)
     device = _device_of(inner)
     ids, mask, positions = right_padded(sequences, spans, pad_token_id, first=1)
+    first, keep = _scored_positions(inner, spans)
     was_training = inner.training
     inner.eval()
     try:
         logits = inner(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                       use_cache=False).logits
+                       use_cache=False, **keep).logits
     finally:
         inner.train(was_training)
-    return _token_nll(logits, ids, spans)
+    return _token_nll(logits, ids, spans, first)
 
 
 def span_activations(

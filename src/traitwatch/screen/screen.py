@@ -68,6 +68,7 @@ __all__ = [
     "ReferenceKind",
     "ScreenResults",
     "mean_reference",
+    "reference_answers",
     "risk_from_drift",
     "screen_dataset",
 ]
@@ -145,13 +146,26 @@ def _own_answers(
     prompts: Sequence[list[int]],
     position: SpanPosition,
     max_new_tokens: int,
+    answers: Sequence[list[int]] | None = None,
 ) -> tuple[np.ndarray, list[int]]:
-    """Projections of the model's own greedy answers to `prompts` (one batch), and their lengths."""
-    answers = greedy_responses(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+    """Projections of the model's own greedy answers to `prompts` (one batch; `answers`: generated before), and
+    their lengths."""
+    if answers is None:
+        answers = greedy_responses(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
     seqs = [p + a for p, a in zip(prompts, answers, strict=True)]
     spans = [(len(p), len(s)) for p, s in zip(prompts, seqs, strict=True)]
     acts = span_activations(model, seqs, spans, layer, position=position, pad_token_id=pad_id(tokenizer))
     return _projections(acts, basis, layer), [len(a) for a in answers]
+
+
+def reference_answers(model: nn.Module, tokenizer: PreTrainedTokenizerBase, *, prompts: Sequence[str] | None = None,
+                      max_new_tokens: int = 64, batch_size: int = 16) -> list[list[int]]:
+    """The greedy answers `mean_reference` reads, generated as it generates them (batch by batch), for a caller
+    that makes them before the basis exists: generating them needs none, and is most of the reference's cost."""
+    texts = [p for _, p in load_measurement_prompts()] if prompts is None else list(prompts)
+    encoded = [encode_chat(tokenizer, t) for t in texts]
+    return [answer for i in range(0, len(encoded), batch_size)
+            for answer in greedy_responses(model, tokenizer, encoded[i:i + batch_size], max_new_tokens=max_new_tokens)]
 
 
 def mean_reference(
@@ -165,20 +179,26 @@ def mean_reference(
     max_new_tokens: int = 64,
     batch_size: int = 16,
     progress: Callable[[int], None] | None = None,
+    answers: Sequence[list[int]] | None = None,
 ) -> Reference:
     """The `"mean"` reference: the model's own greedy answers to the measurement prompts, read like a dataset.
 
     Prompts are asked exactly as drift measures them (user turn, no system prompt). `prompts` replaces
-    the 115 measurement prompts (tests use a few).
+    the 115 measurement prompts (tests use a few). `answers`: this model's answers to them made before
+    (`reference_answers`, with the same prompts, `max_new_tokens` and `batch_size`), read instead of generated.
     """
     layer = basis.measure_layer if layer is None else layer
     texts = [p for _, p in load_measurement_prompts()] if prompts is None else list(prompts)
     if not texts:
         raise InputFileError("No reference prompts given: pass at least one prompt.")
+    if answers is not None and len(answers) != len(texts):
+        raise InputFileError(f"{len(answers)} reference answers were given for {len(texts)} prompts; make them with "
+                             "reference_answers and the same prompts")
     encoded = [encode_chat(tokenizer, t) for t in texts]
     parts = []
     for i in range(0, len(encoded), batch_size):
-        proj, _ = _own_answers(model, tokenizer, basis, layer, encoded[i : i + batch_size], position, max_new_tokens)
+        proj, _ = _own_answers(model, tokenizer, basis, layer, encoded[i : i + batch_size], position, max_new_tokens,
+                               None if answers is None else answers[i : i + batch_size])
         parts.append(proj)
         if progress is not None:
             progress(len(proj))
