@@ -304,9 +304,9 @@ def run_demo(
     the device is the plan's (cpu). `reference` (default: on when a reference calibration ships for `model` and
     no `monitor` is given) reads each run against its own reference run; otherwise `monitor` defaults to the
     one shipped for `model`. Either raises alarms only if its recorded leave-one-out AUROC passes the gate
-    (`gate_alarms`). `parallel` (default: where `parallel.fork_available` and torch has 2 threads or more) trains
-    the clean and the poisoned chain (reference, run, label) at once in two forked processes with half the threads
-    each; otherwise one after the other. `say` gets status lines, `progress`
+    (`gate_alarms`). `parallel` (default: where `parallel.fork_available` and torch has 2 threads or more) labels
+    the base model beside the basis, then trains the clean and the poisoned chain (reference, run, label) at once,
+    in two forked processes with half the threads each; otherwise all one after the other. `say` gets status lines, `progress`
     makes progress bars (`drift.anchoring.Progress`), `reporter` gets (role, record) at each measurement,
     `on_basis` the selected basis, `on_monitor` the monitor's description and `on_screen` the poisoned set's
     screen (before training), as soon as they exist.
