@@ -51,26 +51,29 @@ class ReferenceRun:
     fraction: float = 0.2  # the share of rows swapped out
 
 
+def _screen_prompts() -> list[str]:
+    """The prompts whose answers are the loss screen's "mean" reference: the first `SCREEN_PROMPTS` measurement ones."""
+    return [p for _, p in load_measurement_prompts()][:SCREEN_PROMPTS]
+
+
 def loss_screen(lm: LoadedModel, basis: TraitBasis, data: Path, out: Path, *,
                 reference: Reference | None = None) -> ScreenResults:
     """Every row read once by the base model, with its mean response loss (`Row.loss`), into `out`. `reference`: the
     screen's "mean" reference made before (`screen_reference`; several sets screened with one model share it)."""
-    prompts = [p for _, p in load_measurement_prompts()][:SCREEN_PROMPTS]
-    return screen_dataset(lm.model, lm.tokenizer, basis, data, out=out, reference_prompts=prompts, max_new_tokens=32,
-                          model_name=lm.name, with_loss=True, reference=reference or "mean")
+    return screen_dataset(lm.model, lm.tokenizer, basis, data, out=out, reference_prompts=_screen_prompts(),
+                          max_new_tokens=32, model_name=lm.name, with_loss=True, reference=reference or "mean")
 
 
 def screen_reference(lm: LoadedModel, basis: TraitBasis, *, answers: list[list[int]] | None = None) -> Reference:
     """The "mean" reference `loss_screen` reads its rows against (`SCREEN_PROMPTS` prompts, 32 new tokens): made once,
     it serves every set screened with this model. `answers`: `screen_answers(lm)`, made before the basis existed."""
-    prompts = [p for _, p in load_measurement_prompts()][:SCREEN_PROMPTS]
-    return mean_reference(lm.model, lm.tokenizer, basis, prompts=prompts, max_new_tokens=32, answers=answers)
+    return mean_reference(lm.model, lm.tokenizer, basis, prompts=_screen_prompts(), max_new_tokens=32,
+                          answers=answers)
 
 
 def screen_answers(lm: LoadedModel) -> list[list[int]]:
     """The base model's answers `screen_reference` reads; they need no basis (`screen.reference_answers`)."""
-    prompts = [p for _, p in load_measurement_prompts()][:SCREEN_PROMPTS]
-    return reference_answers(lm.model, lm.tokenizer, prompts=prompts, max_new_tokens=32)
+    return reference_answers(lm.model, lm.tokenizer, prompts=_screen_prompts(), max_new_tokens=32)
 
 
 def write_reference_set(lm: LoadedModel | None, basis: TraitBasis, data: str | Path, out_dir: str | Path, *,

@@ -6,7 +6,6 @@ this module parses the options and prints what it returns.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -14,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from traitwatch.demo import DEMO_PLAN, DemoResult, DemoRun, DemoScreen, run_demo
+from traitwatch.demo import DEMO_PLAN, DemoResult, DemoRun, DemoScreen, cpu_seconds, run_demo
 from traitwatch.cli.basis_cmd import print_basis_summary
 from traitwatch.cli.common import err, out, progress_bar, user_errors
 from traitwatch.cli.drift_cmd import measurement_table
@@ -44,11 +43,12 @@ def register(app: typer.Typer) -> None:
         dtype: Annotated[str | None, typer.Option(help=f"Model dtype (default: the {DEMO_PLAN} plan's, bfloat16).")] = None,
         parallel: Annotated[bool | None, typer.Option(
             "--parallel/--one-at-a-time",
-            help="Train the clean and the poisoned chain at once in two processes with half the threads each "
-                 "(default: on Linux with 2 threads or more), or one after the other.")] = None,
+            help="Label the base model beside the basis, then train the clean and the poisoned chain at once, in two "
+                 "processes with half the threads each (default: on Linux with 2 threads or more), or all one after "
+                 "the other.")] = None,
     ) -> None:
         """Train a clean set and its poisoned twin with the monitor attached; label both; write a report."""
-        t0, cpu0 = time.perf_counter(), _cpu_s()
+        t0, cpu0 = time.perf_counter(), cpu_seconds()
         result = run_demo(
             out_dir, model=model, method=method, select_every=select_every, max_new_tokens=max_new_tokens,
             steps=steps, every=every, monitor=monitor, reference=reference, dtype=dtype, parallel=parallel, say=_say,
@@ -64,18 +64,12 @@ def register(app: typer.Typer) -> None:
         if result.runs:
             _print_runs(result)
             _print_suspects(result)
-        _print_phases(result, time.perf_counter() - t0, _cpu_s() - cpu0)
+        _print_phases(result, time.perf_counter() - t0, cpu_seconds() - cpu0)
         out.print(f"Basis: {result.basis_dir}")
         if result.store is not None:
             out.print(f"Run store: {result.store}")
         if result.report is not None:
             out.print(f"Report: {result.report}")
-
-
-def _cpu_s() -> float:
-    """CPU seconds of this process and of the processes it waited for (the demo's chains, when run at once)."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
 
 
 def _say(line: str) -> None:

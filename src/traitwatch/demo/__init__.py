@@ -11,6 +11,7 @@ from traitwatch.demo.job import (
     DemoRun,
     DemoScreen,
     PhaseTime,
+    cpu_seconds,
     demo_plan,
     demo_sets,
     describe_monitor,
@@ -18,4 +19,4 @@ from traitwatch.demo.job import (
 )
 
 __all__ = ["DEMO_BASE", "DEMO_FRACTION", "DEMO_PLAN", "DEMO_POISON", "DEMO_SEED", "DemoResult", "DemoRun", "DemoScreen",
-           "PhaseTime", "demo_plan", "demo_sets", "describe_monitor", "run_demo"]
+           "PhaseTime", "cpu_seconds", "demo_plan", "demo_sets", "describe_monitor", "run_demo"]

@@ -75,7 +75,7 @@ from traitwatch.train import DriftRecord, SFTConfig, SFTResult, run_sft
 from traitwatch.train.suspects import RowScores
 
 __all__ = ["DEMO_BASE", "DEMO_FRACTION", "DEMO_PLAN", "DEMO_POISON", "DEMO_SEED", "DemoResult", "DemoRun", "DemoScreen",
-           "PhaseTime", "demo_plan", "demo_sets", "describe_monitor", "describe_reference", "run_demo"]
+           "PhaseTime", "cpu_seconds", "demo_plan", "demo_sets", "describe_monitor", "describe_reference", "run_demo"]
 
 DEMO_PLAN = "poison-small"
 """The benchmark plan whose recipe and numerics the demo trains in."""
@@ -97,8 +97,8 @@ class PhaseTime:
     within: str | None = None
 
 
-def _cpu_s() -> float:
-    """CPU seconds of this process and of the child processes it has waited for."""
+def cpu_seconds() -> float:
+    """CPU seconds of this process and of the child processes it has waited for (the parts run at once)."""
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
 
@@ -112,9 +112,9 @@ class _Clock:
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
-        wall, cpu = time.perf_counter(), _cpu_s()
+        wall, cpu = time.perf_counter(), cpu_seconds()
         yield
-        took = PhaseTime(time.perf_counter() - wall, _cpu_s() - cpu)
+        took = PhaseTime(time.perf_counter() - wall, cpu_seconds() - cpu)
         self.phases[name] = took
         self.say(f"({name}: {took.wall_s:.0f} s wall, {took.cpu_s:.0f} s CPU)")
 

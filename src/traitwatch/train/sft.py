@@ -104,7 +104,7 @@ class SFTConfig:
     resume: bool = True
     tags: dict[str, Any] = field(default_factory=dict)  # stored with the run's hyperparameters (e.g. perturbation)
     guard: str | None = None  # "ablate", "steer", "penalty" or "l2" (`traitwatch.guard`); None: unguarded
-    guard_strength: float | None = None  # default: `guard.DEFAULT_STRENGTH[guard]`
+    guard_strength: float | None = None  # default: `guard.default_strength(guard, blocks)`
     guard_subspace: str = "probe"  # what ablation, steering and the penalty act on (`guard.fit_subspace`)
     guard_blocks: int | None = None  # blocks guarded from the basis layer to the last (`guard.layers_above`);
     # default `guard.DEFAULT_BLOCKS[guard]` (the penalty: 4)
