@@ -55,11 +55,14 @@ def tiny_trainer(
     wrap: Callable[[nn.Module], nn.Module] | None = None,
     training_args: Mapping[str, object] | None = None,
     rows: TrainedRows | None = None,
+    response_only: bool = False,
+    skip_unscored_logits: bool = False,
 ) -> Trainer:
     """A LoRA (or full) Trainer on a fresh tiny-random (the session `tiny` model is never trained).
 
     `wrap` gets the (PEFT) model before the Trainer does (e.g. `torch.compile`); `training_args` adds to the
-    TrainingArguments (e.g. `gradient_checkpointing=True`); `rows` is handed to the collator (which rows trained).
+    TrainingArguments (e.g. `gradient_checkpointing=True`); `rows` and `skip_unscored_logits` are handed to the
+    collator (which rows trained; the LM head only where a label follows); `response_only` to the tokeniser.
     """
     model, tok = build_tiny_random()
     if lora:
@@ -69,13 +72,14 @@ def tiny_trainer(
                                                      lora_dropout=0.0, task_type="CAUSAL_LM"))
     if wrap is not None:
         model = wrap(model)
-    data, _ = tokenize_chats(tok, conversations(), max_length=64)
+    data, _ = tokenize_chats(tok, conversations(), max_length=64, response_only=response_only)
     args = TrainingArguments(**{
         "output_dir": str(out), "per_device_train_batch_size": 2, "max_steps": max_steps, "learning_rate": lr,
         "save_strategy": "steps", "save_steps": save_steps, "logging_steps": 1, "report_to": "none", "use_cpu": True,
         "disable_tqdm": True, "remove_unused_columns": False, "seed": seed, **dict(training_args or {}),
     })
-    return Trainer(model=model, args=args, train_dataset=data, data_collator=PaddingCollator(tok.pad_token_id, rows=rows),
+    return Trainer(model=model, args=args, train_dataset=data, data_collator=PaddingCollator(tok.pad_token_id, rows=rows,
+                                                                                  skip_unscored_logits=skip_unscored_logits),
                    processing_class=tok, callbacks=list(callbacks))
 
 

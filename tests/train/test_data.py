@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from _train_helpers import conversations, write_jsonl
+import torch
+from _train_helpers import conversations, tiny_trainer, write_jsonl
 
 from traitwatch.errors import InputFileError, TraitwatchError
 from traitwatch.train import PaddingCollator, encode_conversation, load_chat_jsonl, tokenize_chats
@@ -92,6 +93,47 @@ def test_collator_pads_without_loss_or_attention():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_collator_skips_the_logits_no_label_reads_and_keeps_the_labels_in_step():
+    rows = [{"input_ids": [1, 2, 3, 4, 5], "labels": [-100, -100, -100, 4, 5]},
+            {"input_ids": [1, 2, 3, 4], "labels": [-100, -100, 3, 4]}]
+    whole = PaddingCollator(0)(rows)
+    cut = PaddingCollator(0, skip_unscored_logits=True)(rows)
+    assert cut["input_ids"].tolist() == whole["input_ids"].tolist()  # the model still reads every token
+    # position 1 predicts the batch's first label (row 2's token 3 at position 2): logits from there on
+    assert cut["logits_to_keep"].tolist() == [1, 2, 3, 4]
+    assert cut["labels"].tolist() == whole["labels"][:, 1:].tolist()
+    # every label the loss reads (after its shift by one) is still there, and none more
+    assert (cut["labels"][:, 1:] != IGNORE_INDEX).sum() == (whole["labels"][:, 1:] != IGNORE_INDEX).sum()
+
+
+def test_collator_cuts_nothing_when_the_first_prediction_is_trained():
+    rows = [{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8, 9], "labels": [-100, -100]}]
+    batch = PaddingCollator(0, skip_unscored_logits=True)(rows)
+    assert "logits_to_keep" not in batch and batch["labels"].shape == batch["input_ids"].shape
+    nothing = PaddingCollator(0, skip_unscored_logits=True)([{"input_ids": [8, 9], "labels": [-100, -100]}])
+    assert "logits_to_keep" not in nothing
+
+
+def test_training_without_the_unscored_logits_moves_the_weights_as_training_with_them(tmp_path):
+    """Response-only LoRA training with the cut batches ends where the whole batches do, and the LM head saw fewer
+    positions (the cut happened)."""
+    ends, head_widths = [], {}
+    for skip in (False, True):
+        trainer = tiny_trainer(tmp_path / str(skip), [], max_steps=4, response_only=True, skip_unscored_logits=skip)
+        widths = head_widths.setdefault(skip, [])
+        head = trainer.model.get_output_embeddings()
+        handle = head.register_forward_pre_hook(lambda _m, args, widths=widths: widths.append(args[0].shape[1]))
+        trainer.train()
+        handle.remove()
+        ends.append({n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad})
+        assert len(widths) == 4
+    assert sum(head_widths[True]) < sum(head_widths[False])
+    assert ends[0].keys() == ends[1].keys()
+    for name in ends[0]:
+        torch.testing.assert_close(ends[1][name], ends[0][name], msg=name)
+    assert any(not torch.equal(p, torch.zeros_like(p)) for n, p in ends[0].items() if "lora_B" in n)  # it trained
 
 
 class _MergingTokenizer:

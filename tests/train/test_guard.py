@@ -23,7 +23,7 @@ from traitwatch.guard import (
 from traitwatch.models import build_tiny_random
 from traitwatch.models.layers import decoder_layers
 from traitwatch.store import RunStore
-from traitwatch.train import TraitWatchCallback
+from traitwatch.train import PaddingCollator, TraitWatchCallback
 
 from _train_helpers import LAYER, tiny_trainer
 
@@ -142,6 +142,43 @@ def test_the_penalty_adds_the_gradient_of_its_one_sided_loss(subspace):
              if p.requires_grad and p.grad is not None]
     assert any(moved)  # the penalty changed the gradient
     assert guard.summary()["rows_penalised"] == 2 and guard.summary()["rows_read"] == 4
+
+
+def test_the_penalty_reads_the_trained_tokens_of_batches_cut_before_their_first_label(subspace):
+    """A batch whose leading positions no label follows is cut (`skip_unscored_logits`: its labels are those of the
+    last positions): the penalty still reads the trained tokens only, and adds the whole batch's gradient."""
+    ids = torch.randint(5, 100, (3, 9), generator=torch.Generator().manual_seed(2))
+    rows = [{"input_ids": r.tolist(), "labels": [-100] * (3 + i) + r.tolist()[3 + i:]} for i, r in enumerate(ids)]
+    whole, cut = PaddingCollator(0)(rows), PaddingCollator(0, skip_unscored_logits=True)(rows)
+    assert cut["labels"].shape[1] < cut["input_ids"].shape[1]
+    first = PenaltyGuard(subspace, weight=3.0)
+    model = _lora_model()
+    first.attach(model)
+    model.train()
+    model(**whole)  # the first step's pass: the rows' levels, no penalty yet
+    base = min(first._first[0]) - 1.0  # every row above it: the penalty acts on all of them
+    grads, levels = [], []
+    for batch in (whole, cut):
+        model = _lora_model()
+        guard = PenaltyGuard(subspace, weight=3.0).attach(model)
+        guard._first = [[base]]
+        guard.step_end()
+        model.train()
+        model(**batch).loss.backward()
+        assert guard.summary()["rows_penalised"] == 3
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+        levels.append(guard.penalty_sum_)
+    assert levels[0] == pytest.approx(levels[1], rel=1e-5)
+    for g, h in zip(*grads, strict=True):
+        torch.testing.assert_close(h, g)
+    # every token trained (the mask a cut batch would fall back to were its labels misread): another penalty
+    model = _lora_model()
+    guard = PenaltyGuard(subspace, weight=3.0).attach(model)
+    guard._first = [[base]]
+    guard.step_end()
+    model.train()
+    model(input_ids=whole["input_ids"], attention_mask=whole["attention_mask"], labels=whole["input_ids"]).loss.backward()
+    assert guard.penalty_sum_ != pytest.approx(levels[0], rel=1e-3)
 
 
 def test_the_penalty_is_off_until_the_base_level_is_known_and_below_it(subspace):

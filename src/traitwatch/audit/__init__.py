@@ -2,9 +2,11 @@
 monitored training run is read against (`reference_run.py`)."""
 
 from traitwatch.audit.reference_run import (
+    SCREEN_PROMPTS,
     ReferenceRun,
     loss_screen,
     screen_answers,
+    screen_prompts,
     screen_reference,
     train_reference,
     write_reference_set,
@@ -12,6 +14,7 @@ from traitwatch.audit.reference_run import (
 from traitwatch.audit.run import AuditResult, AuditSettings, audit_dataset, pilot_config, pilot_projections, train_pilot
 
 __all__ = [
+    "SCREEN_PROMPTS",
     "AuditResult",
     "AuditSettings",
     "ReferenceRun",
@@ -20,6 +23,7 @@ __all__ = [
     "pilot_config",
     "pilot_projections",
     "screen_answers",
+    "screen_prompts",
     "screen_reference",
     "train_pilot",
     "train_reference",

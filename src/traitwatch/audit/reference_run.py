@@ -31,10 +31,13 @@ from traitwatch.screen.results import read_results_file
 from traitwatch.store import DEFAULT_STORE_NAME, RunStore
 from traitwatch.train import SFTConfig, run_sft
 
-__all__ = ["ReferenceRun", "loss_screen", "screen_answers", "screen_reference", "train_reference",
-           "write_reference_set"]
+__all__ = ["SCREEN_PROMPTS", "ReferenceRun", "loss_screen", "screen_answers", "screen_prompts", "screen_reference",
+           "train_reference", "write_reference_set"]
 
-SCREEN_PROMPTS = 16  # the screen's "mean" reference only shifts every row's drift alike; the loss ranks the rows
+SCREEN_PROMPTS = 16
+"""The screens made here (and the demo's) read their "mean" reference from the model's own answers to the first 16
+measurement prompts (32 new tokens) instead of all 115 (64 tokens, `traitwatch screen`'s default): a reference shifts
+every row's drift alike, so a ranking is the same; only the drift's units differ. The loss ranks without it."""
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,8 @@ class ReferenceRun:
     fraction: float = 0.2  # the share of rows swapped out
 
 
-def _screen_prompts() -> list[str]:
-    """The prompts whose answers are the loss screen's "mean" reference: the first `SCREEN_PROMPTS` measurement ones."""
+def screen_prompts() -> list[str]:
+    """The prompts whose answers are the screens' "mean" reference here: the first `SCREEN_PROMPTS` measurement ones."""
     return [p for _, p in load_measurement_prompts()][:SCREEN_PROMPTS]
 
 
@@ -60,20 +63,20 @@ def loss_screen(lm: LoadedModel, basis: TraitBasis, data: Path, out: Path, *,
                 reference: Reference | None = None) -> ScreenResults:
     """Every row read once by the base model, with its mean response loss (`Row.loss`), into `out`. `reference`: the
     screen's "mean" reference made before (`screen_reference`; several sets screened with one model share it)."""
-    return screen_dataset(lm.model, lm.tokenizer, basis, data, out=out, reference_prompts=_screen_prompts(),
+    return screen_dataset(lm.model, lm.tokenizer, basis, data, out=out, reference_prompts=screen_prompts(),
                           max_new_tokens=32, model_name=lm.name, with_loss=True, reference=reference or "mean")
 
 
 def screen_reference(lm: LoadedModel, basis: TraitBasis, *, answers: list[list[int]] | None = None) -> Reference:
     """The "mean" reference `loss_screen` reads its rows against (`SCREEN_PROMPTS` prompts, 32 new tokens): made once,
     it serves every set screened with this model. `answers`: `screen_answers(lm)`, made before the basis existed."""
-    return mean_reference(lm.model, lm.tokenizer, basis, prompts=_screen_prompts(), max_new_tokens=32,
+    return mean_reference(lm.model, lm.tokenizer, basis, prompts=screen_prompts(), max_new_tokens=32,
                           answers=answers)
 
 
 def screen_answers(lm: LoadedModel) -> list[list[int]]:
     """The base model's answers `screen_reference` reads; they need no basis (`screen.reference_answers`)."""
-    return reference_answers(lm.model, lm.tokenizer, prompts=_screen_prompts(), max_new_tokens=32)
+    return reference_answers(lm.model, lm.tokenizer, prompts=screen_prompts(), max_new_tokens=32)
 
 
 def write_reference_set(lm: LoadedModel | None, basis: TraitBasis, data: str | Path, out_dir: str | Path, *,

@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from traitwatch.audit import ReferenceRun, screen_answers, screen_reference, train_reference
+from traitwatch.audit import ReferenceRun, screen_answers, screen_prompts, screen_reference, train_reference
 from traitwatch.basis import TraitBasis, extract_basis, load_traits
 from traitwatch.basis.extraction import build_contrast_set, default_candidate_layers
 from traitwatch.behavior.proxy import proxy_score
@@ -145,12 +145,6 @@ class DemoRun:
     def measure_s(self) -> float:
         """The callback's measurements: drift, behavioural probe and prediction, all checkpoints."""
         return sum(r.wall_time_s for r in self.result.history)
-
-
-SCREEN_PROMPTS = 16
-"""The demo's screen reads its "mean" reference from the model's own answers to the first 16 measurement prompts
-(32 new tokens) instead of all 115 (64), to fit its budget: a reference shifts every row's score alike, so the
-ranking is the same; only the printed drift units differ from a default `traitwatch screen`."""
 
 
 @dataclass
@@ -541,14 +535,12 @@ def _group(phases: dict[str, PhaseTime], name: str, members: dict[str, PhaseTime
 
 
 def _screen(lm: LoadedModel, basis: TraitBasis, data: Path, out_dir: Path, k: int = 10) -> DemoScreen:
-    """`traitwatch screen` on the poisoned set (reference: `SCREEN_PROMPTS` prompts), scored against its indices."""
-    from traitwatch.basis.traits import load_measurement_prompts
-
+    """`traitwatch screen` on the poisoned set (the reference of the audit's screens: `audit.SCREEN_PROMPTS`
+    prompts, 32 new tokens), scored against its indices."""
     out_dir.mkdir(parents=True, exist_ok=True)
     results = out_dir / f"{data.stem}.screen.jsonl"
-    prompts = [p for _, p in load_measurement_prompts()][:SCREEN_PROMPTS]
-    screen_dataset(lm.model, lm.tokenizer, basis, data, out=results, reference_prompts=prompts, max_new_tokens=32,
-                   model_name=lm.name)
+    screen_dataset(lm.model, lm.tokenizer, basis, data, out=results, reference_prompts=screen_prompts(),
+                   max_new_tokens=32, model_name=lm.name)
     return _scored(load_row_scores(results, data), data, results, "risk", k)
 
 

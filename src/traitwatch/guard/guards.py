@@ -220,9 +220,19 @@ class AblationGuard(Guard):
 
 
 def _trained_tokens(kwargs: dict[str, Any]) -> Tensor | None:
-    """The tokens a batch trains (labels != -100), else its attention mask, from the model's forward kwargs."""
-    labels, attention = kwargs.get("labels"), kwargs.get("attention_mask")
-    return (labels != -100) if isinstance(labels, Tensor) else attention if isinstance(attention, Tensor) else None
+    """The tokens a batch trains (labels != -100), else its attention mask, from the model's forward kwargs.
+
+    Labels narrower than the input are those of its last positions (`PaddingCollator(skip_unscored_logits=True)`
+    cuts the leading positions no label follows, with `logits_to_keep`): the cut positions train nothing.
+    """
+    labels, attention, ids = kwargs.get("labels"), kwargs.get("attention_mask"), kwargs.get("input_ids")
+    if not isinstance(labels, Tensor):
+        return attention if isinstance(attention, Tensor) else None
+    trained = labels != -100
+    width = ids.shape[-1] if isinstance(ids, Tensor) else trained.shape[-1]
+    if trained.shape[-1] < width:
+        trained = torch.nn.functional.pad(trained, (width - trained.shape[-1], 0), value=False)
+    return trained
 
 
 def _mask_for(mask: Tensor | None, hidden: Tensor) -> Tensor:

@@ -191,10 +191,21 @@ class PaddingCollator:
     Rows dropped after an alarm (`TrainedRows.drop`, the "rewind" action) are replaced in the batch by a copy of
     a kept row of the same batch, else of the last kept row collated, so the batch keeps its size and its loss
     is never an average over nothing; only when no kept row was ever seen does a dropped row pass.
+
+    `skip_unscored_logits` (for a causal LM whose forward takes `logits_to_keep`: `models.layers.
+    accepts_logits_to_keep`) spares the LM head and the loss's fp32 log-softmax the leading positions that no row
+    of the batch has a label after, i.e. the prompts of response-only training: the batch gets `logits_to_keep`,
+    the positions from the one before the first label on, and `labels` from that position on (the loss shifts
+    labels by one, so position p's logits are read against label p + 1). The loss and its gradients are the
+    whole batch's: the cut positions had no label. On the bundled model in the poison-small recipe (bf16, CPU)
+    the gradients and the trained adapter are bit for bit the same, the loss within 1e-7 (its sum runs over fewer
+    ignored positions), and a step takes 0.87-0.92 of the time (`benchmarks/train_step.py`); elsewhere the matmuls of
+    fewer rows may round differently.
     """
 
     pad_token_id: int
     rows: TrainedRows | None = None
+    skip_unscored_logits: bool = False
     _spare: Mapping[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def _without_dropped(self, features: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -226,4 +237,22 @@ class PaddingCollator:
             ids[row, :n] = torch.tensor(list(f["input_ids"]), dtype=torch.long)
             labels[row, :n] = torch.tensor(list(f["labels"]), dtype=torch.long)
             mask[row, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        if self.skip_unscored_logits:
+            batch.update(_scored_logits(labels))
+        return batch
+
+
+def _scored_logits(labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`logits_to_keep` and the labels it reads, from the position before the batch's first label on.
+
+    An index tensor, not a count: a count makes the model slice its hidden states into a strided view, on which
+    the LM head's matmul broadcasts its weight to every row of the batch (a copy of the whole embedding matrix per
+    row, slower than the positions it spares); indexing copies the kept positions into a contiguous tensor.
+    Nothing is returned when the labels start at the first prediction (every token trained) or there are none.
+    """
+    scored = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero()
+    if len(scored) == 0 or int(scored[0]) == 0:
+        return {}
+    first = int(scored[0])  # position `first` predicts label `first + 1`, the batch's first
+    return {"labels": labels[:, first:], "logits_to_keep": torch.arange(first, labels.shape[1])}

@@ -41,7 +41,7 @@ from traitwatch.drift.probe import DriftProbe
 from traitwatch.errors import InputFileError, TraitwatchError
 from traitwatch.guard import DEFAULT_BLOCKS, GUARD_KINDS, Guard, fit_subspaces, layers_above, make_guard
 from traitwatch.models.environment import describe_environment
-from traitwatch.models.layers import decoder_layers
+from traitwatch.models.layers import accepts_logits_to_keep, decoder_layers
 from traitwatch.models.loading import load_model
 from traitwatch.monitor.watch import AlarmMonitor, gate_alarms, load_watch_monitor
 from traitwatch.reference import ReferenceMonitor, ReferenceTrajectory
@@ -447,7 +447,9 @@ def run_sft(
             model=model,
             args=args,
             train_dataset=dataset,
-            data_collator=PaddingCollator(int(pad if pad is not None else 0), rows=trained_rows),
+            # the LM head and the loss only on positions a label follows: the same gradients, 0.8-0.9 of a step
+            data_collator=PaddingCollator(int(pad if pad is not None else 0), rows=trained_rows,
+                                          skip_unscored_logits=accepts_logits_to_keep(model)),
             processing_class=lm.tokenizer,
             callbacks=[watch, *callbacks],
         )
