@@ -367,27 +367,40 @@ def _mean_ci(values: list[float]) -> tuple[float, float, float]:
     return m, m - half, m + half
 
 
-def twin_reads(store_path: Path, rows: list[dict[str, Any]]) -> dict[str, float]:
+def twin_reads(store_path: Path, rows: list[dict[str, Any]],
+               recorded: dict[tuple[Any, ...], float | None] | None = None) -> tuple[dict[str, float], int]:
     """Each run's distance from the clean run of its base, seed and guard, as the shipped smollm2-135m reference
     calibration reads it (PCA-7 of the mean residual row at the last step): what the monitor would see of what a
-    guard leaves, against the ideal reference (the clean twin, trained with the same guard)."""
+    guard leaves, against the ideal reference (the clean twin, trained with the same guard).
+
+    A run whose pair is not in the store (a work folder rebuilt from a committed `results.json`, whose run store
+    stayed on another machine) keeps the read `recorded` there, keyed (base, seed, poison, guard). Returns the reads
+    (and "threshold") and how many were taken from `recorded`."""
     import numpy as np
 
     from traitwatch.reference import load_reference_calibration
 
     cal = load_reference_calibration(MODEL)
     assert cal is not None
-    with RunStore(store_path, create=False) as store:
-        last = {r["key"]: np.asarray((store.measurements(r["key"], per_prompt=False)[-1].extra or {})["mean_activation"])
-                for r in rows}
+    last = {}
+    if store_path.is_file():
+        with RunStore(store_path, create=False) as store:
+            stored = {run.run_id for run in store.runs()}
+            last = {r["key"]: np.asarray((store.measurements(r["key"], per_prompt=False)[-1].extra or {})["mean_activation"])
+                    for r in rows if r["key"] in stored}
     by = {(r["base"], r["seed"], r["poison"], r["guard"]): r["key"] for r in rows}
-    reads = {}
+    reads, kept = {}, 0
     for (base, seed, poison, guard), key in by.items():
         twin = by.get((base, seed, None, guard))
-        if twin is not None and poison is not None:
+        if twin is None or poison is None:
+            continue
+        if key in last and twin in last:
             reads[key] = cal.value(cal.features(None, last[key] - last[twin]), cal.component_names)
+        elif recorded is not None and recorded.get((base, seed, poison, guard)) is not None:
+            reads[key] = float(recorded[base, seed, poison, guard])  # type: ignore[arg-type]
+            kept += 1
     reads["threshold"] = float(cal.threshold)
-    return reads
+    return reads, kept
 
 
 def analyze(results_path: Path, out: Path) -> None:
@@ -399,7 +412,10 @@ def analyze(results_path: Path, out: Path) -> None:
         base_task = {k.split(":", 1)[1]: r for k, r in extra.items() if k.startswith("base-model:")}
         rows = [{**r, "task_loss": extra[r["key"]]["task_loss"], "task_accuracy": extra[r["key"]]["task_accuracy"],
                  "held_out": extra[r["key"]]["held_out"]} if r["key"] in extra else r for r in rows]
-    reads = twin_reads(results_path.parent / "runs.db", rows)
+    before = out / "results.json"  # the reads of runs whose store is not here: as the last analysis recorded them
+    recorded = ({(c["base"], c["seed"], c["poison"], c["guard"]): c["twin_read"]
+                 for c in json.loads(before.read_text())["cells"]} if before.is_file() else None)
+    reads, kept = twin_reads(results_path.parent / "runs.db", rows, recorded)
     by = {(r["base"], r["seed"], r["poison"], r["guard"]): r for r in rows}
     out.mkdir(parents=True, exist_ok=True)
     cells: list[dict[str, Any]] = []
@@ -445,7 +461,7 @@ def analyze(results_path: Path, out: Path) -> None:
                                                   "base_model_task": base_task, "runs": rows,
                                                   "monitor_threshold": reads["threshold"]}, indent=1))
     (out / "RESULTS.md").write_text(render(cells, summary, breakdown, rows, reads["threshold"], timing, hooks,
-                                           base_task, in_folds))
+                                           base_task, in_folds, kept))
     print((out / "RESULTS.md").read_text())
 
 
@@ -529,7 +545,7 @@ _SUMMARY_HEAD = ("| {what} | poisoned runs | label rise prevented, pooled | mean
 
 def render(cells: list[dict[str, Any]], summary: dict[str, Any], breakdown: dict[str, Any], rows: list[dict[str, Any]],
            threshold: float, timing: dict[str, Any] | None, hooks: dict[str, Any] | None,
-           base_task: dict[str, Any], in_folds: dict[str, Any]) -> str:
+           base_task: dict[str, Any], in_folds: dict[str, Any], kept_reads: int = 0) -> str:
     env = rows[0]
     lines = [
         "# Guards on the poison grid (issue 27)",
@@ -547,7 +563,9 @@ def render(cells: list[dict[str, Any]], summary: dict[str, Any], breakdown: dict
         "runs); the mean of the runs' own shares is given beside it. Task: change in held-out clean loss against the unguarded run of the same set (lower is better). "
         f"Seen: poisoned runs whose distance from the clean run of the same guard, read as the shipped reference "
         f"calibration reads it (PCA-7 of the mean residual row, threshold {threshold:.2f}), is above the threshold: "
-        "whether the monitor would still see what the guard leaves, against the ideal reference (the clean twin). "
+        "whether the monitor would still see what the guard leaves, against the ideal reference (the clean twin)"
+        + (f"; {kept_reads} of these reads are those the previous `results.json` recorded, the runs' store having "
+           "stayed on the machine that made them. " if kept_reads else ". ") +
         "Intervals: mean +- 1.96 sd/sqrt(n) over cells (none below 3 cells). No guard saw any poison type: the "
         "subspaces come from the base model and the package's probe and trait data, the strengths were set before "
         "any run. The probe-direction guards (steer, penalty, and ablate whose subspace starts with it) were fitted "
