@@ -312,7 +312,8 @@ def hook_overhead(args: argparse.Namespace, work: Path, lm: Any, subspaces: dict
     settings = AuditSettings()
     rows, _ = tokenize_chats(lm.tokenizer, load_chat_jsonl(data)[:4], max_length=settings.max_length,
                              response_only=True)
-    batch = PaddingCollator(lm.tokenizer.pad_token_id or 0)([rows[i] for i in range(4)])
+    # cut as run_sft cuts it: the LM head and the loss only from the position before the first label on
+    batch = PaddingCollator(lm.tokenizer.pad_token_id or 0, skip_unscored_logits=True)([rows[i] for i in range(4)])
     model = get_peft_model(lm.model, LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=0.0,
                                                 target_modules=list(settings.target_modules), task_type="CAUSAL_LM"))
     model.train()
