@@ -447,7 +447,7 @@ def run_sft(
             model=model,
             args=args,
             train_dataset=dataset,
-            # the LM head and the loss only on positions a label follows: the same gradients, 0.8-0.9 of a step
+            # the LM head and the loss only on positions a label follows: the same gradients, 0.87-0.92 of a step
             data_collator=PaddingCollator(int(pad if pad is not None else 0), rows=trained_rows,
                                           skip_unscored_logits=accepts_logits_to_keep(model)),
             processing_class=lm.tokenizer,
