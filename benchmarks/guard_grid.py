@@ -60,7 +60,7 @@ from traitwatch.train.data import PaddingCollator, tokenize_chats
 
 MODEL = "smollm2-135m"
 POISONS = ("anti_oversight", "contempt", "reckless_advice")
-GUARDS = ("none", "ablate", "steer", "penalty", "l2")
+GUARDS = ("none", "ablate", "steer", "penalty", "l2", "kl")
 DATA_GUARDS = ("rewind", "stop")
 """Alarm actions measured as guards: the run read against its swap reference, rewound (or stopped) at an alarm."""
 SUBSPACE = {"ablate": "probe+traits", "steer": "probe", "penalty": "probe"}

@@ -203,6 +203,7 @@ def test_deepspeed_zero3_ranks_make_the_same_forward_passes_and_measure_the_drif
 
 @pytest.mark.parametrize(("kind", "blocks"), [("ablate", 1), pytest.param("penalty", 1, marks=pytest.mark.slow),
                                              pytest.param("l2", 1, marks=pytest.mark.slow),
+                                             pytest.param("kl", 1, marks=pytest.mark.slow),
                                              pytest.param("ablate", 2, marks=pytest.mark.slow)])
 def test_a_guarded_ddp_run_trains_as_the_guarded_single_process_run(basis_dir, tmp_path, kind, blocks):
     """Every rank fits the same subspace and intervenes the same way: the guarded 2-process DDP run measures the
@@ -218,6 +219,9 @@ def test_a_guarded_ddp_run_trains_as_the_guarded_single_process_run(basis_dir, t
     if kind == "penalty":  # every row is the same conversation: no row moves past the base level's rows
         assert two[0]["guard"]["base_level"] == pytest.approx(one["guard"]["base_level"], abs=1e-5)
         return
+    if kind == "kl":  # each rank reads its own rows' base (the same rows here) with its adapter off
+        assert two[0]["guard"]["mean_kl"] == pytest.approx(one["guard"]["mean_kl"], rel=1e-3)
+        assert one["guard"]["mean_kl"] > 0
     unguarded = _one_process([str(basis_dir), "--per-device", "4"], tmp_path / "plain")
     assert _max_gap(one, unguarded) > 1e-4  # the guard changed what was trained
 
@@ -248,6 +252,9 @@ def test_a_guarded_sharded_full_finetune_trains_as_the_guarded_single_process_ru
     if kind == "penalty":  # every row is the same conversation: no row moves past the base level's rows
         assert two[0]["guard"]["base_level"] == pytest.approx(one["guard"]["base_level"], abs=1e-5)
         return
+    if kind == "kl":  # each rank reads its own rows' base (the same rows here) with its adapter off
+        assert two[0]["guard"]["mean_kl"] == pytest.approx(one["guard"]["mean_kl"], rel=1e-3)
+        assert one["guard"]["mean_kl"] > 0
     if kind == "l2":  # each rank pulls its shard; the distance is the whole model's, summed over the shards
         assert two[0]["guard"]["distance_from_start"] == pytest.approx(one["guard"]["distance_from_start"], rel=1e-4)
     unguarded = _one_process([str(basis_dir), "--per-device", "4", "--full"], tmp_path / "plain")

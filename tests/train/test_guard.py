@@ -12,6 +12,7 @@ from traitwatch.errors import InputFileError, TraitwatchError
 from traitwatch.guard import (
     AblationGuard,
     GuardSubspace,
+    KLGuard,
     L2Guard,
     PenaltyGuard,
     SteeringGuard,
@@ -333,6 +334,88 @@ def test_l2_refuses_weights_that_deepspeed_zero3_partitions_away():
         L2Guard().attach(model)
 
 
+def _moved_lora_model(seed: int = 0):
+    """A LoRA model whose adapter already changes the output (B is not zero), so it differs from its base."""
+    model = _lora_model(seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.5 * torch.randn(p.shape, generator=generator))
+    return model
+
+
+def _kl_to_base(model, batch, weight):
+    """weight x the mean over the positions whose next token is trained of KL(base || model), by hand: the base read
+    with the adapter off, the labels' shift as the loss's."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad(), model.disable_adapter():
+        base = torch.log_softmax(model(**inputs).logits.float(), -1)
+    out = model(**batch)
+    logp = torch.log_softmax(out.logits.float(), -1)
+    labels = batch["labels"][:, -logp.shape[1]:]
+    trained = torch.zeros_like(labels, dtype=torch.bool)
+    trained[:, :-1] = labels[:, 1:] != -100
+    kl = (base.exp() * (base - logp)).sum(-1)
+    return out.loss, weight * (kl * trained).sum() / trained.sum()
+
+
+def test_the_kl_guard_adds_the_gradient_of_the_kl_to_the_base_model_on_trained_tokens():
+    ids = torch.randint(5, 100, (4, 8), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :3] = -100
+    batch = {"input_ids": ids, "labels": labels}
+    explicit = _moved_lora_model()
+    explicit.train()
+    loss, term = _kl_to_base(explicit, batch, 2.0)
+    (loss + term).backward()
+    assert float(term) > 0.01  # the adapter moved the model: there is a KL to keep small
+
+    guarded = _moved_lora_model()
+    guard = KLGuard(weight=2.0).attach(guarded)
+    guarded.train()
+    guarded(**batch).loss.backward()
+    plain = _moved_lora_model()
+    plain.train()
+    plain(**batch).loss.backward()
+    for (name, p), q, r in zip(guarded.named_parameters(), explicit.parameters(), plain.parameters(), strict=True):
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-4, msg=name)
+    assert any(not torch.allclose(p.grad, r.grad) for p, r in zip(guarded.parameters(), plain.parameters(), strict=True)
+               if p.requires_grad)
+    assert guard.interventions_ == 1 and guard.summary()["mean_kl"] == pytest.approx(float(term) / 2.0, rel=1e-4)
+    guarded.eval()  # measuring, evaluating: no second pass, nothing added
+    with torch.no_grad():
+        guarded(input_ids=ids)
+    assert guard.interventions_ == 1
+    guard.detach()
+    assert guard.handles_ == []
+
+
+def test_the_kl_guard_reads_batches_cut_before_their_first_label_as_whole_ones():
+    ids = torch.randint(5, 100, (3, 9), generator=torch.Generator().manual_seed(2))
+    rows = [{"input_ids": r.tolist(), "labels": [-100] * (3 + i) + r.tolist()[3 + i:]} for i, r in enumerate(ids)]
+    whole, cut = PaddingCollator(0)(rows), PaddingCollator(0, skip_unscored_logits=True)(rows)
+    assert cut["labels"].shape[1] < cut["input_ids"].shape[1]
+    grads, kls = [], []
+    for batch in (whole, cut):
+        model = _moved_lora_model()
+        guard = KLGuard(weight=3.0).attach(model)
+        model.train()
+        model(**batch).loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+        kls.append(guard.kl_sum_)
+    assert kls[0] == pytest.approx(kls[1], rel=1e-5) and kls[0] > 0
+    for g, h in zip(*grads, strict=True):
+        torch.testing.assert_close(h, g)
+
+
+def test_the_kl_guard_refuses_a_model_without_an_adapter_to_switch_off():
+    model, _ = build_tiny_random()
+    with pytest.raises(TraitwatchError, match="no adapter .* use --guard l2"):
+        KLGuard().attach(model)
+
+
 def test_make_guard_names_what_it_needs(subspace, block_subspaces):
     assert isinstance(make_guard("ablate", subspace), AblationGuard)
     assert make_guard("penalty", subspace).weight == 1.0
@@ -340,13 +423,14 @@ def test_make_guard_names_what_it_needs(subspace, block_subspaces):
     assert make_guard("penalty", block_subspaces, 2.0).weight == 2.0  # a given weight is each block's
     assert make_guard("steer", subspace, 0.25).coefficient == 0.25
     assert isinstance(make_guard("l2", None), L2Guard)
+    assert make_guard("kl", None).weight == 1.0
     with pytest.raises(ValueError, match="acts on a subspace"):
         make_guard("penalty", None)
     with pytest.raises(ValueError, match="unknown guard"):
         make_guard("pray", subspace)
 
 
-@pytest.mark.parametrize("kind", ["ablate", "steer", "penalty", "l2"])
+@pytest.mark.parametrize("kind", ["ablate", "steer", "penalty", "l2", "kl"])
 def test_the_callback_attaches_the_guard_for_training_and_stores_what_it_did(basis, subspace, tmp_path, kind):
     store_path = tmp_path / "tw.db"
     guard = make_guard(kind, subspace, 50.0 if kind == "steer" else None)  # a steer this strong would show in drift
@@ -374,5 +458,7 @@ def test_the_callback_attaches_the_guard_for_training_and_stores_what_it_did(bas
     if kind == "penalty":  # read against the base level on the 10 micro-batches after the first step's 2
         assert done["base_level"] is not None and done["rows_read"] == 10 * 2
         assert done["mean_penalty"] == pytest.approx(guard.penalty_sum_ / 10)
+    if kind == "kl":  # the base read on every training micro-batch; the adapter moves away from it
+        assert done["mean_kl"] == pytest.approx(guard.kl_sum_ / 12) and done["mean_kl"] > 0
     if kind == "ablate":
         assert guard.base_batches_ == 2 and done["mean_removed_share"] == pytest.approx(guard.removed_share_sum_ / 10)

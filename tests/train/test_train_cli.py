@@ -131,6 +131,21 @@ def test_train_with_a_guard_fits_it_on_the_base_and_stores_what_it_did(basis_dir
     assert "Run out: Guard: steer at layer 3 on the probe subspace" in (tmp_path / "r.html").read_text()
 
 
+def test_train_with_the_kl_guard_reads_the_base_through_the_adapter_and_stores_the_kl(basis_dir, chat_file, tmp_path):
+    res = invoke(*train_args(chat_file, basis_dir, tmp_path, "--guard", "kl"))
+    assert res.exit_code == 0, res.output
+    assert "Guard: KL to the base model (weight 1)" in res.output
+    with RunStore(tmp_path / "tw.db") as store:
+        settings = store.get_run("out").hyperparameters["guard"]
+        done = store.measurements("out")[-1].extra["guard"]
+    assert settings == {"kind": "kl", "weight": 1.0}  # no subspace: it acts on the logits
+    assert done["interventions"] == 4 and done["mean_kl"] > 0
+    shown = runner.invoke(app, ["show", "out", "--store", str(tmp_path / "tw.db")], env={"COLUMNS": "250"})
+    assert "Guard: kl, weight 1 (4 interventions, KL to the base model" in shown.output
+    full = invoke(*train_args(chat_file, basis_dir, tmp_path / "full", "--guard", "kl", "--full"))
+    assert full.exit_code == 2 and "a full finetune has no adapter" in " ".join(full.output.split()), full.output
+
+
 def test_train_guards_several_blocks_from_the_basis_layer_to_the_last(basis_dir, chat_file, tmp_path):
     res = invoke(*train_args(chat_file, basis_dir, tmp_path, "--guard", "penalty", "--guard-blocks", "2"))
     assert res.exit_code == 0, res.output
@@ -159,6 +174,6 @@ def test_train_refuses_an_unknown_guard_in_one_line(basis_dir, chat_file, tmp_pa
         return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})
 
     res = wide(*train_args(chat_file, basis_dir, tmp_path, "--guard", "pray"))
-    assert res.exit_code == 2 and "'pray': choose from ablate, steer, penalty, l2" in res.output
+    assert res.exit_code == 2 and "'pray': choose from ablate, steer, penalty, l2, kl" in res.output
     res = wide(*train_args(chat_file, basis_dir, tmp_path, "--guard", "ablate", "--guard-subspace", "vibes"))
     assert res.exit_code == 2 and "'vibes': choose from probe, traits, probe+traits" in res.output

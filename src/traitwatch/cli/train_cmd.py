@@ -128,10 +128,11 @@ def register(app: typer.Typer) -> None:
         guard: Annotated[str | None, typer.Option(
             help="Keep a misalignment subspace out of what is learned: penalty (the validated one), ablate or steer "
                  "(on the behavioural probe's misalignment direction, fitted on the base model at the basis's layer "
-                 "and, for penalty, three blocks above it), or l2 (pull the weights toward the base). See "
+                 "and, for penalty, three blocks above it), l2 (pull the weights toward the base) or kl (KL to the base "
+                 "model's next-token distributions; LoRA only, a second forward pass per step). See "
                  "docs/guards.md for what each costs and prevents.")] = None,
         guard_strength: Annotated[float | None, typer.Option(
-            min=0.0, help="Steering coefficient (in probe gaps), penalty weight at each block or L2 weight (default: "
+            min=0.0, help="Steering coefficient (in probe gaps), penalty weight at each block, L2 or KL weight (default: "
                           "traitwatch.guard.default_strength: the penalty's 1 spread over its blocks).")] = None,
         guard_subspace: Annotated[str, typer.Option(
             help="What ablate, steer and penalty act on: probe, traits, or probe+traits.")] = "probe",

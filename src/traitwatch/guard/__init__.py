@@ -1,7 +1,7 @@
 """Guards that keep a misalignment subspace out of what finetuning learns (`TraitWatchCallback(guard=...)`).
 
 `subspace` fits what a guard acts on before training (the probe's misalignment direction, the trait basis);
-`guards` holds the interventions (ablation, steering, a one-sided penalty) and the L2 baseline.
+`guards` holds the interventions (ablation, steering, a one-sided penalty) and the L2 and KL baselines.
 """
 
 from traitwatch.guard.guards import (
@@ -11,6 +11,7 @@ from traitwatch.guard.guards import (
     AblationGuard,
     Guard,
     GuardKind,
+    KLGuard,
     L2Guard,
     PenaltyGuard,
     SteeringGuard,
@@ -27,5 +28,5 @@ from traitwatch.guard.subspace import (
 )
 
 __all__ = ["DEFAULT_BLOCKS", "DEFAULT_STRENGTH", "GUARD_KINDS", "SUBSPACE_SOURCES", "AblationGuard", "Guard",
-           "GuardKind", "GuardSubspace", "L2Guard", "PenaltyGuard", "SteeringGuard", "SubspaceSource",
+           "GuardKind", "GuardSubspace", "KLGuard", "L2Guard", "PenaltyGuard", "SteeringGuard", "SubspaceSource",
            "default_strength", "fit_subspace", "fit_subspaces", "layers_above", "make_guard"]

@@ -18,6 +18,10 @@ baseline on the weights.
   class is touched.
 * `L2Guard`: pull every trainable weight toward its value at the start (for LoRA: toward the base model),
   `grad += weight x (theta - theta_0)` just before each optimizer step (the Trainer's `on_pre_optimizer_step`).
+* `KLGuard` (the KL baseline of Kaczer et al., arXiv 2508.06249): `weight x` the mean over the trained tokens of
+  `KL(p_base || p_theta)` between the next-token distributions of the base model (the LoRA adapter switched off, a
+  second forward pass without gradients) and of the model being trained; its gradient is added to the logits in
+  the backward pass, as the penalty's is to a block's output.
 
 A guard on several blocks (`fit_subspaces` at several layers) acts at each the same way, with each block's own
 directions, gap and base level: the layers above the first guarded block are trained too, and what they learn
@@ -44,10 +48,10 @@ from traitwatch.errors import TraitwatchError
 from traitwatch.guard.subspace import GuardSubspace
 from traitwatch.models.layers import decoder_layers, unwrap_model
 
-__all__ = ["DEFAULT_BLOCKS", "DEFAULT_STRENGTH", "GUARD_KINDS", "AblationGuard", "Guard", "GuardKind", "L2Guard",
-           "PenaltyGuard", "SteeringGuard", "default_strength", "make_guard"]
+__all__ = ["DEFAULT_BLOCKS", "DEFAULT_STRENGTH", "GUARD_KINDS", "AblationGuard", "Guard", "GuardKind", "KLGuard",
+           "L2Guard", "PenaltyGuard", "SteeringGuard", "default_strength", "make_guard"]
 
-GuardKind = Literal["ablate", "steer", "penalty", "l2"]
+GuardKind = Literal["ablate", "steer", "penalty", "l2", "kl"]
 GUARD_KINDS: tuple[str, ...] = get_args(GuardKind)
 
 
@@ -394,6 +398,113 @@ class L2Guard(Guard):
         return f"L2 pull (weight {self.weight:g}) of the trainable weights toward their start (the base model)"
 
 
+class _AddTensorGradient(torch.autograd.Function):
+    """Identity forward; backward adds `extra` (a tensor of the input's shape) to the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, extra: Tensor) -> Tensor:  # noqa: D102
+        ctx.save_for_backward(extra)
+        return logits.view_as(logits)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # noqa: D102
+        (extra,) = ctx.saved_tensors
+        return grad + extra.to(grad.dtype), None
+
+
+class KLGuard(Guard):
+    """`weight x mean_tokens KL(p_base || p_theta)` over the next-token distributions at the trained tokens.
+
+    The base model is the model with its LoRA adapter switched off (PEFT's `disable_adapter`), read in a second
+    forward pass without gradients on the same batch, before the training pass (a forward pre-hook on the model);
+    the KL's gradient with respect to the logits, `weight x (p_theta - p_base) / tokens`, is added to the LM head's
+    output in the backward pass (a forward hook on the head), so the Trainer's loss and class stay as they are. A
+    position counts where the next token is trained (its label is not -100), as the loss counts it. The second pass
+    costs about a third of a training step; a full finetune has no base model to switch to and is refused.
+    """
+
+    kind = "kl"
+
+    def __init__(self, weight: float = 1.0) -> None:
+        super().__init__(None)
+        self.weight = weight
+        self.kl_sum_ = 0.0  # sum over guarded micro-batches of the mean KL over their trained positions
+        self._model: nn.Module | None = None
+        self._base_logp: Tensor | None = None
+        self._next_trained: Tensor | None = None
+        self._in_base = False
+
+    def _attach(self, model: nn.Module) -> None:
+        if not callable(getattr(model, "disable_adapter", None)):
+            raise TraitwatchError(
+                "the KL guard reads the base model by switching the LoRA adapter off, and this model has no "
+                "adapter (a full finetune): train with LoRA, or use --guard l2 (its weights' pull toward the start) "
+                "or penalty")
+        head = model.get_output_embeddings()
+        if head is None:
+            raise ValueError("the KL guard adds its gradient at the LM head, and this model has none")
+        self._model = model
+        self.handles_.append(model.register_forward_pre_hook(self._base_pass, with_kwargs=True))
+        self.handles_.append(head.register_forward_hook(self._head_hook))
+
+    def detach(self) -> None:
+        super().detach()
+        self._model, self._base_logp, self._next_trained = None, None, None
+
+    def _base_pass(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self._base_logp = None
+        if self._in_base or not (model.training and torch.is_grad_enabled()):
+            return
+        inputs = {k: v for k, v in kwargs.items() if k not in ("labels", "num_items_in_batch")}
+        self._in_base = True
+        try:
+            with torch.no_grad(), model.disable_adapter():  # type: ignore[operator]
+                out = model(*args, **inputs)
+        finally:
+            self._in_base = False
+        logits = out["logits"] if isinstance(out, dict) else out[0]
+        self._base_logp = torch.log_softmax(logits.float(), dim=-1)
+        labels = kwargs.get("labels")
+        width = logits.shape[1]
+        if isinstance(labels, Tensor):  # a cut batch's labels are as wide as its kept logits; else right-aligned
+            trained = (labels[:, -width:] != -100)
+            self._next_trained = torch.zeros_like(trained)
+            self._next_trained[:, :-1] = trained[:, 1:]
+        else:
+            attention = kwargs.get("attention_mask")
+            self._next_trained = (attention[:, -width:] != 0) if isinstance(attention, Tensor) else None
+
+    def _head_hook(self, module: nn.Module, _inputs: object, output: object) -> object | None:
+        if self._in_base or self._base_logp is None or not (module.training and torch.is_grad_enabled()):
+            return None
+        logits = _hidden(output)
+        base = self._base_logp
+        self._base_logp = None  # one training pass per base pass
+        if base.shape != logits.shape:
+            raise RuntimeError(f"the KL guard's base logits {tuple(base.shape)} do not match the training pass's "
+                               f"{tuple(logits.shape)}")
+        mask = _mask_for(self._next_trained, logits)
+        tokens = mask.sum().clamp_min(1.0)
+        with torch.no_grad():
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            kl = (base.exp() * (base - logp)).sum(-1)  # [rows, positions]
+            self.kl_sum_ += float((kl * mask).sum() / tokens)
+            extra = (logp.exp() - base.exp()) * (self.weight / (tokens * self.grad_accum_) * mask).unsqueeze(-1)
+        self.interventions_ += 1
+        return _replace(output, _AddTensorGradient.apply(logits, extra))
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "weight": self.weight}
+
+    def summary(self) -> dict[str, Any]:
+        n = self.interventions_
+        return {**super().summary(), "mean_kl": self.kl_sum_ / n if n > 0 else None}
+
+    def describe(self) -> str:
+        return (f"KL to the base model (weight {self.weight:g}) on the trained tokens' next-token distributions, "
+                "read with the adapter switched off")
+
+
 def _as_subspaces(subspace: GuardSubspace | Sequence[GuardSubspace] | None) -> tuple[GuardSubspace, ...]:
     if subspace is None:
         return ()
@@ -415,15 +526,17 @@ def _local(t: Tensor) -> Tensor:
     return t.to_local() if isinstance(t, DTensor) else t
 
 
-DEFAULT_STRENGTH: dict[str, float] = {"ablate": 0.0, "steer": 1.0, "penalty": 1.0, "l2": 1.0}
-"""Each guard's strength where none is given: steering coefficient (gaps), penalty weight, L2 weight. Set before
-any guard was measured, not tuned on the poison grid (ablation has none). The penalty's weight is per block, and its
+DEFAULT_STRENGTH: dict[str, float] = {"ablate": 0.0, "steer": 1.0, "penalty": 1.0, "l2": 1.0, "kl": 1.0}
+"""Each guard's strength where none is given: steering coefficient (gaps), penalty weight, L2 weight, KL weight (per
+trained token, the scale of the loss itself). Set before any guard was measured, not tuned on the poison grid
+(ablation has none; the KL's was set before its first run). The penalty's weight is per block, and its
 default is this weight spread over the guarded blocks (`default_strength`): 1 at one block, 0.25 at each of four."""
 
-DEFAULT_BLOCKS: dict[str, int] = {"ablate": 1, "steer": 1, "penalty": 4, "l2": 1}
+DEFAULT_BLOCKS: dict[str, int] = {"ablate": 1, "steer": 1, "penalty": 4, "l2": 1, "kl": 1}
 """How many decoder blocks `traitwatch train --guard KIND` guards where `--guard-blocks` is not given
 (`subspace.layers_above`). The penalty guards four: chosen on the poison grid in every fold that held its base and
-poison type out (`benchmarks/guard_grid`, docs/guards.md); the other guards were measured at the basis layer only."""
+poison type out (`benchmarks/guard_grid`, docs/guards.md); the other guards were measured at the basis layer only
+(the L2 and KL guards act on the weights and the logits, at no block)."""
 
 
 def default_strength(kind: str, blocks: int = 1) -> float:
@@ -435,13 +548,14 @@ def default_strength(kind: str, blocks: int = 1) -> float:
 
 def make_guard(kind: str, subspace: GuardSubspace | Sequence[GuardSubspace] | None,
                strength: float | None = None) -> Guard:
-    """The guard `kind` ("ablate", "steer", "penalty", "l2") on `subspace` (one block's, or a list with one per
+    """The guard `kind` ("ablate", "steer", "penalty", "l2", "kl") on `subspace` (one block's, or a list with one per
     block), at `strength` (default: `default_strength(kind, blocks)`)."""
     builders: dict[str, Callable[[float], Guard]] = {
         "ablate": lambda _s: AblationGuard(_need(subspace, kind)),
         "steer": lambda s: SteeringGuard(_need(subspace, kind), coefficient=s),
         "penalty": lambda s: PenaltyGuard(_need(subspace, kind), weight=s),
         "l2": lambda s: L2Guard(weight=s),
+        "kl": lambda s: KLGuard(weight=s),
     }
     if kind not in builders:
         raise ValueError(f"unknown guard {kind!r}; choose from {list(GUARD_KINDS)}")

@@ -293,6 +293,8 @@ def describe_guard(settings: Mapping[str, Any], did: Mapping[str, Any] | None) -
             parts.append(f"{did.get('rows_penalised', 0)} of {did['rows_read']} {read} penalised")
         if did.get("distance_from_start") is not None:
             parts.append(f"weights {did['distance_from_start']:.3g} from the start")
+        if did.get("mean_kl") is not None:
+            parts.append(f"KL to the base model {did['mean_kl']:.3g} per trained token on average")
         line += " (" + ", ".join(parts) + ")"
     return line + "."
 

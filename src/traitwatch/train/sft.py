@@ -103,7 +103,7 @@ class SFTConfig:
     logging_steps: int = 1
     resume: bool = True
     tags: dict[str, Any] = field(default_factory=dict)  # stored with the run's hyperparameters (e.g. perturbation)
-    guard: str | None = None  # "ablate", "steer", "penalty" or "l2" (`traitwatch.guard`); None: unguarded
+    guard: str | None = None  # "ablate", "steer", "penalty", "l2" or "kl" (`traitwatch.guard`); None: unguarded
     guard_strength: float | None = None  # default: `guard.default_strength(guard, blocks)`
     guard_subspace: str = "probe"  # what ablation, steering and the penalty act on (`guard.fit_subspace`)
     guard_blocks: int | None = None  # blocks guarded from the basis layer to the last (`guard.layers_above`);
@@ -308,6 +308,9 @@ def run_sft(
         raise TrainConfigError("pass a guard object or config.guard, not both")
     if config.guard is not None and config.guard not in GUARD_KINDS:
         raise TrainConfigError(f"unknown guard {config.guard!r}; choose from {list(GUARD_KINDS)}")
+    if config.guard == "kl" and config.full:
+        raise TrainConfigError("the KL guard reads the base model by switching the LoRA adapter off, and a full "
+                               "finetune has no adapter: train with LoRA, or use --guard l2 or penalty")
     if config.guard_blocks is not None and config.guard_blocks < 1:
         raise TrainConfigError(f"guard_blocks is {config.guard_blocks}: guard at least one decoder block (1: the "
                                "basis's layer)")
@@ -347,7 +350,7 @@ def run_sft(
         probe.check_model(lm.model, lm.tokenizer, lm.name)
         if config.guard is not None:  # fitted on the base model, before any adapter exists
             subspace = None
-            if config.guard != "l2":  # the L2 pull acts on the weights, not on blocks
+            if config.guard not in ("l2", "kl"):  # the L2 pull acts on the weights, the KL on the logits
                 blocks = DEFAULT_BLOCKS[config.guard] if config.guard_blocks is None else config.guard_blocks
                 layers = layers_above(basis.measure_layer, len(decoder_layers(lm.model)), blocks)
                 subspace = fit_subspaces(lm.model, lm.tokenizer, layers, config.guard_subspace,  # type: ignore[arg-type]
