@@ -419,8 +419,10 @@ class KLGuard(Guard):
     forward pass without gradients on the same batch, before the training pass (a forward pre-hook on the model);
     the KL's gradient with respect to the logits, `weight x (p_theta - p_base) / tokens`, is added to the LM head's
     output in the backward pass (a forward hook on the head), so the Trainer's loss and class stay as they are. A
-    position counts where the next token is trained (its label is not -100), as the loss counts it. The second pass
-    costs about a third of a training step; a full finetune has no base model to switch to and is refused.
+    position counts where the next token is trained (its label is not -100), as the loss counts it. The second pass,
+    and the log-softmax over the vocabulary at every kept position twice, cost +44% of a training step on
+    smollm2-135m (`benchmarks/guard_grid.py --hook-overhead`), and each micro-batch holds two more fp32 tensors of
+    its logits' size; a full finetune has no base model to switch to and is refused.
     """
 
     kind = "kl"
@@ -429,7 +431,6 @@ class KLGuard(Guard):
         super().__init__(None)
         self.weight = weight
         self.kl_sum_ = 0.0  # sum over guarded micro-batches of the mean KL over their trained positions
-        self._model: nn.Module | None = None
         self._base_logp: Tensor | None = None
         self._next_trained: Tensor | None = None
         self._in_base = False
@@ -443,13 +444,12 @@ class KLGuard(Guard):
         head = model.get_output_embeddings()
         if head is None:
             raise ValueError("the KL guard adds its gradient at the LM head, and this model has none")
-        self._model = model
         self.handles_.append(model.register_forward_pre_hook(self._base_pass, with_kwargs=True))
         self.handles_.append(head.register_forward_hook(self._head_hook))
 
     def detach(self) -> None:
         super().detach()
-        self._model, self._base_logp, self._next_trained = None, None, None
+        self._base_logp, self._next_trained = None, None
 
     def _base_pass(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self._base_logp = None
