@@ -252,9 +252,6 @@ def test_a_guarded_sharded_full_finetune_trains_as_the_guarded_single_process_ru
     if kind == "penalty":  # every row is the same conversation: no row moves past the base level's rows
         assert two[0]["guard"]["base_level"] == pytest.approx(one["guard"]["base_level"], abs=1e-5)
         return
-    if kind == "kl":  # each rank reads its own rows' base (the same rows here) with its adapter off
-        assert two[0]["guard"]["mean_kl"] == pytest.approx(one["guard"]["mean_kl"], rel=1e-3)
-        assert one["guard"]["mean_kl"] > 0
     if kind == "l2":  # each rank pulls its shard; the distance is the whole model's, summed over the shards
         assert two[0]["guard"]["distance_from_start"] == pytest.approx(one["guard"]["distance_from_start"], rel=1e-4)
     unguarded = _one_process([str(basis_dir), "--per-device", "4", "--full"], tmp_path / "plain")

@@ -464,15 +464,12 @@ class KLGuard(Guard):
             self._in_base = False
         logits = out["logits"] if isinstance(out, dict) else out[0]
         self._base_logp = torch.log_softmax(logits.float(), dim=-1)
-        labels = kwargs.get("labels")
-        width = logits.shape[1]
-        if isinstance(labels, Tensor):  # a cut batch's labels are as wide as its kept logits; else right-aligned
-            trained = (labels[:, -width:] != -100)
-            self._next_trained = torch.zeros_like(trained)
-            self._next_trained[:, :-1] = trained[:, 1:]
-        else:
-            attention = kwargs.get("attention_mask")
-            self._next_trained = (attention[:, -width:] != 0) if isinstance(attention, Tensor) else None
+        trained = _trained_tokens(kwargs)  # over the whole input; the kept logits are its last positions
+        self._next_trained = None
+        if trained is not None:
+            width = logits.shape[1]
+            self._next_trained = torch.zeros(trained.shape[0], width, dtype=torch.bool, device=trained.device)
+            self._next_trained[:, :-1] = trained[:, trained.shape[1] - width + 1:].bool()
 
     def _head_hook(self, module: nn.Module, _inputs: object, output: object) -> object | None:
         if self._in_base or self._base_logp is None or not (module.training and torch.is_grad_enabled()):
