@@ -97,8 +97,17 @@ def _cli(args: list[str], message: str | None, folder: Path) -> float:
     return elapsed
 
 
+_CASES: list[Path] = []  # the module's folder under pytest's basetemp, which pytest prunes (set by `_cases_root`)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _cases_root(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Hypothesis cases cannot take function-scoped fixtures, so each makes its folder under this module's."""
+    _CASES[:] = [tmp_path_factory.mktemp("fuzz")]
+
+
 def _case_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="fuzz-"))
+    return Path(tempfile.mkdtemp(prefix="case-", dir=_CASES[0]))
 
 
 # -- chat JSONL: train, screen, check and the plan's user sets read it by one rule ----------------------------
@@ -330,7 +339,7 @@ def test_a_thousand_malformed_inputs_per_kind_are_refused_cleanly(kind, seeds, n
 def test_each_valid_seed_passes_check_by_the_kind_its_path_names(kind, seeds) -> None:
     path = seeds[kind]
     if kind == "store":  # a copy through SQLite: `check` migrates nothing here, but the seed stays untouched
-        path = Path(tempfile.mkdtemp(prefix="fuzz-")) / "runs.db"
+        path = _case_dir() / "runs.db"
         with sqlite3.connect(seeds["store"]) as source, sqlite3.connect(path) as copy:
             source.backup(copy)
     result = runner.invoke(app, ["check", str(path)])

@@ -62,7 +62,8 @@ def _launch(cmd: list[str], out: Path, nproc: int) -> list[dict]:
     """Run a launcher; a run still going after LAUNCH_TIMEOUT_S (a hang) fails the test."""
     out.mkdir()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "HF_HOME": str(out / "hf_home")}  # no user accelerate config is read
+           "HF_HOME": str(out / "hf_home"),  # no user accelerate config is read
+           "TMPDIR": str(out)}  # torchrun's log folders (torchelastic_*) go with the test's, not into /tmp
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
     try:
