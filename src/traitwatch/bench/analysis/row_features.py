@@ -58,9 +58,8 @@ def grid_sets(work_dir: Path) -> tuple[list[GridSet], dict[str, list[dict[str, s
     sets = []
     for path in sorted((Path(work_dir) / "data").glob("*-s*.jsonl")):
         stem, _, seed = path.stem.rpartition("-s")
-        conversations = conversations(path)
         keys = []
-        for messages in conversations:
+        for messages in conversations(path):
             key = row_key(messages)
             rows.setdefault(key, messages)
             keys.append(key)
