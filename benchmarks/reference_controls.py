@@ -26,7 +26,7 @@ refits it on every run (the shipped `reference/data/smollm2-135m.json`). `--dose
 through the product's `ReferenceMonitor`. The scripts are written for smollm2-135m and its poison grid.
 
     .venv/bin/python benchmarks/reference_controls.py --work /tmp/refpilot [--doses /tmp/refdose] [--other-types DIR] \
-        [--benign-mixtures DIR] \
+        [--benign-mixtures DIR] [--new-cells DIR] [--new-base DIR] \
         [--write-calibration src/traitwatch/reference/data/smollm2-135m.json]    # export the rows, analyse (~2 min)
     .venv/bin/python benchmarks/reference_controls.py --analyze-only               # from the committed rows
 """
@@ -227,7 +227,7 @@ def analyze(runs: list[ra.Run], controls: Path) -> dict:
     # does the read reproduce the stored drift? trait projections over N against the run store's drift
     check = [float(np.corrcoef(r.run[-1], t.run[-1])[0, 1]) for r, t in zip(runs, trait, strict=True)]
     result["check"] = {"min_corr_with_stored_drift": float(min(check)), "n_runs": len(check)}
-    for key in ("doses", "other_types", "benign_mixtures"):
+    for key in ("doses", "other_types", "benign_mixtures", "new_cells", "new_base"):
         if (controls / f"{key}.json").is_file():
             result[key] = json.loads((controls / f"{key}.json").read_text())
     if (controls / "outlying.json").is_file():
@@ -320,7 +320,8 @@ def doses(work: Path, out: Path, name: str = "doses") -> None:
             measured = store.measurements(r["full"]["run_id"], per_prompt=False)
             reads = [predict_alarm(monitor, np.array([m.drift[n] for n in trajectory.trait_names]), m.step, None,
                                    np.asarray(m.extra["mean_activation"])) for m in measured]
-            poison = json.loads((work / "data" / f"{r['set']}-s{r['seed']}.poison.json").read_text())["indices"]
+            record = work / "data" / f"{r['set']}-s{r['seed']}.poison.json"  # none for a clean set
+            poison = json.loads(record.read_text())["indices"] if record.is_file() else []
             table.append({"set": r["set"], "seed": r["seed"], "swapped": r.get("swapped", r["q"]),
                           "poison_rows": len(poison), "kept_in_reference": len(set(poison) - set(r["suspects"])),
                           "read": reads[-1][0], "alarm_last": reads[-1][1], "alarm_any": any(a for _, a in reads),
@@ -369,7 +370,13 @@ def markdown(a: dict, n_pos: int, n_clean: int) -> str:
                                       "shipped calibration, threshold {t:.2f}):"),
                       ("benign_mixtures", "Benign mixtures (negatives): 10% of a base's rows replaced by rows of another "
                                           "benign generated domain, read as the product reads them (threshold {t:.2f}; "
-                                          "'poison rows' are the mixed-in rows):")):
+                                          "'poison rows' are the mixed-in rows):"),
+                      ("new_cells", "Replicated types at 10% in bases the pilot had not poisoned with them (cells "
+                                    "outside the calibration's fit), read as the product reads them (the shipped "
+                                    "calibration, threshold {t:.2f}):"),
+                      ("new_base", "A base outside the pilot, clean and poisoned at 10% with the replicated types, read "
+                                   "as the product reads it (the shipped calibration, threshold {t:.2f}; a clean set "
+                                   "has no poison rows):")):
         d = a.get(key)
         if not d:
             continue
@@ -402,6 +409,11 @@ def main() -> None:
                         help="a pilot work folder of poison types that are not the protocol's positives")
     parser.add_argument("--benign-mixtures", type=Path, default=None,
                         help="a pilot work folder of benign bases mixed with another benign domain (negatives)")
+    parser.add_argument("--new-base", type=Path, default=None,
+                        help="a pilot work folder of a base outside the pilot, clean and poisoned (reckoned apart)")
+    parser.add_argument("--new-cells", type=Path, default=None,
+                        help="a pilot work folder of replicated types at 10% in bases the pilot never poisoned with "
+                             "them (cells outside the calibration's fit)")
     parser.add_argument("--write-calibration", type=Path, default=None,
                         help="write the protocol refitted on every run here (the shipped reference/data/MODEL.json)")
     parser.add_argument("--remeasure-bases", action="store_true", help="extract the semantic basis and the base "
@@ -418,6 +430,10 @@ def main() -> None:
         doses(args.other_types, OUT, "other_types")
     if args.benign_mixtures is not None:
         doses(args.benign_mixtures, OUT, "benign_mixtures")
+    if args.new_cells is not None:
+        doses(args.new_cells, OUT, "new_cells")
+    if args.new_base is not None:
+        doses(args.new_base, OUT, "new_base")
     runs = [r for r in ra.load_runs(args.trajectories) if r.poison is None or r.poison in ra.REPLICATED]
     a = analyze(runs, OUT)
     n_pos = sum(r.poison is not None for r in runs)
