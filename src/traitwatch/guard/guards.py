@@ -484,9 +484,10 @@ class KLGuard(Guard):
         tokens = mask.sum().clamp_min(1.0)
         with torch.no_grad():
             logp = torch.log_softmax(logits.float(), dim=-1)
-            kl = (base.exp() * (base - logp)).sum(-1)  # [rows, positions]
+            p_base = base.exp()  # once: a logits-sized tensor the KL and its gradient both read
+            kl = (p_base * (base - logp)).sum(-1)  # [rows, positions]
             self.kl_sum_ += float((kl * mask).sum() / tokens)
-            extra = (logp.exp() - base.exp()) * (self.weight / (tokens * self.grad_accum_) * mask).unsqueeze(-1)
+            extra = (logp.exp() - p_base) * (self.weight / (tokens * self.grad_accum_) * mask).unsqueeze(-1)
         self.interventions_ += 1
         return _replace(output, _AddTensorGradient.apply(logits, extra))
 
