@@ -123,6 +123,13 @@ def outlying(work: Path, out: Path) -> None:
     (out / "outlying.json").write_text(json.dumps(sets, indent=1) + "\n")
 
 
+def base_components(bases: dict[str, np.ndarray]) -> np.ndarray:
+    """The top 7 principal components of the base model's rows on the measurement prompts (`pca`), by full SVD:
+    for a 115 x 576 matrix sklearn's default picks its randomized solver, whose components move by about 1e-4 from
+    one call to the next, so `--analyze-only` would not reproduce its own tables to the digit."""
+    return PCA(n_components=7, svd_solver="full").fit(bases["base_rows"]).components_
+
+
 def family_runs(runs: list[ra.Run], means: dict[str, np.ndarray], project: np.ndarray | None) -> list[ra.Run]:
     """The pilot's runs read in one feature space at every measured step (`project` rows; None: every dimension)."""
     base = means["__base__"]
@@ -203,7 +210,7 @@ def protocol(families: dict[str, tuple[list[ra.Run], dict | None]]) -> dict:
 def analyze(runs: list[ra.Run], controls: Path) -> dict:
     means = load_file(str(controls / "means.safetensors"))
     bases = load_file(str(controls / "bases.safetensors"))
-    pca = PCA(n_components=7).fit(bases["base_rows"]).components_
+    pca = base_components(bases)
     projections = {"trait": bases["trait"], "semantic": bases["semantic"], "pca": pca, "raw": None}
     result: dict[str, dict] = {}
     for name, proj in projections.items():
@@ -249,7 +256,7 @@ def write_calibration(runs: list[ra.Run], controls: Path, a: dict, path: Path) -
     bases = load_file(str(controls / "bases.safetensors"))
     numerics = json.loads((controls / "numerics.json").read_text())
     names = numerics["trait_names"]
-    pca = PCA(n_components=7).fit(bases["base_rows"]).components_
+    pca = base_components(bases)
     trait = family_runs(runs, means, bases["trait"])
     pcs = family_runs(runs, means, pca)
     grid_u = ra.unit(np.mean(list(ra.grid_effects(names).values()), axis=0))

@@ -41,7 +41,6 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 from scipy.stats import trim_mean
-from sklearn.decomposition import PCA
 from sklearn.linear_model import RidgeCV
 from sklearn.metrics import roc_auc_score
 
@@ -117,7 +116,7 @@ def pilot_runs() -> tuple[list[ra.Run], dict[str, np.ndarray], np.ndarray]:
     runs = [r for r in ra.load_runs(PILOT / "trajectories.json") if r.poison is None or r.poison in ra.REPLICATED]
     means = load_file(str(PILOT / "controls" / "means.safetensors"))
     bases = load_file(str(PILOT / "controls" / "bases.safetensors"))
-    pca = PCA(n_components=7).fit(bases["base_rows"]).components_
+    pca = rc.base_components(bases)
     return runs, means, pca
 
 
