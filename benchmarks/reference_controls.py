@@ -158,7 +158,11 @@ def pilot_effects(runs: list[ra.Run]) -> dict[tuple[str, str], np.ndarray]:
 
 def score(runs: list[ra.Run], effects: dict[tuple[str, str], np.ndarray]) -> dict[str, dict]:
     """Each read held out by cell: AUROC with its cluster CI, FNR and FPR at the fold's FPR <= 5% threshold."""
-    folds = ra.folds_of(runs, effects)
+    return score_folds(ra.folds_of(runs, effects))
+
+
+def score_folds(folds: list[ra.Fold]) -> dict[str, dict]:
+    """`score` on folds made before (whose runs may carry another reference)."""
     out = {}
     for how in ra.READS:
         e = ra.evaluate(folds, lambda _f, how=how: how, "fpr5")
@@ -182,29 +186,35 @@ PRODUCT = ("pca",)  # what a reference calibration can ship beside the trait rea
 
 
 def protocol(families: dict[str, tuple[list[ra.Run], dict | None]]) -> dict:
-    """The choice made inside each fold: of every (family, read against the reference), the one with the highest
-    AUROC on the fold's training runs; its threshold at FPR <= 5% on them. Scored on the held-out cell."""
+    """The choice made inside each fold among every (family, read against the reference) (`choose_in_folds`)."""
     folds = {f: ra.folds_of(fr, effects if effects is not None else pilot_effects(fr))
              for f, (fr, effects) in families.items()}
-    candidates = [(f, how) for f in families for how in ra.PROTOCOL]
-    n = len(next(iter(folds.values())))
-    chosen: list[tuple[str, str]] = []
+    return choose_in_folds({f"{f}/{how}": folds[f] for f in families for how in ra.PROTOCOL})
+
+
+def choose_in_folds(candidates: dict[str, list[ra.Fold]]) -> dict:
+    """In each fold, of the candidates (`NAME/READ`: that read of NAME's folds, all made from the same cells), the
+    one with the highest AUROC on the fold's training runs (ties: the listed order); its threshold at FPR <= 5% on
+    them. Scored on the held-out cells."""
+    names = list(candidates)
+    n = len(candidates[names[0]])
+    chosen: list[str] = []
     for i in range(n):
-        def train_auc(c: tuple[str, str], i: int = i) -> float:
-            fold = folds[c[0]][i]
+        def train_auc(c: str, i: int = i) -> float:
+            fold = candidates[c][i]
             return float(roc_auc_score([r.poison is not None for r in fold.train],
-                                       [ra.read(r, c[1], fold.u) for r in fold.train]))
-        chosen.append(max(candidates, key=train_auc))
-    # score fold i with its choice: evaluate() over a list of folds taken from the chosen family's folds
-    picked = [folds[f][i] for i, (f, _how) in enumerate(chosen)]
-    how_of = {id(fold): how for fold, (_f, how) in zip(picked, chosen, strict=True)}
+                                       [ra.read(r, c.rsplit("/", 1)[1], fold.u) for r in fold.train]))
+        chosen.append(max(names, key=train_auc))
+    # score fold i with its choice: evaluate() over a list of folds taken from the chosen candidate's folds
+    picked = [candidates[c][i] for i, c in enumerate(chosen)]
+    how_of = {id(fold): c.rsplit("/", 1)[1] for fold, c in zip(picked, chosen, strict=True)}
     e = ra.evaluate(picked, lambda fold: how_of[id(fold)], "fpr5")
     counts: dict[str, int] = defaultdict(int)
-    for f, how in chosen:
-        counts[f"{f}/{how}"] += 1
+    for c in chosen:
+        counts[c] += 1
     return {**{k: e[k] for k in ("auroc", "fnr", "fpr", "fpr_any_step", "n_clean_multi_step", "n_detected_multi_step",
                                   "first_alarm", "positives")},
-            "chosen": dict(counts), "candidates": [f"{f}/{how}" for f, how in candidates]}
+            "chosen": dict(counts), "candidates": names}
 
 
 def analyze(runs: list[ra.Run], controls: Path) -> dict:

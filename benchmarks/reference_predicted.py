@@ -34,7 +34,6 @@ import json
 import platform
 import sys
 import time
-from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,7 +41,6 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 from scipy.stats import trim_mean
 from sklearn.linear_model import RidgeCV
-from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).parent))
 import reference_analysis as ra  # noqa: E402  (the pilot's folds, reads and scoring)
@@ -111,13 +109,12 @@ def build_and_read(work: Path, out: Path) -> None:
     }, indent=1) + "\n")
 
 
-def pilot_runs() -> tuple[list[ra.Run], dict[str, np.ndarray], np.ndarray]:
-    """The pilot's positives and clean runs, their raw mean-row drift (`means`, base subtracted) and the PCA."""
+def pilot_runs() -> tuple[list[ra.Run], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The pilot's positives and clean runs, their mean residual rows (`means`) and each family's projection."""
     runs = [r for r in ra.load_runs(PILOT / "trajectories.json") if r.poison is None or r.poison in ra.REPLICATED]
     means = load_file(str(PILOT / "controls" / "means.safetensors"))
     bases = load_file(str(PILOT / "controls" / "bases.safetensors"))
-    pca = rc.base_components(bases)
-    return runs, means, pca
+    return runs, means, {"trait": bases["trait"], "pca": rc.base_components(bases)}
 
 
 def set_name(run: ra.Run) -> str:
@@ -197,32 +194,8 @@ def explained(folds: list[ra.Fold]) -> dict[str, float]:
     return {"median_r2": float(np.median(r2)), "median_residual_ratio": float(np.median(ratio)), "n": len(r2)}
 
 
-def chosen_protocol(candidates: dict[str, list[ra.Fold]]) -> dict:
-    """In each fold, the candidate (variant/read) with the highest AUROC on the fold's training runs; its threshold
-    at FPR <= 5% there (`reference_controls.protocol`'s rule)."""
-    names = list(candidates)
-    n = len(next(iter(candidates.values())))
-    picked, how_of, counts = [], {}, defaultdict(int)
-    for i in range(n):
-        def train_auc(c: str, i: int = i) -> float:
-            fold = candidates[c][i]
-            how = c.rsplit("/", 1)[1]
-            return float(roc_auc_score([r.poison is not None for r in fold.train],
-                                       [ra.read(r, how, fold.u) for r in fold.train]))
-        best = max(names, key=train_auc)
-        fold = candidates[best][i]
-        picked.append(fold)
-        how_of[id(fold)] = best.rsplit("/", 1)[1]
-        counts[best] += 1
-    e = ra.evaluate(picked, lambda fold: how_of[id(fold)], "fpr5")
-    return {**{k: e[k] for k in ("auroc", "fnr", "fpr", "fpr_any_step", "n_clean_multi_step", "n_detected_multi_step",
-                                  "first_alarm")}, "chosen": dict(counts)}
-
-
 def analyze(pulls: dict[str, np.ndarray]) -> dict:
-    runs, means, pca = pilot_runs()
-    bases = load_file(str(PILOT / "controls" / "bases.safetensors"))
-    projections = {"trait": bases["trait"], "pca": pca}
+    runs, means, projections = pilot_runs()
     base = means["__base__"]
     raw = {(set_name(r), s): means[f"{set_name(r)}@{s}"] - base for r in runs for s in r.steps}
     result: dict = {"variants": {}, "swap": {}, "explained": {}}
@@ -234,9 +207,7 @@ def analyze(pulls: dict[str, np.ndarray]) -> dict:
         result["explained"][f"{fam}/swap"] = explained(folds)
         result["explained"][f"{fam}/none"] = explained([replace(f, test_neg=[replace(r, ref=0 * r.ref)
                                                                              for r in f.test_neg]) for f in folds])
-        for how in ra.READS:
-            e = ra.evaluate(folds, lambda _f, how=how: how, "fpr5")
-            result["swap"][f"{fam}/{how}"] = {k: e[k] for k in ("auroc", "fnr", "fpr", "fpr_any_step")}
+        result["swap"] |= {f"{fam}/{how}": e for how, e in rc.score_folds(folds).items()}
         for how in ra.PROTOCOL:
             swap_candidates[f"{fam}/swap/{how}"] = folds
         for stat in STATS:
@@ -251,8 +222,8 @@ def analyze(pulls: dict[str, np.ndarray]) -> dict:
                     result["variants"][f"{name}/{how}"] = {k: e[k] for k in ("auroc", "fnr", "fpr", "fpr_any_step")}
                     if kind != "constant":
                         candidates[f"{name}/{how}"] = vf
-    result["protocol_predicted"] = chosen_protocol(candidates)
-    result["protocol_swap"] = chosen_protocol(swap_candidates)
+    result["protocol_predicted"] = rc.choose_in_folds(candidates)
+    result["protocol_swap"] = rc.choose_in_folds(swap_candidates)
     result["n_positive"] = sum(r.poison is not None for r in runs)
     result["n_clean"] = sum(r.poison is None for r in runs)
     return result
