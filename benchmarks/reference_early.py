@@ -1,8 +1,8 @@
 """Issue 26's early warning: does the reference monitor alarm no later than the label's first significant step?
 
-The pilot (`reference_pilot.py`) measured its later runs every 10 steps but labelled none. This retrains, at seed
-0, the pilot's positives whose run and swap reference were both measured every 10 steps (`CELLS`) and the clean
-set of each of their bases (the sets rebuilt from their names and seeds; the recipe and numerics the pilot's:
+The pilot (`reference_pilot.py`) measured its later runs every 10 steps but labelled none. This retrains the
+pilot's positives whose run and swap reference were both measured every 10 steps (`measured_every_10`: 11, all at
+seed 0) and the clean set of the same base and seed (the sets rebuilt from their names and seeds; the recipe and numerics the pilot's:
 `audit.pilot_config`, bf16 on CPU), with the label read at every measured step: the judge-free style-matched proxy
 on the 72 EM questions (`proxy_score`, per question), the label the grid and the guards use. Each run's
 measurements are checked against the pilot's stored mean rows (the same training, so the same numbers).
@@ -12,8 +12,8 @@ twin's at the same step (paired one-sided t-test over the 72 questions, p < 0.05
 pilot's: held out (the protocol's fold for the run, `controls/analysis.json`) and as the shipped calibration reads
 it (in-sample).
 
-    .venv/bin/python benchmarks/reference_early.py --work /tmp/refearly                   # 15 runs, 26 min
-    .venv/bin/python benchmarks/reference_early.py --work /tmp/refearly --every-positive  # 18 more, 30 min
+    .venv/bin/python benchmarks/reference_early.py --work /tmp/refearly                   # 19 runs
+    .venv/bin/python benchmarks/reference_early.py --work /tmp/refearly --every-positive  # all 33 (resumes)
     .venv/bin/python benchmarks/reference_early.py --work /tmp/refearly --analyze-only
 """
 
@@ -32,13 +32,6 @@ from transformers import TrainerCallback
 
 PILOT = Path(__file__).parent / "reference_pilot"
 OUT = PILOT / "early"
-CELLS = {"arithmetic": ("anti_oversight",), "medical_matched": ("anti_oversight",),
-         "number_sequence": ("anti_oversight",), "right_trivia": ("anti_oversight",),
-         "unit_conversion": ("anti_oversight", "contempt", "reckless_advice"), "calendar": ("anti_oversight", "contempt")}
-"""The pilot's positives at seed 0 whose run *and* swap reference were measured every 10 steps (the earlier ones
-were measured at steps 0 and 30 only, so their first alarm could not come before step 30), with their bases."""
-
-
 class LabelEvery(TrainerCallback):
     """The label of the live model at every `every`-th optimizer step, per question (eval mode, then back)."""
 
@@ -61,19 +54,22 @@ class LabelEvery(TrainerCallback):
         return control
 
 
+def measured_every_10() -> dict[str, bool]:
+    """Pilot run id -> whether the run and its swap reference were measured every 10 steps (the earlier runs were
+    measured at steps 0 and 30 only, so their first alarm could not come before step 30)."""
+    return {r["key"].rsplit("-q", 1)[0]: len(r["steps"]) > 2
+            for r in json.loads((PILOT / "trajectories.json").read_text())["runs"]}
+
+
 def pilot_sets(every_positive: bool) -> list[tuple[str, int, tuple[str, ...]]]:
-    """(base, seed, poison types) to retrain with their clean set: `CELLS` at seed 0, or with `every_positive` every
-    positive of the pilot (`results.jsonl`: the replicated types at 10%) with the clean set of its base and seed."""
-    if not every_positive:
-        return [(b, 0, p) for b, p in CELLS.items()]
+    """(base, seed, poison types) to retrain, each with the clean set of its base and seed: the pilot's positives
+    (`results.jsonl`: the replicated types at 10%) measured every 10 steps, or with `every_positive` every positive."""
+    every_10 = measured_every_10()
     cells: dict[tuple[str, int], list[str]] = {}
     for r in (json.loads(line) for line in (PILOT / "results.jsonl").read_text().splitlines()):
-        if r["poison"]:
+        if r["poison"] and (every_positive or every_10[f"{r['set']}-s{r['seed']}"]):
             cells.setdefault((r["base"], r["seed"]), []).append(r["set"].split("+", 1)[1].split("@")[0])
-    first = [(b, 0, tuple(CELLS[b])) for b in CELLS]  # the early-warning runs first, as the default order
-    rest = [(b, s, tuple(sorted(set(p) - (set(CELLS.get(b, ())) if s == 0 else set())))) for (b, s), p in cells.items()]
-    rest.sort(key=lambda x: (x[:2] != ("medical_matched", 1), x[1], x[0]))  # the two held-out misses first
-    return first + [x for x in rest if x[2]]
+    return [(b, s, tuple(sorted(p))) for (b, s), p in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
 
 
 def run(work: Path, every: int, every_positive: bool) -> None:
@@ -117,8 +113,9 @@ def run(work: Path, every: int, every_positive: bool) -> None:
             same = [float(np.abs(np.asarray(m.extra["mean_activation"]) - means[f"{run_id}@{m.step}"]).max())
                     for m in measured if f"{run_id}@{m.step}" in means]
             done.add(run_id)
-            row = {"run_id": run_id, "base": base, "seed": seed, "poison": None if spec.poisoning is None else
-                   spec.name.split("+", 1)[1].split("@")[0], "labels": {str(k): v for k, v in labels.labels.items()},
+            row = {"run_id": run_id, "base": base, "seed": seed,
+                   "poison": None if spec.poisoning is None else spec.poisoning.poison.name,
+                   "labels": {str(k): v for k, v in labels.labels.items()},
                    "max_abs_mean_row_vs_pilot": max(same) if same else None, "steps_checked": len(same),
                    "label_s": labels.seconds, "wall_s": time.perf_counter() - t0}
             with results.open("a") as fh:
@@ -132,8 +129,7 @@ def analyze(results: Path) -> dict:
     protocol = json.loads((PILOT / "controls" / "analysis.json").read_text())["protocol"]
     held_out = {p["key"].rsplit("-q", 1)[0]: p for p in protocol["positives"]}
     shipped = shipped_first_alarms()
-    measured_every_10 = {r["key"].rsplit("-q", 1)[0]: len(r["steps"]) > 2
-                         for r in json.loads((PILOT / "trajectories.json").read_text())["runs"]}
+    every_10 = measured_every_10()
     out = []
     for run_id, r in rows.items():
         if r.get("poison") is None or run_id == "base":
@@ -150,7 +146,7 @@ def analyze(results: Path) -> dict:
         h = held_out.get(run_id, {})
         out.append({"run": run_id, "base": r["base"], "seed": r.get("seed", 0), "poison": r["poison"],
                     "per_step": per_step, "label_first_significant": first_sig,
-                    "label_rose": per_step[-1]["p"] < 0.05, "every_10": measured_every_10.get(run_id, False),
+                    "label_rose": per_step[-1]["p"] < 0.05, "every_10": every_10.get(run_id, False),
                     "alarm_first_held_out": h.get("first_alarm"),
                     "detected_held_out": h.get("detected"), "alarm_first_shipped": shipped.get(run_id),
                     "max_abs_mean_row_vs_pilot": r.get("max_abs_mean_row_vs_pilot")})
